@@ -1,0 +1,506 @@
+//! Pure assignment decisions: the balancer, handoffs, and the master pass.
+//! No I/O, no clock: everything is passed in, so it is tested exhaustively.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{BucketAssignment, MasterDoc, BUCKETS};
+
+/// Sticky, even assignment of buckets to `eligible` monitors.
+///
+/// `current[b]` is the owner of bucket `b` if that owner is still eligible,
+/// `None` if the bucket is free (never assigned, owner dead, draining or
+/// released). Guarantees, when `eligible` is non-empty:
+/// - every bucket gets exactly one eligible owner;
+/// - loads differ by at most one;
+/// - an owner keeps its buckets up to its target, so stable membership moves
+///   nothing, a join moves at most `ceil(BUCKETS / (n + 1))` buckets, and a
+///   leave moves only the leaver's buckets.
+///
+/// With no eligible monitor every bucket is free.
+pub fn balance(current: &[Option<&str>], eligible: &[&str]) -> Vec<Option<String>> {
+    let total = current.len();
+    let monitors: BTreeSet<&str> = eligible.iter().copied().collect();
+    if monitors.is_empty() {
+        return vec![None; total];
+    }
+    let n = monitors.len();
+    let (base, extra) = (total / n, total % n);
+
+    let mut held: BTreeMap<&str, usize> = monitors.iter().map(|m| (*m, 0)).collect();
+    for owner in current.iter().flatten() {
+        if let Some(h) = held.get_mut(owner) {
+            *h += 1;
+        }
+    }
+    // The `extra` monitors allowed one bucket above base are those holding
+    // the most already (ties by id), so nobody has to give up a bucket only
+    // for another to receive one.
+    let mut by_load: Vec<(&str, usize)> = held.iter().map(|(m, h)| (*m, *h)).collect();
+    by_load.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let target: BTreeMap<&str, usize> = by_load
+        .iter()
+        .enumerate()
+        .map(|(i, (m, _))| (*m, base + usize::from(i < extra)))
+        .collect();
+
+    let mut load: BTreeMap<&str, usize> = monitors.iter().map(|m| (*m, 0)).collect();
+    let mut out: Vec<Option<String>> = vec![None; total];
+    let mut free = Vec::new();
+    for (b, owner) in current.iter().enumerate() {
+        match owner {
+            Some(o) if load.get(o).is_some_and(|l| *l < target[o]) => {
+                *load.get_mut(o).unwrap() += 1;
+                out[b] = Some((*o).to_string());
+            }
+            _ => free.push(b),
+        }
+    }
+    for b in free {
+        // Least loaded relative to its target, ties by id: deterministic.
+        let m = *load
+            .iter()
+            .filter(|(m, l)| **l < target[**m])
+            .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+            .expect("targets sum to the bucket count")
+            .0;
+        *load.get_mut(m).expect("known monitor") += 1;
+        out[b] = Some(m.to_string());
+    }
+    out
+}
+
+/// Who the master may hand buckets to, and whom it must consider alive.
+#[derive(Clone, Debug, Default)]
+pub struct Membership<'a> {
+    /// Monitors with an unexpired heartbeat (draining ones included).
+    pub live: BTreeSet<&'a str>,
+    /// Live monitors that may receive buckets (not draining).
+    pub eligible: BTreeSet<&'a str>,
+}
+
+/// Computes the next bucket table from `current`.
+///
+/// A bucket whose owner is live but moves (rebalance, drain, release) gets a
+/// handoff at `now_ms + handoff_ms`: the old owner keeps checking what is
+/// due before it, the new owner what is due after. A bucket whose owner is
+/// dead moves at once. Returns the table and whether any owner changed.
+pub fn reassign(
+    current: &[BucketAssignment],
+    members: &Membership<'_>,
+    now_ms: i64,
+    handoff_ms: i64,
+) -> (Vec<BucketAssignment>, bool) {
+    let owners: Vec<Option<&str>> = current
+        .iter()
+        .map(|a| a.owner.as_deref().filter(|o| members.eligible.contains(o)))
+        .collect();
+    let eligible: Vec<&str> = members.eligible.iter().copied().collect();
+    let next = balance(&owners, &eligible);
+    let mut changed = false;
+    let table = current
+        .iter()
+        .zip(next)
+        .map(|(old, new)| {
+            if old.owner == new {
+                // Unchanged; forget a finished handoff so the table stays tidy.
+                if old.prev.is_some() && now_ms >= old.handoff_at_ms {
+                    return BucketAssignment {
+                        owner: new,
+                        ..Default::default()
+                    };
+                }
+                return old.clone();
+            }
+            changed = true;
+            match old.owner.as_deref() {
+                Some(o) if members.live.contains(o) => BucketAssignment {
+                    owner: new,
+                    prev: Some(o.to_string()),
+                    handoff_at_ms: now_ms + handoff_ms,
+                },
+                _ => BucketAssignment {
+                    owner: new,
+                    prev: None,
+                    handoff_at_ms: 0,
+                },
+            }
+        })
+        .collect();
+    (table, changed)
+}
+
+/// Parameters of a master pass, in milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct PassTiming {
+    pub now_ms: i64,
+    pub lease_ttl_ms: i64,
+    pub handoff_ms: i64,
+}
+
+/// What a monitor does with the master document on one pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MasterAction {
+    /// Another monitor holds an unexpired lease: only read the assignment.
+    Follow,
+    /// Take or renew the lease and write this document (create when there
+    /// was none, compare-and-swap on the read etag otherwise).
+    Write(MasterDoc),
+}
+
+/// The master pass: take the lease if it is free or ours, renew it, and
+/// re-balance. `me` must not be draining (draining monitors never lead).
+pub fn master_pass(
+    me: &str,
+    master: Option<&MasterDoc>,
+    members: &Membership<'_>,
+    t: PassTiming,
+) -> MasterAction {
+    let base = match master {
+        None => MasterDoc::empty(),
+        Some(doc) => match doc.lease_held_at(t.now_ms) {
+            Some(owner) if owner != me => return MasterAction::Follow,
+            _ => doc.clone().normalised(),
+        },
+    };
+    // The master is live by definition, even if its own heartbeat write is
+    // not visible yet.
+    let mut members = members.clone();
+    members.live.insert(me);
+    members.eligible.insert(me);
+    let (buckets, changed) = reassign(&base.buckets, &members, t.now_ms, t.handoff_ms);
+    MasterAction::Write(MasterDoc {
+        lease_owner: Some(me.to_string()),
+        lease_expires_ms: t.now_ms + t.lease_ttl_ms,
+        generation: base.generation + u64::from(changed),
+        buckets,
+    })
+}
+
+/// A graceful leave or drain by `me`: hand my buckets to the other eligible
+/// monitors with a handoff, and give up the lease if I hold it. Any monitor
+/// may write this (compare-and-swap keeps it safe); the master's next pass
+/// leaves it as is because `me` is then draining.
+pub fn release(me: &str, doc: &MasterDoc, members: &Membership<'_>, t: PassTiming) -> MasterDoc {
+    let mut members = members.clone();
+    members.eligible.remove(me);
+    members.live.insert(me);
+    let base = doc.clone().normalised();
+    let (buckets, changed) = reassign(&base.buckets, &members, t.now_ms, t.handoff_ms);
+    let (lease_owner, lease_expires_ms) = if base.lease_owner.as_deref() == Some(me) {
+        (None, 0)
+    } else {
+        (base.lease_owner.clone(), base.lease_expires_ms)
+    };
+    MasterDoc {
+        lease_owner,
+        lease_expires_ms,
+        generation: base.generation + u64::from(changed),
+        buckets,
+    }
+}
+
+/// Number of buckets `me` owns in a table.
+pub fn owned_count(buckets: &[BucketAssignment], me: &str) -> usize {
+    buckets
+        .iter()
+        .filter(|a| a.owner.as_deref() == Some(me))
+        .count()
+}
+
+#[allow(dead_code)]
+const _: () = assert!(BUCKETS == 256);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn loads(table: &[Option<String>]) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for o in table.iter().flatten() {
+            *m.entry(o.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    fn moved(a: &[Option<String>], b: &[Option<String>]) -> usize {
+        a.iter()
+            .zip(b)
+            .filter(|(x, y)| x.is_some() && x != y)
+            .count()
+    }
+
+    fn check_even(table: &[Option<String>], eligible: &[&str]) {
+        assert!(table
+            .iter()
+            .all(|o| o.as_deref().is_some_and(|o| eligible.contains(&o))));
+        let l = loads(table);
+        let (min, max) = (
+            eligible
+                .iter()
+                .map(|m| l.get(*m).copied().unwrap_or(0))
+                .min()
+                .unwrap(),
+            eligible
+                .iter()
+                .map(|m| l.get(*m).copied().unwrap_or(0))
+                .max()
+                .unwrap(),
+        );
+        assert!(max - min <= 1, "uneven: {l:?}");
+    }
+
+    fn as_refs(t: &[Option<String>], eligible: &[&str]) -> Vec<Option<&'static str>> {
+        // Leak for test convenience: ids are tiny and tests are short.
+        t.iter()
+            .map(|o| {
+                o.as_deref()
+                    .filter(|o| eligible.contains(o))
+                    .map(|o| &*Box::leak(o.to_string().into_boxed_str()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn empty_membership_frees_everything() {
+        let cur = vec![Some("a"); BUCKETS];
+        assert!(balance(&cur, &[]).iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn every_monitor_count_from_1_to_300_is_even_and_complete() {
+        let names: Vec<String> = (0..300).map(|i| format!("m{i:03}")).collect();
+        for n in 1..=300 {
+            let el: Vec<&str> = names[..n].iter().map(String::as_str).collect();
+            let t = balance(&vec![None; BUCKETS], &el);
+            check_even(&t, &el);
+        }
+    }
+
+    #[test]
+    fn join_and_leave_bounds_for_every_size() {
+        let names: Vec<String> = (0..40).map(|i| format!("m{i:02}")).collect();
+        for n in 1..39 {
+            let el: Vec<&str> = names[..n].iter().map(String::as_str).collect();
+            let t = balance(&vec![None; BUCKETS], &el);
+            // Join
+            let el2: Vec<&str> = names[..n + 1].iter().map(String::as_str).collect();
+            let t2 = balance(&as_refs(&t, &el2), &el2);
+            check_even(&t2, &el2);
+            assert!(moved(&t, &t2) <= BUCKETS.div_ceil(n + 1), "join n={n}");
+            // Leave of any one monitor moves only its buckets.
+            if n > 1 {
+                for gone in &el {
+                    let rest: Vec<&str> = el.iter().copied().filter(|m| m != gone).collect();
+                    let t3 = balance(&as_refs(&t, &rest), &rest);
+                    check_even(&t3, &rest);
+                    for (a, b) in t.iter().zip(&t3) {
+                        if a.as_deref() != Some(*gone) {
+                            assert_eq!(a, b, "leave of {gone} moved another's bucket");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Event {
+        Join(u8),
+        Leave(u8),
+        Pass,
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (0u8..24).prop_map(Event::Join),
+            (0u8..24).prop_map(Event::Leave),
+            Just(Event::Pass),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// Over random membership histories, starting from a balanced table,
+        /// each step keeps every invariant.
+        #[test]
+        fn histories_keep_invariants(events in proptest::collection::vec(event(), 1..60)) {
+            let mut members: BTreeSet<String> = BTreeSet::from(["m0".to_string()]);
+            let el: Vec<&str> = members.iter().map(String::as_str).collect();
+            let mut table = balance(&vec![None; BUCKETS], &el);
+            for ev in events {
+                let before = members.clone();
+                match ev {
+                    Event::Join(i) => { members.insert(format!("m{i}")); }
+                    Event::Leave(i) => { members.remove(&format!("m{i}")); }
+                    Event::Pass => {}
+                }
+                let el: Vec<&str> = members.iter().map(String::as_str).collect();
+                let next = balance(&as_refs(&table, &el), &el);
+                if el.is_empty() {
+                    prop_assert!(next.iter().all(Option::is_none));
+                } else {
+                    check_even(&next, &el);
+                    let joined = members.difference(&before).count();
+                    let left: Vec<&String> = before.difference(&members).collect();
+                    let was_balanced = !before.is_empty();
+                    if was_balanced && joined == 0 && left.is_empty() {
+                        prop_assert_eq!(moved(&table, &next), 0, "stable membership moved buckets");
+                    }
+                    if was_balanced && joined == 1 && left.is_empty() {
+                        prop_assert!(moved(&table, &next) <= BUCKETS.div_ceil(el.len()));
+                    }
+                    if was_balanced && joined == 0 && !left.is_empty() {
+                        for (a, b) in table.iter().zip(&next) {
+                            if !left.iter().any(|l| a.as_deref() == Some(l.as_str())) {
+                                prop_assert_eq!(a, b, "leave moved a survivor's bucket");
+                            }
+                        }
+                    }
+                }
+                table = next;
+            }
+        }
+    }
+
+    fn members<'a>(live: &[&'a str], draining: &[&'a str]) -> Membership<'a> {
+        Membership {
+            live: live.iter().chain(draining).copied().collect(),
+            eligible: live.iter().copied().collect(),
+        }
+    }
+
+    const T: PassTiming = PassTiming {
+        now_ms: 100_000,
+        lease_ttl_ms: 10_000,
+        handoff_ms: 4_000,
+    };
+
+    #[test]
+    fn master_pass_creates_takes_renews_and_follows() {
+        let m = members(&["a", "b"], &[]);
+        let MasterAction::Write(doc) = master_pass("a", None, &m, T) else {
+            panic!("create")
+        };
+        assert_eq!(doc.lease_owner.as_deref(), Some("a"));
+        assert_eq!(doc.lease_expires_ms, T.now_ms + T.lease_ttl_ms);
+        assert_eq!(doc.generation, 1);
+        assert_eq!(owned_count(&doc.buckets, "a"), 128);
+        assert_eq!(owned_count(&doc.buckets, "b"), 128);
+        // Initial assignment has no handoff: nobody owned anything.
+        assert!(doc.buckets.iter().all(|b| b.prev.is_none()));
+
+        // b follows while a's lease holds.
+        assert_eq!(master_pass("b", Some(&doc), &m, T), MasterAction::Follow);
+        // a renews: same assignment, same generation, lease extended.
+        let later = PassTiming {
+            now_ms: T.now_ms + 2_000,
+            ..T
+        };
+        let MasterAction::Write(renewed) = master_pass("a", Some(&doc), &m, later) else {
+            panic!()
+        };
+        assert_eq!(renewed.generation, 1);
+        assert_eq!(renewed.buckets, doc.buckets);
+        assert_eq!(renewed.lease_expires_ms, later.now_ms + T.lease_ttl_ms);
+        // The lease expires at exactly lease_expires_ms: then b may take it.
+        let expired = PassTiming {
+            now_ms: doc.lease_expires_ms,
+            ..T
+        };
+        let only_b = members(&["b"], &[]);
+        let MasterAction::Write(taken) = master_pass("b", Some(&doc), &only_b, expired) else {
+            panic!("take-over of an expired lease")
+        };
+        assert_eq!(taken.lease_owner.as_deref(), Some("b"));
+        assert_eq!(owned_count(&taken.buckets, "b"), 256);
+        // a is dead: its buckets move at once, without handoff.
+        assert!(taken
+            .buckets
+            .iter()
+            .all(|x| x.prev.is_none() && x.handoff_at_ms == 0));
+        assert_eq!(taken.generation, 2);
+    }
+
+    #[test]
+    fn join_hands_off_with_a_delay_and_drain_releases() {
+        let m = members(&["a"], &[]);
+        let MasterAction::Write(doc) = master_pass("a", None, &m, T) else {
+            panic!()
+        };
+        let m2 = members(&["a", "b"], &[]);
+        let MasterAction::Write(joined) = master_pass("a", Some(&doc), &m2, T) else {
+            panic!()
+        };
+        let moved: Vec<_> = joined
+            .buckets
+            .iter()
+            .filter(|x| x.owner.as_deref() == Some("b"))
+            .collect();
+        assert_eq!(moved.len(), 128);
+        for x in &moved {
+            assert_eq!(x.prev.as_deref(), Some("a"));
+            assert_eq!(x.handoff_at_ms, T.now_ms + T.handoff_ms);
+            assert_eq!(x.owner_at(T.now_ms + T.handoff_ms - 1), Some("a"));
+            assert_eq!(x.owner_at(T.now_ms + T.handoff_ms), Some("b"));
+        }
+        // After the handoff time the next pass tidies the table, owners unchanged.
+        let after = PassTiming {
+            now_ms: T.now_ms + T.handoff_ms,
+            ..T
+        };
+        let MasterAction::Write(tidy) = master_pass("a", Some(&joined), &m2, after) else {
+            panic!()
+        };
+        assert_eq!(tidy.generation, joined.generation);
+        assert!(tidy.buckets.iter().all(|x| x.prev.is_none()));
+
+        // b (not master) releases: all its buckets go back to a with a handoff.
+        let draining_b = members(&["a"], &["b"]);
+        let rel = release("b", &joined, &draining_b, after);
+        assert_eq!(owned_count(&rel.buckets, "a"), 256);
+        assert_eq!(
+            rel.lease_owner.as_deref(),
+            Some("a"),
+            "a non-master keeps the lease as is"
+        );
+        assert_eq!(rel.generation, joined.generation + 1);
+        assert!(
+            rel.buckets
+                .iter()
+                .filter(|x| x.prev.as_deref() == Some("b"))
+                .count()
+                == 128
+        );
+        // The master's next pass keeps the release as it is.
+        let MasterAction::Write(next) = master_pass("a", Some(&rel), &draining_b, after) else {
+            panic!()
+        };
+        assert_eq!(next.buckets, rel.buckets);
+
+        // The master releases: lease freed too.
+        let rel_a = release("a", &joined, &members(&["b"], &["a"]), after);
+        assert_eq!(rel_a.lease_owner, None);
+        assert_eq!(rel_a.lease_held_at(after.now_ms), None);
+        assert_eq!(owned_count(&rel_a.buckets, "b"), 256);
+    }
+
+    #[test]
+    fn draining_monitor_is_not_given_buckets() {
+        let m = members(&["a"], &["d"]);
+        let MasterAction::Write(doc) = master_pass("a", None, &m, T) else {
+            panic!()
+        };
+        assert_eq!(owned_count(&doc.buckets, "d"), 0);
+    }
+
+    #[test]
+    fn short_or_long_master_doc_is_normalised() {
+        let mut d = MasterDoc::empty();
+        d.buckets.truncate(10);
+        let MasterAction::Write(doc) = master_pass("a", Some(&d), &members(&["a"], &[]), T) else {
+            panic!()
+        };
+        assert_eq!(doc.buckets.len(), BUCKETS);
+    }
+}

@@ -1,0 +1,535 @@
+//! Change feed → local cluster map, in the kube-runtime style: [`watch`] is a
+//! `Stream` of feed events, [`Reflector`] is the single writer that applies
+//! them to a [`ClusterMap`], whose clones are read-only views.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::metrics::{names, sanitize_tag, Metrics};
+use crate::model::{ClusterDoc, Credentials, ProvisioningState};
+use crate::store::{Change, FeedPage, Store, StoreError};
+
+/// What a check needs of a cluster, and nothing else (no raw document).
+pub struct ClusterEntry {
+    pub id: Arc<str>,
+    pub bucket: u8,
+    pub state: ProvisioningState,
+    pub api_server: Box<str>,
+    /// `resourceId` first, then the document's labels, sanitised for statsd.
+    pub tags: Box<[(Box<str>, Box<str>)]>,
+    /// Absent when the document has none (the common case in tests).
+    pub credentials: Option<Box<Credentials>>,
+}
+
+impl std::fmt::Debug for ClusterEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterEntry")
+            .field("id", &self.id)
+            .field("bucket", &self.bucket)
+            .field("state", &self.state)
+            .field("api_server", &self.api_server)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+impl ClusterEntry {
+    pub fn from_doc(doc: ClusterDoc) -> Self {
+        let mut tags = Vec::with_capacity(doc.labels.len() + 1);
+        tags.push(("resourceId".into(), sanitize_tag(&doc.id).into_boxed_str()));
+        for (k, v) in doc.labels {
+            if k == "resourceId" {
+                continue;
+            }
+            tags.push((
+                sanitize_tag(&k).into_boxed_str(),
+                sanitize_tag(&v).into_boxed_str(),
+            ));
+        }
+        let credentials = (!doc.credentials.is_empty()).then(|| Box::new(doc.credentials));
+        Self {
+            id: doc.id.into(),
+            bucket: doc.bucket,
+            state: doc.provisioning_state,
+            api_server: doc.api_server.into_boxed_str(),
+            tags: tags.into_boxed_slice(),
+            credentials,
+        }
+    }
+
+    /// Tags as borrowed pairs, plus `extra`.
+    pub fn tags_with<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut v: Vec<(&str, &str)> = self.tags.iter().map(|(k, v)| (&**k, &**v)).collect();
+        v.extend_from_slice(extra);
+        v
+    }
+}
+
+#[derive(Default)]
+struct MapInner {
+    clusters: DashMap<Arc<str>, Arc<ClusterEntry>>,
+    /// Documents that failed to decode or validate, with the reason. A
+    /// cluster whose update was invalid keeps its last valid entry above.
+    invalid: DashMap<Arc<str>, Box<str>>,
+    replay_done: AtomicBool,
+    caught_up_at_ms: AtomicI64,
+    changes_applied: AtomicU64,
+}
+
+/// Read-only view of the cluster map; cheap to clone.
+#[derive(Clone, Default)]
+pub struct ClusterMap {
+    inner: Arc<MapInner>,
+}
+
+impl ClusterMap {
+    pub fn get(&self, id: &str) -> Option<Arc<ClusterEntry>> {
+        self.inner.clusters.get(id).map(|e| e.value().clone())
+    }
+    pub fn len(&self) -> usize {
+        self.inner.clusters.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.inner.clusters.is_empty()
+    }
+    pub fn invalid_len(&self) -> usize {
+        self.inner.invalid.len()
+    }
+    pub fn invalid_reason(&self, id: &str) -> Option<String> {
+        self.inner.invalid.get(id).map(|r| r.to_string())
+    }
+    /// Whether the initial replay of the feed has reached its end.
+    pub fn replay_done(&self) -> bool {
+        self.inner.replay_done.load(Ordering::Acquire)
+    }
+    /// Clock time of the last read that reached the end of the feed (0: never).
+    pub fn caught_up_at_ms(&self) -> i64 {
+        self.inner.caught_up_at_ms.load(Ordering::Acquire)
+    }
+    pub fn changes_applied(&self) -> u64 {
+        self.inner.changes_applied.load(Ordering::Relaxed)
+    }
+    /// Visits every entry (a consistent view per shard, not a snapshot).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<ClusterEntry>)) {
+        for e in self.inner.clusters.iter() {
+            f(e.value());
+        }
+    }
+}
+
+/// Tells the scheduler that a cluster's entry changed or went away.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClusterEvent {
+    /// `fresh`: the cluster just became checkable after the initial replay
+    /// (created, or out of Creating): check it now rather than at its phase.
+    Changed {
+        id: Arc<str>,
+        fresh: bool,
+    },
+    Removed {
+        id: Arc<str>,
+    },
+}
+
+/// Items of the feed stream.
+#[derive(Debug)]
+pub enum FeedEvent {
+    Page(FeedPage),
+    /// A read failed; the next read retries from the same continuation.
+    Error(StoreError),
+    /// The continuation expired: the stream restarts from the beginning and
+    /// the reflector must drop what the new replay does not contain.
+    Restarted,
+}
+
+/// Follows the change feed from `from`: reads pages back to back until the
+/// end, then every `interval`. The continuation lives in the stream state
+/// and only advances past a page that was delivered.
+pub fn watch(
+    store: Arc<dyn Store>,
+    from: Option<String>,
+    interval: Duration,
+    page_size: usize,
+) -> impl Stream<Item = FeedEvent> {
+    struct St {
+        store: Arc<dyn Store>,
+        cont: Option<String>,
+        wait: bool,
+        failures: u32,
+    }
+    let st = St {
+        store,
+        cont: from,
+        wait: false,
+        failures: 0,
+    };
+    futures::stream::unfold(st, move |mut st| async move {
+        if st.wait {
+            // Back off on repeated failures, up to 8 intervals.
+            let factor = 1u32 << st.failures.min(3);
+            tokio::time::sleep(interval * factor).await;
+        }
+        let ev = match st.store.read_feed(st.cont.as_deref(), page_size).await {
+            Ok(page) => {
+                st.failures = 0;
+                st.wait = page.caught_up;
+                st.cont = Some(page.continuation.clone());
+                FeedEvent::Page(page)
+            }
+            Err(StoreError::ContinuationExpired(_)) => {
+                st.cont = None;
+                st.wait = false;
+                FeedEvent::Restarted
+            }
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                st.wait = true;
+                FeedEvent::Error(e)
+            }
+        };
+        Some((ev, st))
+    })
+}
+
+/// The single writer of a [`ClusterMap`].
+pub struct Reflector {
+    map: ClusterMap,
+    events: mpsc::Sender<ClusterEvent>,
+    metrics: Metrics,
+    clock: Clock,
+    /// During a restarted replay: ids seen so far.
+    resync: Option<HashSet<Arc<str>>>,
+}
+
+impl Reflector {
+    /// A reflector, the map it writes, and the events for the scheduler.
+    pub fn new(
+        metrics: Metrics,
+        clock: Clock,
+        queue: usize,
+    ) -> (Self, ClusterMap, mpsc::Receiver<ClusterEvent>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let map = ClusterMap::default();
+        (
+            Self {
+                map: map.clone(),
+                events: tx,
+                metrics,
+                clock,
+                resync: None,
+            },
+            map,
+            rx,
+        )
+    }
+
+    /// Applies the stream until it ends or `stop` is cancelled.
+    pub async fn run(mut self, feed: impl Stream<Item = FeedEvent>, stop: CancellationToken) {
+        let mut feed = std::pin::pin!(feed);
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = feed.next() => ev,
+            };
+            let Some(ev) = ev else { return };
+            if self.apply(ev).await.is_err() {
+                return; // the scheduler is gone: shutting down
+            }
+        }
+    }
+
+    /// Applies one event. Errs only when the event receiver is gone.
+    pub async fn apply(&mut self, ev: FeedEvent) -> Result<(), ()> {
+        match ev {
+            FeedEvent::Error(e) => {
+                self.metrics.self_count(names::FEED_ERRORS, 1, &[]);
+                tracing::warn!(error = %e, "change feed read failed; retrying from the same continuation");
+            }
+            FeedEvent::Restarted => {
+                tracing::warn!(
+                    "change feed continuation expired; replaying the feed from the beginning"
+                );
+                self.resync = Some(HashSet::new());
+            }
+            FeedEvent::Page(page) => {
+                let n = page.changes.len() as u64;
+                for change in page.changes {
+                    self.apply_change(change).await?;
+                }
+                if n > 0 {
+                    self.metrics.self_count(names::FEED_CHANGES, n, &[]);
+                    self.map
+                        .inner
+                        .changes_applied
+                        .fetch_add(n, Ordering::Relaxed);
+                }
+                if page.caught_up {
+                    if let Some(seen) = self.resync.take() {
+                        self.drop_unseen(&seen).await?;
+                    }
+                    let first = !self.map.inner.replay_done.swap(true, Ordering::AcqRel);
+                    if first {
+                        tracing::info!(
+                            clusters = self.map.len(),
+                            "initial change feed replay done"
+                        );
+                    }
+                    self.map
+                        .inner
+                        .caught_up_at_ms
+                        .store(self.clock.now_ms(), Ordering::Release);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_change(&mut self, change: Change) -> Result<(), ()> {
+        let inner = &self.map.inner;
+        match change {
+            Change::Upsert(raw) => {
+                let id: Arc<str> = raw.id.as_str().into();
+                if let Some(seen) = &mut self.resync {
+                    seen.insert(id.clone());
+                }
+                match ClusterDoc::decode(&raw.body) {
+                    Ok(doc) if doc.id == raw.id => {
+                        inner.invalid.remove(&id);
+                        let entry = Arc::new(ClusterEntry::from_doc(doc));
+                        let checkable = entry.state.is_checkable();
+                        let prev = inner.clusters.insert(id.clone(), entry);
+                        let was_checkable = prev.is_some_and(|p| p.state.is_checkable());
+                        let fresh = checkable && !was_checkable && self.map.replay_done();
+                        self.events
+                            .send(ClusterEvent::Changed { id, fresh })
+                            .await
+                            .map_err(|_| ())?;
+                    }
+                    Ok(doc) => self.invalid(
+                        id,
+                        format!("document id {:?} does not match its key", doc.id),
+                    ),
+                    Err(reason) => self.invalid(id, reason),
+                }
+            }
+            Change::Delete { id } => {
+                let id: Arc<str> = id.into();
+                inner.invalid.remove(&id);
+                if inner.clusters.remove(&id).is_some() {
+                    self.events
+                        .send(ClusterEvent::Removed { id })
+                        .await
+                        .map_err(|_| ())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, id: Arc<str>, reason: String) {
+        self.metrics.self_count(names::FEED_INVALID, 1, &[]);
+        let kept = self.map.inner.clusters.contains_key(&id);
+        let changed = self.map.invalid_reason(&id).as_deref() != Some(reason.as_str());
+        if changed {
+            // The reason names fields, never values: safe to log.
+            tracing::warn!(cluster = %id, %reason, kept_last_valid = kept, "skipping invalid cluster document");
+        }
+        self.map.inner.invalid.insert(id, reason.into_boxed_str());
+    }
+
+    async fn drop_unseen(&self, seen: &HashSet<Arc<str>>) -> Result<(), ()> {
+        let gone: Vec<Arc<str>> = self
+            .map
+            .inner
+            .clusters
+            .iter()
+            .filter(|e| !seen.contains(e.key()))
+            .map(|e| e.key().clone())
+            .collect();
+        for id in gone {
+            self.map.inner.clusters.remove(&id);
+            self.events
+                .send(ClusterEvent::Removed { id })
+                .await
+                .map_err(|_| ())?;
+        }
+        self.map.inner.invalid.retain(|id, _| seen.contains(id));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract::cluster;
+    use crate::store::mem::MemStore;
+
+    fn reflector() -> (Reflector, ClusterMap, mpsc::Receiver<ClusterEvent>) {
+        Reflector::new(Metrics::disabled(), Clock::at(0), 1024)
+    }
+
+    async fn drain(feed: &mut (impl Stream<Item = FeedEvent> + Unpin), r: &mut Reflector) {
+        loop {
+            let ev = feed.next().await.unwrap();
+            let done = matches!(&ev, FeedEvent::Page(p) if p.caught_up);
+            r.apply(ev).await.unwrap();
+            if done {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replay_then_incremental_with_fresh_and_removed_events() {
+        let store = Arc::new(MemStore::new());
+        for i in 0..5 {
+            store
+                .put_cluster(&cluster(&format!("c{i}"), i))
+                .await
+                .unwrap();
+        }
+        let mut creating = cluster("creating", 9);
+        creating.provisioning_state = ProvisioningState::Creating;
+        store.put_cluster(&creating).await.unwrap();
+
+        let (mut r, map, mut rx) = reflector();
+        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 2));
+        drain(&mut feed, &mut r).await;
+        assert!(map.replay_done());
+        assert_eq!(map.len(), 6);
+        let mut replayed = 0;
+        while let Ok(ev) = rx.try_recv() {
+            assert!(
+                matches!(ev, ClusterEvent::Changed { fresh: false, .. }),
+                "replay events are not fresh"
+            );
+            replayed += 1;
+        }
+        assert_eq!(replayed, 6);
+
+        // Creating -> Succeeded after the replay is fresh; a new doc too; delete is Removed.
+        store.put_cluster(&cluster("creating", 9)).await.unwrap();
+        store.put_cluster(&cluster("new", 1)).await.unwrap();
+        store.delete_cluster("c0").await.unwrap();
+        drain(&mut feed, &mut r).await;
+        let evs: Vec<ClusterEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(
+            evs,
+            vec![
+                ClusterEvent::Changed {
+                    id: "creating".into(),
+                    fresh: true
+                },
+                ClusterEvent::Changed {
+                    id: "new".into(),
+                    fresh: true
+                },
+                ClusterEvent::Removed { id: "c0".into() },
+            ]
+        );
+        assert!(map.get("c0").is_none());
+        assert_eq!(
+            map.get("creating").unwrap().state,
+            ProvisioningState::Succeeded
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalid_documents_are_skipped_and_keep_the_last_valid_entry() {
+        use crate::store::{FeedPage, RawCluster};
+        let (mut r, map, _rx) = reflector();
+        let good = serde_json::to_string(&cluster("a", 1)).unwrap();
+        let page = |changes| {
+            FeedEvent::Page(FeedPage {
+                changes,
+                continuation: "x".into(),
+                caught_up: true,
+            })
+        };
+        r.apply(page(vec![
+            Change::Upsert(RawCluster {
+                id: "a".into(),
+                body: good,
+            }),
+            Change::Upsert(RawCluster {
+                id: "b".into(),
+                body: "{broken".into(),
+            }),
+        ]))
+        .await
+        .unwrap();
+        assert!(map.get("a").is_some());
+        assert!(map.get("b").is_none());
+        assert!(map
+            .invalid_reason("b")
+            .unwrap()
+            .contains("invalid cluster document"));
+        r.apply(page(vec![Change::Upsert(RawCluster {
+            id: "a".into(),
+            body: "{\"id\":\"a\"}".into(),
+        })]))
+        .await
+        .unwrap();
+        assert!(
+            map.get("a").is_some(),
+            "an invalid update keeps the last valid entry"
+        );
+        assert!(map.invalid_reason("a").is_some());
+        assert_eq!(map.invalid_len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn feed_errors_keep_the_continuation_and_restart_drops_unseen() {
+        let store = Arc::new(MemStore::new());
+        store.put_cluster(&cluster("a", 1)).await.unwrap();
+        store.put_cluster(&cluster("b", 2)).await.unwrap();
+        let (mut r, map, _rx) = reflector();
+        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10));
+        drain(&mut feed, &mut r).await;
+
+        store.set_available(false);
+        let ev = feed.next().await.unwrap();
+        assert!(matches!(ev, FeedEvent::Error(_)));
+        r.apply(ev).await.unwrap();
+        store.set_available(true);
+        store.put_cluster(&cluster("c", 3)).await.unwrap();
+        drain(&mut feed, &mut r).await;
+        assert!(map.get("c").is_some(), "no change lost across a feed error");
+        assert_eq!(map.len(), 3);
+
+        // A restart replays everything; what it does not contain is dropped.
+        r.apply(FeedEvent::Restarted).await.unwrap();
+        let raw = store.get_cluster("a").await.unwrap().unwrap();
+        r.apply(FeedEvent::Page(FeedPage {
+            changes: vec![Change::Upsert(raw)],
+            continuation: "1".into(),
+            caught_up: true,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(map.len(), 1);
+        assert!(map.get("a").is_some());
+    }
+
+    #[test]
+    fn entry_keeps_only_what_checks_need_and_sanitises_tags() {
+        let mut d = cluster("x", 3);
+        d.labels.insert("team".into(), "a,b|c".into());
+        let e = ClusterEntry::from_doc(d);
+        assert_eq!(&*e.tags[0].0, "resourceId");
+        assert_eq!(&*e.tags[0].1, "x");
+        assert!(e
+            .tags
+            .iter()
+            .any(|(k, v)| &**k == "team" && &**v == "a_b_c"));
+        assert!(e.credentials.is_none());
+    }
+}

@@ -1,0 +1,22 @@
+//! clustermon core: everything but the databases and the command line.
+//!
+//! - [`model`]: the documents (clusters, monitors, master).
+//! - [`store`]: the store contract, an in-memory store, the contract suite.
+//! - [`balance`]: pure assignment decisions (balancer, handoff, lease).
+//! - [`feed`]: change feed stream and the reflector into the cluster map.
+//! - [`schedule`]: phases, the scheduler and its bounded check pool.
+//! - [`check`]: the check seam and the healthz checker.
+//! - [`engine`]: membership loop and wiring, graceful shutdown.
+//! - [`metrics`]: every metric, and the non-blocking statsd emitter.
+
+pub mod balance;
+pub mod check;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod feed;
+pub mod metrics;
+pub mod model;
+pub mod schedule;
+pub mod status;
+pub mod store;

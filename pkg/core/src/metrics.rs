@@ -1,0 +1,409 @@
+//! Every metric clustermon emits is defined here, in [`CATALOG`];
+//! `docs/metrics.md` lists the same set (a test keeps them in step).
+//!
+//! Emitting never blocks: cadence formats each metric into a bounded queue
+//! ([`QueueSink`]); when the queue is full the metric is dropped and counted.
+//! A single writer task drains the queue into UDP datagrams.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cadence::prelude::*;
+use cadence::{MetricSink, StatsdClient};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub mod names {
+    // Per-cluster metrics: tags resourceId plus the cluster's labels.
+    pub const HEALTHZ_CODE: &str = "apiserver.healthz.code";
+    pub const CHECK_DURATION: &str = "monitor.check.duration";
+    // Self metrics: tag monitor.
+    pub const HEARTBEAT: &str = "monitor.heartbeat";
+    pub const MASTER: &str = "monitor.master";
+    pub const BUCKETS_OWNED: &str = "monitor.buckets.owned";
+    pub const MONITORS_LIVE: &str = "monitor.monitors.live";
+    pub const GENERATION: &str = "monitor.assignment.generation";
+    pub const ASSIGNMENT_AGE: &str = "monitor.assignment.age";
+    pub const CACHE_SIZE: &str = "monitor.cache.size";
+    pub const CACHE_INVALID: &str = "monitor.cache.invalid";
+    pub const CHECKS_INFLIGHT: &str = "monitor.checks.inflight";
+    pub const CHECKS_STARTED: &str = "monitor.checks.started";
+    pub const CHECKS_SKIPPED: &str = "monitor.checks.skipped";
+    pub const CHECKS_TIMEDOUT: &str = "monitor.checks.timedout";
+    pub const CHECKS_SCHEDULED: &str = "monitor.checks.scheduled";
+    pub const SCHEDULE_LAG: &str = "monitor.schedule.lag";
+    pub const FEED_LAG: &str = "monitor.changefeed.lag";
+    pub const FEED_CHANGES: &str = "monitor.changefeed.changes";
+    pub const FEED_INVALID: &str = "monitor.changefeed.invalid";
+    pub const FEED_ERRORS: &str = "monitor.changefeed.errors";
+    pub const STORE_ERRORS: &str = "monitor.store.errors";
+    pub const MASTER_CONFLICTS: &str = "monitor.master.conflicts";
+    pub const METRICS_DROPPED: &str = "monitor.metrics.dropped";
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+    /// Milliseconds.
+    Timer,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+            Kind::Timer => "timer (ms)",
+        }
+    }
+}
+
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub tags: &'static str,
+    pub help: &'static str,
+}
+
+const CLUSTER_TAGS: &str = "resourceId, labels";
+
+/// The one list of metrics. docs/metrics.md must name each of them.
+pub const CATALOG: &[MetricDef] = {
+    use names::*;
+    use Kind::*;
+    &[
+        MetricDef { name: HEALTHZ_CODE, kind: Gauge, tags: CLUSTER_TAGS, help: "HTTP status of GET /healthz on the cluster's API server; 0 when unreachable or timed out." },
+        MetricDef { name: CHECK_DURATION, kind: Timer, tags: "resourceId, labels, result", help: "Wall time of one check of a cluster; result is ok, failed or timeout." },
+        MetricDef { name: HEARTBEAT, kind: Gauge, tags: "monitor", help: "1 on every pass whose heartbeat write succeeded." },
+        MetricDef { name: MASTER, kind: Gauge, tags: "monitor", help: "1 while this monitor holds the master lease, else 0." },
+        MetricDef { name: BUCKETS_OWNED, kind: Gauge, tags: "monitor", help: "Buckets assigned to this monitor in its current view." },
+        MetricDef { name: MONITORS_LIVE, kind: Gauge, tags: "monitor", help: "Live monitors seen by the master (emitted by the master only)." },
+        MetricDef { name: GENERATION, kind: Gauge, tags: "monitor", help: "Generation of the assignment this monitor follows." },
+        MetricDef { name: ASSIGNMENT_AGE, kind: Gauge, tags: "monitor", help: "Milliseconds since this monitor last read the assignment from the store." },
+        MetricDef { name: CACHE_SIZE, kind: Gauge, tags: "monitor", help: "Cluster documents in the local map (all buckets)." },
+        MetricDef { name: CACHE_INVALID, kind: Gauge, tags: "monitor", help: "Cluster documents currently skipped as invalid." },
+        MetricDef { name: CHECKS_INFLIGHT, kind: Gauge, tags: "monitor", help: "Checks running now." },
+        MetricDef { name: CHECKS_SCHEDULED, kind: Gauge, tags: "monitor", help: "Clusters this monitor schedules (owned buckets, checkable state)." },
+        MetricDef { name: CHECKS_STARTED, kind: Counter, tags: "monitor", help: "Checks started." },
+        MetricDef { name: CHECKS_SKIPPED, kind: Counter, tags: "monitor, reason", help: "Due checks not started: reason pool_full (no worker free), still_running (previous check of the cluster not finished) or late (due more than half an interval ago)." },
+        MetricDef { name: CHECKS_TIMEDOUT, kind: Counter, tags: "monitor", help: "Checks cancelled at --check-timeout." },
+        MetricDef { name: SCHEDULE_LAG, kind: Gauge, tags: "monitor", help: "Largest delay in milliseconds between a check's due time and its start, over the last heartbeat interval." },
+        MetricDef { name: FEED_LAG, kind: Gauge, tags: "monitor", help: "Milliseconds since the change feed was last read to its end." },
+        MetricDef { name: FEED_CHANGES, kind: Counter, tags: "monitor", help: "Change-feed entries applied to the local map." },
+        MetricDef { name: FEED_INVALID, kind: Counter, tags: "monitor", help: "Cluster documents skipped because they do not decode or validate." },
+        MetricDef { name: FEED_ERRORS, kind: Counter, tags: "monitor", help: "Change-feed reads that failed (retried from the same continuation)." },
+        MetricDef { name: STORE_ERRORS, kind: Counter, tags: "monitor, op", help: "Failed store calls by operation (heartbeat, list_monitors, read_master, write_master, delete_monitor)." },
+        MetricDef { name: MASTER_CONFLICTS, kind: Counter, tags: "monitor", help: "Master writes that lost a compare-and-swap race (HTTP 412 equivalent)." },
+        MetricDef { name: METRICS_DROPPED, kind: Counter, tags: "monitor", help: "Metrics dropped because the emit queue was full or the send failed." },
+    ]
+};
+
+/// Counters of the emit path itself.
+#[derive(Debug, Default)]
+pub struct EmitStats {
+    pub dropped: AtomicU64,
+    pub sent_datagrams: AtomicU64,
+}
+
+/// A cadence sink that queues formatted metrics without blocking.
+pub struct QueueSink {
+    tx: mpsc::Sender<String>,
+    stats: Arc<EmitStats>,
+}
+
+impl MetricSink for QueueSink {
+    fn emit(&self, metric: &str) -> io::Result<usize> {
+        match self.tx.try_send(metric.to_owned()) {
+            Ok(()) => Ok(metric.len()),
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "metrics queue full",
+                ))
+            }
+        }
+    }
+}
+
+/// Cheap, cloneable handle used everywhere a metric is emitted.
+#[derive(Clone)]
+pub struct Metrics {
+    client: Arc<StatsdClient>,
+    monitor: Arc<str>,
+    stats: Arc<EmitStats>,
+}
+
+/// Where the writer sends metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Udp(String),
+    /// Discard (commands that emit nothing, tests).
+    None,
+}
+
+impl Target {
+    /// Parses `udp:HOST:PORT` (or `none`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(Target::None);
+        }
+        match s.strip_prefix("udp:") {
+            Some(addr)
+                if addr
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+            {
+                Ok(Target::Udp(addr.to_string()))
+            }
+            _ => Err(format!(
+                "invalid statsd address {s:?}: expected udp:HOST:PORT"
+            )),
+        }
+    }
+}
+
+/// Drains the queue into datagrams of at most `MAX_DATAGRAM` bytes.
+pub struct Writer {
+    rx: mpsc::Receiver<String>,
+    target: Target,
+    stats: Arc<EmitStats>,
+}
+
+const MAX_DATAGRAM: usize = 1432;
+
+impl Metrics {
+    /// A handle and the writer that must be run (see [`Writer::run`]).
+    pub fn new(monitor: &str, target: Target, queue: usize) -> (Self, Writer) {
+        let (tx, rx) = mpsc::channel(queue);
+        let stats = Arc::new(EmitStats::default());
+        let sink = QueueSink {
+            tx,
+            stats: stats.clone(),
+        };
+        let client = StatsdClient::builder("", sink)
+            .with_error_handler(|_| {})
+            .build();
+        (
+            Self {
+                client: Arc::new(client),
+                monitor: monitor.into(),
+                stats: stats.clone(),
+            },
+            Writer { rx, target, stats },
+        )
+    }
+
+    /// A handle whose metrics are formatted into the returned receiver (tests).
+    pub fn capture(monitor: &str, queue: usize) -> (Self, mpsc::Receiver<String>) {
+        let (m, w) = Self::new(monitor, Target::None, queue);
+        (m, w.rx)
+    }
+
+    pub fn disabled() -> Self {
+        Self::new("none", Target::None, 1).0
+    }
+
+    pub fn stats(&self) -> &EmitStats {
+        &self.stats
+    }
+
+    pub fn gauge(&self, name: &str, value: u64, tags: &[(&str, &str)]) {
+        let mut b = self.client.gauge_with_tags(name, value);
+        for (k, v) in tags {
+            b = b.with_tag(k, v);
+        }
+        let _ = b.try_send();
+    }
+
+    pub fn count(&self, name: &str, value: u64, tags: &[(&str, &str)]) {
+        let mut b = self.client.count_with_tags(name, value);
+        for (k, v) in tags {
+            b = b.with_tag(k, v);
+        }
+        let _ = b.try_send();
+    }
+
+    pub fn timer_ms(&self, name: &str, ms: u64, tags: &[(&str, &str)]) {
+        let mut b = self.client.time_with_tags(name, ms);
+        for (k, v) in tags {
+            b = b.with_tag(k, v);
+        }
+        let _ = b.try_send();
+    }
+
+    /// Self metric with the `monitor` tag (and `extra` tags).
+    pub fn self_gauge(&self, name: &str, value: u64) {
+        self.gauge(name, value, &[("monitor", &self.monitor)]);
+    }
+
+    pub fn self_count(&self, name: &str, value: u64, extra: &[(&str, &str)]) {
+        let mut tags = Vec::with_capacity(extra.len() + 1);
+        tags.push(("monitor", &*self.monitor));
+        tags.extend_from_slice(extra);
+        self.count(name, value, &tags);
+    }
+}
+
+impl Writer {
+    /// Runs until `stop` is cancelled and the queue is drained, or every
+    /// sender is gone. Send errors are counted as drops, never fatal.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let sock = match &self.target {
+            Target::None => None,
+            Target::Udp(addr) => match udp_socket(addr).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "statsd: cannot open UDP socket; metrics are dropped");
+                    None
+                }
+            },
+        };
+        let mut buf = String::with_capacity(MAX_DATAGRAM);
+        loop {
+            let first = tokio::select! {
+                m = self.rx.recv() => m,
+                _ = stop.cancelled() => { self.rx.close(); self.rx.recv().await }
+            };
+            let Some(first) = first else { break };
+            buf.clear();
+            buf.push_str(&first);
+            // Pack whatever is already queued into the same datagram.
+            while let Ok(next) = self.rx.try_recv() {
+                if buf.len() + 1 + next.len() > MAX_DATAGRAM {
+                    self.send(sock.as_ref(), &buf).await;
+                    buf.clear();
+                } else {
+                    buf.push('\n');
+                }
+                buf.push_str(&next);
+            }
+            self.send(sock.as_ref(), &buf).await;
+        }
+    }
+
+    async fn send(&self, sock: Option<&UdpSocket>, payload: &str) {
+        let Some(sock) = sock else { return };
+        match sock.send(payload.as_bytes()).await {
+            Ok(_) => {
+                self.stats.sent_datagrams.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                let n = payload.split('\n').count() as u64;
+                self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn udp_socket(addr: &str) -> io::Result<UdpSocket> {
+    let target: SocketAddr = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+    let bind = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let s = UdpSocket::bind(bind).await?;
+    s.connect(target).await?;
+    Ok(s)
+}
+
+/// Replaces the characters that would break a DogStatsD tag.
+pub fn sanitize_tag(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if matches!(c, ',' | '|' | '#' | '\n' | '\r') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_has_unique_names_and_docs_list_them_all() {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in CATALOG {
+            assert!(seen.insert(m.name), "duplicate {}", m.name);
+        }
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/metrics.md"
+        ))
+        .expect("docs/metrics.md exists");
+        for m in CATALOG {
+            assert!(
+                doc.contains(&format!("`{}`", m.name)),
+                "docs/metrics.md does not list {}",
+                m.name
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn dogstatsd_format_and_drops_when_full() {
+        let (m, mut rx) = Metrics::capture("m1", 2);
+        m.gauge(
+            names::HEALTHZ_CODE,
+            200,
+            &[("resourceId", "c1"), ("env", "prod")],
+        );
+        m.self_count(names::CHECKS_SKIPPED, 1, &[("reason", "late")]);
+        m.self_gauge(names::MASTER, 1); // queue of 2 is full: dropped
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            "apiserver.healthz.code:200|g|#resourceId:c1,env:prod"
+        );
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            "monitor.checks.skipped:1|c|#monitor:m1,reason:late"
+        );
+        assert_eq!(m.stats().dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn writer_packs_datagrams_and_drains_on_stop() {
+        let recv = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        recv.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let target = Target::parse(&format!("udp:{}", recv.local_addr().unwrap())).unwrap();
+        let (m, w) = Metrics::new("m1", target, 1000);
+        for i in 0..100 {
+            m.gauge("x", i, &[]);
+        }
+        let stop = CancellationToken::new();
+        stop.cancel();
+        w.run(stop).await; // drains everything queued, then returns
+        let mut lines = 0;
+        let mut buf = [0u8; 2048];
+        while lines < 100 {
+            let n = recv.recv(&mut buf).expect("datagram");
+            assert!(n <= MAX_DATAGRAM);
+            lines += std::str::from_utf8(&buf[..n]).unwrap().lines().count();
+        }
+        assert_eq!(lines, 100);
+    }
+
+    #[test]
+    fn target_parsing() {
+        assert_eq!(
+            Target::parse("udp:127.0.0.1:8125").unwrap(),
+            Target::Udp("127.0.0.1:8125".into())
+        );
+        assert!(Target::parse("udp:127.0.0.1").is_err());
+        assert!(Target::parse("tcp:x:1").is_err());
+        assert_eq!(Target::parse("none").unwrap(), Target::None);
+    }
+}

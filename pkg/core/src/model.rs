@@ -1,0 +1,368 @@
+//! Documents shared with the store: clusters (written by the RP), monitor
+//! heartbeats and the master document. Field names are camelCase on the wire.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Number of buckets the fleet is split into. Every cluster lives in one.
+pub const BUCKETS: usize = 256;
+
+/// Provisioning state of a cluster document, as the RP writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProvisioningState {
+    Creating,
+    Succeeded,
+    Updating,
+    Deleting,
+    Failed,
+}
+
+impl ProvisioningState {
+    /// Clusters being created or deleted are not checked: their API server
+    /// is expected to be absent.
+    pub fn is_checkable(self) -> bool {
+        !matches!(self, Self::Creating | Self::Deleting)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "Creating",
+            Self::Succeeded => "Succeeded",
+            Self::Updating => "Updating",
+            Self::Deleting => "Deleting",
+            Self::Failed => "Failed",
+        }
+    }
+}
+
+impl std::str::FromStr for ProvisioningState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "Creating" => Self::Creating,
+            "Succeeded" => Self::Succeeded,
+            "Updating" => Self::Updating,
+            "Deleting" => Self::Deleting,
+            "Failed" => Self::Failed,
+            other => {
+                return Err(format!(
+                    "unknown provisioning state {other:?} (Creating, Succeeded, Updating, Deleting, Failed)"
+                ))
+            }
+        })
+    }
+}
+
+/// A string that must never be printed: tokens, private keys.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret material. Call only where it is used (building a request).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How to reach a cluster's API server. The cluster checks define how each
+/// field is used; Debug never shows secret material.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    /// PEM CA bundle the API server's certificate must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// PEM client certificate (public).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<Secret>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl Credentials {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("ca_bundle", &self.ca_bundle.as_ref().map(|_| "<pem>"))
+            .field("token", &self.token)
+            .field(
+                "client_certificate",
+                &self.client_certificate.as_ref().map(|_| "<pem>"),
+            )
+            .field("client_key", &self.client_key)
+            .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
+            .finish()
+    }
+}
+
+/// One cluster, as the RP writes it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterDoc {
+    pub id: String,
+    pub bucket: u8,
+    pub provisioning_state: ProvisioningState,
+    pub api_server: String,
+    #[serde(default, skip_serializing_if = "Credentials::is_empty")]
+    pub credentials: Credentials,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for ClusterDoc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterDoc")
+            .field("id", &self.id)
+            .field("bucket", &self.bucket)
+            .field("provisioning_state", &self.provisioning_state)
+            .field("api_server", &self.api_server)
+            .field("credentials", &self.credentials)
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
+impl ClusterDoc {
+    /// Decodes and validates a stored document. The error says what is wrong
+    /// without echoing the document (it may hold credentials).
+    pub fn decode(raw: &str) -> Result<Self, String> {
+        let doc: ClusterDoc = serde_json::from_str(raw).map_err(|e| {
+            // serde_json errors name the field and position, never the value.
+            format!("invalid cluster document: {e}")
+        })?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        validate_id(&self.id)?;
+        if !(self.api_server.starts_with("http://") || self.api_server.starts_with("https://")) {
+            return Err(format!(
+                "cluster {}: apiServer must be an http:// or https:// URL",
+                self.id
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Ids are used in URLs, metric tags and file names: keep them plain.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 512 {
+        return Err("id must be 1 to 512 characters".into());
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| c.is_control() || matches!(c, ',' | '|' | '#' | '?' | '\\'))
+    {
+        return Err(format!("id contains a forbidden character {c:?}"));
+    }
+    Ok(())
+}
+
+/// Live statistics a monitor publishes in its heartbeat, for `status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MonitorStats {
+    pub buckets: u32,
+    pub cache_size: u64,
+    pub checks_per_s: f64,
+}
+
+/// A monitor's heartbeat document. It is live while `expires_at_ms` is in
+/// the future; stores with native TTL also expire it by themselves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorDoc {
+    pub id: String,
+    pub hostname: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    /// Admin API base URL; empty until the operator tooling adds one.
+    #[serde(default)]
+    pub admin_url: String,
+    #[serde(default)]
+    pub draining: bool,
+    /// Unix milliseconds after which the document is dead.
+    pub expires_at_ms: i64,
+    /// Unix milliseconds of the write.
+    #[serde(default)]
+    pub heartbeat_at_ms: i64,
+    #[serde(default)]
+    pub stats: MonitorStats,
+}
+
+/// Who checks a bucket. During a handoff the previous owner keeps the
+/// clusters due before `handoff_at_ms`, the new owner takes those due at or
+/// after it: no gap, no duplicate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketAssignment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handoff_at_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+impl BucketAssignment {
+    pub fn owned_by(owner: &str) -> Self {
+        Self {
+            owner: Some(owner.to_string()),
+            ..Self::default()
+        }
+    }
+
+    /// Which monitor checks a cluster of this bucket that is due at `due_ms`.
+    pub fn owner_at(&self, due_ms: i64) -> Option<&str> {
+        if due_ms < self.handoff_at_ms {
+            self.prev.as_deref()
+        } else {
+            self.owner.as_deref()
+        }
+    }
+
+    /// Whether `me` checks, or will check, clusters of this bucket as of `now_ms`.
+    pub fn involves(&self, me: &str, now_ms: i64) -> bool {
+        self.owner.as_deref() == Some(me)
+            || (self.prev.as_deref() == Some(me) && now_ms < self.handoff_at_ms)
+    }
+}
+
+/// The master document: the lease and the bucket assignment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MasterDoc {
+    #[serde(default)]
+    pub lease_owner: Option<String>,
+    /// Unix milliseconds; the lease is free once this has passed.
+    #[serde(default)]
+    pub lease_expires_ms: i64,
+    /// Increases on every change of assignment.
+    #[serde(default)]
+    pub generation: u64,
+    pub buckets: Vec<BucketAssignment>,
+}
+
+impl MasterDoc {
+    pub fn empty() -> Self {
+        Self {
+            lease_owner: None,
+            lease_expires_ms: 0,
+            generation: 0,
+            buckets: vec![BucketAssignment::default(); BUCKETS],
+        }
+    }
+
+    pub fn lease_held_at(&self, now_ms: i64) -> Option<&str> {
+        match &self.lease_owner {
+            Some(owner) if self.lease_expires_ms > now_ms => Some(owner),
+            _ => None,
+        }
+    }
+
+    /// A document read from a store may be short or long if it was edited by
+    /// hand: normalise it to exactly BUCKETS entries.
+    pub fn normalised(mut self) -> Self {
+        self.buckets.resize(BUCKETS, BucketAssignment::default());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> ClusterDoc {
+        ClusterDoc {
+            id: "c1".into(),
+            bucket: 7,
+            provisioning_state: ProvisioningState::Succeeded,
+            api_server: "https://api.c1:6443".into(),
+            credentials: Credentials {
+                token: Some(Secret::new("s3cr3t-token")),
+                client_key: Some(Secret::new("-----BEGIN KEY-----")),
+                ..Default::default()
+            },
+            labels: BTreeMap::from([("env".into(), "prod".into())]),
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let s = format!("{:?}", doc());
+        assert!(!s.contains("s3cr3t"), "{s}");
+        assert!(!s.contains("BEGIN KEY"), "{s}");
+        assert!(s.contains("<redacted>"));
+    }
+
+    #[test]
+    fn decode_round_trip_and_errors() {
+        let d = doc();
+        let raw = serde_json::to_string(&d).unwrap();
+        assert_eq!(ClusterDoc::decode(&raw).unwrap(), d);
+        let bad_bucket = raw.replace("\"bucket\":7", "\"bucket\":300");
+        let e = ClusterDoc::decode(&bad_bucket).unwrap_err();
+        assert!(e.contains("invalid cluster document"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let bad_state = raw.replace("Succeeded", "Exploded");
+        assert!(ClusterDoc::decode(&bad_state).is_err());
+        assert!(ClusterDoc::decode("{not json").is_err());
+        let bad_url = raw.replace("https://api.c1:6443", "ftp://x");
+        assert!(ClusterDoc::decode(&bad_url)
+            .unwrap_err()
+            .contains("apiServer"));
+    }
+
+    #[test]
+    fn owner_at_respects_handoff() {
+        let a = BucketAssignment {
+            owner: Some("new".into()),
+            prev: Some("old".into()),
+            handoff_at_ms: 1000,
+        };
+        assert_eq!(a.owner_at(999), Some("old"));
+        assert_eq!(a.owner_at(1000), Some("new"));
+        assert!(a.involves("old", 999));
+        assert!(!a.involves("old", 1000));
+        assert!(a.involves("new", 0));
+    }
+
+    #[test]
+    fn checkable_states() {
+        use ProvisioningState::*;
+        assert!(!Creating.is_checkable());
+        assert!(!Deleting.is_checkable());
+        assert!(Succeeded.is_checkable() && Updating.is_checkable() && Failed.is_checkable());
+    }
+}

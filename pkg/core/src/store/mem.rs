@@ -1,0 +1,188 @@
+//! In-memory store: the reference implementation of the contract, used by the
+//! engine's unit tests (with a paused clock) and by the contract suite itself.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::*;
+
+#[derive(Default)]
+struct Inner {
+    monitors: BTreeMap<String, MonitorDoc>,
+    master: Option<(MasterDoc, u64)>,
+    etag_seq: u64,
+    clusters: BTreeMap<String, (String, u64)>,
+    /// seq -> change; superseded entries for an id are removed, as a compacted log.
+    log: BTreeMap<u64, Change>,
+    seq: u64,
+}
+
+/// A [`Store`] in process memory. `set_available(false)` makes every call
+/// fail with [`StoreError::Unavailable`], to test outages.
+#[derive(Default)]
+pub struct MemStore {
+    inner: Mutex<Inner>,
+    down: AtomicBool,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set_available(&self, up: bool) {
+        self.down.store(!up, Ordering::SeqCst);
+    }
+
+    fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Inner>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("mem store set down".into()));
+        }
+        Ok(self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Inner {
+    fn append(&mut self, change: Change) {
+        if let Some((_, old_seq)) = self.clusters.get(change.id()) {
+            self.log.remove(old_seq);
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        match &change {
+            Change::Upsert(c) => {
+                self.clusters.insert(c.id.clone(), (c.body.clone(), seq));
+            }
+            Change::Delete { id } => {
+                self.clusters.remove(id);
+            }
+        }
+        self.log.insert(seq, change);
+    }
+}
+
+#[async_trait]
+impl Store for MemStore {
+    fn kind(&self) -> &'static str {
+        "mem"
+    }
+
+    async fn upsert_monitor(&self, doc: &MonitorDoc) -> StoreResult<()> {
+        self.lock()?.monitors.insert(doc.id.clone(), doc.clone());
+        Ok(())
+    }
+
+    async fn list_monitors(&self, now_ms: i64) -> StoreResult<Vec<MonitorDoc>> {
+        let mut g = self.lock()?;
+        g.monitors.retain(|_, m| m.expires_at_ms > now_ms);
+        Ok(g.monitors.values().cloned().collect())
+    }
+
+    async fn delete_monitor(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.lock()?.monitors.remove(id).is_some())
+    }
+
+    async fn read_master(&self) -> StoreResult<Option<Versioned<MasterDoc>>> {
+        Ok(self.lock()?.master.as_ref().map(|(d, e)| Versioned {
+            value: d.clone(),
+            etag: Etag(e.to_string()),
+        }))
+    }
+
+    async fn write_master(&self, doc: &MasterDoc, expected: Option<&Etag>) -> StoreResult<Etag> {
+        let mut g = self.lock()?;
+        match (expected, &g.master) {
+            (None, Some(_)) => return Err(StoreError::Conflict),
+            (Some(_), None) => return Err(StoreError::PreconditionFailed),
+            (Some(want), Some((_, have))) if want.0 != have.to_string() => {
+                return Err(StoreError::PreconditionFailed)
+            }
+            _ => {}
+        }
+        g.etag_seq += 1;
+        let e = g.etag_seq;
+        g.master = Some((doc.clone(), e));
+        Ok(Etag(e.to_string()))
+    }
+
+    async fn put_cluster(&self, doc: &ClusterDoc) -> StoreResult<()> {
+        doc.validate().map_err(StoreError::Invalid)?;
+        let body = serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.lock()?.append(Change::Upsert(RawCluster {
+            id: doc.id.clone(),
+            body,
+        }));
+        Ok(())
+    }
+
+    async fn delete_cluster(&self, id: &str) -> StoreResult<bool> {
+        let mut g = self.lock()?;
+        if !g.clusters.contains_key(id) {
+            return Ok(false);
+        }
+        g.append(Change::Delete { id: id.to_string() });
+        Ok(true)
+    }
+
+    async fn get_cluster(&self, id: &str) -> StoreResult<Option<RawCluster>> {
+        Ok(self.lock()?.clusters.get(id).map(|(body, _)| RawCluster {
+            id: id.to_string(),
+            body: body.clone(),
+        }))
+    }
+
+    async fn list_clusters(&self) -> StoreResult<Vec<RawCluster>> {
+        Ok(self
+            .lock()?
+            .clusters
+            .iter()
+            .map(|(id, (body, _))| RawCluster {
+                id: id.clone(),
+                body: body.clone(),
+            })
+            .collect())
+    }
+
+    async fn count_clusters(&self) -> StoreResult<u64> {
+        Ok(self.lock()?.clusters.len() as u64)
+    }
+
+    async fn read_feed(&self, continuation: Option<&str>, max: usize) -> StoreResult<FeedPage> {
+        let from: u64 = match continuation {
+            None => 0,
+            Some(c) => c
+                .parse()
+                .map_err(|_| StoreError::ContinuationExpired(format!("bad token {c:?}")))?,
+        };
+        let g = self.lock()?;
+        let changes: Vec<(u64, Change)> = g
+            .log
+            .range(from + 1..)
+            .take(max)
+            .map(|(s, c)| (*s, c.clone()))
+            .collect();
+        let last = changes.last().map(|(s, _)| *s).unwrap_or(from);
+        let caught_up = g.log.range(last + 1..).next().is_none();
+        Ok(FeedPage {
+            changes: changes.into_iter().map(|(_, c)| c).collect(),
+            continuation: last.to_string(),
+            caught_up,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn mem_store_passes_the_contract() {
+        contract::run_all(|| async {
+            std::sync::Arc::new(MemStore::new()) as std::sync::Arc<dyn Store>
+        })
+        .await;
+    }
+}

@@ -1,0 +1,132 @@
+//! The store contract. Every backend (SQLite, Cosmos DB, the in-memory one
+//! used by unit tests) implements [`Store`] and passes [`contract`].
+//!
+//! Time is passed in (`now_ms`) rather than read by the store, so the
+//! decisions built on it stay testable with a paused clock.
+
+pub mod contract;
+pub mod mem;
+
+use async_trait::async_trait;
+
+use crate::model::{ClusterDoc, MasterDoc, MonitorDoc};
+
+/// Opaque version of a document; compare-and-swap writes name the one they read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Etag(pub String);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub etag: Etag,
+}
+
+/// A cluster document as stored: undecoded, so that a malformed document is
+/// reported and skipped by the engine instead of failing a whole page.
+#[derive(Clone, PartialEq)]
+pub struct RawCluster {
+    pub id: String,
+    pub body: String,
+}
+
+impl std::fmt::Debug for RawCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The body may hold credentials.
+        write!(f, "RawCluster({}, {} bytes)", self.id, self.body.len())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Upsert(RawCluster),
+    Delete { id: String },
+}
+
+impl Change {
+    pub fn id(&self) -> &str {
+        match self {
+            Change::Upsert(c) => &c.id,
+            Change::Delete { id } => id,
+        }
+    }
+}
+
+/// One page of the change feed. `continuation` resumes after the last change
+/// of this page (or where the request started, for an empty page).
+#[derive(Clone, Debug)]
+pub struct FeedPage {
+    pub changes: Vec<Change>,
+    pub continuation: String,
+    /// Whether this page reached the end of the feed as of the read.
+    pub caught_up: bool,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum StoreError {
+    /// Compare-and-swap lost: the document changed (or vanished) since it was read.
+    #[error("precondition failed: the document changed since it was read")]
+    PreconditionFailed,
+    #[error("conflict: the document already exists")]
+    Conflict,
+    /// The store is unreachable, overloaded or failed; retrying may help.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The request or stored data is invalid; retrying will not help.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The continuation token is unknown or too old: re-list from scratch.
+    #[error("change feed continuation is no longer valid: {0}")]
+    ContinuationExpired(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs and metrics ("sqlite", "cosmos", "mem").
+    fn kind(&self) -> &'static str;
+
+    /// Whether the change feed carries deletes. When it does not (Cosmos DB's
+    /// latest-version feed), the engine re-lists periodically to find them.
+    fn feed_reports_deletes(&self) -> bool {
+        true
+    }
+
+    // --- monitors (heartbeats) ---
+
+    /// Creates or replaces a monitor's heartbeat document.
+    async fn upsert_monitor(&self, doc: &MonitorDoc) -> StoreResult<()>;
+    /// Monitors whose `expires_at_ms` is after `now_ms`, sorted by id.
+    async fn list_monitors(&self, now_ms: i64) -> StoreResult<Vec<MonitorDoc>>;
+    /// Returns whether a document was deleted.
+    async fn delete_monitor(&self, id: &str) -> StoreResult<bool>;
+
+    // --- master document ---
+
+    async fn read_master(&self) -> StoreResult<Option<Versioned<MasterDoc>>>;
+    /// `expected: None` creates the document ([`StoreError::Conflict`] if it
+    /// exists); `Some(etag)` replaces it only if its etag still matches
+    /// ([`StoreError::PreconditionFailed`] otherwise, or if it is gone).
+    async fn write_master(&self, doc: &MasterDoc, expected: Option<&Etag>) -> StoreResult<Etag>;
+
+    // --- clusters ---
+
+    /// Creates or replaces a cluster document; it appears in the change feed.
+    async fn put_cluster(&self, doc: &ClusterDoc) -> StoreResult<()>;
+    /// Deletes a cluster document; returns whether it existed. Backends whose
+    /// native feed cannot carry deletes document how the engine learns of them.
+    async fn delete_cluster(&self, id: &str) -> StoreResult<bool>;
+    async fn get_cluster(&self, id: &str) -> StoreResult<Option<RawCluster>>;
+    /// All cluster documents, sorted by id.
+    async fn list_clusters(&self) -> StoreResult<Vec<RawCluster>>;
+    async fn count_clusters(&self) -> StoreResult<u64>;
+    /// Changes after `continuation` (from the beginning when `None`), in
+    /// commit order, at most `max` of them.
+    async fn read_feed(&self, continuation: Option<&str>, max: usize) -> StoreResult<FeedPage>;
+}

@@ -1,0 +1,381 @@
+//! The embedded store: one SQLite file in WAL mode, shared by several
+//! monitor processes on one machine.
+//!
+//! - Compare-and-swap on the master document is a conditional `UPDATE ...
+//!   WHERE etag = ?`: SQLite serialises writers, so exactly one wins.
+//! - The change feed is the `clusters` table ordered by `seq`, a counter
+//!   taken inside the writing `BEGIN IMMEDIATE` transaction: writers hold the
+//!   write lock from the moment they take a number until they commit, so
+//!   `seq` order is commit order and a reader can never skip a change.
+//!   A delete leaves a tombstone row (`doc IS NULL`) so the feed carries it.
+//! - rusqlite is blocking: every call runs on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clustermon_core::model::{ClusterDoc, MasterDoc, MonitorDoc};
+use clustermon_core::store::{
+    Change, Etag, FeedPage, RawCluster, Store, StoreError, StoreResult, Versioned,
+};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS monitors (
+    id TEXT PRIMARY KEY,
+    doc TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS master (
+    id TEXT PRIMARY KEY,
+    doc TEXT NOT NULL,
+    etag INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clusters (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    doc TEXT
+);
+CREATE INDEX IF NOT EXISTS clusters_by_seq ON clusters(seq);
+CREATE TABLE IF NOT EXISTS meta (
+    k TEXT PRIMARY KEY,
+    v INTEGER NOT NULL
+);
+";
+
+/// Expired heartbeat rows are kept this long (for post-mortems), then purged.
+const MONITOR_ROW_RETENTION_MS: i64 = 3_600_000;
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("sqlite: {e}"))
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict,
+        _ => unavailable(e),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file. Errors name the path.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let ctx = |e: rusqlite::Error| {
+            StoreError::Invalid(format!("cannot open sqlite store {}: {e}", path.display()))
+        };
+        let conn = Connection::open(&path).map_err(ctx)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(ctx)?;
+        // WAL: readers do not block the writer; several processes share the file.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(ctx)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Invalid(format!(
+                "sqlite store {}: WAL mode refused (got {mode}); use a local file system",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")
+            .map_err(ctx)?;
+        conn.execute_batch(SCHEMA).map_err(ctx)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+fn next_seq(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "INSERT INTO meta(k, v) VALUES('seq', 1) ON CONFLICT(k) DO UPDATE SET v = v + 1 RETURNING v",
+        [],
+        |r| r.get(0),
+    )
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn upsert_monitor(&self, doc: &MonitorDoc) -> StoreResult<()> {
+        let body = serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let (id, exp) = (doc.id.clone(), doc.expires_at_ms);
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO monitors(id, doc, expires_at_ms) VALUES(?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, expires_at_ms = excluded.expires_at_ms",
+                params![id, body, exp],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_monitors(&self, now_ms: i64) -> StoreResult<Vec<MonitorDoc>> {
+        self.with(move |c| {
+            let mut st = c
+                .prepare_cached("SELECT id, doc FROM monitors WHERE expires_at_ms > ?1 ORDER BY id")
+                .map_err(map_err)?;
+            let rows = st
+                .query_map([now_ms], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, body) = row.map_err(map_err)?;
+                match serde_json::from_str::<MonitorDoc>(&body) {
+                    Ok(m) => out.push(m),
+                    Err(e) => tracing::warn!(monitor = %id, error = %e, "skipping invalid monitor document"),
+                }
+            }
+            drop(st);
+            // Housekeeping; harmless if it races with another process.
+            let _ = c.execute(
+                "DELETE FROM monitors WHERE expires_at_ms < ?1",
+                [now_ms - MONITOR_ROW_RETENTION_MS],
+            );
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_monitor(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.with(move |c| {
+            Ok(c.execute("DELETE FROM monitors WHERE id = ?1", [id])
+                .map_err(map_err)?
+                > 0)
+        })
+        .await
+    }
+
+    async fn read_master(&self) -> StoreResult<Option<Versioned<MasterDoc>>> {
+        self.with(|c| {
+            let row: Option<(String, i64)> = c
+                .query_row(
+                    "SELECT doc, etag FROM master WHERE id = 'master'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(map_err)?;
+            row.map(|(body, etag)| {
+                let value = serde_json::from_str::<MasterDoc>(&body)
+                    .map_err(|e| StoreError::Invalid(format!("master document: {e}")))?;
+                Ok(Versioned {
+                    value,
+                    etag: Etag(etag.to_string()),
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn write_master(&self, doc: &MasterDoc, expected: Option<&Etag>) -> StoreResult<Etag> {
+        let body = serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let expected: Option<i64> = match expected {
+            None => None,
+            Some(e) => Some(e.0.parse().map_err(|_| StoreError::PreconditionFailed)?),
+        };
+        self.with(move |c| {
+            let etag: i64 = match expected {
+                None => c
+                    .query_row(
+                        "INSERT INTO master(id, doc, etag) VALUES('master', ?1, 1) RETURNING etag",
+                        [body],
+                        |r| r.get(0),
+                    )
+                    .map_err(map_err)?,
+                Some(want) => c
+                    .query_row(
+                        "UPDATE master SET doc = ?1, etag = etag + 1 WHERE id = 'master' AND etag = ?2 RETURNING etag",
+                        params![body, want],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(map_err)?
+                    .ok_or(StoreError::PreconditionFailed)?,
+            };
+            Ok(Etag(etag.to_string()))
+        })
+        .await
+    }
+
+    async fn put_cluster(&self, doc: &ClusterDoc) -> StoreResult<()> {
+        doc.validate().map_err(StoreError::Invalid)?;
+        let body = serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let id = doc.id.clone();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let seq = next_seq(&tx).map_err(map_err)?;
+            tx.execute(
+                "INSERT INTO clusters(id, seq, doc) VALUES(?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, doc = excluded.doc",
+                params![id, seq, body],
+            )
+            .map_err(map_err)?;
+            tx.commit().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn delete_cluster(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM clusters WHERE id = ?1 AND doc IS NOT NULL)",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .map_err(map_err)?;
+            if exists {
+                let seq = next_seq(&tx).map_err(map_err)?;
+                tx.execute(
+                    "UPDATE clusters SET seq = ?2, doc = NULL WHERE id = ?1",
+                    params![id, seq],
+                )
+                .map_err(map_err)?;
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(exists)
+        })
+        .await
+    }
+
+    async fn get_cluster(&self, id: &str) -> StoreResult<Option<RawCluster>> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let body: Option<String> = c
+                .query_row(
+                    "SELECT doc FROM clusters WHERE id = ?1 AND doc IS NOT NULL",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_err)?;
+            Ok(body.map(|body| RawCluster { id, body }))
+        })
+        .await
+    }
+
+    async fn list_clusters(&self) -> StoreResult<Vec<RawCluster>> {
+        self.with(|c| {
+            let mut st = c
+                .prepare_cached("SELECT id, doc FROM clusters WHERE doc IS NOT NULL ORDER BY id")
+                .map_err(map_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(RawCluster {
+                        id: r.get(0)?,
+                        body: r.get(1)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn count_clusters(&self) -> StoreResult<u64> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM clusters WHERE doc IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn read_feed(&self, continuation: Option<&str>, max: usize) -> StoreResult<FeedPage> {
+        let from: i64 = match continuation {
+            None => 0,
+            Some(t) => t.parse().ok().filter(|v: &i64| *v >= 0).ok_or_else(|| {
+                StoreError::ContinuationExpired(format!("not a sqlite continuation: {t:?}"))
+            })?,
+        };
+        let max = max.clamp(1, 10_000) as i64;
+        self.with(move |c| {
+            // One read transaction: the page and the caught-up probe see the same snapshot.
+            let tx = c.transaction().map_err(map_err)?;
+            let mut changes = Vec::new();
+            let mut last = from;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "SELECT id, seq, doc FROM clusters WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    )
+                    .map_err(map_err)?;
+                let rows = st
+                    .query_map(params![from, max], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
+                    })
+                    .map_err(map_err)?;
+                for row in rows {
+                    let (id, seq, doc) = row.map_err(map_err)?;
+                    last = seq;
+                    changes.push(match doc {
+                        Some(body) => Change::Upsert(RawCluster { id, body }),
+                        None => Change::Delete { id },
+                    });
+                }
+            }
+            let more: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM clusters WHERE seq > ?1)",
+                    [last],
+                    |r| r.get(0),
+                )
+                .map_err(map_err)?;
+            tx.commit().map_err(map_err)?;
+            Ok(FeedPage {
+                changes,
+                continuation: last.to_string(),
+                caught_up: !more,
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;
