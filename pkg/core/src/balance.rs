@@ -78,6 +78,21 @@ pub struct Membership<'a> {
     pub eligible: BTreeSet<&'a str>,
 }
 
+impl<'a> Membership<'a> {
+    /// After this monitor (re)gains the store, a missing heartbeat may only
+    /// mean that the owner could not write it either: until the monitor has
+    /// watched the store for one heartbeat TTL, owners named in `table` are
+    /// presumed alive and keep their buckets. Truly dead ones move one TTL later.
+    pub fn presume_owners_alive(mut self, table: &'a [BucketAssignment]) -> Self {
+        for owner in table.iter().filter_map(|b| b.owner.as_deref()) {
+            if self.live.insert(owner) {
+                self.eligible.insert(owner);
+            }
+        }
+        self
+    }
+}
+
 /// Computes the next bucket table from `current`.
 ///
 /// A bucket whose owner is live but moves (rebalance, drain, release) gets a
@@ -483,6 +498,32 @@ mod tests {
         assert_eq!(rel_a.lease_owner, None);
         assert_eq!(rel_a.lease_held_at(after.now_ms), None);
         assert_eq!(owned_count(&rel_a.buckets, "b"), 256);
+    }
+
+    #[test]
+    fn presumed_owners_keep_their_buckets_after_reconnect() {
+        let m = members(&["a", "b"], &[]);
+        let MasterAction::Write(doc) = master_pass("a", None, &m, T) else {
+            panic!()
+        };
+        // b's heartbeat is not visible (expired during an outage).
+        let only_a = members(&["a"], &[]);
+        let presumed = only_a.clone().presume_owners_alive(&doc.buckets);
+        let MasterAction::Write(kept) = master_pass("a", Some(&doc), &presumed, T) else {
+            panic!()
+        };
+        assert_eq!(
+            kept.buckets, doc.buckets,
+            "no churn while b is presumed alive"
+        );
+        let MasterAction::Write(moved) = master_pass("a", Some(&doc), &only_a, T) else {
+            panic!()
+        };
+        assert_eq!(
+            owned_count(&moved.buckets, "a"),
+            256,
+            "after the grace, b's buckets move"
+        );
     }
 
     #[test]

@@ -125,6 +125,7 @@ impl Engine {
             h: handles.clone(),
             rate: RateWindow::default(),
             dropped_reported: 0,
+            connected_since_ms: None,
         };
         tracker.spawn(member.run(cmd_rx, refresh_rx, member_stop.clone()));
 
@@ -231,6 +232,8 @@ struct MembershipLoop {
     h: EngineHandles,
     rate: RateWindow,
     dropped_reported: u64,
+    /// Start of the current run of successful store reads.
+    connected_since_ms: Option<i64>,
 }
 
 fn members(live: &[MonitorDoc]) -> Membership<'_> {
@@ -337,16 +340,23 @@ impl MembershipLoop {
             .op("list_monitors", self.store.list_monitors(now))
             .await;
         let master = match self.op("read_master", self.store.read_master()).await {
-            Ok(m) => m,
-            Err(_) => {
+            Ok(m) if live.is_ok() => m,
+            _ => {
                 // Keep checking the last known buckets; the age metric tells.
+                self.connected_since_ms = None;
                 self.emit_self(hb_ok, live.ok().map(|l| l.len()));
                 return;
             }
         };
+        let since = *self.connected_since_ms.get_or_insert(now);
         let mut view = master.as_ref().map(|v| v.value.clone().normalised());
         if let (false, Ok(live)) = (self.draining, &live) {
-            match balance::master_pass(&self.me, view.as_ref(), &members(live), self.timing(now)) {
+            let table = view.as_ref().map(|d| d.buckets.clone()).unwrap_or_default();
+            let mut members = members(live);
+            if now - since < ms(self.cfg.heartbeat_ttl) {
+                members = members.presume_owners_alive(&table);
+            }
+            match balance::master_pass(&self.me, view.as_ref(), &members, self.timing(now)) {
                 MasterAction::Follow => {}
                 MasterAction::Write(doc) => {
                     let expected = master.as_ref().map(|m| &m.etag);

@@ -1,0 +1,229 @@
+//! Command-line definitions. Every flag can also be set from the
+//! environment as `CLUSTERMON_<FLAG>` (e.g. `CLUSTERMON_HEARTBEAT_INTERVAL`).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clustermon_core::metrics::Target;
+
+use crate::StoreUrl;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 2s, 5m)"))
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "clustermon",
+    version,
+    about = "Watches a fleet of Kubernetes/OpenShift clusters from the outside"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "CLUSTERMON_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax), e.g. info or clustermon_core=debug.
+    #[arg(
+        long,
+        global = true,
+        default_value = "info",
+        env = "CLUSTERMON_LOG_LEVEL"
+    )]
+    pub log_level: String,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a monitor.
+    Run(RunArgs),
+    /// Show the fleet: master, monitors, bucket assignment, cluster count.
+    Status(ReadArgs),
+    /// Show the owner of each of the 256 buckets.
+    Buckets(ReadArgs),
+    /// Manage cluster documents (what the RP writes).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StoreArg {
+    /// Store URL: sqlite:PATH.
+    #[arg(long, env = "CLUSTERMON_STORE", value_parser = StoreUrl::parse)]
+    pub store: StoreUrl,
+}
+
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[arg(long, value_enum, default_value = "table", env = "CLUSTERMON_OUTPUT")]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Where metrics go: udp:HOST:PORT (DogStatsD), or none.
+    #[arg(long, env = "CLUSTERMON_STATSD", value_parser = Target::parse)]
+    pub statsd: Target,
+    /// This monitor's id (default: HOSTNAME-RANDOM, new on every start).
+    #[arg(long, env = "CLUSTERMON_ID")]
+    pub id: Option<String>,
+    #[arg(long, default_value = "2s", value_parser = duration, env = "CLUSTERMON_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Duration,
+    #[arg(long, default_value = "10s", value_parser = duration, env = "CLUSTERMON_HEARTBEAT_TTL")]
+    pub heartbeat_ttl: Duration,
+    #[arg(long, default_value = "10s", value_parser = duration, env = "CLUSTERMON_LEASE_TTL")]
+    pub lease_ttl: Duration,
+    #[arg(long, default_value = "2s", value_parser = duration, env = "CLUSTERMON_FEED_INTERVAL")]
+    pub feed_interval: Duration,
+    /// How often each cluster is checked.
+    #[arg(long, default_value = "1m", value_parser = duration, env = "CLUSTERMON_INTERVAL")]
+    pub interval: Duration,
+    #[arg(long, default_value_t = 2000, env = "CLUSTERMON_MAX_CONCURRENT_CHECKS")]
+    pub max_concurrent_checks: usize,
+    #[arg(long, default_value = "30s", value_parser = duration, env = "CLUSTERMON_CHECK_TIMEOUT")]
+    pub check_timeout: Duration,
+    /// On SIGTERM/SIGINT: time to hand over and finish in-flight checks.
+    #[arg(long, default_value = "10s", value_parser = duration, env = "CLUSTERMON_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Create or replace a cluster document.
+    Put(PutArgs),
+    /// List cluster documents (credentials are never printed).
+    List(ReadArgs),
+    /// Delete a cluster document.
+    Delete(DeleteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[arg(long)]
+    pub id: String,
+    /// API server base URL, e.g. https://api.example:6443.
+    #[arg(long)]
+    pub api_server: String,
+    /// Bucket 0-255 (default: uniformly random).
+    #[arg(long)]
+    pub bucket: Option<u8>,
+    /// Label as key=value; repeatable. Labels become metric tags.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[arg(long, default_value = "Succeeded")]
+    pub state: clustermon_core::model::ProvisioningState,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[arg(long)]
+    pub id: String,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} must be key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("clustermon").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_defaults_match_the_documented_timings() {
+        let cli = parse(&[
+            "run",
+            "--store",
+            "sqlite:/tmp/x.db",
+            "--statsd",
+            "udp:127.0.0.1:8125",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(r.heartbeat_ttl, Duration::from_secs(10));
+        assert_eq!(r.lease_ttl, Duration::from_secs(10));
+        assert_eq!(r.feed_interval, Duration::from_secs(2));
+        assert_eq!(r.interval, Duration::from_secs(60));
+        assert_eq!(r.max_concurrent_checks, 2000);
+        assert_eq!(r.check_timeout, Duration::from_secs(30));
+        assert_eq!(r.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let base = [
+            "run",
+            "--store",
+            "sqlite:/tmp/x.db",
+            "--statsd",
+            "udp:127.0.0.1:8125",
+        ];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        assert!(with(&["--interval", "soon"]).is_err());
+        assert!(parse(&["run", "--store", "mysql://x", "--statsd", "udp:h:1"]).is_err());
+        assert!(parse(&["run", "--store", "sqlite:x", "--statsd", "udp:nohost"]).is_err());
+        assert!(parse(&[
+            "cluster",
+            "put",
+            "--store",
+            "sqlite:x",
+            "--id",
+            "a",
+            "--api-server",
+            "http://x",
+            "--label",
+            "novalue"
+        ])
+        .is_err());
+        assert!(parse(&[
+            "cluster",
+            "put",
+            "--store",
+            "sqlite:x",
+            "--id",
+            "a",
+            "--api-server",
+            "http://x",
+            "--bucket",
+            "256"
+        ])
+        .is_err());
+        assert!(with(&["--interval", "30s"]).is_ok());
+    }
+}

@@ -1,0 +1,310 @@
+//! The subcommands. Each returns `Err(CmdError)` with a one-line message;
+//! `main` prints it and exits 2 (usage, bad input) or 1 (runtime failure).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clustermon_core::check::HealthzChecker;
+use clustermon_core::clock::Clock;
+use clustermon_core::config::EngineConfig;
+use clustermon_core::engine::Engine;
+use clustermon_core::metrics::Metrics;
+use clustermon_core::model::{ClusterDoc, ProvisioningState};
+use clustermon_core::status::{bucket_owners, fleet_status, FleetStatus};
+use clustermon_core::store::Store;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DeleteArgs, Output, PutArgs, ReadArgs, RunArgs};
+use crate::open_store_url;
+
+#[derive(Debug)]
+pub enum CmdError {
+    /// Bad flags or input: exit code 2.
+    Usage(String),
+    /// The operation failed: exit code 1.
+    Failed(String),
+}
+
+impl CmdError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CmdError::Usage(_) => 2,
+            CmdError::Failed(_) => 1,
+        }
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            CmdError::Usage(m) | CmdError::Failed(m) => m,
+        }
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> CmdError {
+    CmdError::Failed(e.to_string())
+}
+
+async fn store(arg: &crate::cli::StoreArg) -> Result<Arc<dyn Store>, CmdError> {
+    open_store_url(&arg.store).await.map_err(CmdError::Usage)
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `clustermon run`: runs a monitor until SIGTERM/SIGINT, then leaves
+/// gracefully. A second signal exits at once.
+pub async fn run(
+    args: RunArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), CmdError> {
+    let host = hostname();
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff));
+    let mut cfg = EngineConfig::new(id.clone());
+    cfg.hostname = host;
+    cfg.heartbeat_interval = args.heartbeat_interval;
+    cfg.heartbeat_ttl = args.heartbeat_ttl;
+    cfg.lease_ttl = args.lease_ttl;
+    cfg.feed_interval = args.feed_interval;
+    cfg.interval = args.interval;
+    cfg.max_concurrent_checks = args.max_concurrent_checks;
+    cfg.check_timeout = args.check_timeout;
+    cfg.shutdown_grace = args.shutdown_grace;
+    cfg.validate().map_err(CmdError::Usage)?;
+
+    let store = store(&args.store).await?;
+    let (metrics, writer) = Metrics::new(&id, args.statsd.clone(), 8192);
+    let checker =
+        HealthzChecker::new(args.check_timeout.min(Duration::from_secs(10))).map_err(failed)?;
+    let engine = Engine::new(
+        cfg,
+        store.clone(),
+        Arc::new(checker),
+        metrics,
+        Clock::system(),
+    )
+    .map_err(CmdError::Usage)?;
+    tracing::info!(
+        monitor = %id,
+        store = store.kind(),
+        interval = ?args.interval,
+        max_concurrent_checks = args.max_concurrent_checks,
+        "monitor starting"
+    );
+
+    let writer_stop = CancellationToken::new();
+    let writer_task = tokio::spawn(writer.run(writer_stop.clone()));
+    engine.run(shutdown).await;
+    writer_stop.cancel();
+    // The writer drains its queue; bounded so a stuck socket cannot hold us.
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+    Ok(())
+}
+
+async fn read_fleet(store: &dyn Store) -> Result<(FleetStatus, Vec<Option<String>>), CmdError> {
+    let now = Clock::system().now_ms();
+    let live = store.list_monitors(now).await.map_err(failed)?;
+    let master = store.read_master().await.map_err(failed)?;
+    let clusters = store.count_clusters().await.map_err(failed)?;
+    let master = master.map(|m| m.value);
+    Ok((
+        fleet_status(master.as_ref(), &live, clusters, now),
+        bucket_owners(master.as_ref(), &live),
+    ))
+}
+
+fn print_json(v: &impl Serialize) -> Result<(), CmdError> {
+    println!("{}", serde_json::to_string_pretty(v).map_err(failed)?);
+    Ok(())
+}
+
+pub async fn status(args: ReadArgs) -> Result<(), CmdError> {
+    let store = store(&args.store).await?;
+    let (s, _) = read_fleet(&*store).await?;
+    if args.output == Output::Json {
+        return print_json(&s);
+    }
+    match &s.master {
+        Some(m) => println!(
+            "master:      {} (lease expires in {:.1}s)",
+            m.id, m.lease_expires_in_s
+        ),
+        None => println!("master:      none (lease free or expired)"),
+    }
+    println!("generation:  {}", s.generation);
+    println!("clusters:    {}", s.clusters);
+    println!("unassigned:  {} buckets", s.unassigned_buckets);
+    println!();
+    println!(
+        "{:<28} {:<20} {:<10} {:>9} {:>7} {:>9} {:>8}  DRAINING",
+        "MONITOR", "HOSTNAME", "VERSION", "HEARTBEAT", "BUCKETS", "CHECKS/S", "CACHE"
+    );
+    for m in &s.monitors {
+        println!(
+            "{:<28} {:<20} {:<10} {:>8.1}s {:>7} {:>9.1} {:>8}  {}",
+            m.id,
+            m.hostname,
+            m.version,
+            m.heartbeat_age_s,
+            m.buckets,
+            m.checks_per_s,
+            m.cache_size,
+            if m.draining { "yes" } else { "no" }
+        );
+    }
+    if s.monitors.is_empty() {
+        println!("(no live monitors)");
+    }
+    Ok(())
+}
+
+pub async fn buckets(args: ReadArgs) -> Result<(), CmdError> {
+    let store = store(&args.store).await?;
+    let (_, owners) = read_fleet(&*store).await?;
+    if args.output == Output::Json {
+        return print_json(&owners);
+    }
+    // Ranges of consecutive buckets per owner.
+    let mut by_owner: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+    for (b, o) in owners.iter().enumerate() {
+        let key = o.clone().unwrap_or_else(|| "(unassigned)".into());
+        let ranges = by_owner.entry(key).or_default();
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == b => *end = b,
+            _ => ranges.push((b, b)),
+        }
+    }
+    for (owner, ranges) in by_owner {
+        let n: usize = ranges.iter().map(|(a, b)| b - a + 1).sum();
+        let list: Vec<String> = ranges
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        println!("{owner:<28} {n:>3}  {}", list.join(","));
+    }
+    Ok(())
+}
+
+pub async fn cluster_put(args: PutArgs) -> Result<(), CmdError> {
+    let doc = ClusterDoc {
+        id: args.id,
+        bucket: args.bucket.unwrap_or_else(rand::random),
+        provisioning_state: args.state,
+        api_server: args.api_server,
+        credentials: Default::default(),
+        labels: args.labels.into_iter().collect(),
+    };
+    doc.validate().map_err(CmdError::Usage)?;
+    let store = store(&args.store).await?;
+    store.put_cluster(&doc).await.map_err(failed)?;
+    println!("cluster {} stored in bucket {}", doc.id, doc.bucket);
+    Ok(())
+}
+
+/// What `cluster list` shows of a document: never credential material.
+#[derive(Serialize)]
+struct ClusterView {
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bucket: Option<u8>,
+    #[serde(rename = "provisioningState", skip_serializing_if = "Option::is_none")]
+    state: Option<ProvisioningState>,
+    #[serde(rename = "apiServer", skip_serializing_if = "Option::is_none")]
+    api_server: Option<String>,
+    /// Which credential fields are present.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    credentials: Vec<&'static str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invalid: Option<String>,
+}
+
+pub async fn cluster_list(args: ReadArgs) -> Result<(), CmdError> {
+    let store = store(&args.store).await?;
+    let raws = store.list_clusters().await.map_err(failed)?;
+    let views: Vec<ClusterView> = raws
+        .into_iter()
+        .map(|r| match ClusterDoc::decode(&r.body) {
+            Ok(d) => {
+                let c = &d.credentials;
+                let present = [
+                    ("caBundle", c.ca_bundle.is_some()),
+                    ("token", c.token.is_some()),
+                    ("clientCertificate", c.client_certificate.is_some()),
+                    ("clientKey", c.client_key.is_some()),
+                    ("insecureSkipTLSVerify", c.insecure_skip_tls_verify),
+                ];
+                ClusterView {
+                    id: d.id,
+                    bucket: Some(d.bucket),
+                    state: Some(d.provisioning_state),
+                    api_server: Some(d.api_server),
+                    credentials: present.iter().filter(|p| p.1).map(|p| p.0).collect(),
+                    labels: d.labels,
+                    invalid: None,
+                }
+            }
+            Err(reason) => ClusterView {
+                id: r.id,
+                bucket: None,
+                state: None,
+                api_server: None,
+                credentials: vec![],
+                labels: BTreeMap::new(),
+                invalid: Some(reason),
+            },
+        })
+        .collect();
+    if args.output == Output::Json {
+        return print_json(&views);
+    }
+    println!(
+        "{:<36} {:>6} {:<10} {:<48} LABELS",
+        "ID", "BUCKET", "STATE", "API SERVER"
+    );
+    for v in &views {
+        if let Some(reason) = &v.invalid {
+            println!("{:<36} {:>6} {:<10} {reason}", v.id, "-", "INVALID");
+            continue;
+        }
+        let labels: Vec<String> = v.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<36} {:>6} {:<10} {:<48} {}",
+            v.id,
+            v.bucket.unwrap_or_default(),
+            v.state.map_or("", |s| s.as_str()),
+            v.api_server.as_deref().unwrap_or(""),
+            labels.join(",")
+        );
+    }
+    Ok(())
+}
+
+pub async fn cluster_delete(args: DeleteArgs) -> Result<(), CmdError> {
+    let store = store(&args.store).await?;
+    if store.delete_cluster(&args.id).await.map_err(failed)? {
+        println!("cluster {} deleted", args.id);
+        Ok(())
+    } else {
+        Err(CmdError::Failed(format!(
+            "no cluster with id {:?}",
+            args.id
+        )))
+    }
+}

@@ -1,0 +1,116 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use clustermon::cli::{Cli, ClusterCommand, Command, LogFormat};
+use clustermon::commands::{self, CmdError};
+use tokio::sync::mpsc;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line on stderr, exit code 2.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("clustermon: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clustermon: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clustermon: {}", e.message());
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<(), CmdError> {
+    match cmd {
+        Command::Run(args) => {
+            let (mut signals, listener) = signals();
+            // The first signal starts the graceful stop inside `run`; the
+            // listener keeps running, so a second one exits at once.
+            let first = async {
+                if signals.recv().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let r = commands::run(args, first).await;
+            listener.abort();
+            r
+        }
+        Command::Status(a) => commands::status(a).await,
+        Command::Buckets(a) => commands::buckets(a).await,
+        Command::Cluster(ClusterCommand::Put(a)) => commands::cluster_put(a).await,
+        Command::Cluster(ClusterCommand::List(a)) => commands::cluster_list(a).await,
+        Command::Cluster(ClusterCommand::Delete(a)) => commands::cluster_delete(a).await,
+    }
+}
+
+/// SIGTERM and SIGINT as a stream. After the first one is taken, a second
+/// one ends the process at once (exit 130) instead of waiting for the grace.
+fn signals() -> (mpsc::Receiver<&'static str>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(1);
+    let listen = async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return;
+        };
+        let mut seen = 0;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            seen += 1;
+            if seen == 1 {
+                tracing::info!(
+                    signal = name,
+                    "stopping gracefully (send again to exit at once)"
+                );
+                let _ = tx.send(name).await;
+            } else {
+                tracing::warn!(signal = name, "second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    };
+    (rx, tokio::spawn(listen))
+}

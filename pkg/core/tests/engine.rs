@@ -1,0 +1,249 @@
+//! Several engines on one in-memory store, with tokio's paused clock: the
+//! checks of every cluster stay exactly one interval apart through joins,
+//! graceful leaves and a store outage.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clustermon_core::check::{CheckCtx, CheckReport, Checker};
+use clustermon_core::clock::Clock;
+use clustermon_core::config::EngineConfig;
+use clustermon_core::engine::Engine;
+use clustermon_core::metrics::Metrics;
+use clustermon_core::store::contract::cluster;
+use clustermon_core::store::mem::MemStore;
+use clustermon_core::store::Store;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+type Log = Arc<Mutex<Vec<(String, String, i64)>>>;
+
+struct Recorder {
+    me: String,
+    clock: Clock,
+    log: Log,
+}
+
+#[async_trait]
+impl Checker for Recorder {
+    async fn check(&self, ctx: CheckCtx<'_>) -> CheckReport {
+        self.log.lock().unwrap().push((
+            ctx.cluster.id.to_string(),
+            self.me.clone(),
+            self.clock.now_ms(),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        CheckReport {
+            ok: true,
+            summary: "ok".into(),
+        }
+    }
+}
+
+const INTERVAL: Duration = Duration::from_secs(10);
+
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+fn start(id: &str, store: &Arc<MemStore>, clock: Clock, log: &Log) -> Running {
+    let mut cfg = EngineConfig::new(id);
+    cfg.interval = INTERVAL;
+    let checker = Recorder {
+        me: id.into(),
+        clock,
+        log: log.clone(),
+    };
+    let engine = Engine::new(
+        cfg,
+        store.clone() as Arc<dyn Store>,
+        Arc::new(checker),
+        Metrics::disabled(),
+        clock,
+    )
+    .unwrap();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(engine.run(async {
+        let _ = rx.await;
+    }));
+    Running {
+        stop: Some(tx),
+        task,
+    }
+}
+
+async fn stop(mut r: Running) -> Duration {
+    let t0 = tokio::time::Instant::now();
+    r.stop.take().unwrap().send(()).unwrap();
+    r.task.await.unwrap();
+    t0.elapsed()
+}
+
+/// Per cluster, the times of its checks (ms) from `from_ms` on, and who checked.
+fn by_cluster(log: &Log, from_ms: i64) -> BTreeMap<String, Vec<(i64, String)>> {
+    let mut m: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for (c, mon, t) in log.lock().unwrap().iter() {
+        if *t >= from_ms {
+            m.entry(c.clone()).or_default().push((*t, mon.clone()));
+        }
+    }
+    for v in m.values_mut() {
+        v.sort();
+    }
+    m
+}
+
+/// Every cluster checked in `[from, to)`, consecutive checks exactly one
+/// interval apart (±50 ms of scheduling): no gap, no duplicate.
+fn assert_exact_cadence(log: &Log, clusters: usize, from_ms: i64, to_ms: i64, what: &str) {
+    let m = by_cluster(log, from_ms);
+    assert_eq!(m.len(), clusters, "{what}: every cluster checked");
+    let iv = INTERVAL.as_millis() as i64;
+    for (c, checks) in &m {
+        let checks: Vec<_> = checks.iter().filter(|(t, _)| *t < to_ms).collect();
+        let n_expected = (to_ms - from_ms) / iv;
+        assert!(
+            checks.len() as i64 >= n_expected,
+            "{what}: cluster {c} checked {} times in {} ms: {checks:?}",
+            checks.len(),
+            to_ms - from_ms
+        );
+        for w in checks.windows(2) {
+            let gap = w[1].0 - w[0].0;
+            assert!(
+                (iv - 50..=iv + 50).contains(&gap),
+                "{what}: cluster {c} gap {gap} ms between {:?} and {:?}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn join_and_graceful_leave_keep_an_exact_cadence() {
+    let store = Arc::new(MemStore::new());
+    for i in 0..120 {
+        store
+            .put_cluster(&cluster(&format!("c{i:03}"), (i * 37 % 256) as u8))
+            .await
+            .unwrap();
+    }
+    let clock = Clock::at(1_700_000_000_000);
+    let log: Log = Default::default();
+    let t0 = clock.now_ms();
+    let m1 = start("m1", &store, clock, &log);
+    let m2 = start("m2", &store, clock, &log);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+
+    // Steady: one owner per bucket, loads within one.
+    let doc = store.read_master().await.unwrap().unwrap().value;
+    let owned = |m: &str| {
+        doc.buckets
+            .iter()
+            .filter(|b| b.owner.as_deref() == Some(m))
+            .count()
+    };
+    assert_eq!(owned("m1") + owned("m2"), 256);
+    assert!(owned("m1").abs_diff(owned("m2")) <= 1);
+
+    let m3 = start("m3", &store, clock, &log);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let doc = store.read_master().await.unwrap().unwrap().value;
+    assert!(
+        doc.buckets.iter().any(|b| b.owner.as_deref() == Some("m3")),
+        "m3 got buckets"
+    );
+
+    let took = stop(m1).await;
+    assert!(
+        took <= Duration::from_secs(10),
+        "graceful stop within the grace period, took {took:?}"
+    );
+    let doc = store.read_master().await.unwrap().unwrap().value;
+    assert!(
+        doc.buckets.iter().all(|b| b.owner.as_deref() != Some("m1")),
+        "m1's buckets moved"
+    );
+    assert!(
+        store
+            .list_monitors(clock.now_ms())
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.id != "m1"),
+        "heartbeat deleted"
+    );
+    tokio::time::sleep(Duration::from_secs(40)).await;
+
+    let end = clock.now_ms();
+    // From the first full interval after start-up to now: join at 40 s and
+    // leave at 80 s both fall inside this window.
+    assert_exact_cadence(
+        &log,
+        120,
+        t0 + 15_000,
+        end - 1_000,
+        "join and graceful leave",
+    );
+    stop(m2).await;
+    stop(m3).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn store_outage_keeps_checking_the_last_known_buckets() {
+    let store = Arc::new(MemStore::new());
+    for i in 0..60 {
+        store
+            .put_cluster(&cluster(&format!("c{i:03}"), (i * 91 % 256) as u8))
+            .await
+            .unwrap();
+    }
+    let clock = Clock::at(1_700_000_000_000);
+    let log: Log = Default::default();
+    let t0 = clock.now_ms();
+    let a = start("a", &store, clock, &log);
+    let b = start("b", &store, clock, &log);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    store.set_available(false);
+    tokio::time::sleep(Duration::from_secs(45)).await; // longer than every TTL
+    store.set_available(true);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let end = clock.now_ms();
+    // Heartbeats and the lease expired during the outage; after it, the same
+    // owners renew and nobody else was around to take over: still exact.
+    assert_exact_cadence(&log, 60, t0 + 15_000, end - 1_000, "store outage");
+    stop(a).await;
+    stop(b).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_and_deleted_clusters_follow_the_feed() {
+    let store = Arc::new(MemStore::new());
+    store.put_cluster(&cluster("old", 1)).await.unwrap();
+    let clock = Clock::at(1_700_000_000_000);
+    let log: Log = Default::default();
+    let m = start("m", &store, clock, &log);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+
+    let created = clock.now_ms();
+    store.put_cluster(&cluster("new", 2)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let first = by_cluster(&log, created).get("new").map(|v| v[0].0);
+    assert!(
+        first.is_some_and(|t| t - created <= 2_100),
+        "new cluster checked within one feed interval: {first:?}"
+    );
+
+    store.delete_cluster("old").await.unwrap();
+    let deleted = clock.now_ms();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let after: Vec<_> = by_cluster(&log, deleted + 2_100)
+        .remove("old")
+        .unwrap_or_default();
+    assert!(after.is_empty(), "deleted cluster still checked: {after:?}");
+    stop(m).await;
+}
