@@ -491,3 +491,177 @@ mod tests {
         assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
     }
 }
+
+#[cfg(test)]
+mod scheduler_tests {
+    use super::*;
+    use crate::store::contract::cluster;
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+
+    struct Slow {
+        took: Duration,
+        log: Arc<Mutex<Vec<(String, i64)>>>,
+        clock: Clock,
+    }
+
+    #[async_trait]
+    impl Checker for Slow {
+        async fn check(&self, ctx: CheckCtx<'_>) -> CheckReport {
+            self.log
+                .lock()
+                .unwrap()
+                .push((ctx.cluster.id.to_string(), self.clock.now_ms()));
+            tokio::time::sleep(self.took).await;
+            CheckReport {
+                ok: true,
+                summary: "ok".into(),
+            }
+        }
+    }
+
+    struct Harness {
+        log: Arc<Mutex<Vec<(String, i64)>>>,
+        metrics_rx: mpsc::Receiver<String>,
+        refresh_rx: mpsc::Receiver<RefreshRequest>,
+        read_ms: Arc<AtomicI64>,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        _events: mpsc::Sender<ClusterEvent>,
+        _assign: watch::Sender<Arc<Assignment>>,
+        /// Kept alive so the scheduler's event channel stays open.
+        _reflector: crate::feed::Reflector,
+    }
+
+    /// A scheduler owning every bucket, over `ids` (all checkable).
+    async fn harness(ids: &[&str], max_concurrent: usize, took: Duration, read_ms: i64) -> Harness {
+        let clock = Clock::at(0);
+        let (reflector, map, events_rx) =
+            crate::feed::Reflector::new(Metrics::disabled(), clock, 64);
+        let mut reflector = reflector;
+        let changes = ids
+            .iter()
+            .map(|id| {
+                crate::store::Change::Upsert(crate::store::RawCluster {
+                    id: id.to_string(),
+                    body: serde_json::to_string(&cluster(id, 1)).unwrap(),
+                })
+            })
+            .collect();
+        reflector
+            .apply(crate::feed::FeedEvent::Page(crate::store::FeedPage {
+                changes,
+                continuation: "1".into(),
+                caught_up: true,
+            }))
+            .await
+            .unwrap();
+        let mut a = Assignment::empty();
+        a.buckets = Arc::new(vec![BucketAssignment::owned_by("me"); BUCKETS]);
+        let (assign_tx, assign_rx) = watch::channel(Arc::new(a));
+        let (refresh_tx, refresh_rx) = mpsc::channel(4);
+        let (metrics, metrics_rx) = Metrics::capture("me", 10_000);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let read = Arc::new(AtomicI64::new(read_ms));
+        let (events_tx, _) = mpsc::channel(1);
+        let sched = Scheduler::new(SchedulerDeps {
+            me: "me".into(),
+            interval: Duration::from_secs(10),
+            check_timeout: Duration::from_secs(30),
+            max_concurrent,
+            stale_after: Duration::from_secs(10),
+            refresh_timeout: Duration::from_secs(2),
+            clock,
+            map,
+            events: events_rx,
+            assignment: assign_rx,
+            assignment_read_ms: read.clone(),
+            refresh: refresh_tx,
+            checker: Arc::new(Slow {
+                took,
+                log: log.clone(),
+                clock,
+            }),
+            metrics,
+            stats: Arc::new(SchedStats::default()),
+            last_checks: Arc::new(DashMap::new()),
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(sched.run(stop.clone(), stop.clone()));
+        Harness {
+            log,
+            metrics_rx,
+            refresh_rx,
+            read_ms: read,
+            stop,
+            task,
+            _events: events_tx,
+            _assign: assign_tx,
+            _reflector: reflector,
+        }
+    }
+
+    fn skipped(h: &mut Harness, reason: &str) -> usize {
+        let want = format!("monitor.checks.skipped:1|c|#monitor:me,reason:{reason}");
+        std::iter::from_fn(|| h.metrics_rx.try_recv().ok())
+            .filter(|l| *l == want)
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_longer_than_the_interval_is_never_run_twice_at_once() {
+        let mut h = harness(&["a"], 10, Duration::from_secs(25), i64::MAX / 2).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let starts: Vec<i64> = h.log.lock().unwrap().iter().map(|(_, t)| *t).collect();
+        // Runs of 25 s at a 10 s interval: start, skip, skip, start, ...
+        for w in starts.windows(2) {
+            assert!(w[1] - w[0] >= 25_000, "overlapping checks: {starts:?}");
+        }
+        assert!(starts.len() >= 2);
+        assert!(skipped(&mut h, "still_running") >= 3);
+        h.stop.cancel();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_pool_skips_and_counts_instead_of_queueing() {
+        // Ten clusters, one worker, checks of 9 s: most due checks find the pool full.
+        let ids: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut h = harness(&refs, 1, Duration::from_secs(9), i64::MAX / 2).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let started = h.log.lock().unwrap().len();
+        assert!(
+            (3..=4).contains(&started),
+            "one worker, 9 s checks, 30 s: {started} started"
+        );
+        let full = skipped(&mut h, "pool_full");
+        assert!(full >= 20, "pool_full skips counted: {full}");
+        h.stop.cancel();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_view_is_refreshed_before_a_check_starts() {
+        // The view was last read 20 s before the start: stale at the first due time.
+        let mut h = harness(&["a"], 10, Duration::from_millis(10), -20_000).await;
+        let req = tokio::time::timeout(Duration::from_secs(30), h.refresh_rx.recv())
+            .await
+            .expect("refresh asked")
+            .unwrap();
+        assert!(
+            h.log.lock().unwrap().is_empty(),
+            "no check before the refresh answered"
+        );
+        h.read_ms.store(i64::MAX / 2, Ordering::Release); // the refresh succeeded
+        req.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            h.log.lock().unwrap().len(),
+            1,
+            "the check runs after the refresh"
+        );
+        h.stop.cancel();
+        h.task.await.unwrap();
+    }
+}

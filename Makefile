@@ -1,0 +1,35 @@
+# clustermon developer entry points. `make test` is what CI runs.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build test lint fmt unit e2e demo clean
+
+all: build
+
+build:
+	$(CARGO) build --bins
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --exclude clustermon-e2e
+
+# End-to-end: real binaries, a real SQLite file, a real UDP receiver.
+e2e: build
+	$(CARGO) test -p clustermon-e2e -- --nocapture
+
+test: lint build
+	$(CARGO) test --workspace
+
+# Three monitors and a simulated fleet on one SQLite file, with a live view
+# and a failover. Needs nothing but this repository; cleans up after itself.
+demo: build
+	./hack/demo.sh
+
+clean:
+	$(CARGO) clean
