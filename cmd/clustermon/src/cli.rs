@@ -47,6 +47,12 @@ pub enum LogFormat {
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum MetricsFormat {
+    Dogstatsd,
+    Mdm,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Output {
     Table,
     Json,
@@ -84,9 +90,24 @@ pub struct ReadArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub store: StoreArg,
-    /// Where metrics go: udp:HOST:PORT (DogStatsD), or none.
+    /// Where metrics go: udp:HOST:PORT, unix:PATH (a Unix stream socket, e.g.
+    /// /var/etw/mdm_statsd.socket), or none.
     #[arg(long, env = "CLUSTERMON_STATSD", value_parser = Target::parse)]
     pub statsd: Target,
+    /// Statsd dialect: dogstatsd (tags as |#k:v) or mdm (Geneva's JSON name).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "dogstatsd",
+        env = "CLUSTERMON_METRICS_FORMAT"
+    )]
+    pub metrics_format: MetricsFormat,
+    /// Geneva MDM account (with --metrics-format mdm; empty is sent as *).
+    #[arg(long, default_value = "", env = "CLUSTERMON_MDM_ACCOUNT")]
+    pub mdm_account: String,
+    /// Geneva MDM namespace (with --metrics-format mdm; empty is sent as *).
+    #[arg(long, default_value = "", env = "CLUSTERMON_MDM_NAMESPACE")]
+    pub mdm_namespace: String,
     /// This monitor's id (default: HOSTNAME-RANDOM, new on every start).
     #[arg(long, env = "CLUSTERMON_ID")]
     pub id: Option<String>,

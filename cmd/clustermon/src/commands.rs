@@ -9,14 +9,15 @@ use clustermon_core::check::HealthzChecker;
 use clustermon_core::clock::Clock;
 use clustermon_core::config::EngineConfig;
 use clustermon_core::engine::Engine;
-use clustermon_core::metrics::Metrics;
+use clustermon_core::metrics::mdm::MdmConfig;
+use clustermon_core::metrics::{self, Format, Metrics};
 use clustermon_core::model::{ClusterDoc, ProvisioningState};
 use clustermon_core::status::{bucket_owners, fleet_status, FleetStatus};
 use clustermon_core::store::Store;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{DeleteArgs, Output, PutArgs, ReadArgs, RunArgs};
+use crate::cli::{DeleteArgs, MetricsFormat, Output, PutArgs, ReadArgs, RunArgs};
 use crate::open_store_url;
 
 #[derive(Debug)]
@@ -82,7 +83,18 @@ pub async fn run(
     cfg.validate().map_err(CmdError::Usage)?;
 
     let store = store(&args.store).await?;
-    let (metrics, writer) = Metrics::new(&id, args.statsd.clone(), 8192);
+    let format = match args.metrics_format {
+        MetricsFormat::Dogstatsd => Format::DogStatsd,
+        MetricsFormat::Mdm => Format::Mdm(MdmConfig {
+            account: args.mdm_account.clone(),
+            namespace: args.mdm_namespace.clone(),
+        }),
+    };
+    let output = metrics::Output {
+        target: args.statsd.clone(),
+        format,
+    };
+    let (metrics, writer) = Metrics::new(&id, output, 8192, Clock::system());
     let checker =
         HealthzChecker::new(args.check_timeout.min(Duration::from_secs(10))).map_err(failed)?;
     let engine = Engine::new(

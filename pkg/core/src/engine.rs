@@ -124,7 +124,7 @@ impl Engine {
             assignment_tx,
             h: handles.clone(),
             rate: RateWindow::default(),
-            dropped_reported: 0,
+            dropped_reported: [0; 3],
             connected_since_ms: None,
         };
         tracker.spawn(member.run(cmd_rx, refresh_rx, member_stop.clone()));
@@ -231,7 +231,7 @@ struct MembershipLoop {
     assignment_tx: watch::Sender<Arc<Assignment>>,
     h: EngineHandles,
     rate: RateWindow,
-    dropped_reported: u64,
+    dropped_reported: [u64; 3],
     /// Start of the current run of successful store reads.
     connected_since_ms: Option<i64>,
 }
@@ -505,10 +505,21 @@ impl MembershipLoop {
         if caught > 0 {
             m.self_gauge(names::FEED_LAG, (now - caught).max(0) as u64);
         }
-        let dropped = m.stats().dropped.load(Ordering::Relaxed);
-        if dropped > self.dropped_reported {
-            m.self_count(names::METRICS_DROPPED, dropped - self.dropped_reported, &[]);
-            self.dropped_reported = dropped;
+        let st = m.stats();
+        let now_dropped = [
+            ("queue_full", st.dropped_full.load(Ordering::Relaxed)),
+            ("send_failed", st.dropped_send.load(Ordering::Relaxed)),
+            ("stale", st.dropped_stale.load(Ordering::Relaxed)),
+        ];
+        for (i, (reason, n)) in now_dropped.into_iter().enumerate() {
+            if n > self.dropped_reported[i] {
+                m.self_count(
+                    names::METRICS_DROPPED,
+                    n - self.dropped_reported[i],
+                    &[("reason", reason)],
+                );
+                self.dropped_reported[i] = n;
+            }
         }
     }
 }

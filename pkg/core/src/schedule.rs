@@ -522,7 +522,7 @@ mod scheduler_tests {
 
     struct Harness {
         log: Arc<Mutex<Vec<(String, i64)>>>,
-        metrics_rx: mpsc::Receiver<String>,
+        metrics_rx: mpsc::Receiver<crate::metrics::Queued>,
         refresh_rx: mpsc::Receiver<RefreshRequest>,
         read_ms: Arc<AtomicI64>,
         stop: CancellationToken,
@@ -604,7 +604,7 @@ mod scheduler_tests {
     fn skipped(h: &mut Harness, reason: &str) -> usize {
         let want = format!("monitor.checks.skipped:1|c|#monitor:me,reason:{reason}");
         std::iter::from_fn(|| h.metrics_rx.try_recv().ok())
-            .filter(|l| *l == want)
+            .filter(|q| q.line == want)
             .count()
     }
 

@@ -5,16 +5,19 @@
 //! ([`QueueSink`]); when the queue is full the metric is dropped and counted.
 //! A single writer task drains the queue into UDP datagrams.
 
+pub mod mdm;
+mod writer;
+
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cadence::prelude::*;
 use cadence::{MetricSink, StatsdClient};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+pub use writer::{Format, Output, Target, Writer};
 
 pub mod names {
     // Per-cluster metrics: tags resourceId plus the cluster's labels.
@@ -98,29 +101,51 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: FEED_ERRORS, kind: Counter, tags: "monitor", help: "Change-feed reads that failed (retried from the same continuation)." },
         MetricDef { name: STORE_ERRORS, kind: Counter, tags: "monitor, op", help: "Failed store calls by operation (heartbeat, list_monitors, read_master, write_master, delete_monitor)." },
         MetricDef { name: MASTER_CONFLICTS, kind: Counter, tags: "monitor", help: "Master writes that lost a compare-and-swap race (HTTP 412 equivalent)." },
-        MetricDef { name: METRICS_DROPPED, kind: Counter, tags: "monitor", help: "Metrics dropped because the emit queue was full or the send failed." },
+        MetricDef { name: METRICS_DROPPED, kind: Counter, tags: "monitor, reason", help: "Metrics lost: reason queue_full (emit queue full), send_failed (socket error), stale (older than one minute when it could be sent)." },
     ]
 };
 
-/// Counters of the emit path itself.
+/// Counters of the emit path itself, by reason of loss.
 #[derive(Debug, Default)]
 pub struct EmitStats {
-    pub dropped: AtomicU64,
-    pub sent_datagrams: AtomicU64,
+    pub dropped_full: AtomicU64,
+    pub dropped_send: AtomicU64,
+    pub dropped_stale: AtomicU64,
+    pub sent: AtomicU64,
+}
+
+impl EmitStats {
+    pub fn dropped(&self) -> u64 {
+        self.dropped_full.load(Ordering::Relaxed)
+            + self.dropped_send.load(Ordering::Relaxed)
+            + self.dropped_stale.load(Ordering::Relaxed)
+    }
+}
+
+/// A metric line as cadence formatted it (DogStatsD), with its emit time.
+#[derive(Debug)]
+pub struct Queued {
+    pub line: String,
+    pub at_ms: i64,
 }
 
 /// A cadence sink that queues formatted metrics without blocking.
 pub struct QueueSink {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Queued>,
     stats: Arc<EmitStats>,
+    clock: Clock,
 }
 
 impl MetricSink for QueueSink {
     fn emit(&self, metric: &str) -> io::Result<usize> {
-        match self.tx.try_send(metric.to_owned()) {
+        let q = Queued {
+            line: metric.to_owned(),
+            at_ms: self.clock.now_ms(),
+        };
+        match self.tx.try_send(q) {
             Ok(()) => Ok(metric.len()),
             Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
                 Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     "metrics queue full",
@@ -138,52 +163,15 @@ pub struct Metrics {
     stats: Arc<EmitStats>,
 }
 
-/// Where the writer sends metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    Udp(String),
-    /// Discard (commands that emit nothing, tests).
-    None,
-}
-
-impl Target {
-    /// Parses `udp:HOST:PORT` (or `none`).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s == "none" {
-            return Ok(Target::None);
-        }
-        match s.strip_prefix("udp:") {
-            Some(addr)
-                if addr
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
-            {
-                Ok(Target::Udp(addr.to_string()))
-            }
-            _ => Err(format!(
-                "invalid statsd address {s:?}: expected udp:HOST:PORT"
-            )),
-        }
-    }
-}
-
-/// Drains the queue into datagrams of at most `MAX_DATAGRAM` bytes.
-pub struct Writer {
-    rx: mpsc::Receiver<String>,
-    target: Target,
-    stats: Arc<EmitStats>,
-}
-
-const MAX_DATAGRAM: usize = 1432;
-
 impl Metrics {
     /// A handle and the writer that must be run (see [`Writer::run`]).
-    pub fn new(monitor: &str, target: Target, queue: usize) -> (Self, Writer) {
+    pub fn new(monitor: &str, out: Output, queue: usize, clock: Clock) -> (Self, Writer) {
         let (tx, rx) = mpsc::channel(queue);
         let stats = Arc::new(EmitStats::default());
         let sink = QueueSink {
             tx,
             stats: stats.clone(),
+            clock,
         };
         let client = StatsdClient::builder("", sink)
             .with_error_handler(|_| {})
@@ -194,22 +182,26 @@ impl Metrics {
                 monitor: monitor.into(),
                 stats: stats.clone(),
             },
-            Writer { rx, target, stats },
+            Writer::new(rx, out, stats, clock),
         )
     }
 
-    /// A handle whose metrics are formatted into the returned receiver (tests).
-    pub fn capture(monitor: &str, queue: usize) -> (Self, mpsc::Receiver<String>) {
-        let (m, w) = Self::new(monitor, Target::None, queue);
-        (m, w.rx)
+    /// A handle whose metrics (DogStatsD lines) go to the returned receiver (tests).
+    pub fn capture(monitor: &str, queue: usize) -> (Self, mpsc::Receiver<Queued>) {
+        let (m, w) = Self::new(monitor, Output::discard(), queue, Clock::system());
+        (m, w.into_receiver())
     }
 
     pub fn disabled() -> Self {
-        Self::new("none", Target::None, 1).0
+        Self::new("none", Output::discard(), 1, Clock::system()).0
     }
 
     pub fn stats(&self) -> &EmitStats {
         &self.stats
+    }
+
+    pub fn monitor(&self) -> &str {
+        &self.monitor
     }
 
     pub fn gauge(&self, name: &str, value: u64, tags: &[(&str, &str)]) {
@@ -236,83 +228,18 @@ impl Metrics {
         let _ = b.try_send();
     }
 
-    /// Self metric with the `monitor` tag (and `extra` tags).
+    /// Self metric with the `monitor` tag.
     pub fn self_gauge(&self, name: &str, value: u64) {
         self.gauge(name, value, &[("monitor", &self.monitor)]);
     }
 
+    /// Self counter with the `monitor` tag and `extra` tags.
     pub fn self_count(&self, name: &str, value: u64, extra: &[(&str, &str)]) {
         let mut tags = Vec::with_capacity(extra.len() + 1);
         tags.push(("monitor", &*self.monitor));
         tags.extend_from_slice(extra);
         self.count(name, value, &tags);
     }
-}
-
-impl Writer {
-    /// Runs until `stop` is cancelled and the queue is drained, or every
-    /// sender is gone. Send errors are counted as drops, never fatal.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let sock = match &self.target {
-            Target::None => None,
-            Target::Udp(addr) => match udp_socket(addr).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(%addr, error = %e, "statsd: cannot open UDP socket; metrics are dropped");
-                    None
-                }
-            },
-        };
-        let mut buf = String::with_capacity(MAX_DATAGRAM);
-        loop {
-            let first = tokio::select! {
-                m = self.rx.recv() => m,
-                _ = stop.cancelled() => { self.rx.close(); self.rx.recv().await }
-            };
-            let Some(first) = first else { break };
-            buf.clear();
-            buf.push_str(&first);
-            // Pack whatever is already queued into the same datagram.
-            while let Ok(next) = self.rx.try_recv() {
-                if buf.len() + 1 + next.len() > MAX_DATAGRAM {
-                    self.send(sock.as_ref(), &buf).await;
-                    buf.clear();
-                } else {
-                    buf.push('\n');
-                }
-                buf.push_str(&next);
-            }
-            self.send(sock.as_ref(), &buf).await;
-        }
-    }
-
-    async fn send(&self, sock: Option<&UdpSocket>, payload: &str) {
-        let Some(sock) = sock else { return };
-        match sock.send(payload.as_bytes()).await {
-            Ok(_) => {
-                self.stats.sent_datagrams.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                let n = payload.split('\n').count() as u64;
-                self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-async fn udp_socket(addr: &str) -> io::Result<UdpSocket> {
-    let target: SocketAddr = tokio::net::lookup_host(addr)
-        .await?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-    let bind = if target.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
-    let s = UdpSocket::bind(bind).await?;
-    s.connect(target).await?;
-    Ok(s)
 }
 
 /// Replaces the characters that would break a DogStatsD tag.
@@ -363,47 +290,13 @@ mod tests {
         m.self_count(names::CHECKS_SKIPPED, 1, &[("reason", "late")]);
         m.self_gauge(names::MASTER, 1); // queue of 2 is full: dropped
         assert_eq!(
-            rx.recv().await.unwrap(),
+            rx.recv().await.unwrap().line,
             "apiserver.healthz.code:200|g|#resourceId:c1,env:prod"
         );
         assert_eq!(
-            rx.recv().await.unwrap(),
+            rx.recv().await.unwrap().line,
             "monitor.checks.skipped:1|c|#monitor:m1,reason:late"
         );
-        assert_eq!(m.stats().dropped.load(Ordering::Relaxed), 1);
-    }
-
-    #[tokio::test]
-    async fn writer_packs_datagrams_and_drains_on_stop() {
-        let recv = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        recv.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        let target = Target::parse(&format!("udp:{}", recv.local_addr().unwrap())).unwrap();
-        let (m, w) = Metrics::new("m1", target, 1000);
-        for i in 0..100 {
-            m.gauge("x", i, &[]);
-        }
-        let stop = CancellationToken::new();
-        stop.cancel();
-        w.run(stop).await; // drains everything queued, then returns
-        let mut lines = 0;
-        let mut buf = [0u8; 2048];
-        while lines < 100 {
-            let n = recv.recv(&mut buf).expect("datagram");
-            assert!(n <= MAX_DATAGRAM);
-            lines += std::str::from_utf8(&buf[..n]).unwrap().lines().count();
-        }
-        assert_eq!(lines, 100);
-    }
-
-    #[test]
-    fn target_parsing() {
-        assert_eq!(
-            Target::parse("udp:127.0.0.1:8125").unwrap(),
-            Target::Udp("127.0.0.1:8125".into())
-        );
-        assert!(Target::parse("udp:127.0.0.1").is_err());
-        assert!(Target::parse("tcp:x:1").is_err());
-        assert_eq!(Target::parse("none").unwrap(), Target::None);
+        assert_eq!(m.stats().dropped_full.load(Ordering::Relaxed), 1);
     }
 }
