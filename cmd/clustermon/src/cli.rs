@@ -61,7 +61,7 @@ pub enum Output {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a monitor.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the fleet: master, monitors, bucket assignment, cluster count.
     Status(ReadArgs),
     /// Show the owner of each of the 256 buckets.
@@ -129,14 +129,46 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT: time to hand over and finish in-flight checks.
     #[arg(long, default_value = "10s", value_parser = duration, env = "CLUSTERMON_SHUTDOWN_GRACE")]
     pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub secrets: SecretsArg,
+    /// What a check runs: full (API server, then every collector) or healthz.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "full",
+        env = "CLUSTERMON_COLLECTORS"
+    )]
+    pub collectors: Collectors,
+    /// Namespaces whose pods are checked (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "CLUSTERMON_MONITORED_NAMESPACES",
+        default_value = "kube-system,openshift-apiserver,openshift-etcd,openshift-kube-apiserver,openshift-kube-controller-manager,openshift-kube-scheduler,openshift-ingress,openshift-dns,openshift-sdn,openshift-ovn-kubernetes,openshift-machine-api,openshift-machine-config-operator,openshift-monitoring"
+    )]
+    pub monitored_namespaces: Vec<String>,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Collectors {
+    Full,
+    Healthz,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SecretsArg {
+    /// Key for credentials at rest: 32 bytes, or their base64. Without it,
+    /// plaintext credentials are accepted (with a warning).
+    #[arg(long, env = "CLUSTERMON_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Create or replace a cluster document.
-    Put(PutArgs),
+    Put(Box<PutArgs>),
     /// List cluster documents (credentials are never printed).
-    List(ReadArgs),
+    List(ListArgs),
     /// Delete a cluster document.
     Delete(DeleteArgs),
 }
@@ -147,9 +179,9 @@ pub struct PutArgs {
     pub store: StoreArg,
     #[arg(long)]
     pub id: String,
-    /// API server base URL, e.g. https://api.example:6443.
-    #[arg(long)]
-    pub api_server: String,
+    /// API server base URL, e.g. https://api.example:6443 (default: from --kubeconfig).
+    #[arg(long, required_unless_present = "kubeconfig")]
+    pub api_server: Option<String>,
     /// Bucket 0-255 (default: uniformly random).
     #[arg(long)]
     pub bucket: Option<u8>,
@@ -158,6 +190,38 @@ pub struct PutArgs {
     pub labels: Vec<(String, String)>,
     #[arg(long, default_value = "Succeeded")]
     pub state: clustermon_core::model::ProvisioningState,
+    /// PEM CA bundle the API server's certificate must chain to.
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// File holding a bearer token.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// PEM client certificate (with --client-key).
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM client private key (with --client-cert).
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<std::path::PathBuf>,
+    /// Do not verify the API server's certificate (counted and logged by monitors).
+    #[arg(long)]
+    pub insecure_skip_tls_verify: bool,
+    /// Take the server and credentials from a kubeconfig (exec plugins refused).
+    #[arg(long, conflicts_with_all = ["ca_file", "token_file", "client_cert", "client_key"])]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Kubeconfig context (default: its current-context).
+    #[arg(long, requires = "kubeconfig")]
+    pub context: Option<String>,
+    #[command(flatten)]
+    pub secrets: SecretsArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// With a key, sealed credentials are checked to open (never printed).
+    #[command(flatten)]
+    pub secrets: SecretsArg,
 }
 
 #[derive(Args, Debug)]

@@ -5,19 +5,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clustermon_core::check::HealthzChecker;
+use clustermon_core::check::collect::KubeChecker;
 use clustermon_core::clock::Clock;
 use clustermon_core::config::EngineConfig;
 use clustermon_core::engine::Engine;
 use clustermon_core::metrics::mdm::MdmConfig;
 use clustermon_core::metrics::{self, Format, Metrics};
-use clustermon_core::model::{ClusterDoc, ProvisioningState};
+use clustermon_core::model::{ClusterDoc, Credentials, ProvisioningState, Secret};
+use clustermon_core::secrets::SecretsKey;
 use clustermon_core::status::{bucket_owners, fleet_status, FleetStatus};
 use clustermon_core::store::Store;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{DeleteArgs, MetricsFormat, Output, PutArgs, ReadArgs, RunArgs};
+use crate::cli::{
+    Collectors, DeleteArgs, ListArgs, MetricsFormat, Output, PutArgs, ReadArgs, RunArgs, SecretsArg,
+};
 use crate::open_store_url;
 
 #[derive(Debug)]
@@ -48,6 +51,14 @@ fn failed(e: impl std::fmt::Display) -> CmdError {
 
 async fn store(arg: &crate::cli::StoreArg) -> Result<Arc<dyn Store>, CmdError> {
     open_store_url(&arg.store).await.map_err(CmdError::Usage)
+}
+
+fn secrets_key(arg: &SecretsArg) -> Result<Option<SecretsKey>, CmdError> {
+    arg.secrets_key_file
+        .as_deref()
+        .map(SecretsKey::from_file)
+        .transpose()
+        .map_err(CmdError::Usage)
 }
 
 pub fn hostname() -> String {
@@ -82,6 +93,10 @@ pub async fn run(
     cfg.shutdown_grace = args.shutdown_grace;
     cfg.validate().map_err(CmdError::Usage)?;
 
+    let key = secrets_key(&args.secrets)?;
+    if key.is_none() {
+        tracing::warn!("no --secrets-key-file: cluster credentials are accepted in plaintext, and sealed ones cannot be opened");
+    }
     let store = store(&args.store).await?;
     let format = match args.metrics_format {
         MetricsFormat::Dogstatsd => Format::DogStatsd,
@@ -94,17 +109,14 @@ pub async fn run(
         target: args.statsd.clone(),
         format,
     };
-    let (metrics, writer) = Metrics::new(&id, output, 8192, Clock::system());
-    let checker =
-        HealthzChecker::new(args.check_timeout.min(Duration::from_secs(10))).map_err(failed)?;
-    let engine = Engine::new(
-        cfg,
-        store.clone(),
-        Arc::new(checker),
-        metrics,
-        Clock::system(),
-    )
-    .map_err(CmdError::Usage)?;
+    let clock = Clock::system();
+    let (metrics, writer) = Metrics::new(&id, output, 8192, clock);
+    let checker = match args.collectors {
+        Collectors::Full => KubeChecker::standard(key, args.monitored_namespaces.clone(), clock),
+        Collectors::Healthz => KubeChecker::healthz_only(key, clock),
+    };
+    let engine = Engine::new(cfg, store.clone(), Arc::new(checker), metrics, clock)
+        .map_err(CmdError::Usage)?;
     tracing::info!(
         monitor = %id,
         store = store.kind(),
@@ -212,16 +224,62 @@ pub async fn buckets(args: ReadArgs) -> Result<(), CmdError> {
     Ok(())
 }
 
+fn read_file(p: &std::path::Path, what: &str) -> Result<String, CmdError> {
+    std::fs::read_to_string(p)
+        .map_err(|e| CmdError::Usage(format!("cannot read {what} {}: {e}", p.display())))
+}
+
+/// Server and credentials from the flags (files or a kubeconfig).
+fn put_credentials(args: &PutArgs) -> Result<(String, Credentials), CmdError> {
+    if let Some(kc) = &args.kubeconfig {
+        let (server, mut c) =
+            crate::kubeconfig::load(kc, args.context.as_deref()).map_err(CmdError::Usage)?;
+        c.insecure_skip_tls_verify |= args.insecure_skip_tls_verify;
+        return Ok((args.api_server.clone().unwrap_or(server), c));
+    }
+    let opt = |p: &Option<std::path::PathBuf>, what: &str| {
+        p.as_deref().map(|p| read_file(p, what)).transpose()
+    };
+    let creds = Credentials {
+        ca_bundle: opt(&args.ca_file, "CA file")?,
+        token: opt(&args.token_file, "token file")?.map(|t| Secret::new(t.trim())),
+        client_certificate: opt(&args.client_cert, "client certificate")?,
+        client_key: opt(&args.client_key, "client key")?.map(Secret::new),
+        insecure_skip_tls_verify: args.insecure_skip_tls_verify,
+    };
+    Ok((args.api_server.clone().unwrap_or_default(), creds))
+}
+
 pub async fn cluster_put(args: PutArgs) -> Result<(), CmdError> {
-    let doc = ClusterDoc {
-        id: args.id,
+    let key = secrets_key(&args.secrets)?;
+    let (api_server, creds) = put_credentials(&args)?;
+    let mut doc = ClusterDoc {
+        id: args.id.clone(),
         bucket: args.bucket.unwrap_or_else(rand::random),
         provisioning_state: args.state,
-        api_server: args.api_server,
+        api_server,
         credentials: Default::default(),
-        labels: args.labels.into_iter().collect(),
+        encrypted_credentials: None,
+        labels: args.labels.iter().cloned().collect(),
     };
     doc.validate().map_err(CmdError::Usage)?;
+    if !creds.is_empty() {
+        // Refuse credentials that cannot work now rather than at check time.
+        clustermon_core::check::tls::client_config(&creds, doc.api_server.starts_with("https://"))
+            .map_err(CmdError::Usage)?;
+    }
+    match (&key, creds.is_empty()) {
+        (_, true) => {}
+        (Some(k), false) => {
+            doc.encrypted_credentials = Some(k.seal(&doc.id, &creds).map_err(failed)?)
+        }
+        (None, false) => {
+            eprintln!(
+                "clustermon: warning: no --secrets-key-file: credentials are stored in plaintext"
+            );
+            doc.credentials = creds;
+        }
+    }
     let store = store(&args.store).await?;
     store.put_cluster(&doc).await.map_err(failed)?;
     println!("cluster {} stored in bucket {}", doc.id, doc.bucket);
@@ -247,13 +305,22 @@ struct ClusterView {
     invalid: Option<String>,
 }
 
-pub async fn cluster_list(args: ReadArgs) -> Result<(), CmdError> {
+pub async fn cluster_list(args: ListArgs) -> Result<(), CmdError> {
+    let key = secrets_key(&args.secrets)?;
+    let args = args.read;
     let store = store(&args.store).await?;
     let raws = store.list_clusters().await.map_err(failed)?;
     let views: Vec<ClusterView> = raws
         .into_iter()
         .map(|r| match ClusterDoc::decode(&r.body) {
             Ok(d) => {
+                let sealed = d.encrypted_credentials.as_deref().map(|s| match &key {
+                    Some(k) => match k.open(&d.id, s) {
+                        Ok(_) => "sealed",
+                        Err(_) => "sealed (does not open with this key)",
+                    },
+                    None => "sealed",
+                });
                 let c = &d.credentials;
                 let present = [
                     ("caBundle", c.ca_bundle.is_some()),
@@ -267,7 +334,12 @@ pub async fn cluster_list(args: ReadArgs) -> Result<(), CmdError> {
                     bucket: Some(d.bucket),
                     state: Some(d.provisioning_state),
                     api_server: Some(d.api_server),
-                    credentials: present.iter().filter(|p| p.1).map(|p| p.0).collect(),
+                    credentials: present
+                        .iter()
+                        .filter(|p| p.1)
+                        .map(|p| p.0)
+                        .chain(sealed)
+                        .collect(),
                     labels: d.labels,
                     invalid: None,
                 }

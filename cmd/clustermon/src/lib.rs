@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod kubeconfig;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -68,13 +68,13 @@ async fn dispatch(cmd: Command) -> Result<(), CmdError> {
                     std::future::pending::<()>().await;
                 }
             };
-            let r = commands::run(args, first).await;
+            let r = commands::run(*args, first).await;
             listener.abort();
             r
         }
         Command::Status(a) => commands::status(a).await,
         Command::Buckets(a) => commands::buckets(a).await,
-        Command::Cluster(ClusterCommand::Put(a)) => commands::cluster_put(a).await,
+        Command::Cluster(ClusterCommand::Put(a)) => commands::cluster_put(*a).await,
         Command::Cluster(ClusterCommand::List(a)) => commands::cluster_list(a).await,
         Command::Cluster(ClusterCommand::Delete(a)) => commands::cluster_delete(a).await,
     }

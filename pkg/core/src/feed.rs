@@ -25,8 +25,44 @@ pub struct ClusterEntry {
     pub api_server: Box<str>,
     /// `resourceId` first, then the document's labels, sanitised for statsd.
     pub tags: Box<[(Box<str>, Box<str>)]>,
-    /// Absent when the document has none (the common case in tests).
-    pub credentials: Option<Box<Credentials>>,
+    pub credentials: CredentialSource,
+}
+
+/// A cluster's credentials as cached: sealed ones stay sealed until a check
+/// opens them.
+#[derive(Clone, Default)]
+pub enum CredentialSource {
+    #[default]
+    None,
+    Plain(Box<Credentials>),
+    Sealed(Box<str>),
+}
+
+impl std::fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialSource::None => f.write_str("None"),
+            CredentialSource::Plain(c) => write!(f, "Plain({c:?})"),
+            CredentialSource::Sealed(_) => f.write_str("Sealed(<redacted>)"),
+        }
+    }
+}
+
+impl CredentialSource {
+    /// Bytes of credential material this entry keeps in memory.
+    pub fn cached_bytes(&self) -> usize {
+        match self {
+            CredentialSource::None => 0,
+            CredentialSource::Sealed(s) => s.len(),
+            CredentialSource::Plain(c) => {
+                let len = |o: &Option<String>| o.as_ref().map_or(0, String::len);
+                len(&c.ca_bundle)
+                    + len(&c.client_certificate)
+                    + c.token.as_ref().map_or(0, |t| t.expose().len())
+                    + c.client_key.as_ref().map_or(0, |t| t.expose().len())
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ClusterEntry {
@@ -54,7 +90,11 @@ impl ClusterEntry {
                 sanitize_tag(&v).into_boxed_str(),
             ));
         }
-        let credentials = (!doc.credentials.is_empty()).then(|| Box::new(doc.credentials));
+        let credentials = match doc.encrypted_credentials {
+            Some(sealed) => CredentialSource::Sealed(sealed.into_boxed_str()),
+            None if doc.credentials.is_empty() => CredentialSource::None,
+            None => CredentialSource::Plain(Box::new(doc.credentials)),
+        };
         Self {
             id: doc.id.into(),
             bucket: doc.bucket,
@@ -530,6 +570,6 @@ mod tests {
             .tags
             .iter()
             .any(|(k, v)| &**k == "team" && &**v == "a_b_c"));
-        assert!(e.credentials.is_none());
+        assert!(matches!(e.credentials, CredentialSource::None));
     }
 }

@@ -5,7 +5,8 @@
 //! - [`balance`]: pure assignment decisions (balancer, handoff, lease).
 //! - [`feed`]: change feed stream and the reflector into the cluster map.
 //! - [`schedule`]: phases, the scheduler and its bounded check pool.
-//! - [`check`]: the check seam and the healthz checker.
+//! - [`check`]: the check seam, the healthz checker, TLS and the Kubernetes client.
+//! - [`secrets`]: credentials sealed at rest (AES-256-GCM).
 //! - [`engine`]: membership loop and wiring, graceful shutdown.
 //! - [`metrics`]: every metric, and the non-blocking statsd emitter.
 
@@ -18,5 +19,6 @@ pub mod feed;
 pub mod metrics;
 pub mod model;
 pub mod schedule;
+pub mod secrets;
 pub mod status;
 pub mod store;

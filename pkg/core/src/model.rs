@@ -130,6 +130,10 @@ pub struct ClusterDoc {
     pub api_server: String,
     #[serde(default, skip_serializing_if = "Credentials::is_empty")]
     pub credentials: Credentials,
+    /// `credentials` sealed with the secrets key (see `secrets`); when set,
+    /// `credentials` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_credentials: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
@@ -142,6 +146,10 @@ impl fmt::Debug for ClusterDoc {
             .field("provisioning_state", &self.provisioning_state)
             .field("api_server", &self.api_server)
             .field("credentials", &self.credentials)
+            .field(
+                "encrypted_credentials",
+                &self.encrypted_credentials.as_ref().map(|_| "<sealed>"),
+            )
             .field("labels", &self.labels)
             .finish()
     }
@@ -314,6 +322,7 @@ mod tests {
                 client_key: Some(Secret::new("-----BEGIN KEY-----")),
                 ..Default::default()
             },
+            encrypted_credentials: None,
             labels: BTreeMap::from([("env".into(), "prod".into())]),
         }
     }

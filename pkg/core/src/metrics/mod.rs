@@ -23,6 +23,22 @@ pub mod names {
     // Per-cluster metrics: tags resourceId plus the cluster's labels.
     pub const HEALTHZ_CODE: &str = "apiserver.healthz.code";
     pub const CHECK_DURATION: &str = "monitor.check.duration";
+    pub const READYZ_FAILED: &str = "apiserver.readyz.failed";
+    pub const CLUSTER_VERSION: &str = "cluster.version";
+    pub const NODE_COUNT: &str = "node.count";
+    pub const NODE_CONDITIONS: &str = "node.conditions";
+    pub const OPERATOR_COUNT: &str = "clusteroperator.count";
+    pub const OPERATOR_CONDITIONS: &str = "clusteroperator.conditions";
+    pub const CLUSTERVERSION_CONDITIONS: &str = "clusterversion.conditions";
+    pub const CLUSTER_VERSIONS: &str = "cluster.versions";
+    pub const POD_CONDITIONS: &str = "pod.conditions";
+    pub const POD_CONTAINER_STATUSES: &str = "pod.containerstatuses";
+    pub const POD_RESTARTS: &str = "pod.restartcounter";
+    pub const CERT_EXPIRATION: &str = "certificate.expirationdate";
+    pub const COLLECTOR_DURATION: &str = "monitor.cluster.collector.duration";
+    pub const COLLECTOR_ERROR: &str = "monitor.cluster.collector.error";
+    pub const CLUSTER_DURATION: &str = "monitor.cluster.duration";
+    pub const CLUSTER_INSECURE: &str = "monitor.cluster.insecure";
     // Self metrics: tag monitor.
     pub const HEARTBEAT: &str = "monitor.heartbeat";
     pub const MASTER: &str = "monitor.master";
@@ -81,6 +97,22 @@ pub const CATALOG: &[MetricDef] = {
     &[
         MetricDef { name: HEALTHZ_CODE, kind: Gauge, tags: CLUSTER_TAGS, help: "HTTP status of GET /healthz on the cluster's API server; 0 when unreachable or timed out." },
         MetricDef { name: CHECK_DURATION, kind: Timer, tags: "resourceId, labels, result", help: "Wall time of one check of a cluster; result is ok, failed or timeout." },
+        MetricDef { name: READYZ_FAILED, kind: Gauge, tags: "resourceId, labels, check", help: "1 per failing check of GET /readyz?verbose, read only when /healthz is not 200." },
+        MetricDef { name: CLUSTER_VERSION, kind: Gauge, tags: "resourceId, labels, gitVersion", help: "1, tagged with the API server's version from /version." },
+        MetricDef { name: NODE_COUNT, kind: Gauge, tags: "resourceId, labels, role", help: "Nodes per role (master, worker, or the node-role label)." },
+        MetricDef { name: NODE_CONDITIONS, kind: Gauge, tags: "resourceId, labels, nodeName, type, status", help: "1 per unexpected node condition: Ready not True; MemoryPressure, DiskPressure, PIDPressure or NetworkUnavailable True." },
+        MetricDef { name: OPERATOR_COUNT, kind: Gauge, tags: "resourceId, labels", help: "ClusterOperators (OpenShift only)." },
+        MetricDef { name: OPERATOR_CONDITIONS, kind: Gauge, tags: "resourceId, labels, name, type, status", help: "1 per unexpected ClusterOperator condition: Available not True, Degraded True (OpenShift only)." },
+        MetricDef { name: CLUSTERVERSION_CONDITIONS, kind: Gauge, tags: "resourceId, labels, type, status", help: "1 per unexpected ClusterVersion condition: Available not True, Degraded or Failing True (OpenShift only)." },
+        MetricDef { name: CLUSTER_VERSIONS, kind: Gauge, tags: "resourceId, labels, actualVersion, desiredVersion", help: "1, tagged with the running (last completed) and desired OpenShift versions." },
+        MetricDef { name: POD_CONDITIONS, kind: Gauge, tags: "resourceId, labels, name, namespace, type, status", help: "1 per unexpected pod condition in --monitored-namespaces: Ready/ContainersReady not True on a Running pod, PodScheduled not True." },
+        MetricDef { name: POD_CONTAINER_STATUSES, kind: Gauge, tags: "resourceId, labels, name, namespace, containername, reason", help: "1 per container waiting for a bad reason (CrashLoopBackOff, ImagePullBackOff, ErrImagePull, Create/RunContainer errors)." },
+        MetricDef { name: POD_RESTARTS, kind: Gauge, tags: "resourceId, labels, name, namespace, containername", help: "Restart count of a container that restarted 10 times or more." },
+        MetricDef { name: CERT_EXPIRATION, kind: Gauge, tags: "resourceId, labels, subject, expired", help: "Days until the API server's serving certificate (from the TLS handshake) expires; 0 with expired:true once it has." },
+        MetricDef { name: COLLECTOR_DURATION, kind: Timer, tags: "resourceId, labels, collector", help: "Wall time of one collector (apiserver, readyz, certificate, version, nodes, clusteroperators, clusterversion, pods)." },
+        MetricDef { name: COLLECTOR_ERROR, kind: Counter, tags: "resourceId, labels, collector, error", help: "A collector failed; error is config, unreachable, timeout, unauthorized, status, decode or too_large. Collector credentials: the document's credentials could not be used." },
+        MetricDef { name: CLUSTER_DURATION, kind: Timer, tags: "resourceId, labels", help: "Wall time of the full check of a cluster (all collectors)." },
+        MetricDef { name: CLUSTER_INSECURE, kind: Counter, tags: "resourceId, labels", help: "A check ran with insecureSkipTLSVerify (certificate not verified); the first one per cluster is also logged." },
         MetricDef { name: HEARTBEAT, kind: Gauge, tags: "monitor", help: "1 on every pass whose heartbeat write succeeded." },
         MetricDef { name: MASTER, kind: Gauge, tags: "monitor", help: "1 while this monitor holds the master lease, else 0." },
         MetricDef { name: BUCKETS_OWNED, kind: Gauge, tags: "monitor", help: "Buckets assigned to this monitor in its current view." },

@@ -46,6 +46,7 @@ pub fn cluster(id: &str, bucket: u8) -> ClusterDoc {
         provisioning_state: ProvisioningState::Succeeded,
         api_server: format!("http://127.0.0.1:1/{id}"),
         credentials: Default::default(),
+        encrypted_credentials: None,
         labels: BTreeMap::from([("env".into(), "test".into())]),
     }
 }
