@@ -21,10 +21,11 @@ unit:
 
 # End-to-end: real binaries, a real SQLite file, a real UDP receiver.
 e2e: build
-	$(CARGO) test -p clustermon-e2e -- --nocapture
+	$(CARGO) test -p clustermon-e2e -- --nocapture --test-threads 4
 
+# The e2e tests mostly wait on timers: run them side by side.
 test: lint build
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace -- --test-threads 4
 
 # Three monitors and a simulated fleet on one SQLite file, with a live view
 # and a failover. Needs nothing but this repository; cleans up after itself.

@@ -1,0 +1,530 @@
+//! End-to-end harness: the real `clustermon` and `fleetsim` binaries (built
+//! by `make build`), a real SQLite file in a temporary directory, and a real
+//! UDP statsd receiver recording every line with its arrival time. Every
+//! wait has a deadline; every child process is killed when its guard drops.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// `target/debug` (or wherever this test binary was built).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/e2e-<hash> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build the binaries first (`make build`, or `make e2e`)",
+        p.display()
+    );
+    p
+}
+
+/// A scratch directory removed on drop (kept when the test panicked, for the logs).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "clustermon-e2e-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("e2e: keeping {} for inspection", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A child process, killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let err = File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self {
+            name: name.to_string(),
+            child,
+            log,
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {} failed", self.name);
+    }
+
+    /// SIGKILL and reap.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        self.exited = self.child.wait().ok();
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.exited = Some(st);
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One statsd line with its arrival time.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub at: Instant,
+    pub name: String,
+    pub value: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Line {
+    pub fn parse(at: Instant, raw: &str) -> Option<Self> {
+        let (name, rest) = raw.split_once(':')?;
+        let mut parts = rest.split('|');
+        let value = parts.next()?.to_string();
+        let mut tags = BTreeMap::new();
+        for p in parts {
+            if let Some(t) = p.strip_prefix('#') {
+                for kv in t.split(',') {
+                    let (k, v) = kv.split_once(':').unwrap_or((kv, ""));
+                    tags.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        Some(Self {
+            at,
+            name: name.to_string(),
+            value,
+            tags,
+        })
+    }
+    pub fn tag(&self, k: &str) -> Option<&str> {
+        self.tags.get(k).map(String::as_str)
+    }
+    pub fn resource(&self) -> Option<&str> {
+        self.tag("resourceId")
+    }
+}
+
+/// A UDP statsd receiver on 127.0.0.1:0 recording every line.
+pub struct Statsd {
+    pub addr: String,
+    lines: Arc<Mutex<Vec<Line>>>,
+    raw: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Statsd {
+    pub fn start() -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let _ = set_recv_buffer(&sock);
+        let addr = sock.local_addr().expect("addr").to_string();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, r, s) = (lines.clone(), raw.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !s.load(Ordering::Relaxed) {
+                let Ok(n) = sock.recv(&mut buf) else { continue };
+                let at = Instant::now();
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let mut l = l.lock().unwrap();
+                for line in text.lines().filter(|x| !x.is_empty()) {
+                    if let Some(p) = Line::parse(at, line) {
+                        l.push(p);
+                    }
+                }
+                r.lock().unwrap().push(text);
+            }
+        });
+        Self {
+            addr,
+            lines,
+            raw,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn target(&self) -> String {
+        format!("udp:{}", self.addr)
+    }
+
+    pub fn lines(&self) -> Vec<Line> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Every datagram received, as text.
+    pub fn raw(&self) -> String {
+        self.raw.lock().unwrap().join("\n")
+    }
+
+    /// `(time, cluster id, code)` of every `apiserver.healthz.code` line.
+    pub fn checks(&self) -> Vec<(Instant, String, i64)> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.name == "apiserver.healthz.code")
+            .filter_map(|l| Some((l.at, l.resource()?.to_string(), l.value.parse().ok()?)))
+            .collect()
+    }
+
+    /// Check times per cluster.
+    pub fn check_times(&self) -> BTreeMap<String, Vec<Instant>> {
+        let mut m: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
+        for (at, id, _) in self.checks() {
+            m.entry(id).or_default().push(at);
+        }
+        m
+    }
+
+    /// The last value of a self gauge per monitor.
+    pub fn last_self_gauge(&self, name: &str) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        for l in self.lines.lock().unwrap().iter().filter(|l| l.name == name) {
+            if let Some(mon) = l.tag("monitor") {
+                m.insert(mon.to_string(), l.value.clone());
+            }
+        }
+        m
+    }
+}
+
+impl Drop for Statsd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn set_recv_buffer(_sock: &UdpSocket) -> std::io::Result<()> {
+    // std has no SO_RCVBUF setter; the default (~200 KiB) holds several
+    // seconds of this fleet's metrics and the thread drains it continuously.
+    Ok(())
+}
+
+/// The simulated fleet.
+pub struct Fleet {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl Fleet {
+    /// Starts fleetsim and waits for its first stdout line.
+    pub fn start(dir: &Path, store: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("fleetsim"));
+        cmd.args(["--listen", "127.0.0.1:0", "--register", store])
+            .args(args)
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn("fleetsim", &mut cmd, dir);
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut first = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut first);
+            let _ = tx.send(first);
+        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("fleetsim did not start: {}", proc.log_text()));
+        let url = first
+            .trim()
+            .strip_prefix("fleetsim listening on ")
+            .unwrap_or_else(|| panic!("unexpected fleetsim output {first:?}: {}", proc.log_text()))
+            .to_string();
+        Self { proc, url }
+    }
+
+    pub fn clusters(&self) -> Vec<Value> {
+        let v = http("GET", &format!("{}/control/clusters", self.url), None)
+            .expect("GET /control/clusters");
+        v.as_array().cloned().expect("array")
+    }
+
+    pub fn set_faults(&self, id: &str, faults: &[&str]) -> Value {
+        let body = serde_json::json!({ "faults": faults }).to_string();
+        http(
+            "POST",
+            &format!("{}/control/clusters/{id}/faults", self.url),
+            Some(&body),
+        )
+        .expect("POST faults")
+    }
+}
+
+/// A minimal HTTP/1.1 client for the control endpoint (plain http, loopback).
+pub fn http(method: &str, url: &str, body: Option<&str>) -> Result<Value, String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("http:// only")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = std::net::TcpStream::connect(host).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("no header end")?;
+    if !head.starts_with("HTTP/1.1 2") {
+        return Err(format!("{}: {body}", head.lines().next().unwrap_or("")));
+    }
+    serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))
+}
+
+/// Runs `clustermon ARGS`, returning (exit code, stdout, stderr).
+pub fn clustermon(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("clustermon"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run clustermon");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `clustermon ARGS --output json`, decoded; None when the command failed.
+pub fn clustermon_json(args: &[&str]) -> Option<Value> {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    let (code, out, _) = clustermon(&a);
+    if code != 0 {
+        return None;
+    }
+    serde_json::from_str(&out).ok()
+}
+
+/// Owner of each bucket (None when unassigned).
+pub fn buckets(store: &str) -> Option<Vec<Option<String>>> {
+    let v = clustermon_json(&["buckets", "--store", store])?;
+    v.as_array()
+        .map(|a| a.iter().map(|o| o.as_str().map(str::to_string)).collect())
+}
+
+/// Buckets per owner.
+pub fn loads(owners: &[Option<String>]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for o in owners.iter().flatten() {
+        *m.entry(o.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// The master's id, from `clustermon status`.
+pub fn master(store: &str) -> Option<String> {
+    let v = clustermon_json(&["status", "--store", store])?;
+    v["master"]["id"].as_str().map(str::to_string)
+}
+
+/// Monitor processes on one store.
+pub struct Monitors {
+    pub store: String,
+    pub statsd: String,
+    pub dir: PathBuf,
+    pub extra: Vec<String>,
+    pub procs: BTreeMap<String, Proc>,
+}
+
+impl Monitors {
+    pub fn new(dir: &Path, store: &str, statsd: &Statsd, extra: &[&str]) -> Self {
+        Self {
+            store: store.to_string(),
+            statsd: statsd.target(),
+            dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            procs: BTreeMap::new(),
+        }
+    }
+
+    pub fn start(&mut self, id: &str) {
+        let mut cmd = Command::new(bin("clustermon"));
+        cmd.args([
+            "run",
+            "--store",
+            &self.store,
+            "--statsd",
+            &self.statsd,
+            "--id",
+            id,
+        ])
+        .args(&self.extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+        let p = Proc::spawn(id, &mut cmd, &self.dir);
+        self.procs.insert(id.to_string(), p);
+    }
+
+    pub fn get(&mut self, id: &str) -> &mut Proc {
+        self.procs.get_mut(id).expect("monitor")
+    }
+}
+
+/// All 256 buckets owned by the given monitors, loads within 1.
+pub fn balanced(owners: &[Option<String>], monitors: &[&str]) -> bool {
+    if owners.len() != 256 || owners.iter().any(Option::is_none) {
+        return false;
+    }
+    let l = loads(owners);
+    if l.len() != monitors.len() || !monitors.iter().all(|m| l.contains_key(*m)) {
+        return false;
+    }
+    let (min, max) = (l.values().min().copied(), l.values().max().copied());
+    matches!((min, max), (Some(a), Some(b)) if b - a <= 1)
+}
+
+/// The longest time any cluster of `ids` went without a check, counting
+/// every gap that overlaps `[from, to]` (a cluster never checked counts as
+/// `Duration::MAX`), and that cluster.
+pub fn worst_gap(
+    times: &BTreeMap<String, Vec<Instant>>,
+    ids: &[String],
+    from: Instant,
+    to: Instant,
+) -> (Duration, String) {
+    let mut worst = (Duration::ZERO, String::new());
+    for id in ids {
+        let ts = times.get(id).map(Vec::as_slice).unwrap_or(&[]);
+        let mut gap = Duration::ZERO;
+        for w in ts.windows(2) {
+            if w[1] >= from && w[0] <= to {
+                gap = gap.max(w[1] - w[0]);
+            }
+        }
+        match (ts.first(), ts.last()) {
+            (None, _) | (_, None) => gap = Duration::MAX,
+            (Some(&first), Some(&last)) => {
+                if first > from {
+                    gap = gap.max(first - from);
+                }
+                if last < to {
+                    gap = gap.max(to - last);
+                }
+            }
+        }
+        if gap > worst.0 {
+            worst = (gap, id.clone());
+        }
+    }
+    worst
+}
+
+/// The shortest interval between two checks of one cluster within `[from, to]`.
+pub fn closest_pair(
+    times: &BTreeMap<String, Vec<Instant>>,
+    from: Instant,
+    to: Instant,
+) -> Option<(Duration, String)> {
+    let mut best: Option<(Duration, String)> = None;
+    for (id, ts) in times {
+        for w in ts.windows(2) {
+            if w[0] >= from && w[1] <= to {
+                let d = w[1] - w[0];
+                if best.as_ref().is_none_or(|b| d < b.0) {
+                    best = Some((d, id.clone()));
+                }
+            }
+        }
+    }
+    best
+}
