@@ -73,6 +73,11 @@ struct Args {
     /// Encrypt the registered credentials with this key (as clustermon's flag).
     #[arg(long, value_name = "FILE")]
     secrets_key_file: Option<PathBuf>,
+    /// Tests only: write every cluster's secret material (tokens, client
+    /// keys) to this file, one JSON object per line, so a test can prove it
+    /// never shows up in clustermon's logs, metrics or output.
+    #[arg(long, value_name = "FILE", hide = true)]
+    credentials_out: Option<PathBuf>,
     /// Labels of the registered documents, KEY=VALUE, repeatable.
     #[arg(long = "label", default_value = "fleet=sim")]
     labels: Vec<String>,
@@ -228,6 +233,9 @@ async fn run(args: Args) -> Result<(), String> {
         }));
     }
 
+    if let Some(path) = &args.credentials_out {
+        write_secrets(path, &clusters, &creds)?;
+    }
     if let Some(url) = &args.register {
         register(url, &clusters, creds, key.as_ref(), &labels).await?;
     } else {
@@ -334,6 +342,25 @@ async fn register(
     }
     tracing::info!(store = url, clusters = clusters.len(), "registered");
     Ok(())
+}
+
+fn write_secrets(
+    path: &std::path::Path,
+    clusters: &[Arc<Cluster>],
+    creds: &DocCreds,
+) -> Result<(), String> {
+    let mut out = String::new();
+    for (c, cr) in clusters.iter().zip(creds) {
+        let line = serde_json::json!({
+            "id": c.id,
+            "token": cr.token.as_ref().map(|t| t.expose().to_string()),
+            "clientKey": cr.client_key.as_ref().map(|k| k.expose().to_string()),
+            "caBundle": cr.ca_bundle,
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    std::fs::write(path, out).map_err(|e| format!("--credentials-out {}: {e}", path.display()))
 }
 
 async fn wait_for_signal() {

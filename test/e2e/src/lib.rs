@@ -423,6 +423,8 @@ pub struct Monitors {
     pub statsd: String,
     pub dir: PathBuf,
     pub extra: Vec<String>,
+    /// RUST_LOG of the monitors.
+    pub log: String,
     pub procs: BTreeMap<String, Proc>,
 }
 
@@ -433,6 +435,7 @@ impl Monitors {
             statsd: statsd.target(),
             dir: dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: "info".into(),
             procs: BTreeMap::new(),
         }
     }
@@ -449,7 +452,7 @@ impl Monitors {
             id,
         ])
         .args(&self.extra)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", &self.log)
         .stdout(Stdio::null());
         let p = Proc::spawn(id, &mut cmd, &self.dir);
         self.procs.insert(id.to_string(), p);

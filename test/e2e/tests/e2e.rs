@@ -407,3 +407,532 @@ fn graceful_stop_hands_over() {
     assert!(stay.contains(&new_master.as_str()));
     drop(s.dir);
 }
+
+// ---- cluster checks (issue 3) ----
+
+/// Fault metrics: a healthy cluster emits none of these.
+const FAULT_METRICS: &[&str] = &[
+    "apiserver.readyz.failed",
+    "node.conditions",
+    "pod.conditions",
+    "pod.containerstatuses",
+    "pod.restartcounter",
+    "clusteroperator.conditions",
+    "clusterversion.conditions",
+    "monitor.cluster.collector.error",
+];
+
+/// The fault metrics (name → every tag set seen) and healthz codes per cluster.
+struct Seen {
+    fault: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<Line>>>,
+    healthz: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    cert_days: std::collections::BTreeMap<String, i64>,
+}
+
+fn seen(lines: &[Line]) -> Seen {
+    let mut s = Seen {
+        fault: Default::default(),
+        healthz: Default::default(),
+        cert_days: Default::default(),
+    };
+    for l in lines {
+        let Some(id) = l.resource() else { continue };
+        if FAULT_METRICS.contains(&l.name.as_str()) {
+            s.fault
+                .entry(id.to_string())
+                .or_default()
+                .entry(l.name.clone())
+                .or_default()
+                .push(l.clone());
+        } else if l.name == "apiserver.healthz.code" {
+            s.healthz
+                .entry(id.to_string())
+                .or_default()
+                .insert(l.value.clone());
+        } else if l.name == "certificate.expirationdate" {
+            s.cert_days
+                .insert(id.to_string(), l.value.parse().unwrap_or(-1));
+        }
+    }
+    s
+}
+
+fn has_tags(l: &Line, want: &[(&str, &str)]) -> bool {
+    want.iter().all(|(k, v)| l.tag(k) == Some(*v))
+}
+
+/// Every fault kind, on a TLS fleet with bearer and client-certificate
+/// clusters and encrypted credentials; then a search of every log line,
+/// metric and command output for the credential material.
+#[test]
+fn every_fault_shows_as_its_metric_and_no_secret_leaks() {
+    let dir = TempDir::new("faults");
+    let store = format!("sqlite:{}", dir.path().join("store.db").display());
+    let key_file = dir.path().join("secrets.key");
+    // 32 random bytes, base64 (the key is a secret too).
+    let key: Vec<u8> = (0..32u32)
+        .map(|i| {
+            (std::process::id()
+                .wrapping_mul(2654435761)
+                .wrapping_add(i * 40503)
+                >> 7) as u8
+        })
+        .collect();
+    let key_b64 = b64(&key);
+    std::fs::write(&key_file, &key_b64).unwrap();
+    let secrets_file = dir.path().join("secrets.jsonl");
+    let statsd = Statsd::start();
+    let kf = key_file.to_str().unwrap();
+    let sf = secrets_file.to_str().unwrap();
+    let faults = [
+        "down",
+        "healthz500",
+        "slow",
+        "degraded-node",
+        "crashloop",
+        "operator-degraded",
+        "cert-expiring",
+        "malformed",
+        "unauthorized",
+    ];
+    let mut args: Vec<String> = [
+        "--clusters",
+        "20",
+        "--slow-delay",
+        "30s",
+        "--secrets-key-file",
+        kf,
+        "--credentials-out",
+        sf,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for f in faults {
+        args.push("--fault".into());
+        args.push(format!("{f}=1"));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fleet = Fleet::start(dir.path(), &store, &argv);
+    let clusters = fleet.clusters();
+    let fault_of = |id: &str| -> Option<String> {
+        clusters.iter().find(|c| c["id"] == id).and_then(|c| {
+            c["faults"]
+                .as_array()?
+                .first()?
+                .as_str()
+                .map(str::to_string)
+        })
+    };
+    let ids: Vec<String> = clusters
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    for f in faults {
+        assert!(
+            ids.iter().any(|i| fault_of(i).as_deref() == Some(f)),
+            "fleet has a {f} cluster"
+        );
+    }
+    assert!(clusters.iter().any(|c| c["auth"] == "bearer"));
+    assert!(clusters.iter().any(|c| c["auth"] == "client-certificate"));
+
+    let mut mons = Monitors::new(
+        dir.path(),
+        &store,
+        &statsd,
+        &[
+            "--interval",
+            "5s",
+            "--check-timeout",
+            "3s",
+            "--secrets-key-file",
+            kf,
+        ],
+    );
+    // Debug logging: the widest log surface for the leak search.
+    mons.log = "debug".into();
+    mons.start("m1");
+    let t0 = Instant::now();
+    wait_until(
+        "every cluster checked twice",
+        Duration::from_secs(30),
+        || {
+            let t = statsd.check_times();
+            ids.iter()
+                .all(|id| t.get(id).is_some_and(|v| v.len() >= 2))
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "faults: every cluster checked twice after {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        mons.get("m1").child.try_wait().unwrap().is_none(),
+        "the monitor is still running: {}",
+        mons.get("m1").log_text()
+    );
+
+    let s = seen(&statsd.lines());
+    for id in &ids {
+        let fault = fault_of(id);
+        let got = s.fault.get(id).cloned().unwrap_or_default();
+        let names: Vec<&str> = got.keys().map(String::as_str).collect();
+        let codes = s.healthz.get(id).cloned().unwrap_or_default();
+        let code_is = |c: &str| codes.len() == 1 && codes.contains(c);
+        let ctx = format!("{id} ({fault:?}): fault metrics {names:?}, healthz {codes:?}");
+        match fault.as_deref() {
+            None => {
+                assert!(
+                    names.is_empty(),
+                    "healthy cluster emits no fault metric: {ctx}"
+                );
+                assert!(code_is("200"), "{ctx}");
+                assert!(
+                    s.cert_days.get(id).is_some_and(|d| *d > 300),
+                    "{ctx}: {:?}",
+                    s.cert_days.get(id)
+                );
+            }
+            Some("down") | Some("slow") => {
+                assert!(names.is_empty(), "{ctx}");
+                assert!(code_is("0"), "unreachable or timed out is code 0: {ctx}");
+            }
+            Some("healthz500") => {
+                assert_eq!(names, ["apiserver.readyz.failed"], "{ctx}");
+                assert!(
+                    got["apiserver.readyz.failed"]
+                        .iter()
+                        .all(|l| has_tags(l, &[("check", "etcd")])),
+                    "{ctx}"
+                );
+                assert!(code_is("500"), "{ctx}");
+            }
+            Some("degraded-node") => {
+                assert_eq!(names, ["node.conditions"], "{ctx}");
+                let want = [
+                    ("nodeName", "worker-0"),
+                    ("type", "Ready"),
+                    ("status", "False"),
+                ];
+                assert!(
+                    got["node.conditions"].iter().all(|l| has_tags(l, &want)),
+                    "{ctx}"
+                );
+            }
+            Some("crashloop") => {
+                assert_eq!(
+                    names,
+                    [
+                        "pod.conditions",
+                        "pod.containerstatuses",
+                        "pod.restartcounter"
+                    ],
+                    "{ctx}"
+                );
+                let want = [
+                    ("name", "kube-apiserver-guard-0"),
+                    ("namespace", "kube-system"),
+                    ("containername", "guard"),
+                    ("reason", "CrashLoopBackOff"),
+                ];
+                assert!(
+                    got["pod.containerstatuses"]
+                        .iter()
+                        .all(|l| has_tags(l, &want)),
+                    "{ctx}"
+                );
+                assert!(
+                    got["pod.restartcounter"].iter().all(|l| l.value == "12"),
+                    "{ctx}"
+                );
+                assert!(
+                    got["pod.conditions"].iter().all(|l| has_tags(
+                        l,
+                        &[("name", "kube-apiserver-guard-0"), ("status", "False")]
+                    )),
+                    "{ctx}"
+                );
+            }
+            Some("operator-degraded") => {
+                assert_eq!(names, ["clusteroperator.conditions"], "{ctx}");
+                let want = [
+                    ("name", "authentication"),
+                    ("type", "Degraded"),
+                    ("status", "True"),
+                ];
+                assert!(
+                    got["clusteroperator.conditions"]
+                        .iter()
+                        .all(|l| has_tags(l, &want)),
+                    "{ctx}"
+                );
+            }
+            Some("cert-expiring") => {
+                assert!(names.is_empty(), "{ctx}");
+                let days = s.cert_days.get(id).copied();
+                assert!(
+                    matches!(days, Some(4..=5)),
+                    "{ctx}: certificate days left {days:?}"
+                );
+            }
+            Some("malformed") => {
+                assert_eq!(names, ["monitor.cluster.collector.error"], "{ctx}");
+                let collectors: std::collections::BTreeSet<_> = got
+                    ["monitor.cluster.collector.error"]
+                    .iter()
+                    .filter_map(|l| l.tag("collector"))
+                    .collect();
+                for c in ["version", "nodes", "pods"] {
+                    assert!(collectors.contains(c), "{ctx}: {collectors:?}");
+                }
+                assert!(code_is("200"), "{ctx}");
+            }
+            Some("unauthorized") => {
+                assert_eq!(names, ["monitor.cluster.collector.error"], "{ctx}");
+                assert!(code_is("401"), "{ctx}");
+            }
+            Some(other) => panic!("unexpected fault {other}"),
+        }
+    }
+
+    // A fault set at run time shows up on the next checks.
+    let healthy = ids[0].clone();
+    fleet.set_faults(&healthy, &["degraded-node"]);
+    let t_set = Instant::now();
+    wait_until(
+        "the run-time fault is reported",
+        2 * Duration::from_secs(5) + SLACK,
+        || {
+            statsd
+                .lines()
+                .iter()
+                .any(|l| {
+                    l.name == "node.conditions" && l.resource() == Some(&healthy) && l.at > t_set
+                })
+                .then_some(())
+        },
+    );
+
+    // Credentials: put one by hand too, then search everything.
+    let token_file = dir.path().join("token");
+    let hand_token = format!("e2e-hand-token-{}", std::process::id());
+    std::fs::write(&token_file, &hand_token).unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&secrets_file)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&ca_file, first["caBundle"].as_str().unwrap()).unwrap();
+    let mut outputs = String::new();
+    for args in [
+        vec![
+            "cluster",
+            "put",
+            "--store",
+            &store,
+            "--id",
+            "hand",
+            "--api-server",
+            "https://127.0.0.1:1",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--ca-file",
+            ca_file.to_str().unwrap(),
+            "--secrets-key-file",
+            kf,
+        ],
+        vec![
+            "cluster",
+            "list",
+            "--store",
+            &store,
+            "--secrets-key-file",
+            kf,
+        ],
+        vec![
+            "cluster",
+            "list",
+            "--store",
+            &store,
+            "--secrets-key-file",
+            kf,
+            "--output",
+            "json",
+        ],
+        vec!["cluster", "list", "--store", &store, "--output", "json"],
+        vec!["status", "--store", &store],
+        vec!["status", "--store", &store, "--output", "json"],
+        vec!["buckets", "--store", &store, "--output", "json"],
+    ] {
+        let (code, out, err) = clustermon(&args);
+        assert_eq!(code, 0, "clustermon {args:?}: {err}");
+        outputs.push_str(&out);
+        outputs.push_str(&err);
+    }
+    mons.get("m1").signal("TERM");
+    let st = mons
+        .get("m1")
+        .wait_exit(Duration::from_secs(15))
+        .expect("monitor exits");
+    assert!(st.success());
+    let fleet_log = fleet.proc.log_text();
+    let mon_log = mons.get("m1").log_text();
+    let metrics = statsd.raw();
+    assert!(!mon_log.is_empty() && !metrics.is_empty());
+
+    let mut secrets = vec![hand_token.clone(), key_b64.clone()];
+    for line in std::fs::read_to_string(&secrets_file).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(t) = v["token"].as_str() {
+            secrets.push(t.to_string());
+        }
+        if let Some(k) = v["clientKey"].as_str() {
+            // Every line of the key's base64 body.
+            secrets.extend(
+                k.lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                    .map(str::to_string),
+            );
+        }
+    }
+    assert!(secrets.len() > 20, "the search has material to look for");
+    for (what, text) in [
+        ("monitor log", &mon_log),
+        ("fleetsim log", &fleet_log),
+        ("statsd metrics", &metrics),
+        ("command output", &outputs),
+    ] {
+        for sec in &secrets {
+            assert!(
+                !text.contains(sec.as_str()),
+                "{what} contains credential material"
+            );
+        }
+    }
+    // Stored documents hold no plaintext either (encrypted at rest).
+    let db = std::fs::read(dir.path().join("store.db")).unwrap_or_default();
+    let mut wal = std::fs::read(dir.path().join("store.db-wal")).unwrap_or_default();
+    wal.extend(db);
+    let raw_db = String::from_utf8_lossy(&wal);
+    for sec in &secrets {
+        assert!(
+            !raw_db.contains(sec.as_str()),
+            "the store holds plaintext credentials"
+        );
+    }
+    drop(dir);
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Peak resident memory of a process, from /proc (kB).
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A 5,000-node, 50,000-pod cluster is checked in pages: the monitor's peak
+/// memory stays within a few MB of a monitor checking a 6-node cluster.
+#[test]
+fn a_huge_cluster_is_checked_in_bounded_memory() {
+    let dir = TempDir::new("huge");
+    let statsd = Statsd::start();
+    let mut peaks = Vec::new();
+    for (name, nodes, pods) in [("small", "6", "24"), ("huge", "5000", "50000")] {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let store = format!("sqlite:{}", sub.join("store.db").display());
+        let _fleet = Fleet::start(
+            &sub,
+            &store,
+            &[
+                "--clusters",
+                "1",
+                "--id-prefix",
+                &format!("{name}-"),
+                "--nodes",
+                nodes,
+                "--pods",
+                pods,
+                "--vanilla-every",
+                "1",
+            ],
+        );
+        let mut mons = Monitors::new(
+            &sub,
+            &store,
+            &statsd,
+            &["--interval", "60s", "--check-timeout", "120s"],
+        );
+        mons.start(name);
+        let id = format!("{name}-00000");
+        let t0 = Instant::now();
+        wait_until(
+            &format!("{id} checked completely"),
+            Duration::from_secs(150),
+            || {
+                statsd
+                    .lines()
+                    .iter()
+                    .any(|l| l.name == "monitor.cluster.duration" && l.resource() == Some(&id))
+                    .then_some(())
+            },
+        );
+        let took = t0.elapsed();
+        let lines = statsd.lines();
+        let workers = lines
+            .iter()
+            .find(|l| {
+                l.name == "node.count"
+                    && l.resource() == Some(&id)
+                    && l.tag("role") == Some("worker")
+            })
+            .map(|l| l.value.clone());
+        let want_workers = (nodes.parse::<u64>().unwrap() - 3).to_string();
+        assert_eq!(
+            workers.as_deref(),
+            Some(want_workers.as_str()),
+            "every node page was read"
+        );
+        let errors: Vec<_> = lines
+            .iter()
+            .filter(|l| l.name == "monitor.cluster.collector.error" && l.resource() == Some(&id))
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let hwm = vm_hwm_kb(mons.get(name).pid()).expect("VmHWM");
+        eprintln!("memory: {name} cluster ({nodes} nodes, {pods} pods) checked in {took:?}, monitor peak RSS {hwm} kB");
+        peaks.push(hwm);
+    }
+    let extra_kb = peaks[1].saturating_sub(peaks[0]);
+    assert!(
+        extra_kb <= 16 * 1024,
+        "checking the huge cluster cost {extra_kb} kB more peak memory than the small one"
+    );
+}

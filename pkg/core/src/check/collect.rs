@@ -265,6 +265,11 @@ pub fn failed_readyz_checks(body: &str) -> Vec<&str> {
 async fn readyz(kube: &KubeClient, emit: &Emit<'_>) {
     let t = Instant::now();
     match kube.get("/readyz?verbose").await {
+        // An API server that refuses us (401, 403) or answers something
+        // else than a health report is a collector error, not a health state.
+        Ok(r) if !(200..300).contains(&r.status) && !(500..600).contains(&r.status) => {
+            collector_error(emit, "readyz", &KubeError::Status(r.status))
+        }
         Ok(r) => {
             let body = String::from_utf8_lossy(&r.body);
             for check in failed_readyz_checks(&body) {
