@@ -76,6 +76,10 @@ pub struct Membership<'a> {
     pub live: BTreeSet<&'a str>,
     /// Live monitors that may receive buckets (not draining).
     pub eligible: BTreeSet<&'a str>,
+    /// The last heartbeat time seen of each monitor, dead ones included
+    /// (as far as this monitor remembers): when a dead owner's buckets move,
+    /// checks due after its last heartbeat may have been missed.
+    pub last_heartbeat_ms: BTreeMap<String, i64>,
 }
 
 impl<'a> Membership<'a> {
@@ -98,13 +102,17 @@ impl<'a> Membership<'a> {
 /// A bucket whose owner is live but moves (rebalance, drain, release) gets a
 /// handoff at `now_ms + handoff_ms`: the old owner keeps checking what is
 /// due before it, the new owner what is due after. A bucket whose owner is
-/// dead moves at once. Returns the table and whether any owner changed.
+/// dead moves at once, with no `prev` and `handoff_at_ms` set to the dead
+/// owner's last heartbeat (or `now_ms - dead_lookback_ms` when unknown):
+/// checks due since then may have been missed, and the new owner runs the
+/// latest missed one at once (catch-up). Returns the table and whether any
+/// owner changed.
 pub fn reassign(
     current: &[BucketAssignment],
     members: &Membership<'_>,
-    now_ms: i64,
-    handoff_ms: i64,
+    t: PassTiming,
 ) -> (Vec<BucketAssignment>, bool) {
+    let (now_ms, handoff_ms) = (t.now_ms, t.handoff_ms);
     let owners: Vec<Option<&str>> = current
         .iter()
         .map(|a| a.owner.as_deref().filter(|o| members.eligible.contains(o)))
@@ -118,7 +126,13 @@ pub fn reassign(
         .map(|(old, new)| {
             if old.owner == new {
                 // Unchanged; forget a finished handoff so the table stays tidy.
-                if old.prev.is_some() && now_ms >= old.handoff_at_ms {
+                let handoff_over = old.prev.is_some() && now_ms >= old.handoff_at_ms;
+                // A catch-up mark is read by the new owner within a pass;
+                // drop it once it is well past.
+                let catch_up_over = old.prev.is_none()
+                    && old.handoff_at_ms != 0
+                    && now_ms - old.handoff_at_ms > 2 * t.dead_lookback_ms;
+                if handoff_over || catch_up_over {
                     return BucketAssignment {
                         owner: new,
                         ..Default::default()
@@ -133,7 +147,17 @@ pub fn reassign(
                     prev: Some(o.to_string()),
                     handoff_at_ms: now_ms + handoff_ms,
                 },
-                _ => BucketAssignment {
+                Some(dead) => BucketAssignment {
+                    owner: new,
+                    prev: None,
+                    handoff_at_ms: members
+                        .last_heartbeat_ms
+                        .get(dead)
+                        .copied()
+                        .unwrap_or(now_ms - t.dead_lookback_ms)
+                        .min(now_ms),
+                },
+                None => BucketAssignment {
                     owner: new,
                     prev: None,
                     handoff_at_ms: 0,
@@ -150,6 +174,9 @@ pub struct PassTiming {
     pub now_ms: i64,
     pub lease_ttl_ms: i64,
     pub handoff_ms: i64,
+    /// How far back a dead owner may have stopped checking when its last
+    /// heartbeat is unknown: heartbeat TTL + one heartbeat interval.
+    pub dead_lookback_ms: i64,
 }
 
 /// What a monitor does with the master document on one pass.
@@ -182,7 +209,7 @@ pub fn master_pass(
     let mut members = members.clone();
     members.live.insert(me);
     members.eligible.insert(me);
-    let (buckets, changed) = reassign(&base.buckets, &members, t.now_ms, t.handoff_ms);
+    let (buckets, changed) = reassign(&base.buckets, &members, t);
     MasterAction::Write(MasterDoc {
         lease_owner: Some(me.to_string()),
         lease_expires_ms: t.now_ms + t.lease_ttl_ms,
@@ -200,7 +227,7 @@ pub fn release(me: &str, doc: &MasterDoc, members: &Membership<'_>, t: PassTimin
     members.eligible.remove(me);
     members.live.insert(me);
     let base = doc.clone().normalised();
-    let (buckets, changed) = reassign(&base.buckets, &members, t.now_ms, t.handoff_ms);
+    let (buckets, changed) = reassign(&base.buckets, &members, t);
     let (lease_owner, lease_expires_ms) = if base.lease_owner.as_deref() == Some(me) {
         (None, 0)
     } else {
@@ -382,6 +409,7 @@ mod tests {
         Membership {
             live: live.iter().chain(draining).copied().collect(),
             eligible: live.iter().copied().collect(),
+            ..Default::default()
         }
     }
 
@@ -389,6 +417,7 @@ mod tests {
         now_ms: 100_000,
         lease_ttl_ms: 10_000,
         handoff_ms: 4_000,
+        dead_lookback_ms: 12_000,
     };
 
     #[test]
@@ -429,11 +458,40 @@ mod tests {
         };
         assert_eq!(taken.lease_owner.as_deref(), Some("b"));
         assert_eq!(owned_count(&taken.buckets, "b"), 256);
-        // a is dead: its buckets move at once, without handoff.
-        assert!(taken
-            .buckets
-            .iter()
-            .all(|x| x.prev.is_none() && x.handoff_at_ms == 0));
+        // a is dead: its buckets move at once, without handoff, marked for
+        // catch-up from the time a may have stopped (unknown heartbeat here).
+        assert!(taken.buckets.iter().all(|x| x.prev.is_none()));
+        for (old, new) in doc.buckets.iter().zip(&taken.buckets) {
+            if old.owner.as_deref() == Some("a") {
+                assert_eq!(new.handoff_at_ms, expired.now_ms - T.dead_lookback_ms);
+                assert_eq!(new.owner_at(new.handoff_at_ms), Some("b"));
+                assert_eq!(new.owner_at(new.handoff_at_ms - 1), None);
+            } else {
+                assert_eq!(new.handoff_at_ms, 0);
+            }
+        }
+        // With a's last heartbeat known, the mark is that heartbeat.
+        let mut known = only_b.clone();
+        known
+            .last_heartbeat_ms
+            .insert("a".into(), expired.now_ms - 11_000);
+        let MasterAction::Write(taken2) = master_pass("b", Some(&doc), &known, expired) else {
+            panic!()
+        };
+        let moved = taken2.buckets.iter().filter(|x| x.handoff_at_ms != 0);
+        assert!(moved.clone().count() == 128);
+        assert!(moved
+            .clone()
+            .all(|x| x.handoff_at_ms == expired.now_ms - 11_000));
+        // The mark is tidied once well past.
+        let much_later = PassTiming {
+            now_ms: expired.now_ms + 3 * T.dead_lookback_ms,
+            ..T
+        };
+        let MasterAction::Write(tidy) = master_pass("b", Some(&taken2), &known, much_later) else {
+            panic!()
+        };
+        assert!(tidy.buckets.iter().all(|x| x.handoff_at_ms == 0));
         assert_eq!(taken.generation, 2);
     }
 

@@ -3,7 +3,7 @@
 //! shutdown. All I/O with the store happens here and in the feed; every
 //! decision is delegated to the pure functions of `balance` and `schedule`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -109,7 +109,14 @@ impl Engine {
         let abort = CancellationToken::new();
 
         let feed = feed::watch(store.clone(), None, cfg.feed_interval, cfg.feed_page_size);
-        tracker.spawn(reflector.run(feed, feed_stop.clone()));
+        // Dropping this future (a crash in tests, an abort) stops every task
+        // it started: nothing outlives the engine.
+        let mut guard = AbortOnDrop(Vec::new());
+        guard.0.push(
+            tracker
+                .spawn(reflector.run(feed, feed_stop.clone()))
+                .abort_handle(),
+        );
 
         let (refresh_tx, refresh_rx) = mpsc::channel::<RefreshRequest>(16);
         let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(4);
@@ -126,8 +133,13 @@ impl Engine {
             rate: RateWindow::default(),
             dropped_reported: [0; 3],
             connected_since_ms: None,
+            last_heartbeat_ms: BTreeMap::new(),
         };
-        tracker.spawn(member.run(cmd_rx, refresh_rx, member_stop.clone()));
+        guard.0.push(
+            tracker
+                .spawn(member.run(cmd_rx, refresh_rx, member_stop.clone()))
+                .abort_handle(),
+        );
 
         let sched = Scheduler::new(SchedulerDeps {
             me: me.clone(),
@@ -148,6 +160,7 @@ impl Engine {
             last_checks: handles.last_checks.clone(),
         });
         let mut sched_task = tracker.spawn(sched.run(stop_starting.clone(), abort.clone()));
+        guard.0.push(sched_task.abort_handle());
         tracker.close();
 
         shutdown.await;
@@ -193,6 +206,17 @@ impl Engine {
     }
 }
 
+/// Aborts the engine's tasks when the engine's future is dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
 enum Cmd {
     /// Drain: mark this monitor draining and hand its buckets over. Answers
     /// the time until which this monitor still checks its old buckets.
@@ -234,10 +258,14 @@ struct MembershipLoop {
     dropped_reported: [u64; 3],
     /// Start of the current run of successful store reads.
     connected_since_ms: Option<i64>,
+    /// Last heartbeat seen per monitor, kept a while after it dies so the
+    /// master knows since when a dead owner's checks may have been missed.
+    last_heartbeat_ms: BTreeMap<String, i64>,
 }
 
-fn members(live: &[MonitorDoc]) -> Membership<'_> {
+fn members<'a>(live: &'a [MonitorDoc], seen: &BTreeMap<String, i64>) -> Membership<'a> {
     Membership {
+        last_heartbeat_ms: seen.clone(),
         live: live.iter().map(|m| m.id.as_str()).collect(),
         eligible: live
             .iter()
@@ -290,6 +318,7 @@ impl MembershipLoop {
             now_ms,
             lease_ttl_ms: ms(self.cfg.lease_ttl),
             handoff_ms: ms(self.cfg.handoff()),
+            dead_lookback_ms: ms(self.cfg.heartbeat_ttl + self.cfg.heartbeat_interval),
         }
     }
 
@@ -352,7 +381,13 @@ impl MembershipLoop {
         let mut view = master.as_ref().map(|v| v.value.clone().normalised());
         if let (false, Ok(live)) = (self.draining, &live) {
             let table = view.as_ref().map(|d| d.buckets.clone()).unwrap_or_default();
-            let mut members = members(live);
+            for m in live {
+                self.last_heartbeat_ms
+                    .insert(m.id.clone(), m.heartbeat_at_ms);
+            }
+            let forget_before = now - 10 * ms(self.cfg.heartbeat_ttl);
+            self.last_heartbeat_ms.retain(|_, t| *t >= forget_before);
+            let mut members = members(live, &self.last_heartbeat_ms);
             if now - since < ms(self.cfg.heartbeat_ttl) {
                 members = members.presume_owners_alive(&table);
             }
@@ -437,7 +472,12 @@ impl MembershipLoop {
             else {
                 return Ok(now); // no assignment at all: nothing to hand over
             };
-            let doc = balance::release(&self.me, &m.value, &members(&live), self.timing(now));
+            let doc = balance::release(
+                &self.me,
+                &m.value,
+                &members(&live, &self.last_heartbeat_ms),
+                self.timing(now),
+            );
             let handoff = doc
                 .buckets
                 .iter()

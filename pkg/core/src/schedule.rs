@@ -209,12 +209,27 @@ impl Scheduler {
             return;
         }
         let phase = phase_ms(&e.id, self.interval_ms);
-        let due = if fresh {
+        let next = next_due(now_ms, phase, self.interval_ms);
+        let due = if fresh || self.missed_by_dead_owner(e, next) {
             now_ms
         } else {
-            next_due(now_ms, phase, self.interval_ms)
+            next
         };
         self.schedule_at(e.id.clone(), due, phase);
+    }
+
+    /// Whether the cluster's latest due time (the one before `next`) fell
+    /// to this monitor after a dead owner may have stopped checking: the
+    /// bucket came without a live handoff and is marked since when checks
+    /// may have been missed. That check is run at once (catch-up), so a
+    /// crash costs at most the failover time, not one interval more.
+    fn missed_by_dead_owner(&self, e: &ClusterEntry, next: i64) -> bool {
+        let a = self.view.bucket(e.bucket);
+        let last_due = next - self.interval_ms;
+        a.prev.is_none()
+            && a.handoff_at_ms != 0
+            && a.owner.as_deref() == Some(&*self.d.me)
+            && last_due >= a.handoff_at_ms
     }
 
     /// Reconciles the timetable with the map and the current view.
@@ -322,12 +337,16 @@ impl Scheduler {
         let a = self.view.bucket(entry.bucket).clone();
         let phase = self.slots[&id].phase;
         let late = now - due > self.interval_ms / 2;
-        // Next due time on the grid (a fresh check was off-grid).
-        let next = next_due(
-            due.max(now - self.interval_ms / 2) + 1,
-            phase,
-            self.interval_ms,
-        );
+        // Next due time on the grid. A fresh or catch-up check is off the
+        // grid: its next check is the grid slot at least half an interval
+        // later, so it is not followed at once by a near-duplicate.
+        let off_grid = (due - phase).rem_euclid(self.interval_ms) != 0;
+        let from = if off_grid {
+            due + self.interval_ms / 2
+        } else {
+            due.max(now - self.interval_ms / 2) + 1
+        };
+        let next = next_due(from, phase, self.interval_ms);
         if entry.state.is_checkable() && a.involves(&self.d.me, next) {
             self.schedule_at(id.clone(), next, phase);
         } else {

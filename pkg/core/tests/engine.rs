@@ -247,3 +247,61 @@ async fn new_and_deleted_clusters_follow_the_feed() {
     assert!(after.is_empty(), "deleted cluster still checked: {after:?}");
     stop(m).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_owner_costs_at_most_the_failover_time() {
+    let store = Arc::new(MemStore::new());
+    for i in 0..200 {
+        store
+            .put_cluster(&cluster(&format!("c{i:03}"), (i * 53 % 256) as u8))
+            .await
+            .unwrap();
+    }
+    let clock = Clock::at(1_700_000_000_000);
+    let log: Log = Default::default();
+    // b starts a second later than a and c: its heartbeats fall between
+    // their passes, so its buckets move as late as the bounds allow.
+    let a = start("a", &store, clock, &log);
+    let c = start("c", &store, clock, &log);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = start("b", &store, clock, &log);
+    // Crash b just after one of its heartbeats: the longest wait for its TTL.
+    tokio::time::sleep(Duration::from_millis(30_100)).await;
+    let master = store.read_master().await.unwrap().unwrap().value;
+    assert_ne!(master.lease_owner.as_deref(), Some("b"));
+    let (victim, rest) = (b, vec![a, c]);
+    let crashed = clock.now_ms();
+    victim.task.abort();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let end = clock.now_ms();
+
+    // Heartbeat TTL 10 s + two passes of 2 s: the buckets are re-owned within
+    // 14 s, and the latest missed check is run at once, so no cluster waits
+    // longer than one interval + 14 s (not one interval more).
+    let bound = INTERVAL.as_millis() as i64 + 14_000;
+    let m = by_cluster(&log, crashed - INTERVAL.as_millis() as i64 - 1_000);
+    assert_eq!(m.len(), 200);
+    let mut worst = (0, String::new());
+    for (id, checks) in &m {
+        for w in checks.windows(2) {
+            if w[1].0 - w[0].0 > worst.0 {
+                worst = (w[1].0 - w[0].0, id.clone());
+            }
+        }
+        let last = checks.last().unwrap().0;
+        assert!(
+            end - last <= INTERVAL.as_millis() as i64 * 3 / 2,
+            "{id} checked again: crash at {crashed}, end {end}, {checks:?}"
+        );
+    }
+    eprintln!("crash: worst gap {} ms ({})", worst.0, worst.1);
+    assert!(
+        worst.0 <= bound,
+        "cluster {} went {} ms without a check (bound {bound} ms)",
+        worst.1,
+        worst.0
+    );
+    for r in rest {
+        stop(r).await;
+    }
+}
