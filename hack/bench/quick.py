@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""One monitor against a simulated fleet on loopback: checks per second,
+CPU and peak memory of the monitor (fleetsim's own CPU reported apart).
+
+  hack/bench/quick.py --clusters 10000 --interval 10s --seconds 40 --profile full
+
+Prints one JSON object. Uses the binaries in --bin-dir (default
+target/release; build them with `cargo build --release --bins`).
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def mem_kb(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def free_udp_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clusters", type=int, default=2000)
+    ap.add_argument("--interval", default="10s")
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--profile", choices=["full", "healthz"], default="full")
+    ap.add_argument("--bin-dir", default="target/release")
+    ap.add_argument("--plain-http", action="store_true")
+    a = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="clustermon-bench-")
+    store = f"sqlite:{tmp}/store.db"
+    port = free_udp_port()
+    procs = []
+    try:
+        sim_args = [f"{a.bin_dir}/fleetsim", "--clusters", str(a.clusters), "--register", store,
+                    "--statsd-listen", f"127.0.0.1:{port}"]
+        if a.plain_http:
+            sim_args.append("--plain-http")
+        t = time.monotonic()
+        sim = subprocess.Popen(sim_args, stdout=subprocess.PIPE, stderr=open(f"{tmp}/fleetsim.log", "w"), text=True)
+        procs.append(sim)
+        url = sim.stdout.readline().strip().removeprefix("fleetsim listening on ")
+        register_s = time.monotonic() - t
+        mon = subprocess.Popen([f"{a.bin_dir}/clustermon", "run", "--store", store, "--statsd", f"udp:127.0.0.1:{port}",
+                                "--id", "bench", "--interval", a.interval, "--collectors", a.profile],
+                               stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/monitor.log", "w"))
+        procs.append(mon)
+
+        def stats():
+            with urllib.request.urlopen(f"{url}/control/statsd", timeout=5) as r:
+                return json.load(r)
+
+        # Warm up for one interval, then measure.
+        interval_s = float(a.interval.rstrip("s"))
+        time.sleep(interval_s + 3)
+        c0, s0, f0, t0 = cpu_s(mon.pid), stats(), cpu_s(sim.pid), time.monotonic()
+        time.sleep(a.seconds)
+        c1, s1, f1, t1 = cpu_s(mon.pid), stats(), cpu_s(sim.pid), time.monotonic()
+        checks = s1["checks_total"] - s0["checks_total"]
+        out = {
+            "profile": a.profile,
+            "clusters": a.clusters,
+            "interval_s": interval_s,
+            "offered_per_s": a.clusters / interval_s,
+            "achieved_per_s": round(checks / (t1 - t0), 1),
+            "monitor_cpu_s_per_1000_checks": round((c1 - c0) / max(checks, 1) * 1000, 3),
+            "monitor_cpu_percent": round((c1 - c0) / (t1 - t0) * 100, 1),
+            "fleetsim_cpu_percent": round((f1 - f0) / (t1 - t0) * 100, 1),
+            "monitor_rss_mb": round(mem_kb(mon.pid, "VmRSS") / 1024, 1),
+            "monitor_rss_peak_mb": round(mem_kb(mon.pid, "VmHWM") / 1024, 1),
+            "unhealthy_seen": len(s1["unhealthy"]),
+            "register_s": round(register_s, 1),
+        }
+        print(json.dumps(out))
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(["rm", "-rf", tmp])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
