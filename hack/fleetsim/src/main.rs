@@ -58,6 +58,9 @@ struct Args {
     /// Control-plane pods per cluster, spread over the monitored namespaces.
     #[arg(long, default_value_t = 24)]
     pods: usize,
+    /// One cluster's own size, ID=NODES:PODS, repeatable (others use --nodes/--pods).
+    #[arg(long = "size", value_parser = parse_size)]
+    sizes: Vec<(String, usize, usize)>,
     /// Every Nth cluster is vanilla Kubernetes (no OpenShift API); 0: none.
     #[arg(long, default_value_t = 2)]
     vanilla_every: usize,
@@ -135,6 +138,11 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("--clusters must be at least 1".into());
     }
     let faults = sim::assign_faults(args.clusters, &args.faults)?;
+    let sizes: HashMap<&str, (usize, usize)> = args
+        .sizes
+        .iter()
+        .map(|(id, n, p)| (id.as_str(), (*n, *p)))
+        .collect();
     let key = match &args.secrets_key_file {
         Some(p) => Some(SecretsKey::from_file(p)?),
         None => None,
@@ -180,6 +188,13 @@ async fn run(args: Args) -> Result<(), String> {
         Ok(format!("https://{addr}"))
     };
 
+    for id in sizes.keys() {
+        let known =
+            (0..args.clusters).any(|i| sim::cluster_id(&args.id_prefix, i, args.clusters) == *id);
+        if !known {
+            return Err(format!("--size {id}: no such cluster in this fleet"));
+        }
+    }
     let mut clusters = Vec::with_capacity(args.clusters);
     let mut creds: DocCreds = Vec::with_capacity(args.clusters);
     let mut by_id = HashMap::with_capacity(args.clusters);
@@ -214,6 +229,10 @@ async fn run(args: Args) -> Result<(), String> {
             }
         };
         let vanilla = args.vanilla_every > 0 && i % args.vanilla_every == args.vanilla_every - 1;
+        let (nodes, pods) = sizes
+            .get(id.as_str())
+            .copied()
+            .unwrap_or((args.nodes, args.pods));
         by_id.insert(id.clone(), i);
         creds.push(c);
         clusters.push(Arc::new(Cluster {
@@ -225,8 +244,8 @@ async fn run(args: Args) -> Result<(), String> {
             } else {
                 Flavor::OpenShift
             },
-            nodes: args.nodes,
-            pods: args.pods,
+            nodes,
+            pods,
             auth,
             faults: Mutex::new(fs),
             requests: AtomicU64::new(0),
@@ -342,6 +361,18 @@ async fn register(
     }
     tracing::info!(store = url, clusters = clusters.len(), "registered");
     Ok(())
+}
+
+/// `ID=NODES:PODS` from `--size`.
+fn parse_size(s: &str) -> Result<(String, usize, usize), String> {
+    let err = || format!("--size {s:?}: expected ID=NODES:PODS");
+    let (id, size) = s.split_once('=').ok_or_else(err)?;
+    let (n, p) = size.split_once(':').ok_or_else(err)?;
+    Ok((
+        id.to_string(),
+        n.parse().map_err(|_| err())?,
+        p.parse().map_err(|_| err())?,
+    ))
 }
 
 fn write_secrets(
