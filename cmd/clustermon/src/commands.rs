@@ -112,7 +112,8 @@ pub async fn run(
     let clock = Clock::system();
     let (metrics, writer) = Metrics::new(&id, output, 8192, clock);
     let checker = match args.collectors {
-        Collectors::Full => KubeChecker::standard(key, args.monitored_namespaces.clone(), clock),
+        Collectors::Full => KubeChecker::standard(key, args.monitored_namespaces.clone(), clock)
+            .with_concurrency(usize::from(args.collector_concurrency)),
         Collectors::Healthz => KubeChecker::healthz_only(key, clock),
     };
     let engine = Engine::new(cfg, store.clone(), Arc::new(checker), metrics, clock)

@@ -70,7 +70,7 @@ impl KubeChecker {
         Self {
             key,
             collectors,
-            concurrency: 5,
+            concurrency: 1,
             clock,
             insecure_logged: Mutex::new(HashSet::new()),
         }
@@ -87,6 +87,12 @@ impl KubeChecker {
             Arc::new(Pods { namespaces }),
         ];
         Self::new(key, collectors, clock)
+    }
+
+    /// How many collectors run at once inside one check (at least 1).
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
     }
 
     pub fn healthz_only(key: Option<SecretsKey>, clock: Clock) -> Self {
