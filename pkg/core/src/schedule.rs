@@ -116,6 +116,8 @@ pub struct SchedulerDeps {
 struct Slot {
     gen: u64,
     phase: i64,
+    /// This entry is a catch-up of a check a dead owner missed.
+    catch_up: bool,
 }
 
 pub struct Scheduler {
@@ -198,9 +200,20 @@ impl Scheduler {
     }
 
     fn schedule_at(&mut self, id: Arc<str>, due: i64, phase: i64) {
+        self.schedule_slot(id, due, phase, false);
+    }
+
+    fn schedule_slot(&mut self, id: Arc<str>, due: i64, phase: i64, catch_up: bool) {
         self.next_gen += 1;
         let gen = self.next_gen;
-        self.slots.insert(id.clone(), Slot { gen, phase });
+        self.slots.insert(
+            id.clone(),
+            Slot {
+                gen,
+                phase,
+                catch_up,
+            },
+        );
         self.heap.push(Reverse((due, gen, id)));
     }
 
@@ -210,12 +223,9 @@ impl Scheduler {
         }
         let phase = phase_ms(&e.id, self.interval_ms);
         let next = next_due(now_ms, phase, self.interval_ms);
-        let due = if fresh || self.missed_by_dead_owner(e, next) {
-            now_ms
-        } else {
-            next
-        };
-        self.schedule_at(e.id.clone(), due, phase);
+        let catch_up = !fresh && self.missed_by_dead_owner(e, next);
+        let due = if fresh || catch_up { now_ms } else { next };
+        self.schedule_slot(e.id.clone(), due, phase, catch_up);
     }
 
     /// Whether the cluster's latest due time (the one before `next`) fell
@@ -335,13 +345,16 @@ impl Scheduler {
             return;
         };
         let a = self.view.bucket(entry.bucket).clone();
-        let phase = self.slots[&id].phase;
+        let (phase, catch_up) = {
+            let slot = &self.slots[&id];
+            (slot.phase, slot.catch_up)
+        };
         let late = now - due > self.interval_ms / 2;
-        // Next due time on the grid. A fresh or catch-up check is off the
-        // grid: its next check is the grid slot at least half an interval
-        // later, so it is not followed at once by a near-duplicate.
-        let off_grid = (due - phase).rem_euclid(self.interval_ms) != 0;
-        let from = if off_grid {
+        // Next due time on the grid. A catch-up is followed by the grid slot
+        // at least half an interval later, not at once by a near-duplicate
+        // (the failover bound allows it). A new cluster's first check is
+        // followed by its next grid slot: no gap beyond one interval.
+        let from = if catch_up {
             due + self.interval_ms / 2
         } else {
             due.max(now - self.interval_ms / 2) + 1

@@ -238,6 +238,15 @@ async fn new_and_deleted_clusters_follow_the_feed() {
         "new cluster checked within one feed interval: {first:?}"
     );
 
+    // Then on its grid: the second check within one interval of the first.
+    tokio::time::sleep(INTERVAL).await;
+    let checks = by_cluster(&log, created).remove("new").unwrap_or_default();
+    assert!(checks.len() >= 2, "new cluster on its grid: {checks:?}");
+    assert!(
+        checks[1].0 - checks[0].0 <= INTERVAL.as_millis() as i64,
+        "no gap after a new cluster's first check: {checks:?}"
+    );
+
     store.delete_cluster("old").await.unwrap();
     let deleted = clock.now_ms();
     tokio::time::sleep(Duration::from_secs(25)).await;

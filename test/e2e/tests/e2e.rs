@@ -891,7 +891,7 @@ fn a_huge_cluster_is_checked_in_bounded_memory() {
             &sub,
             &store,
             &statsd,
-            &["--interval", "60s", "--check-timeout", "120s"],
+            &["--interval", "10s", "--check-timeout", "120s"],
         );
         mons.start(name);
         let id = format!("{name}-00000");
