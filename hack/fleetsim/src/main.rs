@@ -188,13 +188,6 @@ async fn run(args: Args) -> Result<(), String> {
         Ok(format!("https://{addr}"))
     };
 
-    for id in sizes.keys() {
-        let known =
-            (0..args.clusters).any(|i| sim::cluster_id(&args.id_prefix, i, args.clusters) == *id);
-        if !known {
-            return Err(format!("--size {id}: no such cluster in this fleet"));
-        }
-    }
     let mut clusters = Vec::with_capacity(args.clusters);
     let mut creds: DocCreds = Vec::with_capacity(args.clusters);
     let mut by_id = HashMap::with_capacity(args.clusters);
@@ -252,6 +245,9 @@ async fn run(args: Args) -> Result<(), String> {
         }));
     }
 
+    if let Some(id) = sizes.keys().find(|id| !by_id.contains_key(**id)) {
+        return Err(format!("--size {id}: no such cluster in this fleet"));
+    }
     if let Some(path) = &args.credentials_out {
         write_secrets(path, &clusters, &creds)?;
     }

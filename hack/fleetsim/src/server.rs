@@ -74,11 +74,16 @@ fn json_resp(status: u16, v: &Value) -> Resp {
 }
 
 fn kube_status(status: u16, reason: &str, message: &str) -> Resp {
-    json_resp(
-        status,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": message, "reason": reason, "code": status}),
-    )
+    answer_resp(sim::Answer::status(status, reason, message))
+}
+
+fn answer_resp(a: sim::Answer) -> Resp {
+    let ct = if a.json {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    respond(a.status, ct, a.body)
 }
 
 /// Accepts connections until `stop`; every connection is a task of this
@@ -217,12 +222,7 @@ async fn cluster_request(
         return Ok(kube_status(405, "MethodNotAllowed", "read-only simulator"));
     }
     let a = sim::answer(c, &sim::route(sub), query, fleet.page_cap);
-    let ct = if a.json {
-        "application/json"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    Ok(respond(a.status, ct, a.body))
+    Ok(answer_resp(a))
 }
 
 fn authorised(req: &Request<Incoming>, c: &Cluster, info: &Conn) -> bool {

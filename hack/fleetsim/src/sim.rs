@@ -268,7 +268,8 @@ impl Answer {
             body: v.to_string(),
         }
     }
-    fn status(status: u16, reason: &str, message: &str) -> Self {
+    /// A Kubernetes `Status` answer, as an API server sends errors.
+    pub fn status(status: u16, reason: &str, message: &str) -> Self {
         Answer {
             status,
             json: true,

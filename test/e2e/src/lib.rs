@@ -207,7 +207,6 @@ impl Statsd {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
-        let _ = set_recv_buffer(&sock);
         let addr = sock.local_addr().expect("addr").to_string();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let raw = Arc::new(Mutex::new(Vec::new()));
@@ -289,12 +288,6 @@ impl Drop for Statsd {
             let _ = t.join();
         }
     }
-}
-
-fn set_recv_buffer(_sock: &UdpSocket) -> std::io::Result<()> {
-    // std has no SO_RCVBUF setter; the default (~200 KiB) holds several
-    // seconds of this fleet's metrics and the thread drains it continuously.
-    Ok(())
 }
 
 /// The simulated fleet.

@@ -30,6 +30,20 @@ impl Emit<'_> {
         self.metrics
             .gauge(name, value, &self.cluster.tags_with(extra));
     }
+    /// One gauge of 1 per unexpected condition, tagged `extra`, `type`, `status`.
+    pub fn conditions(
+        &self,
+        name: &str,
+        conditions: &[Condition],
+        unexpected: impl Fn(&Condition) -> bool,
+        extra: &[(&str, &str)],
+    ) {
+        for c in conditions.iter().filter(|c| unexpected(c)) {
+            let mut tags: Vec<(&str, &str)> = extra.to_vec();
+            tags.extend([("type", c.type_.as_str()), ("status", c.status.as_str())]);
+            self.gauge(name, 1, &tags);
+        }
+    }
     pub fn gauge_i(&self, name: &str, value: i64, extra: &[(&str, &str)]) {
         // statsd gauges here are unsigned; negative values (expired) clamp to 0
         // and are reported by the tag `expired:true`.
@@ -571,22 +585,12 @@ impl Collector for Nodes {
             *roles
                 .entry(node_role(&n.metadata.labels).to_string())
                 .or_default() += 1;
-            for c in n
-                .status
-                .conditions
-                .iter()
-                .filter(|c| node_condition_unexpected(c))
-            {
-                emit.gauge(
-                    names::NODE_CONDITIONS,
-                    1,
-                    &[
-                        ("nodeName", &n.metadata.name),
-                        ("type", &c.type_),
-                        ("status", &c.status),
-                    ],
-                );
-            }
+            emit.conditions(
+                names::NODE_CONDITIONS,
+                &n.status.conditions,
+                node_condition_unexpected,
+                &[("nodeName", &n.metadata.name)],
+            );
         })
         .await?;
         for (role, n) in roles {
@@ -615,22 +619,12 @@ impl Collector for ClusterOperators {
                 "/apis/config.openshift.io/v1/clusteroperators",
                 |o: ClusterOperator| {
                     count += 1;
-                    for c in o
-                        .status
-                        .conditions
-                        .iter()
-                        .filter(|c| operator_condition_unexpected(c))
-                    {
-                        emit.gauge(
-                            names::OPERATOR_CONDITIONS,
-                            1,
-                            &[
-                                ("name", &o.metadata.name),
-                                ("type", &c.type_),
-                                ("status", &c.status),
-                            ],
-                        );
-                    }
+                    emit.conditions(
+                        names::OPERATOR_CONDITIONS,
+                        &o.status.conditions,
+                        operator_condition_unexpected,
+                        &[("name", &o.metadata.name)],
+                    );
                 },
             )
             .await;
@@ -671,18 +665,12 @@ impl Collector for ClusterVersion {
                 ("desiredVersion", cv.desired()),
             ],
         );
-        for c in cv
-            .status
-            .conditions
-            .iter()
-            .filter(|c| clusterversion_condition_unexpected(c))
-        {
-            emit.gauge(
-                names::CLUSTERVERSION_CONDITIONS,
-                1,
-                &[("type", &c.type_), ("status", &c.status)],
-            );
-        }
+        emit.conditions(
+            names::CLUSTERVERSION_CONDITIONS,
+            &cv.status.conditions,
+            clusterversion_condition_unexpected,
+            &[],
+        );
         Ok(())
     }
 }
@@ -707,23 +695,12 @@ impl Collector for Pods {
             let res = kube
                 .list(&path, |p: Pod| {
                     let (name, namespace) = (&p.metadata.name, &p.metadata.namespace);
-                    for c in p
-                        .status
-                        .conditions
-                        .iter()
-                        .filter(|c| pod_condition_unexpected(&p, c))
-                    {
-                        emit.gauge(
-                            names::POD_CONDITIONS,
-                            1,
-                            &[
-                                ("name", name),
-                                ("namespace", namespace),
-                                ("type", &c.type_),
-                                ("status", &c.status),
-                            ],
-                        );
-                    }
+                    emit.conditions(
+                        names::POD_CONDITIONS,
+                        &p.status.conditions,
+                        |c| pod_condition_unexpected(&p, c),
+                        &[("name", name), ("namespace", namespace)],
+                    );
                     for cs in &p.status.container_statuses {
                         if let Some(w) = cs
                             .state
