@@ -18,6 +18,9 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// Changes read per change-feed request.
     pub feed_page_size: usize,
+    /// How often a monitor re-lists its buckets to find deletes, for stores
+    /// whose change feed does not carry them; zero turns the re-list off.
+    pub relist_interval: Duration,
 }
 
 impl EngineConfig {
@@ -35,6 +38,7 @@ impl EngineConfig {
             check_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             feed_page_size: 1000,
+            relist_interval: Duration::from_secs(600),
         }
     }
 
@@ -62,6 +66,9 @@ impl EngineConfig {
         }
         if self.max_concurrent_checks == 0 {
             return Err("--max-concurrent-checks must be at least 1".into());
+        }
+        if !self.relist_interval.is_zero() && self.relist_interval < self.feed_interval {
+            return Err("--relist-interval must be 0 (off) or at least --feed-interval".into());
         }
         if self.feed_page_size == 0 {
             return Err("feed page size must be at least 1".into());

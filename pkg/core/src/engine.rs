@@ -108,7 +108,27 @@ impl Engine {
         let stop_starting = CancellationToken::new();
         let abort = CancellationToken::new();
 
-        let feed = feed::watch(store.clone(), None, cfg.feed_interval, cfg.feed_page_size);
+        let relist = (!store.feed_reports_deletes() && !cfg.relist_interval.is_zero()).then(|| {
+            let view = handles.assignment.clone();
+            let me = me.clone();
+            feed::Relist {
+                interval: cfg.relist_interval,
+                buckets: Arc::new(move || {
+                    let now = clock.now_ms();
+                    let a = view.borrow().clone();
+                    (0..=u8::MAX)
+                        .filter(|b| a.buckets[usize::from(*b)].involves(&me, now))
+                        .collect()
+                }),
+            }
+        });
+        let feed = feed::watch(
+            store.clone(),
+            None,
+            cfg.feed_interval,
+            cfg.feed_page_size,
+            relist,
+        );
         // Dropping this future (a crash in tests, an abort) stops every task
         // it started: nothing outlives the engine.
         let mut guard = AbortOnDrop(Vec::new());
@@ -132,6 +152,7 @@ impl Engine {
             h: handles.clone(),
             rate: RateWindow::default(),
             dropped_reported: [0; 3],
+            store_reported: Default::default(),
             connected_since_ms: None,
             last_heartbeat_ms: BTreeMap::new(),
         };
@@ -256,6 +277,8 @@ struct MembershipLoop {
     h: EngineHandles,
     rate: RateWindow,
     dropped_reported: [u64; 3],
+    /// Store counters already emitted.
+    store_reported: crate::store::StoreStats,
     /// Start of the current run of successful store reads.
     connected_since_ms: Option<i64>,
     /// Last heartbeat seen per monitor, kept a while after it dies so the
@@ -551,6 +574,32 @@ impl MembershipLoop {
             ("send_failed", st.dropped_send.load(Ordering::Relaxed)),
             ("stale", st.dropped_stale.load(Ordering::Relaxed)),
         ];
+        let ss = self.store.stats();
+        let was = self.store_reported;
+        for (reason, n, before) in [
+            ("throttled", ss.retries_throttled, was.retries_throttled),
+            (
+                "unavailable",
+                ss.retries_unavailable,
+                was.retries_unavailable,
+            ),
+        ] {
+            if n > before {
+                m.self_count(names::STORE_RETRIES, n - before, &[("reason", reason)]);
+            }
+        }
+        // Whole request units; the remainder waits for the next pass.
+        let ru = ss
+            .request_charge_milli
+            .saturating_sub(was.request_charge_milli)
+            / 1000;
+        if ru > 0 {
+            m.self_count(names::STORE_REQUEST_CHARGE, ru, &[]);
+        }
+        self.store_reported = crate::store::StoreStats {
+            request_charge_milli: was.request_charge_milli + ru * 1000,
+            ..ss
+        };
         for (i, (reason, n)) in now_dropped.into_iter().enumerate() {
             if n > self.dropped_reported[i] {
                 m.self_count(

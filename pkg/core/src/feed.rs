@@ -10,6 +10,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -188,40 +189,98 @@ pub enum FeedEvent {
     /// The continuation expired: the stream restarts from the beginning and
     /// the reflector must drop what the new replay does not contain.
     Restarted,
+    /// A re-list of `buckets` found exactly `present`: clusters of those
+    /// buckets that the map holds and the store no longer has were deleted
+    /// (for stores whose feed does not carry deletes).
+    Relisted {
+        buckets: Vec<u8>,
+        present: HashSet<String>,
+    },
+}
+
+/// The periodic re-list of this monitor's buckets, for stores whose change
+/// feed does not carry deletes (Cosmos DB's latest-version feed).
+#[derive(Clone)]
+pub struct Relist {
+    pub interval: Duration,
+    /// The buckets to re-list, asked at each re-list (those this monitor checks).
+    pub buckets: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
 }
 
 /// Follows the change feed from `from`: reads pages back to back until the
 /// end, then every `interval`. The continuation lives in the stream state
 /// and only advances past a page that was delivered.
+///
+/// With `relist`, once the feed has caught up, every `relist.interval` the
+/// stream lists the ids of its buckets instead of a feed read. The list is
+/// taken between two feed reads, so every entry the map holds when the
+/// reflector applies it came from a document committed before the list
+/// started: an entry missing from the list was deleted.
 pub fn watch(
     store: Arc<dyn Store>,
     from: Option<String>,
     interval: Duration,
     page_size: usize,
+    relist: Option<Relist>,
 ) -> impl Stream<Item = FeedEvent> {
     struct St {
         store: Arc<dyn Store>,
         cont: Option<String>,
         wait: bool,
         failures: u32,
+        /// When the next feed read is due while waiting.
+        read_at: Option<Instant>,
+        relist: Option<Relist>,
+        relist_at: Option<Instant>,
     }
     let st = St {
         store,
         cont: from,
         wait: false,
         failures: 0,
+        read_at: None,
+        relist,
+        relist_at: None,
     };
     futures::stream::unfold(st, move |mut st| async move {
         if st.wait {
             // Back off on repeated failures, up to 8 intervals.
             let factor = 1u32 << st.failures.min(3);
-            tokio::time::sleep(interval * factor).await;
+            let read_at = *st
+                .read_at
+                .get_or_insert_with(|| Instant::now() + interval * factor);
+            if let (Some(r), Some(at)) = (&st.relist, st.relist_at) {
+                if at < read_at {
+                    tokio::time::sleep_until(at).await;
+                    let buckets = (r.buckets)();
+                    let ev = match st.store.list_cluster_ids(&buckets).await {
+                        Ok(ids) => {
+                            st.relist_at = Some(Instant::now() + r.interval);
+                            FeedEvent::Relisted {
+                                buckets,
+                                present: ids.into_iter().collect(),
+                            }
+                        }
+                        Err(e) => {
+                            // Try again at the next feed read.
+                            st.relist_at = Some(read_at);
+                            FeedEvent::Error(e)
+                        }
+                    };
+                    return Some((ev, st));
+                }
+            }
+            tokio::time::sleep_until(read_at).await;
+            st.read_at = None;
         }
         let ev = match st.store.read_feed(st.cont.as_deref(), page_size).await {
             Ok(page) => {
                 st.failures = 0;
                 st.wait = page.caught_up;
                 st.cont = Some(page.continuation.clone());
+                if let (true, Some(r), None) = (page.caught_up, &st.relist, st.relist_at) {
+                    st.relist_at = Some(Instant::now() + r.interval);
+                }
                 FeedEvent::Page(page)
             }
             Err(StoreError::ContinuationExpired(_)) => {
@@ -292,6 +351,9 @@ impl Reflector {
             FeedEvent::Error(e) => {
                 self.metrics.self_count(names::FEED_ERRORS, 1, &[]);
                 tracing::warn!(error = %e, "change feed read failed; retrying from the same continuation");
+            }
+            FeedEvent::Relisted { buckets, present } => {
+                self.drop_deleted(&buckets, &present).await?;
             }
             FeedEvent::Restarted => {
                 tracing::warn!(
@@ -385,6 +447,28 @@ impl Reflector {
         self.map.inner.invalid.insert(id, reason.into_boxed_str());
     }
 
+    /// Drops the entries of `buckets` that a re-list did not find.
+    async fn drop_deleted(&self, buckets: &[u8], present: &HashSet<String>) -> Result<(), ()> {
+        let gone: Vec<Arc<str>> = self
+            .map
+            .inner
+            .clusters
+            .iter()
+            .filter(|e| buckets.contains(&e.bucket) && !present.contains(&**e.key()))
+            .map(|e| e.key().clone())
+            .collect();
+        for id in gone {
+            tracing::info!(cluster = %id, "cluster document no longer in the store (found by the re-list); dropped");
+            self.metrics.self_count(names::FEED_RELIST_DROPPED, 1, &[]);
+            self.map.inner.clusters.remove(&id);
+            self.events
+                .send(ClusterEvent::Removed { id })
+                .await
+                .map_err(|_| ())?;
+        }
+        Ok(())
+    }
+
     async fn drop_unseen(&self, seen: &HashSet<Arc<str>>) -> Result<(), ()> {
         let gone: Vec<Arc<str>> = self
             .map
@@ -441,7 +525,7 @@ mod tests {
         store.put_cluster(&creating).await.unwrap();
 
         let (mut r, map, mut rx) = reflector();
-        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 2));
+        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 2, None));
         drain(&mut feed, &mut r).await;
         assert!(map.replay_done());
         assert_eq!(map.len(), 6);
@@ -532,7 +616,7 @@ mod tests {
         store.put_cluster(&cluster("a", 1)).await.unwrap();
         store.put_cluster(&cluster("b", 2)).await.unwrap();
         let (mut r, map, _rx) = reflector();
-        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10));
+        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
         drain(&mut feed, &mut r).await;
 
         store.set_available(false);
@@ -557,6 +641,73 @@ mod tests {
         .unwrap();
         assert_eq!(map.len(), 1);
         assert!(map.get("a").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relist_drops_deleted_clusters_of_the_listed_buckets_only() {
+        let store = Arc::new(MemStore::without_delete_feed());
+        for (id, b) in [("a", 1), ("b", 1), ("c", 2), ("d", 3)] {
+            store.put_cluster(&cluster(id, b)).await.unwrap();
+        }
+        let (mut r, map, mut rx) = reflector();
+        let relist = Relist {
+            interval: Duration::from_secs(60),
+            buckets: Arc::new(|| vec![1, 2]),
+        };
+        let mut feed = Box::pin(watch(
+            store.clone(),
+            None,
+            Duration::from_secs(2),
+            10,
+            Some(relist),
+        ));
+        drain(&mut feed, &mut r).await;
+        while rx.try_recv().is_ok() {}
+        assert_eq!(map.len(), 4);
+
+        // Deletes the feed does not report: b (listed bucket), d (not listed).
+        store.delete_cluster("b").await.unwrap();
+        store.delete_cluster("d").await.unwrap();
+        let start = Instant::now();
+        let mut feed_reads = 0;
+        loop {
+            let ev = feed.next().await.unwrap();
+            match &ev {
+                FeedEvent::Page(p) => {
+                    assert!(p.changes.is_empty(), "the feed carries no delete");
+                    feed_reads += 1;
+                }
+                FeedEvent::Relisted { buckets, present } => {
+                    assert_eq!(buckets, &vec![1, 2]);
+                    assert!(present.contains("a") && present.contains("c"));
+                    assert!(!present.contains("b"));
+                    r.apply(ev).await.unwrap();
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            r.apply(ev).await.unwrap();
+        }
+        let waited = Instant::now() - start;
+        assert!(
+            waited >= Duration::from_secs(60) && waited < Duration::from_secs(63),
+            "re-list one interval after catching up, took {waited:?}"
+        );
+        assert!(
+            feed_reads >= 25,
+            "feed reads go on between re-lists: {feed_reads}"
+        );
+        assert!(
+            map.get("b").is_none(),
+            "deleted cluster of a listed bucket dropped"
+        );
+        assert!(map.get("a").is_some() && map.get("c").is_some());
+        assert!(
+            map.get("d").is_some(),
+            "a bucket that was not listed is not judged"
+        );
+        let evs: Vec<ClusterEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(evs, vec![ClusterEvent::Removed { id: "b".into() }]);
     }
 
     #[test]

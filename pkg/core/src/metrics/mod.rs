@@ -58,7 +58,10 @@ pub mod names {
     pub const FEED_CHANGES: &str = "monitor.changefeed.changes";
     pub const FEED_INVALID: &str = "monitor.changefeed.invalid";
     pub const FEED_ERRORS: &str = "monitor.changefeed.errors";
+    pub const FEED_RELIST_DROPPED: &str = "monitor.changefeed.relist.dropped";
     pub const STORE_ERRORS: &str = "monitor.store.errors";
+    pub const STORE_RETRIES: &str = "monitor.store.retries";
+    pub const STORE_REQUEST_CHARGE: &str = "monitor.store.requestcharge";
     pub const MASTER_CONFLICTS: &str = "monitor.master.conflicts";
     pub const METRICS_DROPPED: &str = "monitor.metrics.dropped";
 }
@@ -131,7 +134,10 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: FEED_CHANGES, kind: Counter, tags: "monitor", help: "Change-feed entries applied to the local map." },
         MetricDef { name: FEED_INVALID, kind: Counter, tags: "monitor", help: "Cluster documents skipped because they do not decode or validate." },
         MetricDef { name: FEED_ERRORS, kind: Counter, tags: "monitor", help: "Change-feed reads that failed (retried from the same continuation)." },
-        MetricDef { name: STORE_ERRORS, kind: Counter, tags: "monitor, op", help: "Failed store calls by operation (heartbeat, list_monitors, read_master, write_master, delete_monitor)." },
+        MetricDef { name: FEED_RELIST_DROPPED, kind: Counter, tags: "monitor", help: "Clusters dropped because the periodic re-list (--relist-interval) no longer found their document: deletes a store's change feed does not carry (Cosmos DB)." },
+        MetricDef { name: STORE_ERRORS, kind: Counter, tags: "monitor, op", help: "Failed store calls by operation (heartbeat, list_monitors, read_master, write_master, delete_monitor), after the backend's own retries." },
+        MetricDef { name: STORE_RETRIES, kind: Counter, tags: "monitor, reason", help: "Store requests sent again by the backend; reason is throttled (429, after its retry-after) or unavailable (5xx, timeout, connection)." },
+        MetricDef { name: STORE_REQUEST_CHARGE, kind: Counter, tags: "monitor", help: "Request units charged by the store (Cosmos DB), rounded to whole RU per pass." },
         MetricDef { name: MASTER_CONFLICTS, kind: Counter, tags: "monitor", help: "Master writes that lost a compare-and-swap race (HTTP 412 equivalent)." },
         MetricDef { name: METRICS_DROPPED, kind: Counter, tags: "monitor, reason", help: "Metrics lost: reason queue_full (emit queue full), send_failed (socket error), stale (older than one minute when it could be sent)." },
     ]

@@ -23,6 +23,7 @@ where
     feed_commit_order_and_paging(fresh().await).await;
     feed_resumes_from_continuation(fresh().await).await;
     feed_rejects_garbage_continuation(fresh().await).await;
+    cluster_ids_by_bucket(fresh().await).await;
 }
 
 pub fn monitor(id: &str, expires_at_ms: i64) -> MonitorDoc {
@@ -295,4 +296,22 @@ pub async fn feed_rejects_garbage_continuation(s: Arc<dyn Store>) {
         Err(StoreError::ContinuationExpired(_)) | Err(StoreError::Invalid(_)) => {}
         other => panic!("a garbage continuation must be refused, got {other:?}"),
     }
+}
+
+pub async fn cluster_ids_by_bucket(s: Arc<dyn Store>) {
+    for (id, b) in [("a", 1), ("b", 2), ("c", 1), ("d", 200)] {
+        s.put_cluster(&cluster(id, b)).await.unwrap();
+    }
+    let mut ids = s.list_cluster_ids(&[1, 200]).await.unwrap();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec!["a", "c", "d"],
+        "list_cluster_ids: only the buckets asked for"
+    );
+    s.delete_cluster("c").await.unwrap();
+    let mut ids = s.list_cluster_ids(&[1]).await.unwrap();
+    ids.sort();
+    assert_eq!(ids, vec!["a"], "list_cluster_ids after a delete");
+    assert!(s.list_cluster_ids(&[]).await.unwrap().is_empty());
 }

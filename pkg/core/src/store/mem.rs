@@ -26,11 +26,22 @@ struct Inner {
 pub struct MemStore {
     inner: Mutex<Inner>,
     down: AtomicBool,
+    /// Like Cosmos DB's latest-version feed: deletes are not in the feed.
+    no_delete_feed: bool,
 }
 
 impl MemStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose change feed does not carry deletes (as Cosmos DB's),
+    /// to test the re-list that finds them.
+    pub fn without_delete_feed() -> Self {
+        Self {
+            no_delete_feed: true,
+            ..Self::default()
+        }
     }
 
     pub fn set_available(&self, up: bool) {
@@ -68,6 +79,10 @@ impl Inner {
 impl Store for MemStore {
     fn kind(&self) -> &'static str {
         "mem"
+    }
+
+    fn feed_reports_deletes(&self) -> bool {
+        !self.no_delete_feed
     }
 
     async fn upsert_monitor(&self, doc: &MonitorDoc) -> StoreResult<()> {
@@ -122,6 +137,12 @@ impl Store for MemStore {
         let mut g = self.lock()?;
         if !g.clusters.contains_key(id) {
             return Ok(false);
+        }
+        if self.no_delete_feed {
+            if let Some((_, seq)) = g.clusters.remove(id) {
+                g.log.remove(&seq);
+            }
+            return Ok(true);
         }
         g.append(Change::Delete { id: id.to_string() });
         Ok(true)
@@ -182,6 +203,14 @@ mod tests {
     async fn mem_store_passes_the_contract() {
         contract::run_all(|| async {
             std::sync::Arc::new(MemStore::new()) as std::sync::Arc<dyn Store>
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn mem_store_without_delete_feed_passes_the_contract() {
+        contract::run_all(|| async {
+            std::sync::Arc::new(MemStore::without_delete_feed()) as std::sync::Arc<dyn Store>
         })
         .await;
     }

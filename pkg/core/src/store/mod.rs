@@ -87,6 +87,29 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Cumulative counters a backend keeps about its own requests; the engine
+/// emits their growth as `monitor.store.*` metrics. Backends without retries
+/// or request units leave them at zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Requests sent again after a throttle (429) answer.
+    pub retries_throttled: u64,
+    /// Requests sent again after a transient failure (5xx, timeout, connection).
+    pub retries_unavailable: u64,
+    /// Request units charged, in thousandths (Cosmos DB's `x-ms-request-charge`).
+    pub request_charge_milli: u64,
+}
+
+/// The bucket of a stored cluster body, read without decoding the rest; for
+/// backends that keep the body as text.
+pub fn bucket_of(body: &str) -> Option<u8> {
+    #[derive(serde::Deserialize)]
+    struct B {
+        bucket: u8,
+    }
+    serde_json::from_str::<B>(body).ok().map(|b| b.bucket)
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and metrics ("sqlite", "cosmos", "mem").
@@ -96,6 +119,11 @@ pub trait Store: Send + Sync + 'static {
     /// latest-version feed), the engine re-lists periodically to find them.
     fn feed_reports_deletes(&self) -> bool {
         true
+    }
+
+    /// Counters of this backend's own requests (retries, errors, request units).
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
     }
 
     // --- monitors (heartbeats) ---
@@ -126,6 +154,17 @@ pub trait Store: Send + Sync + 'static {
     /// All cluster documents, sorted by id.
     async fn list_clusters(&self) -> StoreResult<Vec<RawCluster>>;
     async fn count_clusters(&self) -> StoreResult<u64>;
+    /// Ids of the cluster documents in `buckets`, in any order. The re-list
+    /// uses it to find deletes that the change feed does not carry.
+    async fn list_cluster_ids(&self, buckets: &[u8]) -> StoreResult<Vec<String>> {
+        Ok(self
+            .list_clusters()
+            .await?
+            .into_iter()
+            .filter(|c| bucket_of(&c.body).is_some_and(|b| buckets.contains(&b)))
+            .map(|c| c.id)
+            .collect())
+    }
     /// Changes after `continuation` (from the beginning when `None`), in
     /// commit order, at most `max` of them.
     async fn read_feed(&self, continuation: Option<&str>, max: usize) -> StoreResult<FeedPage>;
