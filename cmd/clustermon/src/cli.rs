@@ -69,13 +69,25 @@ pub enum Command {
     /// Manage cluster documents (what the RP writes).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Manage the store itself.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Create what the store needs (Cosmos DB: the database and its three
+    /// containers, key auth), leaving what exists as it is.
+    Init(StoreArg),
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct StoreArg {
-    /// Store URL: sqlite:PATH.
+    /// Store URL: sqlite:PATH or cosmos://ACCOUNT_HOST[:PORT]/DATABASE.
     #[arg(long, env = "CLUSTERMON_STORE", value_parser = StoreUrl::parse)]
     pub store: StoreUrl,
+    #[command(flatten)]
+    pub cosmos: crate::CosmosArgs,
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +131,10 @@ pub struct RunArgs {
     pub lease_ttl: Duration,
     #[arg(long, default_value = "2s", value_parser = duration, env = "CLUSTERMON_FEED_INTERVAL")]
     pub feed_interval: Duration,
+    /// Stores whose change feed has no deletes (Cosmos DB): how often a
+    /// monitor re-lists its buckets to drop deleted clusters; 0 turns it off.
+    #[arg(long, default_value = "10m", value_parser = duration, env = "CLUSTERMON_RELIST_INTERVAL")]
+    pub relist_interval: Duration,
     /// How often each cluster is checked.
     #[arg(long, default_value = "1m", value_parser = duration, env = "CLUSTERMON_INTERVAL")]
     pub interval: Duration,
@@ -278,6 +294,7 @@ mod tests {
         assert_eq!(r.max_concurrent_checks, 2000);
         assert_eq!(r.check_timeout, Duration::from_secs(30));
         assert_eq!(r.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(r.relist_interval, Duration::from_secs(600));
     }
 
     #[test]

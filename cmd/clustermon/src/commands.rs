@@ -50,7 +50,9 @@ fn failed(e: impl std::fmt::Display) -> CmdError {
 }
 
 async fn store(arg: &crate::cli::StoreArg) -> Result<Arc<dyn Store>, CmdError> {
-    open_store_url(&arg.store).await.map_err(CmdError::Usage)
+    open_store_url(&arg.store, &arg.cosmos)
+        .await
+        .map_err(CmdError::Usage)
 }
 
 fn secrets_key(arg: &SecretsArg) -> Result<Option<SecretsKey>, CmdError> {
@@ -87,6 +89,7 @@ pub async fn run(
     cfg.heartbeat_ttl = args.heartbeat_ttl;
     cfg.lease_ttl = args.lease_ttl;
     cfg.feed_interval = args.feed_interval;
+    cfg.relist_interval = args.relist_interval;
     cfg.interval = args.interval;
     cfg.max_concurrent_checks = args.max_concurrent_checks;
     cfg.check_timeout = args.check_timeout;
@@ -392,4 +395,28 @@ pub async fn cluster_delete(args: DeleteArgs) -> Result<(), CmdError> {
             args.id
         )))
     }
+}
+
+/// `clustermon store init`: creates what the store needs, idempotently.
+pub async fn store_init(args: crate::cli::StoreArg) -> Result<(), CmdError> {
+    match &args.store {
+        crate::StoreUrl::Sqlite(_) => {
+            // Opening creates the file and its tables.
+            store(&args).await?;
+            println!("sqlite store ready");
+        }
+        crate::StoreUrl::Cosmos(u) => {
+            let cfg = args.cosmos.config(u).map_err(CmdError::Usage)?;
+            let created = clustermon_store_cosmos::CosmosStore::init(&cfg)
+                .await
+                .map_err(failed)?;
+            if created.is_empty() {
+                println!("cosmos store {u}: database and containers already exist");
+            }
+            for c in created {
+                println!("created {c}");
+            }
+        }
+    }
+    Ok(())
 }

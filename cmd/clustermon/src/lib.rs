@@ -9,12 +9,14 @@ pub mod kubeconfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clustermon_core::store::Store;
+use clustermon_core::store::{Store, StoreError};
+use clustermon_store_cosmos::{CosmosAuth, CosmosConfig, CosmosUrl};
 
 /// A parsed `--store` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreUrl {
     Sqlite(PathBuf),
+    Cosmos(CosmosUrl),
 }
 
 impl StoreUrl {
@@ -26,7 +28,12 @@ impl StoreUrl {
             }
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
-        Err(format!("unsupported store URL {s:?}: expected sqlite:PATH"))
+        if s.starts_with("cosmos://") {
+            return CosmosUrl::parse(s).map(StoreUrl::Cosmos);
+        }
+        Err(format!(
+            "unsupported store URL {s:?}: expected sqlite:PATH or cosmos://ACCOUNT_HOST[:PORT]/DATABASE"
+        ))
     }
 }
 
@@ -37,12 +44,82 @@ impl std::str::FromStr for StoreUrl {
     }
 }
 
-/// Opens the store a URL names. The error is one line, fit for stderr.
-pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, String> {
-    open_store_url(&StoreUrl::parse(url)?).await
+/// How a Cosmos DB store authenticates, as flags (shared by every command
+/// and by tools such as the fleet simulator).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CosmosArgs {
+    /// Cosmos DB account key, in a file (key auth). The key itself may come
+    /// from CLUSTERMON_COSMOS_KEY instead.
+    #[arg(long, env = "CLUSTERMON_COSMOS_KEY_FILE", value_name = "FILE")]
+    pub cosmos_key_file: Option<PathBuf>,
+    /// key (default with a key), managed-identity, workload-identity or
+    /// azure-cli (Microsoft Entra ID; the identity needs a data-plane role).
+    #[arg(long, value_enum, env = "CLUSTERMON_COSMOS_AUTH")]
+    pub cosmos_auth: Option<CosmosAuthKind>,
+    /// Client id of a user-assigned managed identity.
+    #[arg(long, env = "CLUSTERMON_COSMOS_CLIENT_ID")]
+    pub cosmos_client_id: Option<String>,
+    /// Preferred Azure region for requests (the SDK orders the others by proximity).
+    #[arg(long, default_value = "East US", env = "CLUSTERMON_COSMOS_REGION")]
+    pub cosmos_region: String,
 }
 
-pub async fn open_store_url(url: &StoreUrl) -> Result<Arc<dyn Store>, String> {
+#[derive(Copy, Clone, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum CosmosAuthKind {
+    Key,
+    ManagedIdentity,
+    WorkloadIdentity,
+    AzureCli,
+}
+
+impl CosmosArgs {
+    /// The Cosmos configuration these flags name; errors are one line.
+    pub fn config(&self, url: &CosmosUrl) -> Result<CosmosConfig, String> {
+        let key = || -> Result<String, String> {
+            if let Some(f) = &self.cosmos_key_file {
+                let k = std::fs::read_to_string(f)
+                    .map_err(|e| format!("--cosmos-key-file {}: {e}", f.display()))?;
+                let k = k.trim().to_string();
+                if k.is_empty() {
+                    return Err(format!("--cosmos-key-file {} is empty", f.display()));
+                }
+                return Ok(k);
+            }
+            match std::env::var("CLUSTERMON_COSMOS_KEY") {
+                Ok(k) if !k.trim().is_empty() => Ok(k.trim().to_string()),
+                _ => Err("a cosmos store needs credentials: --cosmos-key-file (or CLUSTERMON_COSMOS_KEY), or --cosmos-auth managed-identity|workload-identity|azure-cli".into()),
+            }
+        };
+        let auth = match self.cosmos_auth {
+            None | Some(CosmosAuthKind::Key) => CosmosAuth::Key(key()?),
+            Some(CosmosAuthKind::ManagedIdentity) => CosmosAuth::ManagedIdentity {
+                client_id: self.cosmos_client_id.clone(),
+            },
+            Some(CosmosAuthKind::WorkloadIdentity) => CosmosAuth::WorkloadIdentity,
+            Some(CosmosAuthKind::AzureCli) => CosmosAuth::AzureCli,
+        };
+        Ok(CosmosConfig {
+            url: url.clone(),
+            auth,
+            region: self.cosmos_region.clone(),
+            retry: Default::default(),
+        })
+    }
+}
+
+/// Opens the store a URL names. The error is one line, fit for stderr.
+pub async fn open_store(url: &str, cosmos: &CosmosArgs) -> Result<Arc<dyn Store>, String> {
+    open_store_url(&StoreUrl::parse(url)?, cosmos).await
+}
+
+fn one_line(e: StoreError) -> String {
+    match e {
+        StoreError::Invalid(m) => m,
+        other => other.to_string(),
+    }
+}
+
+pub async fn open_store_url(url: &StoreUrl, cosmos: &CosmosArgs) -> Result<Arc<dyn Store>, String> {
     match url {
         StoreUrl::Sqlite(path) => {
             let path = path.clone();
@@ -51,10 +128,14 @@ pub async fn open_store_url(url: &StoreUrl) -> Result<Arc<dyn Store>, String> {
             })
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| match e {
-                clustermon_core::store::StoreError::Invalid(m) => m,
-                other => other.to_string(),
-            })?;
+            .map_err(one_line)?;
+            Ok(Arc::new(store))
+        }
+        StoreUrl::Cosmos(u) => {
+            let cfg = cosmos.config(u)?;
+            let store = clustermon_store_cosmos::CosmosStore::connect(&cfg)
+                .await
+                .map_err(one_line)?;
             Ok(Arc::new(store))
         }
     }
@@ -79,8 +160,47 @@ mod tests {
             StoreUrl::Sqlite("rel.db".into())
         );
         assert!(StoreUrl::parse("sqlite:").is_err());
+        assert!(matches!(
+            StoreUrl::parse("cosmos://acct.documents.azure.com/db").unwrap(),
+            StoreUrl::Cosmos(_)
+        ));
+        assert!(StoreUrl::parse("cosmos://acct.documents.azure.com")
+            .unwrap_err()
+            .contains("database"));
         assert!(StoreUrl::parse("postgres://x")
             .unwrap_err()
             .contains("unsupported store URL"));
+    }
+}
+
+#[cfg(test)]
+mod cosmos_args_tests {
+    use super::*;
+
+    #[test]
+    fn cosmos_credentials_are_required_and_read_from_the_key_file() {
+        let url = CosmosUrl::parse("cosmos://127.0.0.1:1/db").unwrap();
+        let dir = std::env::temp_dir().join(format!("cm-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("key");
+        std::fs::write(&f, "c2VjcmV0\n").unwrap();
+        let args = CosmosArgs {
+            cosmos_key_file: Some(f.clone()),
+            ..Default::default()
+        };
+        let cfg = args.config(&url).unwrap();
+        assert!(matches!(&cfg.auth, CosmosAuth::Key(k) if k == "c2VjcmV0"));
+        std::fs::write(&f, "  \n").unwrap();
+        assert!(args.config(&url).unwrap_err().contains("empty"));
+        let mi = CosmosArgs {
+            cosmos_auth: Some(CosmosAuthKind::ManagedIdentity),
+            cosmos_client_id: Some("cid".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            mi.config(&url).unwrap().auth,
+            CosmosAuth::ManagedIdentity { client_id: Some(_) }
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

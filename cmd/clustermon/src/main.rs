@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use clustermon::cli::{Cli, ClusterCommand, Command, LogFormat};
+use clustermon::cli::{Cli, ClusterCommand, Command, LogFormat, StoreCommand};
 use clustermon::commands::{self, CmdError};
 use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
@@ -77,6 +77,7 @@ async fn dispatch(cmd: Command) -> Result<(), CmdError> {
         Command::Cluster(ClusterCommand::Put(a)) => commands::cluster_put(*a).await,
         Command::Cluster(ClusterCommand::List(a)) => commands::cluster_list(a).await,
         Command::Cluster(ClusterCommand::Delete(a)) => commands::cluster_delete(a).await,
+        Command::Store(StoreCommand::Init(a)) => commands::store_init(a).await,
     }
 }
 

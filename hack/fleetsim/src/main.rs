@@ -70,9 +70,12 @@ struct Args {
     /// Serve the clusters over plain http without credentials.
     #[arg(long)]
     plain_http: bool,
-    /// Write every cluster's document (with credentials) to this store.
+    /// Write every cluster's document (with credentials) to this store: any
+    /// store URL clustermon accepts, with the same credential flags.
     #[arg(long, value_name = "STORE_URL")]
     register: Option<String>,
+    #[command(flatten)]
+    cosmos: clustermon::CosmosArgs,
     /// Encrypt the registered credentials with this key (as clustermon's flag).
     #[arg(long, value_name = "FILE")]
     secrets_key_file: Option<PathBuf>,
@@ -252,7 +255,7 @@ async fn run(args: Args) -> Result<(), String> {
         write_secrets(path, &clusters, &creds)?;
     }
     if let Some(url) = &args.register {
-        register(url, &clusters, creds, key.as_ref(), &labels).await?;
+        register(url, &args.cosmos, &clusters, creds, key.as_ref(), &labels).await?;
     } else {
         drop(creds);
     }
@@ -325,12 +328,13 @@ async fn run(args: Args) -> Result<(), String> {
 
 async fn register(
     url: &str,
+    cosmos: &clustermon::CosmosArgs,
     clusters: &[Arc<Cluster>],
     creds: DocCreds,
     key: Option<&SecretsKey>,
     labels: &BTreeMap<String, String>,
 ) -> Result<(), String> {
-    let store = clustermon::open_store(url).await?;
+    let store = clustermon::open_store(url, cosmos).await?;
     if key.is_none() && creds.iter().any(|c| !c.is_empty()) {
         tracing::warn!(
             "registering credentials in plaintext: give --secrets-key-file to encrypt them"

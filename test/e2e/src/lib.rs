@@ -80,6 +80,7 @@ impl Proc {
         let log = dir.join(format!("{name}.log"));
         let err = File::create(&log).expect("log file");
         let child = cmd
+            .env("CLUSTERMON_COSMOS_KEY", EMULATOR_KEY)
             .stdin(Stdio::null())
             .stderr(err)
             .spawn()
@@ -269,6 +270,18 @@ impl Statsd {
         m
     }
 
+    /// Sum of a counter's values over every monitor, for lines whose tags
+    /// include all of `tags`.
+    pub fn counter_sum(&self, name: &str, tags: &[(&str, &str)]) -> u64 {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.name == name && tags.iter().all(|(k, v)| l.tag(k) == Some(*v)))
+            .filter_map(|l| l.value.parse::<u64>().ok())
+            .sum()
+    }
+
     /// The last value of a self gauge per monitor.
     pub fn last_self_gauge(&self, name: &str) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
@@ -287,6 +300,68 @@ impl Drop for Statsd {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The local Cosmos DB endpoint's well-known key. Every child process gets
+/// it as CLUSTERMON_COSMOS_KEY (a SQLite store ignores it).
+pub const EMULATOR_KEY: &str =
+    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
+
+/// The project's patched local Cosmos DB endpoint (hack/cosmos-emulator),
+/// with the database and containers created by `clustermon store init`.
+pub struct CosmosEmulator {
+    pub proc: Proc,
+    /// `cosmos://127.0.0.1:PORT/DATABASE`
+    pub store: String,
+    /// `http://127.0.0.1:PORT`, for the control endpoints.
+    pub base: String,
+}
+
+impl CosmosEmulator {
+    pub fn start(dir: &Path, database: &str) -> Self {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hack/cosmos-emulator/start.sh");
+        let mut cmd = Command::new("bash");
+        cmd.arg(script).arg(database).stdout(Stdio::piped());
+        let mut proc = Proc::spawn("cosmos-emulator", &mut cmd, dir);
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let url = lines.next().and_then(Result::ok);
+            let _key = lines.next();
+            let _ = tx.send(url);
+            for _ in lines {}
+        });
+        let store = rx
+            .recv_timeout(Duration::from_secs(300))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("the cosmos emulator did not start: {}", proc.log_text()));
+        let base = store
+            .strip_prefix("cosmos://")
+            .and_then(|r| r.split('/').next())
+            .map(|hp| format!("http://{hp}"))
+            .unwrap_or_else(|| panic!("unexpected emulator URL {store:?}"));
+        let (code, out, err) = clustermon(&["store", "init", "--store", &store]);
+        assert_eq!(code, 0, "clustermon store init: {out}{err}");
+        Self { proc, store, base }
+    }
+
+    /// Sets the emulator's fault injection (throttle_share, retry_after_ms, unavailable).
+    pub fn set_faults(&self, faults: Value) -> Value {
+        http(
+            "POST",
+            &format!("{}/_emulator/faults", self.base),
+            Some(&faults.to_string()),
+        )
+        .expect("POST /_emulator/faults")
+    }
+
+    /// Request counts and charges per operation kind since start.
+    pub fn stats(&self) -> Value {
+        http("GET", &format!("{}/_emulator/stats", self.base), None).expect("GET /_emulator/stats")
     }
 }
 
@@ -367,6 +442,7 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> Result<Value, String
 pub fn clustermon(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin("clustermon"))
         .args(args)
+        .env("CLUSTERMON_COSMOS_KEY", EMULATOR_KEY)
         .env_remove("RUST_LOG")
         .output()
         .expect("run clustermon");

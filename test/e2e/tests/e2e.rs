@@ -17,17 +17,37 @@ const SLACK: Duration = Duration::from_secs(2);
 const CLUSTERS: usize = 300;
 
 struct Setup {
+    mons: Monitors,
+    cosmos: Option<CosmosEmulator>,
     dir: TempDir,
     store: String,
     statsd: Statsd,
     fleet: Fleet,
     ids: Vec<String>,
-    mons: Monitors,
+}
+
+#[derive(PartialEq)]
+enum Backend {
+    Sqlite,
+    Cosmos,
 }
 
 fn setup(name: &str, fleet_args: &[&str]) -> Setup {
+    setup_on(name, Backend::Sqlite, fleet_args, &[])
+}
+
+fn setup_on(name: &str, backend: Backend, fleet_args: &[&str], mon_args: &[&str]) -> Setup {
     let dir = TempDir::new(name);
-    let store = format!("sqlite:{}", dir.path().join("store.db").display());
+    let (store, cosmos) = match backend {
+        Backend::Sqlite => (
+            format!("sqlite:{}", dir.path().join("store.db").display()),
+            None,
+        ),
+        Backend::Cosmos => {
+            let emu = CosmosEmulator::start(dir.path(), name);
+            (emu.store.clone(), Some(emu))
+        }
+    };
     let statsd = Statsd::start();
     let n = CLUSTERS.to_string();
     let mut args = vec!["--clusters", &n];
@@ -39,14 +59,17 @@ fn setup(name: &str, fleet_args: &[&str]) -> Setup {
         .map(|c| c["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), CLUSTERS);
-    let mons = Monitors::new(dir.path(), &store, &statsd, &["--interval", "10s"]);
+    let mut margs = vec!["--interval", "10s"];
+    margs.extend_from_slice(mon_args);
+    let mons = Monitors::new(dir.path(), &store, &statsd, &margs);
     Setup {
+        mons,
+        cosmos,
         dir,
         store,
         statsd,
         fleet,
         ids,
-        mons,
     }
 }
 
@@ -937,4 +960,187 @@ fn a_huge_cluster_is_checked_in_bounded_memory() {
         extra_kb <= 16 * 1024,
         "checking the huge cluster cost {extra_kb} kB more peak memory than the small one"
     );
+}
+
+/// Issue 4 on the Cosmos DB store (the local emulator): scenarios 1, 2 and 6,
+/// a deleted document's cluster dropped by the re-list (the feed carries no
+/// deletes), 30% of requests throttled for two intervals, then scenario 3.
+#[test]
+fn cosmos_store_share_feed_relist_throttling_and_crash() {
+    const RELIST: Duration = Duration::from_secs(5);
+    let mut s = setup_on(
+        "cosmos",
+        Backend::Cosmos,
+        &["--plain-http"],
+        &["--relist-interval", "5s"],
+    );
+    let settled = start_three(&mut s);
+
+    // 2. every cluster checked within one interval, then once per interval.
+    wait_checked(
+        &s,
+        &s.ids,
+        settled - INTERVAL,
+        1,
+        INTERVAL + SLACK,
+        "cosmos: every cluster checked once",
+    );
+    wait_checked(
+        &s,
+        &s.ids,
+        settled,
+        2,
+        2 * INTERVAL + SLACK,
+        "cosmos: every cluster checked twice since settled",
+    );
+    let end = Instant::now() - SLACK;
+    assert_coverage(
+        &s,
+        &s.ids,
+        settled,
+        end,
+        INTERVAL + SLACK,
+        "cosmos scenario 2",
+    );
+    assert_no_double(&s, settled, end, "cosmos scenario 2");
+
+    // 6. a new cluster is checked within feed interval + 1s of its creation.
+    let target = s.fleet.clusters()[7]["url"].as_str().unwrap().to_string();
+    let t_put = Instant::now();
+    let (code, _, err) = clustermon(&[
+        "cluster",
+        "put",
+        "--store",
+        &s.store,
+        "--id",
+        "e2e-new",
+        "--api-server",
+        &target,
+    ]);
+    assert_eq!(code, 0, "cluster put: {err}");
+    let first = wait_until(
+        "cosmos: the new cluster is checked",
+        FEED + Duration::from_secs(1) + SLACK,
+        || {
+            s.statsd
+                .check_times()
+                .get("e2e-new")
+                .and_then(|v| v.first().copied())
+        },
+    );
+    let delay = first - t_put;
+    eprintln!("cosmos scenario 6: new cluster checked {delay:?} after `cluster put` started");
+    assert!(delay <= FEED + Duration::from_secs(1) + Duration::from_millis(500));
+
+    // A delete is not in the feed: the re-list finds it within its interval.
+    let gone = s.ids[10].clone();
+    let (code, _, err) = clustermon(&["cluster", "delete", "--store", &s.store, "--id", &gone]);
+    assert_eq!(code, 0, "cluster delete: {err}");
+    let t_del = Instant::now();
+    let dropped = wait_until(
+        "cosmos: the re-list drops the deleted cluster",
+        RELIST + FEED + SLACK,
+        || {
+            (s.statsd
+                .counter_sum("monitor.changefeed.relist.dropped", &[])
+                >= 1)
+                .then(Instant::now)
+        },
+    );
+    eprintln!(
+        "cosmos re-list: deleted cluster dropped {:?} after the delete",
+        dropped - t_del
+    );
+    let quiet_from = dropped + Duration::from_millis(500);
+    let mut rest = others(&s.ids, &gone);
+    rest.push("e2e-new".into());
+    wait_checked(
+        &s,
+        &rest,
+        quiet_from,
+        1,
+        INTERVAL + SLACK,
+        "cosmos: every other cluster checked after the re-list",
+    );
+    let late: Vec<_> = s.statsd.check_times()[&gone]
+        .iter()
+        .filter(|t| **t > quiet_from)
+        .map(|t| *t - t_del)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "deleted cluster still checked at {late:?} after the delete"
+    );
+
+    // Throttling: 30% of requests answered 429 for two intervals; the
+    // monitors keep their buckets and their checks stay on schedule.
+    let emu = s.cosmos.as_ref().expect("cosmos");
+    let before = buckets(&s.store).expect("buckets");
+    let retried_before = s
+        .statsd
+        .counter_sum("monitor.store.retries", &[("reason", "throttled")]);
+    emu.set_faults(serde_json::json!({"throttle_share": 0.3, "retry_after_ms": 50}));
+    let t_thr = Instant::now();
+    wait_checked(
+        &s,
+        &rest,
+        t_thr,
+        2,
+        2 * INTERVAL + SLACK,
+        "cosmos: checks go on while throttled",
+    );
+    let retried = s
+        .statsd
+        .counter_sum("monitor.store.retries", &[("reason", "throttled")])
+        - retried_before;
+    let after = buckets(&s.store).expect("buckets while throttled");
+    emu.set_faults(serde_json::json!({"throttle_share": 0.0}));
+    let end = Instant::now() - SLACK;
+    eprintln!("cosmos throttling: {retried} requests retried after a 429 in two intervals");
+    assert!(retried > 0, "throttled requests are retried and counted");
+    assert_eq!(before, after, "no bucket moved while throttled");
+    assert_coverage(&s, &rest, t_thr, end, INTERVAL + SLACK, "cosmos throttled");
+    assert_no_double(&s, t_thr, end, "cosmos throttled");
+
+    // 3. a non-master crashes: survivors own its buckets within TTL + two passes.
+    let master0 = master(&s.store).expect("a master");
+    let victim = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != master0)
+        .unwrap()
+        .to_string();
+    let survivors: Vec<&str> = ["m1", "m2", "m3"]
+        .into_iter()
+        .filter(|m| *m != victim)
+        .collect();
+    let bound3 = HEARTBEAT_TTL + 2 * HEARTBEAT;
+    let t_kill = Instant::now();
+    s.mons.get(&victim).crash();
+    let store = s.store.clone();
+    wait_until("cosmos: survivors own every bucket", bound3 + SLACK, || {
+        buckets(&store).filter(|o| balanced(o, &survivors))
+    });
+    eprintln!(
+        "cosmos scenario 3: {victim}'s buckets re-owned after {:?} (bound {bound3:?})",
+        t_kill.elapsed()
+    );
+    wait_checked(
+        &s,
+        &rest,
+        Instant::now(),
+        1,
+        INTERVAL * 3 / 2 + SLACK,
+        "cosmos: checks after the crash",
+    );
+    let end = Instant::now() - SLACK;
+    assert_coverage(
+        &s,
+        &rest,
+        t_kill,
+        end,
+        INTERVAL + bound3 + SLACK,
+        "cosmos scenario 3",
+    );
+    eprintln!("cosmos emulator requests: {}", emu.stats());
+    drop(s.dir);
 }

@@ -1,0 +1,154 @@
+//! The store contract suite, unchanged, against a real Cosmos DB REST
+//! endpoint: the project's patched local emulator (hack/cosmos-emulator),
+//! started here on a free port, or the endpoint in CLUSTERMON_COSMOS_TEST_URL
+//! (with its key in CLUSTERMON_COSMOS_KEY). Each case gets a new database.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clustermon_core::store::{contract, Store, StoreError};
+use clustermon_store_cosmos::{CosmosAuth, CosmosConfig, CosmosStore, CosmosUrl, RetryPolicy};
+
+struct Endpoint {
+    url: CosmosUrl,
+    key: String,
+    child: Option<Child>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn endpoint() -> Endpoint {
+    if let Ok(u) = std::env::var("CLUSTERMON_COSMOS_TEST_URL") {
+        return Endpoint {
+            url: CosmosUrl::parse(&u).expect("CLUSTERMON_COSMOS_TEST_URL"),
+            key: std::env::var("CLUSTERMON_COSMOS_KEY").expect("CLUSTERMON_COSMOS_KEY"),
+            child: None,
+        };
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../hack/cosmos-emulator/start.sh"
+    );
+    let mut child = Command::new("bash")
+        .arg(script)
+        .arg("contract")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start hack/cosmos-emulator/start.sh (needs node and npm)");
+    // start.sh prints the URL and the key, then serves; its install step may
+    // take a while on a fresh machine, so the read has the test's own limit.
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        let url = lines.next().and_then(Result::ok);
+        let key = lines.next().and_then(Result::ok);
+        let _ = tx.send((url, key));
+        // Keep draining so the emulator never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let (url, key) = match rx.recv_timeout(Duration::from_secs(300)) {
+        Ok((Some(u), Some(k))) => (u, k),
+        other => {
+            let _ = child.kill();
+            panic!("the emulator did not print its URL and key: {other:?}");
+        }
+    };
+    Endpoint {
+        url: CosmosUrl::parse(&url).expect("emulator URL"),
+        key,
+        child: Some(child),
+    }
+}
+
+fn config(ep: &Endpoint, database: &str) -> CosmosConfig {
+    let mut url = ep.url.clone();
+    url.database = database.to_string();
+    CosmosConfig {
+        url,
+        auth: CosmosAuth::Key(ep.key.clone()),
+        region: "East US".into(),
+        retry: RetryPolicy::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cosmos_store_passes_the_contract() {
+    let ep = endpoint();
+    let n = AtomicU32::new(0);
+    let run = std::process::id();
+    contract::run_all(|| {
+        let cfg = config(
+            &ep,
+            &format!("contract-{run}-{}", n.fetch_add(1, Ordering::Relaxed)),
+        );
+        async move {
+            let created = CosmosStore::init(&cfg).await.expect("store init");
+            assert_eq!(
+                created.len(),
+                4,
+                "a new database and its 3 containers: {created:?}"
+            );
+            let again = CosmosStore::init(&cfg).await.expect("store init again");
+            assert!(again.is_empty(), "init is idempotent: {again:?}");
+            Arc::new(CosmosStore::connect(&cfg).await.expect("connect")) as Arc<dyn Store>
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_containers_and_bad_keys_are_named() {
+    let ep = endpoint();
+    let cfg = config(&ep, &format!("absent-{}", std::process::id()));
+    let err = CosmosStore::connect(&cfg)
+        .await
+        .err()
+        .expect("no such database");
+    assert!(
+        err.to_string().contains("store init"),
+        "the error says what to run: {err}"
+    );
+    let mut entra = cfg.clone();
+    entra.auth = CosmosAuth::AzureCli;
+    assert!(matches!(
+        CosmosStore::init(&entra).await,
+        Err(StoreError::Invalid(m)) if m.contains("key auth")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_heartbeats_are_listed_and_charges_counted() {
+    let ep = endpoint();
+    let cfg = config(&ep, &format!("ttl-{}", std::process::id()));
+    CosmosStore::init(&cfg).await.unwrap();
+    let s = CosmosStore::connect(&cfg).await.unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut m = contract::monitor("short", now + 1);
+    m.heartbeat_at_ms = now;
+    s.upsert_monitor(&m).await.unwrap();
+    assert!(
+        s.list_monitors(now - 1)
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.id == "short"),
+        "listed while live"
+    );
+    assert!(
+        s.stats().request_charge_milli > 0,
+        "request charges are counted"
+    );
+}
