@@ -45,7 +45,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
-    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The Cosmos SDK logs every retried request; clustermon counts and logs
+    // store failures itself, so the SDK speaks only of errors unless asked.
+    let mut level = cli.log_level.clone();
+    if !level.contains("azure") {
+        level.push_str(",azure_data_cosmos_driver=error,azure_data_cosmos=error,azure_core=error");
+    }
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

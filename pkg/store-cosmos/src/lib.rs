@@ -166,12 +166,10 @@ async fn client(cfg: &CosmosConfig) -> Result<CosmosClient, StoreError> {
     if cfg.url.is_loopback() {
         b = b.with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false));
     }
-    b.build(
-        account,
-        RoutingStrategy::ProximityTo(Region::new(cfg.region.clone())),
-    )
-    .await
-    .map_err(|e| map_err("connect", e))
+    let routing = RoutingStrategy::ProximityTo(Region::new(cfg.region.clone()));
+    b.build(account, routing)
+        .await
+        .map_err(|e| map_err("connect", e))
 }
 
 fn credential(auth: &CosmosAuth) -> Result<Arc<dyn TokenCredential>, StoreError> {
@@ -247,10 +245,17 @@ impl CosmosStore {
     pub async fn connect(cfg: &CosmosConfig) -> Result<Self, StoreError> {
         let client = client(cfg).await?;
         let db = client.database_client(cfg.url.database.as_str());
+        let counters = Arc::new(Counters::default());
         let container = |name: &'static str| {
             let db = &db;
+            let counters = &counters;
             async move {
-                db.container_client(name, None).await.map_err(|e| {
+                // Opening reads the container's metadata: retried like any request.
+                retry::run(&cfg.retry, counters, "open container", || {
+                    db.container_client(name, None)
+                })
+                .await
+                .map_err(|e| {
                     let not_found = is_not_found(&e);
                     let mut err = map_err(&format!("open container {name}"), e);
                     if not_found {
@@ -266,15 +271,17 @@ impl CosmosStore {
         let monitors = container(MONITORS).await?;
         let master = container(MASTER).await?;
         let clusters = container(CLUSTERS).await?;
-        let feed_ranges = match clusters.read_feed_ranges(None).await {
-            Ok(r) if !r.is_empty() => r.len(),
-            _ => 1,
-        };
+        let ranges = retry::run(&cfg.retry, &counters, "read feed ranges", || {
+            clusters.read_feed_ranges(None)
+        })
+        .await
+        .map_err(|e| map_err("read feed ranges", e))?;
+        let feed_ranges = ranges.len().max(1);
         Ok(Self {
             monitors,
             master,
             clusters,
-            counters: Arc::new(Counters::default()),
+            counters,
             retry: cfg.retry.clone(),
             feed_ranges,
         })

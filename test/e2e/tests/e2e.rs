@@ -1072,14 +1072,19 @@ fn cosmos_store_share_feed_relist_throttling_and_crash() {
         "deleted cluster still checked at {late:?} after the delete"
     );
 
-    // Throttling: 30% of requests answered 429 for two intervals; the
+    // Throttling: 30% of data-plane requests (those that cost request units)
+    // answered 429 for two intervals; the
     // monitors keep their buckets and their checks stay on schedule.
     let emu = s.cosmos.as_ref().expect("cosmos");
     let before = buckets(&s.store).expect("buckets");
     let retried_before = s
         .statsd
         .counter_sum("monitor.store.retries", &[("reason", "throttled")]);
-    emu.set_faults(serde_json::json!({"throttle_share": 0.3, "retry_after_ms": 50}));
+    emu.set_faults(serde_json::json!({
+        "throttle_share": 0.3,
+        "retry_after_ms": 50,
+        "kinds": ["read", "create", "replace", "upsert", "delete", "query", "changefeed"],
+    }));
     let t_thr = Instant::now();
     wait_checked(
         &s,
