@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt unit e2e demo clean
+.PHONY: all build test lint fmt unit e2e demo clean deps emulator-test
 
 all: build
 
@@ -16,15 +16,25 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit:
+unit: deps
 	$(CARGO) test --workspace --exclude clustermon-e2e
 
+# What the tests need beyond the Rust toolchain: node/npm and patch for the
+# local Cosmos DB endpoint (installed from Debian when missing), its npm
+# package with the project's patch.
+deps:
+	./hack/install-test-deps.sh
+
+# The local Cosmos DB endpoint's own tests (node's test runner).
+emulator-test: deps
+	cd hack/cosmos-emulator && node --test test.mjs
+
 # End-to-end: real binaries, a real SQLite file, a real UDP receiver.
-e2e: build
+e2e: build deps
 	$(CARGO) test -p clustermon-e2e -- --nocapture --test-threads 4
 
 # The e2e tests mostly wait on timers: run them side by side.
-test: lint build
+test: lint build emulator-test
 	$(CARGO) test --workspace -- --test-threads 4
 
 # Three monitors and a simulated fleet on one SQLite file, with a live view

@@ -14,6 +14,13 @@ if [[ -d "$PKG" && -f "$STAMP" && "$(cat "$STAMP")" == "$sum" ]]; then
   exit 0
 fi
 
+# Several tests may start the emulator at once on a fresh clone: one installs.
+exec 9>.install.lock
+flock 9
+if [[ -d "$PKG" && -f "$STAMP" && "$(cat "$STAMP")" == "$sum" ]]; then
+  exit 0
+fi
+
 echo "install.sh: installing @vercel/cosmosdb-server and applying $PATCH_FILE" >&2
 # npm ci starts from a clean node_modules, so the patch always meets pristine files
 npm ci --prefer-offline --no-audit --no-fund --ignore-scripts 1>&2

@@ -192,6 +192,21 @@ fn credential(auth: &CosmosAuth) -> Result<Arc<dyn TokenCredential>, StoreError>
     })
 }
 
+/// Only what a query filters on is indexed: `bucket` of clusters (the
+/// re-list). Everything else is read by id or whole, so indexing it would
+/// only add request units to every write (the RP's included).
+fn indexing_policy(container: &str) -> azure_data_cosmos::models::IndexingPolicy {
+    use azure_data_cosmos::models::{IndexingMode, IndexingPolicy};
+    let mut p = IndexingPolicy::default()
+        .with_indexing_mode(IndexingMode::Consistent)
+        .with_excluded_path("/*");
+    p.automatic = true;
+    if container == CLUSTERS {
+        p = p.with_included_path("/bucket/?");
+    }
+    p
+}
+
 fn unavailable(what: &str, e: &dyn std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
 }
@@ -305,7 +320,8 @@ impl CosmosStore {
         }
         let db = client.database_client(dbname);
         for name in [MONITORS, MASTER, CLUSTERS] {
-            let mut props = ContainerProperties::new(name, PartitionKeyDefinition::from("/id"));
+            let mut props = ContainerProperties::new(name, PartitionKeyDefinition::from("/id"))
+                .with_indexing_policy(indexing_policy(name));
             if name == MONITORS {
                 // TTL on, no default: each heartbeat carries its own `ttl`.
                 props = props.with_default_ttl(azure_data_cosmos::models::TimeToLive::NoDefault);
