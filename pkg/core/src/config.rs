@@ -21,6 +21,8 @@ pub struct EngineConfig {
     /// How often a monitor re-lists its buckets to find deletes, for stores
     /// whose change feed does not carry them; zero turns the re-list off.
     pub relist_interval: Duration,
+    /// Base URL of this monitor's admin API, advertised in its heartbeat.
+    pub admin_url: String,
 }
 
 impl EngineConfig {
@@ -39,6 +41,7 @@ impl EngineConfig {
             shutdown_grace: Duration::from_secs(10),
             feed_page_size: 1000,
             relist_interval: Duration::from_secs(600),
+            admin_url: String::new(),
         }
     }
 

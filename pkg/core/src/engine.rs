@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,14 +28,112 @@ use crate::schedule::{
 };
 use crate::store::{Store, StoreError, StoreResult};
 
-/// Read-only views of a running engine, for operator tooling.
+/// Views of a running engine and its controls, for operator tooling (the
+/// admin API). Reading never blocks the engine.
 #[derive(Clone)]
 pub struct EngineHandles {
+    pub me: Arc<str>,
+    pub version: String,
+    pub interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub check_timeout: Duration,
+    pub clock: Clock,
+    pub store: Arc<dyn Store>,
     pub map: ClusterMap,
     pub assignment: watch::Receiver<Arc<Assignment>>,
     pub assignment_read_ms: Arc<AtomicI64>,
+    /// Clock time of the last pass whose store calls all succeeded (0: none yet).
+    pub store_ok_ms: Arc<AtomicI64>,
+    pub draining: Arc<AtomicBool>,
     pub stats: Arc<SchedStats>,
     pub last_checks: Arc<DashMap<Arc<str>, LastCheck>>,
+    checker: Arc<dyn Checker>,
+    metrics: Metrics,
+    cmds: mpsc::Sender<Cmd>,
+}
+
+impl EngineHandles {
+    /// Why this monitor is not ready, if it is not: the store answered
+    /// within two heartbeat intervals, the assignment was read, the initial
+    /// feed replay is done.
+    pub fn not_ready(&self) -> Vec<String> {
+        let now = self.clock.now_ms();
+        let mut why = Vec::new();
+        let ok = self.store_ok_ms.load(Ordering::Acquire);
+        let limit = ms(self.heartbeat_interval * 2);
+        if ok == 0 {
+            why.push("the store has not answered yet".to_string());
+        } else if now - ok > limit {
+            why.push(format!(
+                "the store has not answered for {:.1}s (limit {:.1}s)",
+                (now - ok) as f64 / 1000.0,
+                limit as f64 / 1000.0
+            ));
+        }
+        if self.assignment_read_ms.load(Ordering::Acquire) == 0 {
+            why.push("the bucket assignment has not been read yet".into());
+        }
+        if !self.map.replay_done() {
+            why.push("the initial change feed replay is not done".into());
+        }
+        why
+    }
+
+    /// The self metrics in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        self.metrics.prometheus()
+    }
+
+    /// Clusters whose last check here failed.
+    pub fn failing(&self) -> Vec<(Arc<str>, LastCheck)> {
+        self.last_checks
+            .iter()
+            .filter(|e| !e.value().report.ok)
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// Hands every bucket of this monitor over (no gap, no duplicate) and
+    /// keeps it running, draining; answers the handoff time.
+    pub async fn drain(&self) -> Result<i64, String> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Leave(tx))
+            .await
+            .map_err(|_| "the monitor is stopping".to_string())?;
+        rx.await
+            .map_err(|_| "the monitor is stopping".to_string())?
+    }
+
+    /// Checks a cluster now, as the scheduler would (metrics included), and
+    /// records the result. `None` when this monitor does not know the cluster.
+    pub async fn check_now(&self, id: &str) -> Option<LastCheck> {
+        let entry = self.map.get(id)?;
+        let started = Instant::now();
+        let started_ms = self.clock.now_ms();
+        let deadline = started + self.check_timeout;
+        let ctx = crate::check::CheckCtx {
+            cluster: &entry,
+            metrics: &self.metrics,
+            deadline,
+        };
+        let report = match tokio::time::timeout_at(
+            deadline + Duration::from_secs(1),
+            self.checker.check(ctx),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => crate::check::CheckReport::failed("check timed out"),
+        };
+        let last = LastCheck {
+            started_ms,
+            duration_ms: ms(started.elapsed()) as u64,
+            report,
+        };
+        self.last_checks.insert(entry.id.clone(), last.clone());
+        Some(last)
+    }
 }
 
 pub struct Engine {
@@ -48,6 +146,7 @@ pub struct Engine {
     events: mpsc::Receiver<ClusterEvent>,
     assignment_tx: watch::Sender<Arc<Assignment>>,
     handles: EngineHandles,
+    cmd_rx: mpsc::Receiver<Cmd>,
 }
 
 impl Engine {
@@ -61,12 +160,25 @@ impl Engine {
         cfg.validate()?;
         let (reflector, map, events) = Reflector::new(metrics.clone(), clock, 4096);
         let (assignment_tx, assignment) = watch::channel(Arc::new(Assignment::empty()));
+        let (cmds, cmd_rx) = mpsc::channel::<Cmd>(4);
         let handles = EngineHandles {
+            me: cfg.id.as_str().into(),
+            version: cfg.version.clone(),
+            interval: cfg.interval,
+            heartbeat_interval: cfg.heartbeat_interval,
+            check_timeout: cfg.check_timeout,
+            clock,
+            store: store.clone(),
             map,
             assignment,
             assignment_read_ms: Arc::new(AtomicI64::new(0)),
+            store_ok_ms: Arc::new(AtomicI64::new(0)),
+            draining: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(SchedStats::default()),
             last_checks: Arc::new(DashMap::new()),
+            checker: checker.clone(),
+            metrics: metrics.clone(),
+            cmds,
         };
         Ok(Self {
             cfg,
@@ -78,6 +190,7 @@ impl Engine {
             events,
             assignment_tx,
             handles,
+            cmd_rx,
         })
     }
 
@@ -100,6 +213,7 @@ impl Engine {
             events,
             assignment_tx,
             handles,
+            cmd_rx,
         } = self;
         let me: Arc<str> = cfg.id.as_str().into();
         let tracker = TaskTracker::new();
@@ -139,7 +253,7 @@ impl Engine {
         );
 
         let (refresh_tx, refresh_rx) = mpsc::channel::<RefreshRequest>(16);
-        let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(4);
+        let cmd_tx = handles.cmds.clone();
         let member = MembershipLoop {
             cfg: cfg.clone(),
             store: store.clone(),
@@ -147,7 +261,6 @@ impl Engine {
             clock,
             me: me.clone(),
             started_at: Utc::now(),
-            draining: false,
             assignment_tx,
             h: handles.clone(),
             rate: RateWindow::default(),
@@ -272,7 +385,6 @@ struct MembershipLoop {
     clock: Clock,
     me: Arc<str>,
     started_at: chrono::DateTime<Utc>,
-    draining: bool,
     assignment_tx: watch::Sender<Arc<Assignment>>,
     h: EngineHandles,
     rate: RateWindow,
@@ -336,6 +448,10 @@ impl MembershipLoop {
         }
     }
 
+    fn draining(&self) -> bool {
+        self.h.draining.load(Ordering::Acquire)
+    }
+
     fn timing(&self, now_ms: i64) -> PassTiming {
         PassTiming {
             now_ms,
@@ -368,8 +484,8 @@ impl MembershipLoop {
             hostname: self.cfg.hostname.clone(),
             version: self.cfg.version.clone(),
             started_at: self.started_at,
-            admin_url: String::new(),
-            draining: self.draining,
+            admin_url: self.cfg.admin_url.clone(),
+            draining: self.draining(),
             expires_at_ms: now_ms + ms(self.cfg.heartbeat_ttl),
             heartbeat_at_ms: now_ms,
             stats: MonitorStats {
@@ -378,6 +494,8 @@ impl MembershipLoop {
                 checks_per_s: self
                     .rate
                     .update(self.h.stats.started.load(Ordering::Relaxed)),
+                ready: self.h.not_ready().is_empty(),
+                failing: self.h.last_checks.iter().filter(|e| !e.report.ok).count() as u32,
             },
         };
         self.op("heartbeat", self.store.upsert_monitor(&doc))
@@ -401,8 +519,11 @@ impl MembershipLoop {
             }
         };
         let since = *self.connected_since_ms.get_or_insert(now);
+        if hb_ok {
+            self.h.store_ok_ms.store(now, Ordering::Release);
+        }
         let mut view = master.as_ref().map(|v| v.value.clone().normalised());
-        if let (false, Ok(live)) = (self.draining, &live) {
+        if let (false, Ok(live)) = (self.draining(), &live) {
             let table = view.as_ref().map(|d| d.buckets.clone()).unwrap_or_default();
             for m in live {
                 self.last_heartbeat_ms
@@ -480,7 +601,7 @@ impl MembershipLoop {
 
     /// Marks this monitor draining and hands its buckets to the others.
     async fn leave(&mut self) -> Result<i64, String> {
-        self.draining = true;
+        self.h.draining.store(true, Ordering::Release);
         for _ in 0..5 {
             let now = self.clock.now_ms();
             self.heartbeat(now).await;

@@ -10,6 +10,7 @@
 //! - [`engine`]: membership loop and wiring, graceful shutdown.
 //! - [`metrics`]: every metric, and the non-blocking statsd emitter.
 
+pub mod admin;
 pub mod balance;
 pub mod check;
 pub mod clock;

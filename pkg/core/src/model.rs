@@ -200,6 +200,10 @@ pub struct MonitorStats {
     pub buckets: u32,
     pub cache_size: u64,
     pub checks_per_s: f64,
+    /// Whether the monitor was ready at its last heartbeat.
+    pub ready: bool,
+    /// Clusters whose last check by this monitor failed.
+    pub failing: u32,
 }
 
 /// A monitor's heartbeat document. It is live while `expires_at_ms` is in

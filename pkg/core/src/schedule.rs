@@ -72,7 +72,7 @@ impl Assignment {
 }
 
 /// Result of the last check of a cluster, for operators.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct LastCheck {
     pub started_ms: i64,
     pub duration_ms: u64,
@@ -418,23 +418,11 @@ impl Scheduler {
                 }
                 Ok(Err(_)) => {
                     tracing::error!(cluster = %entry.id, "check panicked");
-                    (
-                        CheckReport {
-                            ok: false,
-                            summary: "check panicked".into(),
-                        },
-                        "failed",
-                    )
+                    (CheckReport::failed("check panicked"), "failed")
                 }
                 Err(_) => {
                     metrics.self_count(names::CHECKS_TIMEDOUT, 1, &[]);
-                    (
-                        CheckReport {
-                            ok: false,
-                            summary: "check timed out".into(),
-                        },
-                        "timeout",
-                    )
+                    (CheckReport::failed("check timed out"), "timeout")
                 }
             };
             metrics.timer_ms(
@@ -548,6 +536,7 @@ mod scheduler_tests {
             CheckReport {
                 ok: true,
                 summary: "ok".into(),
+                ..Default::default()
             }
         }
     }

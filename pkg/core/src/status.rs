@@ -21,6 +21,9 @@ pub struct MonitorStatus {
     pub draining: bool,
     pub checks_per_s: f64,
     pub cache_size: u64,
+    pub ready: bool,
+    pub admin_url: String,
+    pub failing: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -69,6 +72,9 @@ pub fn fleet_status(
                 draining: m.draining,
                 checks_per_s: m.stats.checks_per_s,
                 cache_size: m.stats.cache_size,
+                ready: m.stats.ready,
+                admin_url: m.admin_url.clone(),
+                failing: m.stats.failing,
             })
             .collect(),
         unassigned_buckets: owners.iter().filter(|o| o.is_none()).count() as u32,

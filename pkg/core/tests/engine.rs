@@ -38,6 +38,7 @@ impl Checker for Recorder {
         CheckReport {
             ok: true,
             summary: "ok".into(),
+            ..Default::default()
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::kube::{KubeClient, KubeError};
-use super::{CheckCtx, CheckReport, Checker};
+use super::{CheckCtx, CheckReport, Checker, CollectorOutcome};
 use crate::clock::Clock;
 use crate::feed::{ClusterEntry, CredentialSource};
 use crate::metrics::{names, Metrics};
@@ -161,10 +161,7 @@ impl KubeChecker {
             Ok(c) => c,
             Err(reason) => {
                 collector_error(emit, "credentials", &KubeError::Config(reason.clone()));
-                return CheckReport {
-                    ok: false,
-                    summary: reason,
-                };
+                return CheckReport::failed(reason);
             }
         };
         if creds.insecure_skip_tls_verify {
@@ -182,10 +179,7 @@ impl KubeChecker {
             Ok(k) => k,
             Err(err) => {
                 collector_error(emit, "credentials", &err);
-                return CheckReport {
-                    ok: false,
-                    summary: err.to_string(),
-                };
+                return CheckReport::failed(err.to_string());
             }
         };
         drop(creds);
@@ -193,7 +187,7 @@ impl KubeChecker {
         // The API server first: healthz always emitted.
         let t = Instant::now();
         let health = kube.get("/healthz").await;
-        timing(emit, "apiserver", t);
+        let apiserver_ms = timing(emit, "apiserver", t);
         let (code, peer) = match &health {
             Ok(r) => (r.status, r.peer_certificate.clone()),
             Err(_) => (0, None),
@@ -204,12 +198,19 @@ impl KubeChecker {
                 Err(err) => err.to_string(),
                 Ok(_) => format!("healthz {code}"),
             };
+            let mut outcomes = vec![CollectorOutcome {
+                name: "apiserver",
+                ok: false,
+                duration_ms: apiserver_ms,
+                error: Some(why.clone().into_boxed_str()),
+            }];
             if code != 0 {
-                readyz(&kube, emit).await;
+                outcomes.push(readyz(&kube, emit).await);
             }
             return CheckReport {
                 ok: false,
                 summary: why,
+                collectors: outcomes.into_boxed_slice(),
             };
         }
         let probe = Probe {
@@ -222,33 +223,42 @@ impl KubeChecker {
             .iter()
             .map(|c| run_collector(c.as_ref(), &kube, &probe, emit))
             .collect();
-        let failures: Vec<String> = futures::stream::iter(runs)
-            .buffer_unordered(self.concurrency)
-            .filter_map(|r| async move { r })
+        let mut outcomes: Vec<CollectorOutcome> = futures::stream::iter(runs)
+            .buffered(self.concurrency)
             .collect()
             .await;
-        if failures.is_empty() {
-            CheckReport {
+        let failures: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.name)))
+            .collect();
+        outcomes.insert(
+            0,
+            CollectorOutcome {
+                name: "apiserver",
                 ok: true,
-                summary: "healthz 200".into(),
-            }
-        } else {
-            CheckReport {
-                ok: false,
-                summary: format!("healthz 200; {}", failures.join("; ")),
-            }
+                duration_ms: apiserver_ms,
+                error: None,
+            },
+        );
+        CheckReport {
+            ok: failures.is_empty(),
+            summary: if failures.is_empty() {
+                "healthz 200".into()
+            } else {
+                format!("healthz 200; {}", failures.join("; "))
+            },
+            collectors: outcomes.into_boxed_slice(),
         }
     }
 }
 
-/// Runs one collector: timed, panics contained, errors counted. Returns a
-/// failure description, if any.
+/// Runs one collector: timed, panics contained, errors counted.
 async fn run_collector(
     c: &dyn Collector,
     kube: &KubeClient,
     probe: &Probe,
     emit: &Emit<'_>,
-) -> Option<String> {
+) -> CollectorOutcome {
     let t = Instant::now();
     let run = std::panic::AssertUnwindSafe(c.collect(kube, probe, emit)).catch_unwind();
     let res = match run.await {
@@ -258,19 +268,28 @@ async fn run_collector(
             Err(KubeError::Decode("collector panicked".into()))
         }
     };
-    timing(emit, c.name(), t);
-    res.err().map(|err| {
+    let duration_ms = timing(emit, c.name(), t);
+    let error = res.err().map(|err| {
         collector_error(emit, c.name(), &err);
-        format!("{}: {err}", c.name())
-    })
+        err.to_string().into_boxed_str()
+    });
+    CollectorOutcome {
+        name: c.name(),
+        ok: error.is_none(),
+        duration_ms,
+        error,
+    }
 }
 
-fn timing(emit: &Emit<'_>, collector: &str, since: Instant) {
+/// Emits a collector's duration; returns it in milliseconds.
+fn timing(emit: &Emit<'_>, collector: &str, since: Instant) -> u32 {
+    let ms = since.elapsed().as_millis() as u64;
     emit.metrics.timer_ms(
         names::COLLECTOR_DURATION,
-        since.elapsed().as_millis() as u64,
+        ms,
         &emit.cluster.tags_with(&[("collector", collector)]),
     );
+    ms.min(u64::from(u32::MAX)) as u32
 }
 
 /// `/readyz?verbose` lines look like `[-]etcd failed: reason withheld`.
@@ -282,23 +301,35 @@ pub fn failed_readyz_checks(body: &str) -> Vec<&str> {
         .collect()
 }
 
-async fn readyz(kube: &KubeClient, emit: &Emit<'_>) {
+async fn readyz(kube: &KubeClient, emit: &Emit<'_>) -> CollectorOutcome {
     let t = Instant::now();
-    match kube.get("/readyz?verbose").await {
+    let error = match kube.get("/readyz?verbose").await {
         // An API server that refuses us (401, 403) or answers something
         // else than a health report is a collector error, not a health state.
         Ok(r) if !(200..300).contains(&r.status) && !(500..600).contains(&r.status) => {
-            collector_error(emit, "readyz", &KubeError::Status(r.status))
+            let err = KubeError::Status(r.status);
+            collector_error(emit, "readyz", &err);
+            Some(err.to_string())
         }
         Ok(r) => {
             let body = String::from_utf8_lossy(&r.body);
-            for check in failed_readyz_checks(&body) {
+            let failed = failed_readyz_checks(&body);
+            for check in &failed {
                 emit.gauge(names::READYZ_FAILED, 1, &[("check", check)]);
             }
+            (!failed.is_empty()).then(|| format!("failing: {}", failed.join(",")))
         }
-        Err(err) => collector_error(emit, "readyz", &err),
+        Err(err) => {
+            collector_error(emit, "readyz", &err);
+            Some(err.to_string())
+        }
+    };
+    CollectorOutcome {
+        name: "readyz",
+        ok: error.is_none(),
+        duration_ms: timing(emit, "readyz", t),
+        error: error.map(String::into_boxed_str),
     }
-    timing(emit, "readyz", t);
 }
 
 // ---- decoders: only the fields used; everything else is ignored ----

@@ -21,10 +21,33 @@ pub struct CheckCtx<'a> {
 }
 
 /// Outcome of a check, kept for operators (never contains credentials).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct CheckReport {
     pub ok: bool,
     pub summary: String,
+    /// Each collector that ran, in order (the API server first).
+    pub collectors: Box<[CollectorOutcome]>,
+}
+
+impl CheckReport {
+    pub fn failed(summary: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            summary: summary.into(),
+            collectors: Box::new([]),
+        }
+    }
+}
+
+/// One collector's result within a check.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CollectorOutcome {
+    pub name: &'static str,
+    pub ok: bool,
+    pub duration_ms: u32,
+    /// Why it failed (an error class and status, never a body or a secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Box<str>>,
 }
 
 #[async_trait]

@@ -199,6 +199,48 @@ pub struct Metrics {
     client: Arc<StatsdClient>,
     monitor: Arc<str>,
     stats: Arc<EmitStats>,
+    selfv: Arc<SelfValues>,
+}
+
+/// The self metrics' current values (gauges: last, counters: running sum),
+/// for the admin API's Prometheus page: the same set statsd receives.
+#[derive(Default)]
+struct SelfValues {
+    values: std::sync::Mutex<std::collections::BTreeMap<(String, Vec<(String, String)>), f64>>,
+}
+
+impl SelfValues {
+    fn update(&self, name: &str, tags: &[(&str, &str)], value: f64, add: bool) {
+        let key = (
+            name.to_string(),
+            tags.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let mut g = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        let e = g.entry(key).or_insert(0.0);
+        if add {
+            *e += value;
+        } else {
+            *e = value;
+        }
+    }
+}
+
+/// `monitor.buckets.owned` -> `clustermon_monitor_buckets_owned`.
+fn prom_name(name: &str) -> String {
+    let mut n = String::from("clustermon_");
+    n.extend(
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+    );
+    n
+}
+
+fn prom_escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -219,6 +261,7 @@ impl Metrics {
                 client: Arc::new(client),
                 monitor: monitor.into(),
                 stats: stats.clone(),
+                selfv: Arc::default(),
             },
             Writer::new(rx, out, stats, clock),
         )
@@ -268,7 +311,9 @@ impl Metrics {
 
     /// Self metric with the `monitor` tag.
     pub fn self_gauge(&self, name: &str, value: u64) {
-        self.gauge(name, value, &[("monitor", &self.monitor)]);
+        let tags = [("monitor", &*self.monitor)];
+        self.selfv.update(name, &tags, value as f64, false);
+        self.gauge(name, value, &tags);
     }
 
     /// Self counter with the `monitor` tag and `extra` tags.
@@ -276,7 +321,46 @@ impl Metrics {
         let mut tags = Vec::with_capacity(extra.len() + 1);
         tags.push(("monitor", &*self.monitor));
         tags.extend_from_slice(extra);
+        self.selfv.update(name, &tags, value as f64, true);
         self.count(name, value, &tags);
+    }
+
+    /// The self metrics in the Prometheus text exposition format (0.0.4):
+    /// each with its HELP and TYPE from [`CATALOG`], counters as `_total`.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let values = self.selfv.values.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        for def in CATALOG {
+            let mut rows = values
+                .range((def.name.to_string(), Vec::new())..)
+                .take_while(|((n, _), _)| n == def.name)
+                .peekable();
+            if rows.peek().is_none() {
+                continue;
+            }
+            let (ty, suffix) = match def.kind {
+                Kind::Counter => ("counter", "_total"),
+                Kind::Gauge | Kind::Timer => ("gauge", ""),
+            };
+            let name = format!("{}{suffix}", prom_name(def.name));
+            let _ = writeln!(out, "# HELP {name} {}", def.help.replace('\n', " "));
+            let _ = writeln!(out, "# TYPE {name} {ty}");
+            for ((_, tags), v) in rows {
+                let labels: Vec<String> = tags
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{}=\"{}\"",
+                            prom_name(k).trim_start_matches("clustermon_"),
+                            prom_escape(v)
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(out, "{name}{{{}}} {v}", labels.join(","));
+            }
+        }
+        out
     }
 }
 
@@ -296,6 +380,38 @@ pub fn sanitize_tag(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prometheus_page_has_the_self_metrics_with_help_and_type() {
+        let m = Metrics::disabled();
+        m.self_gauge(names::BUCKETS_OWNED, 86);
+        m.self_gauge(names::BUCKETS_OWNED, 85);
+        m.self_count(names::STORE_RETRIES, 2, &[("reason", "throttled")]);
+        m.self_count(names::STORE_RETRIES, 3, &[("reason", "throttled")]);
+        m.self_count(names::STORE_RETRIES, 1, &[("reason", "a\"b")]);
+        let page = m.prometheus();
+        assert!(page.contains("# TYPE clustermon_monitor_buckets_owned gauge\n"));
+        assert!(
+            page.contains("clustermon_monitor_buckets_owned{monitor=\"none\"} 85\n"),
+            "{page}"
+        );
+        assert!(page.contains("# TYPE clustermon_monitor_store_retries_total counter\n"));
+        assert!(
+            page.contains(
+                "clustermon_monitor_store_retries_total{monitor=\"none\",reason=\"throttled\"} 5\n"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains("reason=\"a\\\"b\""),
+            "label values are escaped: {page}"
+        );
+        assert!(page.contains("# HELP clustermon_monitor_buckets_owned "));
+        assert!(
+            !page.contains("apiserver"),
+            "per-cluster metrics stay in statsd"
+        );
+    }
 
     #[test]
     fn catalog_has_unique_names_and_docs_list_them_all() {

@@ -1,0 +1,338 @@
+//! The admin API of one monitor: health, Prometheus metrics, debug views,
+//! check-now and drain, and the status page. Plain HTTP/1.1 on hyper.
+//!
+//! GETs answer from the engine's handles (and, for the status page, two
+//! store reads bounded by a heartbeat interval); POSTs need the bearer token
+//! when one is configured. No answer ever contains credentials: cluster
+//! entries are shown by id, bucket, state and check results only.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::EngineHandles;
+use crate::schedule::{next_due, phase_ms, LastCheck};
+use crate::status::{bucket_owners, fleet_status};
+
+const PAGE: &str = include_str!("page.html");
+/// Connections served at once; more wait in the kernel's accept queue.
+const MAX_CONNS: usize = 64;
+
+type Resp = Response<Full<Bytes>>;
+
+/// The bearer token that mutating endpoints require.
+#[derive(Clone)]
+pub struct Token(Arc<str>);
+
+impl Token {
+    pub fn new(t: &str) -> Result<Self, String> {
+        let t = t.trim();
+        if t.len() < 16 {
+            return Err("the admin token must be at least 16 characters".into());
+        }
+        Ok(Self(t.into()))
+    }
+
+    /// Constant-time comparison with an `Authorization` header value.
+    fn accepts(&self, header: Option<&str>) -> bool {
+        let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let (a, b) = (given.trim().as_bytes(), self.0.as_bytes());
+        let mut diff = a.len() ^ b.len();
+        for (i, x) in b.iter().enumerate() {
+            diff |= usize::from(x ^ a.get(i).copied().unwrap_or(0));
+        }
+        diff == 0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Serves the admin API on `listener` until `stop` is cancelled; then
+/// stops accepting and ends open connections.
+pub async fn serve(
+    listener: TcpListener,
+    h: EngineHandles,
+    token: Option<Token>,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNS));
+    let mut conns = JoinSet::new();
+    let state = Arc::new((h, token));
+    loop {
+        while conns.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let tcp = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &state.0, state.1.as_ref()).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive(true)
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = conn => if let Err(e) = r { tracing::debug!(error = %e, "admin connection ended") },
+            }
+        });
+    }
+    conns.shutdown().await;
+}
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r.headers_mut().insert(
+        CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn json_resp(status: StatusCode, v: &impl Serialize) -> Resp {
+    match serde_json::to_vec(v) {
+        Ok(b) => respond(status, "application/json", b),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("encoding the answer failed: {e}\n"),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Resp {
+    respond(status, "text/plain; charset=utf-8", body.into())
+}
+
+async fn handle(req: Request<Incoming>, h: &EngineHandles, token: Option<&Token>) -> Resp {
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    if method == Method::POST {
+        if let Some(t) = token {
+            let auth = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !t.accepts(auth) {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    "a valid bearer token is required\n",
+                );
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
+        }
+    }
+    match (method, segs.as_slice()) {
+        (Method::GET, [""]) => respond(StatusCode::OK, "text/html; charset=utf-8", PAGE),
+        (Method::GET, ["healthz", "live"]) => text(StatusCode::OK, "ok\n"),
+        (Method::GET, ["healthz", "ready"]) => {
+            let why = h.not_ready();
+            if why.is_empty() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {}\n", why.join("; ")),
+                )
+            }
+        }
+        (Method::GET, ["metrics"]) => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            h.prometheus(),
+        ),
+        (Method::GET, ["debug", "clusters", id]) => match cluster_debug(h, id) {
+            Some(v) => json_resp(StatusCode::OK, &v),
+            None => json_resp(
+                StatusCode::NOT_FOUND,
+                &json!({"id": id, "known": false, "reason": "no such cluster in this monitor's cache"}),
+            ),
+        },
+        (Method::GET, ["debug", "assignment"]) => json_resp(StatusCode::OK, &assignment_debug(h)),
+        (Method::GET, ["api", "status"]) => match api_status(h).await {
+            Ok(v) => json_resp(StatusCode::OK, &v),
+            Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": e})),
+        },
+        (Method::POST, ["admin", "check", id]) => match h.check_now(id).await {
+            Some(last) => json_resp(StatusCode::OK, &check_json(id, &last)),
+            None => json_resp(
+                StatusCode::NOT_FOUND,
+                &json!({"id": id, "error": "no such cluster in this monitor's cache"}),
+            ),
+        },
+        (Method::POST, ["admin", "drain"]) => match h.drain().await {
+            Ok(handoff_at_ms) => json_resp(
+                StatusCode::OK,
+                &json!({"monitor": &*h.me, "draining": true, "handoff_at_ms": handoff_at_ms}),
+            ),
+            Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": e})),
+        },
+        (_, ["admin", ..]) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn check_json(id: &str, last: &LastCheck) -> Value {
+    json!({
+        "id": id,
+        "started_ms": last.started_ms,
+        "duration_ms": last.duration_ms,
+        "ok": last.report.ok,
+        "summary": last.report.summary,
+        "collectors": last.report.collectors,
+    })
+}
+
+/// What this monitor knows of one cluster.
+pub fn cluster_debug(h: &EngineHandles, id: &str) -> Option<Value> {
+    let now = h.clock.now_ms();
+    let entry = h.map.get(id);
+    let invalid = h.map.invalid_reason(id);
+    if entry.is_none() && invalid.is_none() {
+        return None;
+    }
+    let view = h.assignment.borrow().clone();
+    let mut v = json!({
+        "id": id,
+        "known": entry.is_some(),
+        "monitor": &*h.me,
+        "invalid_reason": invalid,
+        "generation": view.generation,
+    });
+    if let Some(e) = &entry {
+        let b = view.bucket(e.bucket);
+        let interval = crate::clock::ms(h.interval);
+        let due = next_due(now, phase_ms(id, interval), interval);
+        v["bucket"] = json!(e.bucket);
+        v["state"] = json!(e.state.as_str());
+        v["checkable"] = json!(e.state.is_checkable());
+        v["owner"] = json!(b.owner);
+        v["prev"] = json!(b.prev);
+        v["handoff_at_ms"] = json!(b.handoff_at_ms);
+        v["owned"] = json!(b.involves(&h.me, now));
+        v["checker_at_next_due"] = json!(b.owner_at(due));
+        v["next_due_ms"] = json!(due);
+        v["last_check"] = h
+            .last_checks
+            .get(id)
+            .map(|l| check_json(id, &l))
+            .unwrap_or(Value::Null);
+    }
+    Some(v)
+}
+
+pub fn assignment_debug(h: &EngineHandles) -> Value {
+    let now = h.clock.now_ms();
+    let view = h.assignment.borrow().clone();
+    let me = &*h.me;
+    let owned: Vec<usize> = (0..view.buckets.len())
+        .filter(|b| view.buckets[*b].owner.as_deref() == Some(me))
+        .collect();
+    let handing_over: Vec<Value> = view
+        .buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.prev.as_deref() == Some(me) && now < b.handoff_at_ms)
+        .map(|(i, b)| json!({"bucket": i, "to": b.owner, "handoff_at_ms": b.handoff_at_ms}))
+        .collect();
+    json!({
+        "monitor": me,
+        "generation": view.generation,
+        "lease_owner": view.lease_owner,
+        "lease_expires_ms": view.lease_expires_ms,
+        "read_at_ms": h.assignment_read_ms.load(Ordering::Acquire),
+        "draining": h.draining.load(Ordering::Acquire),
+        "owned": owned,
+        "handing_over": handing_over,
+        "owners": view.buckets.iter().map(|b| b.owner.clone()).collect::<Vec<_>>(),
+    })
+}
+
+/// The status page's data: the fleet as the store says now, plus what this
+/// monitor knows (readiness, its failing clusters).
+async fn api_status(h: &EngineHandles) -> Result<Value, String> {
+    let now = h.clock.now_ms();
+    let bound = h.heartbeat_interval.max(Duration::from_secs(1));
+    let read = async {
+        let live = h.store.list_monitors(now).await?;
+        let master = h.store.read_master().await?;
+        Ok::<_, crate::store::StoreError>((live, master))
+    };
+    let (live, master) = match tokio::time::timeout(bound, read).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(format!("store: {e}")),
+        Err(_) => return Err("store: no answer within a heartbeat interval".into()),
+    };
+    let master = master.map(|m| m.value);
+    let fleet = fleet_status(master.as_ref(), &live, h.map.len() as u64, now);
+    let owners = bucket_owners(master.as_ref(), &live);
+    let failing: Vec<Value> = h
+        .failing()
+        .into_iter()
+        .map(|(id, last)| {
+            let bucket = h.map.get(&id).map(|e| e.bucket);
+            json!({
+                "id": &*id,
+                "bucket": bucket,
+                "owner": bucket.and_then(|b| owners[usize::from(b)].clone()),
+                "last_check_ms": last.started_ms,
+                "summary": last.report.summary,
+            })
+        })
+        .collect();
+    let not_ready = h.not_ready();
+    Ok(json!({
+        "self": {"id": &*h.me, "version": h.version, "ready": not_ready.is_empty(), "not_ready": not_ready},
+        "generated_at_ms": now,
+        "fleet": fleet,
+        "buckets": owners,
+        "failing": failing,
+    }))
+}
+
+#[cfg(test)]
+mod tests;
