@@ -34,7 +34,7 @@ SIM=$(sed -n 's/^fleetsim listening on //p' "$DIR/fleetsim.out")
 declare -A MON
 for m in m1 m2 m3; do
     "$BIN/clustermon" run --store "$STORE" --statsd "udp:127.0.0.1:$STATSD_PORT" --id "$m" \
-        --interval 10s --check-timeout 5s 2>"$DIR/$m.log" &
+        --admin-listen 127.0.0.1:0 --interval 10s --check-timeout 5s 2>"$DIR/$m.log" &
     MON[$m]=$!
     PIDS+=($!)
 done

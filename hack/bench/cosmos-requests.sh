@@ -19,7 +19,7 @@ base="http://$(echo "$url" | sed -E 's#cosmos://([^/]+)/.*#\1#')"
 for _ in $(seq 600); do [[ -s "$dir/fleet.out" ]] && break; sleep 0.1; done
 curl -s -XPOST "$base/_emulator/stats/reset" >/dev/null
 for i in $(seq "$N"); do
-  "$bin/clustermon" run --store "$url" --statsd none --collectors healthz --id "m$i" 2>"$dir/m$i.log" & pids+=($!)
+  "$bin/clustermon" run --store "$url" --statsd none --collectors healthz --id "m$i" --admin-listen 127.0.0.1:0 2>"$dir/m$i.log" & pids+=($!)
 done
 # Start-up: until every monitor logged its replay and the buckets settled.
 for _ in $(seq 600); do

@@ -68,7 +68,7 @@ def main():
         url = sim.stdout.readline().strip().removeprefix("fleetsim listening on ")
         register_s = time.monotonic() - t
         mon = subprocess.Popen([f"{a.bin_dir}/clustermon", "run", "--store", store, "--statsd", f"udp:127.0.0.1:{port}",
-                                "--id", "bench", "--interval", a.interval, "--collectors", a.profile],
+                                "--id", "bench", "--admin-listen", "127.0.0.1:0", "--interval", a.interval, "--collectors", a.profile],
                                stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/monitor.log", "w"))
         procs.append(mon)
 

@@ -72,6 +72,51 @@ pub enum Command {
     /// Manage the store itself.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Who checks a cluster, when it was last checked and, if it is not, why.
+    Explain(ExplainArgs),
+    /// Hand a monitor's buckets to the others (no gap, no duplicate check);
+    /// the monitor stays up and finishes its in-flight checks.
+    Drain(DrainArgs),
+    /// Run a check of a cluster now, on its owner, and print the result.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AdminTokenArg {
+    /// Bearer token for the monitors' admin APIs (their --admin-token-file).
+    #[arg(long, env = "CLUSTERMON_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    pub cluster_id: String,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    pub monitor_id: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[command(flatten)]
+    pub token: AdminTokenArg,
+    /// Return only when the monitor owns no bucket and hands none over.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (exit 1).
+    #[arg(long, default_value = "2m", value_parser = duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    pub cluster_id: String,
+    #[command(flatten)]
+    pub read: ReadArgs,
+    #[command(flatten)]
+    pub token: AdminTokenArg,
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +192,21 @@ pub struct RunArgs {
     pub shutdown_grace: Duration,
     #[command(flatten)]
     pub secrets: SecretsArg,
+    /// Admin API listener (health, metrics, debug, drain, status page).
+    /// Port 0 picks a free one; a non-loopback address needs --admin-token-file.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9464",
+        env = "CLUSTERMON_ADMIN_LISTEN"
+    )]
+    pub admin_listen: std::net::SocketAddr,
+    /// File with the bearer token that the admin API's POST endpoints require.
+    #[arg(long, env = "CLUSTERMON_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// Admin URL other monitors and tools use to reach this one (default:
+    /// http://LISTEN, or http://HOSTNAME:PORT when listening on all addresses).
+    #[arg(long, env = "CLUSTERMON_ADMIN_ADVERTISE")]
+    pub admin_advertise: Option<String>,
     /// What a check runs: full (API server, then every collector) or healthz.
     #[arg(
         long,

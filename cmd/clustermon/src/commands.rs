@@ -96,6 +96,31 @@ pub async fn run(
     cfg.shutdown_grace = args.shutdown_grace;
     cfg.validate().map_err(CmdError::Usage)?;
 
+    // The admin API: refuse a reachable listener without a token, bind
+    // before anything else starts so a taken port fails fast.
+    let token = match &args.admin_token_file {
+        Some(f) => Some(
+            clustermon_core::admin::Token::new(&read_file(f, "--admin-token-file")?)
+                .map_err(|e| CmdError::Usage(format!("--admin-token-file {}: {e}", f.display())))?,
+        ),
+        None if !args.admin_listen.ip().is_loopback() => {
+            return Err(CmdError::Usage(format!(
+                "--admin-listen {} is not a loopback address: give --admin-token-file so that drain and check-now need a token",
+                args.admin_listen
+            )))
+        }
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|e| CmdError::Usage(format!("--admin-listen {}: {e}", args.admin_listen)))?;
+    let bound = listener.local_addr().map_err(failed)?;
+    cfg.admin_url = match &args.admin_advertise {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None if bound.ip().is_unspecified() => format!("http://{}:{}", cfg.hostname, bound.port()),
+        None => format!("http://{bound}"),
+    };
+
     let key = secrets_key(&args.secrets)?;
     if key.is_none() {
         tracing::warn!("no --secrets-key-file: cluster credentials are accepted in plaintext, and sealed ones cannot be opened");
@@ -119,6 +144,7 @@ pub async fn run(
             .with_concurrency(usize::from(args.collector_concurrency)),
         Collectors::Healthz => KubeChecker::healthz_only(key, clock),
     };
+    let cfg_admin_url = cfg.admin_url.clone();
     let engine = Engine::new(cfg, store.clone(), Arc::new(checker), metrics, clock)
         .map_err(CmdError::Usage)?;
     tracing::info!(
@@ -131,7 +157,17 @@ pub async fn run(
 
     let writer_stop = CancellationToken::new();
     let writer_task = tokio::spawn(writer.run(writer_stop.clone()));
+    let admin_stop = CancellationToken::new();
+    tracing::info!(admin = %bound, url = %cfg_admin_url, "admin API listening");
+    let admin_task = tokio::spawn(clustermon_core::admin::serve(
+        listener,
+        engine.handles(),
+        token,
+        admin_stop.clone(),
+    ));
     engine.run(shutdown).await;
+    admin_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     writer_stop.cancel();
     // The writer drains its queue; bounded so a stuck socket cannot hold us.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
@@ -168,24 +204,36 @@ pub async fn status(args: ReadArgs) -> Result<(), CmdError> {
         ),
         None => println!("master:      none (lease free or expired)"),
     }
+    let rate: f64 = s.monitors.iter().map(|m| m.checks_per_s).sum();
+    println!("checks/s:    {rate:.1}");
     println!("generation:  {}", s.generation);
     println!("clusters:    {}", s.clusters);
     println!("unassigned:  {} buckets", s.unassigned_buckets);
     println!();
     println!(
-        "{:<28} {:<20} {:<10} {:>9} {:>7} {:>9} {:>8}  DRAINING",
-        "MONITOR", "HOSTNAME", "VERSION", "HEARTBEAT", "BUCKETS", "CHECKS/S", "CACHE"
+        "{:<28} {:<20} {:<10} {:>9} {:<5} {:>7} {:>9} {:>8} {:>7}  DRAINING",
+        "MONITOR",
+        "HOSTNAME",
+        "VERSION",
+        "HEARTBEAT",
+        "READY",
+        "BUCKETS",
+        "CHECKS/S",
+        "CACHE",
+        "FAILING"
     );
     for m in &s.monitors {
         println!(
-            "{:<28} {:<20} {:<10} {:>8.1}s {:>7} {:>9.1} {:>8}  {}",
+            "{:<28} {:<20} {:<10} {:>8.1}s {:<5} {:>7} {:>9.1} {:>8} {:>7}  {}",
             m.id,
             m.hostname,
             m.version,
             m.heartbeat_age_s,
+            if m.ready { "yes" } else { "NO" },
             m.buckets,
             m.checks_per_s,
             m.cache_size,
+            m.failing,
             if m.draining { "yes" } else { "no" }
         );
     }
@@ -417,6 +465,279 @@ pub async fn store_init(args: crate::cli::StoreArg) -> Result<(), CmdError> {
                 println!("created {c}");
             }
         }
+    }
+    Ok(())
+}
+
+// ---- commands that talk to monitors' admin APIs ----
+
+fn admin_client() -> Result<reqwest::Client, CmdError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(65))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(failed)
+}
+
+fn admin_token(arg: &crate::cli::AdminTokenArg) -> Result<Option<String>, CmdError> {
+    arg.admin_token_file
+        .as_deref()
+        .map(|f| read_file(f, "--admin-token-file").map(|t| t.trim().to_string()))
+        .transpose()
+}
+
+/// Sends a request to a monitor's admin API; the answer as JSON.
+async fn admin_call(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+) -> Result<(u16, serde_json::Value), String> {
+    let client = admin_client().map_err(|e| e.message().to_string())?;
+    let mut req = client.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let code = resp.status().as_u16();
+    let body = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
+    if code == 401 {
+        return Err(format!(
+            "{url}: 401 unauthorized: give the monitor's token with --admin-token-file"
+        ));
+    }
+    let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    Ok((code, v))
+}
+
+fn monitor_url<'a>(
+    live: &'a [clustermon_core::model::MonitorDoc],
+    id: &str,
+) -> Result<&'a str, CmdError> {
+    let m = live
+        .iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| CmdError::Failed(format!("monitor {id} is not live (no heartbeat)")))?;
+    if m.admin_url.is_empty() {
+        return Err(CmdError::Failed(format!(
+            "monitor {id} advertises no admin URL"
+        )));
+    }
+    Ok(&m.admin_url)
+}
+
+/// `clustermon explain CLUSTER_ID`.
+pub async fn explain(args: crate::cli::ExplainArgs) -> Result<(), CmdError> {
+    use clustermon_core::status::{explain, Doc};
+    let store = store(&args.read.store).await?;
+    let now = Clock::system().now_ms();
+    let id = args.cluster_id.as_str();
+    let raw = store.get_cluster(id).await.map_err(failed)?;
+    let live = store.list_monitors(now).await.map_err(failed)?;
+    let master = store
+        .read_master()
+        .await
+        .map_err(failed)?
+        .map(|m| m.value.normalised());
+    let decoded = raw.as_ref().map(|r| ClusterDoc::decode(&r.body));
+    let doc = match &decoded {
+        None => Doc::Missing,
+        Some(Err(e)) => Doc::Invalid(e.clone()),
+        Some(Ok(d)) => Doc::Valid(d),
+    };
+    // The owner's own view: last check and next due time.
+    let mut owner_view = None;
+    let mut note = None;
+    if let (Some(Ok(d)), Some(m)) = (&decoded, &master) {
+        let owner = m.buckets[usize::from(d.bucket)].owner.clone();
+        if let Some(url) = owner.and_then(|o| monitor_url(&live, &o).ok().map(str::to_string)) {
+            match admin_call(
+                reqwest::Method::GET,
+                &format!("{url}/debug/clusters/{id}"),
+                None,
+            )
+            .await
+            {
+                Ok((200 | 404, v)) => owner_view = Some(v),
+                Ok((code, v)) => note = Some(format!("the owner's admin API answered {code}: {v}")),
+                Err(e) => note = Some(format!("the owner's admin API did not answer: {e}")),
+            }
+        }
+    }
+    let e = explain(id, doc, master.as_ref(), &live, owner_view.as_ref());
+    if args.read.output == Output::Json {
+        return print_json(&e);
+    }
+    let or_dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+    println!("cluster:     {}", e.id);
+    println!("bucket:      {}", or_dash(e.bucket.map(|b| b.to_string())));
+    println!("state:       {}", or_dash(e.state.clone()));
+    println!(
+        "owner:       {} ({})",
+        or_dash(e.owner.clone()),
+        match (
+            e.owner.is_some(),
+            e.owner_alive,
+            e.owner_ready,
+            e.owner_draining
+        ) {
+            (false, ..) => "none",
+            (true, false, ..) => "dead",
+            (true, true, _, true) => "alive, draining",
+            (true, true, Some(true), false) => "alive, ready",
+            (true, true, _, false) => "alive, NOT ready",
+        }
+    );
+    let fmt_ms = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| {
+                format!(
+                    "{} ({:+.1}s)",
+                    t.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    (ms - now) as f64 / 1000.0
+                )
+            })
+            .unwrap_or_else(|| ms.to_string())
+    };
+    match &e.last_check {
+        Some(l) => println!(
+            "last check:  {} {} ({})",
+            l["started_ms"].as_i64().map(fmt_ms).unwrap_or_default(),
+            if l["ok"] == true { "ok" } else { "FAILED" },
+            l["summary"].as_str().unwrap_or("")
+        ),
+        None => println!("last check:  -"),
+    }
+    if let Some(c) = e
+        .last_check
+        .as_ref()
+        .and_then(|l| l["collectors"].as_array())
+    {
+        for c in c {
+            println!(
+                "             {:<18} {:>5} ms  {}",
+                c["name"].as_str().unwrap_or(""),
+                c["duration_ms"],
+                c["error"].as_str().unwrap_or("ok")
+            );
+        }
+    }
+    println!("next due:    {}", or_dash(e.next_due.map(fmt_ms)));
+    println!("checked:     {}", if e.checked { "yes" } else { "NO" });
+    if let Some(r) = &e.reason {
+        println!("reason:      {r}");
+    }
+    if let Some(n) = note {
+        println!("note:        {n}");
+    }
+    Ok(())
+}
+
+/// `clustermon drain MONITOR_ID [--wait]`.
+pub async fn drain(args: crate::cli::DrainArgs) -> Result<(), CmdError> {
+    let store = store(&args.store).await?;
+    let token = admin_token(&args.token)?;
+    let now = Clock::system().now_ms();
+    let live = store.list_monitors(now).await.map_err(failed)?;
+    let url = monitor_url(&live, &args.monitor_id)?.to_string();
+    let (code, v) = admin_call(
+        reqwest::Method::POST,
+        &format!("{url}/admin/drain"),
+        token.as_deref(),
+    )
+    .await
+    .map_err(CmdError::Failed)?;
+    if code != 200 {
+        return Err(CmdError::Failed(format!(
+            "drain {}: {code}: {v}",
+            args.monitor_id
+        )));
+    }
+    println!(
+        "monitor {} is draining; handoff at {}",
+        args.monitor_id, v["handoff_at_ms"]
+    );
+    if !args.wait {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    loop {
+        let now = Clock::system().now_ms();
+        if let Ok(Some(m)) = store.read_master().await {
+            let me = args.monitor_id.as_str();
+            let busy = m
+                .value
+                .buckets
+                .iter()
+                .filter(|b| b.involves(me, now))
+                .count();
+            if busy == 0 {
+                println!("monitor {me} owns no bucket and hands none over");
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CmdError::Failed(format!(
+                "monitor {} still owns buckets after {:?}",
+                args.monitor_id, args.timeout
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `clustermon check CLUSTER_ID`: check now, on the owner.
+pub async fn check(args: crate::cli::CheckArgs) -> Result<(), CmdError> {
+    let store = store(&args.read.store).await?;
+    let token = admin_token(&args.token)?;
+    let now = Clock::system().now_ms();
+    let id = args.cluster_id.as_str();
+    let raw = store
+        .get_cluster(id)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| CmdError::Failed(format!("no such cluster: {id}")))?;
+    let doc = ClusterDoc::decode(&raw.body).map_err(CmdError::Failed)?;
+    let live = store.list_monitors(now).await.map_err(failed)?;
+    let master =
+        store.read_master().await.map_err(failed)?.ok_or_else(|| {
+            CmdError::Failed("no master document: is any monitor running?".into())
+        })?;
+    let owner = master.value.normalised().buckets[usize::from(doc.bucket)]
+        .owner_at(now)
+        .map(str::to_string)
+        .ok_or_else(|| CmdError::Failed(format!("bucket {} is unassigned", doc.bucket)))?;
+    let url = monitor_url(&live, &owner)?.to_string();
+    let (code, v) = admin_call(
+        reqwest::Method::POST,
+        &format!("{url}/admin/check/{id}"),
+        token.as_deref(),
+    )
+    .await
+    .map_err(CmdError::Failed)?;
+    if code != 200 {
+        return Err(CmdError::Failed(format!(
+            "check {id} on {owner}: {code}: {v}"
+        )));
+    }
+    if args.read.output == Output::Json {
+        return print_json(&v);
+    }
+    println!(
+        "{id} checked by {owner} in {} ms: {} ({})",
+        v["duration_ms"],
+        if v["ok"] == true { "ok" } else { "FAILED" },
+        v["summary"].as_str().unwrap_or("")
+    );
+    for c in v["collectors"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<18} {:>5} ms  {}",
+            c["name"].as_str().unwrap_or(""),
+            c["duration_ms"],
+            c["error"].as_str().unwrap_or("ok")
+        );
+    }
+    if v["ok"] != true {
+        return Err(CmdError::Failed(format!("{id}: the check failed")));
     }
     Ok(())
 }

@@ -84,6 +84,9 @@ async fn dispatch(cmd: Command) -> Result<(), CmdError> {
         Command::Cluster(ClusterCommand::List(a)) => commands::cluster_list(a).await,
         Command::Cluster(ClusterCommand::Delete(a)) => commands::cluster_delete(a).await,
         Command::Store(StoreCommand::Init(a)) => commands::store_init(a).await,
+        Command::Explain(a) => commands::explain(a).await,
+        Command::Drain(a) => commands::drain(a).await,
+        Command::Check(a) => commands::check(a).await,
     }
 }
 

@@ -128,3 +128,196 @@ mod tests {
         }
     }
 }
+
+/// `clustermon explain`: who checks a cluster, and if nobody, why, in plain
+/// words. Computed from store reads and (when reachable) the owner's own
+/// view of the cluster; a pure function of them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Explanation {
+    pub id: String,
+    pub bucket: Option<u8>,
+    pub state: Option<String>,
+    pub owner: Option<String>,
+    pub owner_alive: bool,
+    pub owner_ready: Option<bool>,
+    pub owner_draining: bool,
+    /// The owner's record of its last check (time, result per collector).
+    pub last_check: Option<serde_json::Value>,
+    /// Unix milliseconds of the next scheduled check, from the owner.
+    pub next_due: Option<i64>,
+    pub checked: bool,
+    pub reason: Option<String>,
+}
+
+/// What the store holds for the cluster.
+pub enum Doc<'a> {
+    Missing,
+    Invalid(String),
+    Valid(&'a crate::model::ClusterDoc),
+}
+
+pub fn explain(
+    id: &str,
+    doc: Doc<'_>,
+    master: Option<&MasterDoc>,
+    live: &[MonitorDoc],
+    owner_view: Option<&serde_json::Value>,
+) -> Explanation {
+    let mut e = Explanation {
+        id: id.to_string(),
+        bucket: None,
+        state: None,
+        owner: None,
+        owner_alive: false,
+        owner_ready: None,
+        owner_draining: false,
+        last_check: None,
+        next_due: None,
+        checked: false,
+        reason: None,
+    };
+    let doc = match doc {
+        Doc::Missing => {
+            e.reason = Some("no such cluster: the store has no document with this id".into());
+            return e;
+        }
+        Doc::Invalid(why) => {
+            e.reason = Some(format!(
+                "invalid document ({why}): monitors skip it and keep the last valid version, if any"
+            ));
+            return e;
+        }
+        Doc::Valid(d) => d,
+    };
+    e.bucket = Some(doc.bucket);
+    e.state = Some(doc.provisioning_state.as_str().to_string());
+    let b = master
+        .map(|m| {
+            m.buckets
+                .get(usize::from(doc.bucket))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    e.owner = b.owner.clone();
+    let owner_doc = b
+        .owner
+        .as_deref()
+        .and_then(|o| live.iter().find(|m| m.id == o));
+    e.owner_alive = owner_doc.is_some();
+    e.owner_ready = owner_doc.map(|m| m.stats.ready);
+    e.owner_draining = owner_doc.is_some_and(|m| m.draining);
+    if let Some(v) = owner_view {
+        e.last_check = v.get("last_check").filter(|l| !l.is_null()).cloned();
+        e.next_due = v.get("next_due_ms").and_then(serde_json::Value::as_i64);
+    }
+    e.reason = if !doc.provisioning_state.is_checkable() {
+        Some(format!(
+            "state is {}: clusters are checked only outside Creating and Deleting",
+            doc.provisioning_state.as_str()
+        ))
+    } else if b.owner.is_none() {
+        Some(format!(
+            "bucket {} is unassigned: no live monitor owns it (is any monitor running and holding the master lease?)",
+            doc.bucket
+        ))
+    } else if let (Some(o), None) = (b.owner.as_deref(), owner_doc) {
+        Some(format!(
+            "owner {o} is dead (no live heartbeat): its buckets move to live monitors after the heartbeat TTL"
+        ))
+    } else if e.owner_draining {
+        Some(format!(
+            "owner {} is draining: bucket {} is being handed to another monitor",
+            b.owner.as_deref().unwrap_or_default(),
+            doc.bucket
+        ))
+    } else if e.owner_ready == Some(false) {
+        Some(format!(
+            "owner {} is alive but not ready (store, assignment or initial feed replay)",
+            b.owner.as_deref().unwrap_or_default()
+        ))
+    } else if owner_view.is_some_and(|v| v.get("known") == Some(&serde_json::Value::Bool(false))) {
+        Some(format!(
+            "owner {} does not have this cluster in its cache yet (change feed lag)",
+            b.owner.as_deref().unwrap_or_default()
+        ))
+    } else {
+        None
+    };
+    e.checked = e.reason.is_none();
+    e
+}
+
+#[cfg(test)]
+mod explain_tests {
+    use super::*;
+    use crate::model::{BucketAssignment, ProvisioningState};
+    use crate::store::contract::{cluster, monitor};
+
+    fn fleet() -> (MasterDoc, Vec<MonitorDoc>) {
+        let mut m = MasterDoc::empty();
+        m.buckets[1] = BucketAssignment::owned_by("a");
+        m.buckets[2] = BucketAssignment::owned_by("dead");
+        m.buckets[3] = BucketAssignment::owned_by("d");
+        let mut a = monitor("a", 10_000);
+        a.stats.ready = true;
+        let mut d = monitor("d", 10_000);
+        d.draining = true;
+        d.stats.ready = true;
+        (m, vec![a, d])
+    }
+
+    #[test]
+    fn every_reason_in_plain_words() {
+        let (m, live) = fleet();
+        let ex = |doc: Doc<'_>, view: Option<&serde_json::Value>| {
+            explain("x", doc, Some(&m), &live, view)
+        };
+        let r = ex(Doc::Missing, None);
+        assert!(!r.checked && r.reason.unwrap().contains("no such cluster"));
+        let r = ex(Doc::Invalid("missing field `apiServer`".into()), None);
+        assert!(r.reason.unwrap().contains("invalid document"));
+
+        let owned = cluster("x", 1);
+        let view =
+            serde_json::json!({"known": true, "next_due_ms": 42, "last_check": {"ok": true}});
+        let r = ex(Doc::Valid(&owned), Some(&view));
+        assert!(r.checked, "{r:?}");
+        assert_eq!(r.reason, None);
+        assert_eq!(
+            (r.owner.as_deref(), r.owner_alive, r.next_due),
+            (Some("a"), true, Some(42))
+        );
+        assert!(r.last_check.is_some());
+
+        let mut creating = cluster("x", 1);
+        creating.provisioning_state = ProvisioningState::Creating;
+        assert!(ex(Doc::Valid(&creating), None)
+            .reason
+            .unwrap()
+            .contains("state is Creating"));
+        let unassigned = cluster("x", 9);
+        assert!(ex(Doc::Valid(&unassigned), None)
+            .reason
+            .unwrap()
+            .contains("bucket 9 is unassigned"));
+        let dead = cluster("x", 2);
+        let r = ex(Doc::Valid(&dead), None);
+        assert!(!r.owner_alive && r.reason.unwrap().contains("owner dead is dead"));
+        let draining = cluster("x", 3);
+        assert!(ex(Doc::Valid(&draining), None)
+            .reason
+            .unwrap()
+            .contains("draining"));
+        let unknown = serde_json::json!({"known": false});
+        assert!(ex(Doc::Valid(&owned), Some(&unknown))
+            .reason
+            .unwrap()
+            .contains("cache"));
+        let r = explain("x", Doc::Valid(&owned), None, &live, None);
+        assert!(
+            r.reason.unwrap().contains("unassigned"),
+            "no master document at all"
+        );
+    }
+}

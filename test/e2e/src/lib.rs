@@ -414,6 +414,74 @@ impl Fleet {
     }
 }
 
+/// `GET url`: (status code, body), for answers that need not be JSON.
+pub fn http_get(url: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("http:// only")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = std::net::TcpStream::connect(host).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("no header end")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no status")?;
+    Ok((code, body.to_string()))
+}
+
+/// Admin URL of each live monitor, from `clustermon status`.
+pub fn admin_urls(store: &str) -> BTreeMap<String, String> {
+    clustermon_json(&["status", "--store", store])
+        .and_then(|v| v["monitors"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| {
+            Some((
+                m["id"].as_str()?.to_string(),
+                m["admin_url"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Loads a page in headless Chromium (Debian's, installed by `make test`)
+/// and returns the DOM after its scripts ran.
+pub fn chromium_dom(url: &str, dir: &Path) -> String {
+    let profile = dir.join("chromium-profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .output()
+        .expect("run chromium (make test installs Debian's chromium)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A minimal HTTP/1.1 client for the control endpoint (plain http, loopback).
 pub fn http(method: &str, url: &str, body: Option<&str>) -> Result<Value, String> {
     use std::io::{Read, Write};
@@ -519,6 +587,8 @@ impl Monitors {
             &self.statsd,
             "--id",
             id,
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .args(&self.extra)
         .env("RUST_LOG", &self.log)

@@ -141,6 +141,22 @@ fn assert_no_double(s: &Setup, from: Instant, to: Instant, what: &str) {
     }
 }
 
+fn assert_no_double_of(s: &Setup, ids: &[String], from: Instant, to: Instant, what: &str) {
+    let times: std::collections::BTreeMap<String, Vec<Instant>> = s
+        .statsd
+        .check_times()
+        .into_iter()
+        .filter(|(id, _)| ids.contains(id))
+        .collect();
+    if let Some((d, id)) = closest_pair(&times, from, to) {
+        eprintln!("{what}: closest two checks of one cluster {d:?} ({id})");
+        assert!(
+            d >= INTERVAL - Duration::from_secs(1),
+            "{what}: cluster {id} checked twice {d:?} apart"
+        );
+    }
+}
+
 fn others(ids: &[String], but: &str) -> Vec<String> {
     ids.iter().filter(|i| *i != but).cloned().collect()
 }
@@ -1147,5 +1163,238 @@ fn cosmos_store_share_feed_relist_throttling_and_crash() {
         "cosmos scenario 3",
     );
     eprintln!("cosmos emulator requests: {}", emu.stats());
+
+    // Readiness follows the store: 503 (with the reason) while it is
+    // unavailable, 200 again once it answers.
+    let urls = admin_urls(&s.store);
+    let url = format!("{}/healthz/ready", urls[survivors[0]]);
+    assert_eq!(http_get(&url).unwrap().0, 200, "ready before the outage");
+    emu.set_faults(serde_json::json!({"unavailable": true, "kinds": null}));
+    let t_down = Instant::now();
+    let body = wait_until(
+        "cosmos: readiness 503 while the store is down",
+        HEARTBEAT * 3 + SLACK,
+        || {
+            http_get(&url)
+                .ok()
+                .filter(|(c, _)| *c == 503)
+                .map(|(_, b)| b)
+        },
+    );
+    eprintln!(
+        "cosmos readiness: 503 after {:?}: {}",
+        t_down.elapsed(),
+        body.trim()
+    );
+    assert!(body.contains("store has not answered"), "{body}");
+    assert_eq!(
+        http_get(&format!("{}/healthz/live", urls[survivors[0]]))
+            .unwrap()
+            .0,
+        200
+    );
+    emu.set_faults(serde_json::json!({"unavailable": false}));
+    let t_up = Instant::now();
+    wait_until(
+        "cosmos: ready again once the store answers",
+        HEARTBEAT * 2 + SLACK,
+        || http_get(&url).ok().filter(|(c, _)| *c == 200),
+    );
+    eprintln!(
+        "cosmos readiness: 200 again {:?} after the store returned",
+        t_up.elapsed()
+    );
+    drop(s.dir);
+}
+
+/// Issue 5: explain (unassigned, owned, Creating, missing), the admin token,
+/// check-now, the status page in headless Chromium, and `drain --wait`
+/// during checks: no cluster with a gap, none checked twice.
+#[test]
+fn operator_tooling_explain_token_page_and_drain() {
+    let token_file =
+        std::env::temp_dir().join(format!("clustermon-e2e-token-{}", std::process::id()));
+    std::fs::write(&token_file, "e2e-admin-token-0123456789\n").unwrap();
+    let tok = token_file.to_str().unwrap().to_string();
+    let mut s = setup_on(
+        "ops",
+        Backend::Sqlite,
+        &["--plain-http"],
+        &["--admin-token-file", &tok],
+    );
+    let target = s.fleet.clusters()[3]["url"].as_str().unwrap().to_string();
+    let (code, _, err) = clustermon(&[
+        "cluster",
+        "put",
+        "--store",
+        &s.store,
+        "--id",
+        "e2e-creating",
+        "--api-server",
+        &target,
+        "--state",
+        "Creating",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let store = s.store.clone();
+    let explain = |id: &str| {
+        clustermon_json(&["explain", id, "--store", &store]).expect("explain --output json")
+    };
+
+    // Before any monitor runs: the bucket is unassigned.
+    let e = explain(&s.ids[0]);
+    assert_eq!(e["checked"], false);
+    assert!(e["reason"].as_str().unwrap().contains("unassigned"), "{e}");
+
+    let settled = start_three(&mut s);
+    wait_checked(
+        &s,
+        &s.ids,
+        settled - INTERVAL,
+        1,
+        INTERVAL + SLACK,
+        "ops: every cluster checked once",
+    );
+    // The owner once it has checked the cluster itself (a bucket may have
+    // moved while the three monitors started).
+    let e = wait_until(
+        "ops: explain shows the owner's last check",
+        INTERVAL + SLACK,
+        || Some(explain(&s.ids[0])).filter(|e| e["last_check"].is_object()),
+    );
+    for k in [
+        "id",
+        "bucket",
+        "owner",
+        "owner_alive",
+        "last_check",
+        "next_due",
+        "checked",
+        "reason",
+    ] {
+        assert!(e.get(k).is_some(), "explain json has {k}: {e}");
+    }
+    assert_eq!(e["checked"], true, "{e}");
+    assert_eq!(e["owner_alive"], true);
+    assert!(e["reason"].is_null());
+    assert!(e["last_check"]["started_ms"].as_i64().is_some(), "{e}");
+    assert!(e["next_due"].as_i64().unwrap() > e["last_check"]["started_ms"].as_i64().unwrap());
+    let e = explain("e2e-creating");
+    assert_eq!(e["checked"], false);
+    assert!(e["reason"].as_str().unwrap().contains("Creating"), "{e}");
+    let e = explain("no-such-cluster");
+    assert!(
+        e["reason"].as_str().unwrap().contains("no such cluster"),
+        "{e}"
+    );
+    let (code, out, _) = clustermon(&["explain", &s.ids[0], "--store", &s.store]);
+    assert_eq!(code, 0);
+    assert!(out.contains("checked:     yes"), "{out}");
+
+    // The admin token: refused without it, accepted with it.
+    let (code, _, err) = clustermon(&["drain", "m2", "--store", &s.store]);
+    assert_eq!(code, 1, "drain without the token must fail");
+    assert!(err.contains("401"), "{err}");
+    let (code, out, err) = clustermon(&[
+        "check",
+        &s.ids[1],
+        "--store",
+        &s.store,
+        "--admin-token-file",
+        &tok,
+    ]);
+    assert_eq!(code, 0, "check now: {out}{err}");
+    assert!(out.contains(": ok"), "{out}");
+
+    // The status page, rendered by Chromium.
+    let urls = admin_urls(&s.store);
+    let t = Instant::now();
+    let dom = chromium_dom(&format!("{}/", urls["m1"]), s.dir.path());
+    eprintln!("ops: status page rendered by chromium in {:?}", t.elapsed());
+    assert!(
+        dom.contains("data-loaded=\"true\""),
+        "the page loaded its data"
+    );
+    assert_eq!(
+        dom.matches("class=\"cell\"").count(),
+        256,
+        "256 bucket cells"
+    );
+    for m in ["m1", "m2", "m3"] {
+        assert!(
+            dom.contains(&format!("data-monitor=\"{m}\"")),
+            "monitor {m} listed"
+        );
+        assert!(
+            dom.contains(&format!("data-owner=\"{m}\"")),
+            "cells owned by {m}"
+        );
+    }
+    assert!(!dom.contains("data-owner=\"\""), "no unassigned bucket");
+
+    // Drain m2 while checks run: its buckets move with a timed handoff.
+    let t_drain = Instant::now();
+    let (code, out, err) = clustermon(&[
+        "drain",
+        "m2",
+        "--store",
+        &s.store,
+        "--wait",
+        "--admin-token-file",
+        &tok,
+    ]);
+    assert_eq!(code, 0, "drain --wait: {out}{err}");
+    eprintln!("ops: drain --wait returned after {:?}", t_drain.elapsed());
+    let owners = buckets(&s.store).unwrap();
+    assert!(
+        balanced(&owners, &["m1", "m3"]),
+        "m2 owns nothing, m1 and m3 share evenly"
+    );
+    // The cluster checked on demand above has an extra check by design.
+    let live = others(&s.ids, &s.ids[1]);
+    wait_checked(
+        &s,
+        &live,
+        Instant::now(),
+        2,
+        2 * INTERVAL + SLACK,
+        "ops: checks go on after the drain",
+    );
+    let end = Instant::now() - SLACK;
+    let times = s.statsd.check_times();
+    let gaps = live
+        .iter()
+        .filter(|id| {
+            worst_gap(&times, std::slice::from_ref(id), t_drain - INTERVAL, end).0
+                > INTERVAL + SLACK
+        })
+        .count();
+    let doubles = live
+        .iter()
+        .filter(|id| {
+            let mut one = std::collections::BTreeMap::new();
+            one.insert((*id).clone(), times.get(*id).cloned().unwrap_or_default());
+            closest_pair(&one, t_drain - INTERVAL, end)
+                .is_some_and(|(d, _)| d < INTERVAL - Duration::from_secs(1))
+        })
+        .count();
+    eprintln!("ops: drain of m2: {gaps} clusters with a gap, {doubles} checked twice");
+    assert_coverage(
+        &s,
+        &live,
+        t_drain - INTERVAL,
+        end,
+        INTERVAL + SLACK,
+        "ops drain",
+    );
+    assert_no_double_of(&s, &live, t_drain - INTERVAL, end, "ops drain");
+    assert_eq!((gaps, doubles), (0, 0));
+    assert!(
+        s.mons.get("m2").wait_exit(Duration::ZERO).is_none(),
+        "a drained monitor stays up"
+    );
+    let (code, body) = http_get(&format!("{}/healthz/live", urls["m2"])).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let _ = std::fs::remove_file(&token_file);
     drop(s.dir);
 }
