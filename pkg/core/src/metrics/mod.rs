@@ -206,8 +206,11 @@ pub struct Metrics {
 /// for the admin API's Prometheus page: the same set statsd receives.
 #[derive(Default)]
 struct SelfValues {
-    values: std::sync::Mutex<std::collections::BTreeMap<(String, Vec<(String, String)>), f64>>,
+    values: std::sync::Mutex<std::collections::BTreeMap<SeriesKey, f64>>,
 }
+
+/// A metric name and its tags.
+type SeriesKey = (String, Vec<(String, String)>);
 
 impl SelfValues {
     fn update(&self, name: &str, tags: &[(&str, &str)], value: f64, add: bool) {
