@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt unit e2e demo clean deps emulator-test
+.PHONY: all build test lint fmt unit e2e demo clean deps emulator-test bench
 
 all: build
 
@@ -41,6 +41,14 @@ test: lint build emulator-test
 # and a failover. Needs nothing but this repository; cleans up after itself.
 demo: build
 	./hack/demo.sh
+
+# Benchmarks (not part of `make test`): release binaries, every scenario 3
+# times, a table of medians, target/bench/results.json and its plot.
+# BENCH_ARGS=--quick tries the bench itself on small sizes.
+bench:
+	$(CARGO) build --release --bins
+	python3 hack/bench/bench.py $(BENCH_ARGS)
+	python3 hack/bench/plot.py target/bench/results.json target/bench/throughput.png
 
 clean:
 	$(CARGO) clean

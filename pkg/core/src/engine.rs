@@ -672,6 +672,11 @@ impl MembershipLoop {
         }
         m.self_gauge(names::CACHE_SIZE, self.h.map.len() as u64);
         m.self_gauge(names::CACHE_INVALID, self.h.map.invalid_len() as u64);
+        let mut cred_bytes = 0u64;
+        self.h
+            .map
+            .for_each(|e| cred_bytes += e.credentials.cached_bytes() as u64);
+        m.self_gauge(names::CACHE_CREDENTIAL_BYTES, cred_bytes);
         let s = &self.h.stats;
         m.self_gauge(
             names::CHECKS_INFLIGHT,

@@ -48,6 +48,7 @@ pub mod names {
     pub const ASSIGNMENT_AGE: &str = "monitor.assignment.age";
     pub const CACHE_SIZE: &str = "monitor.cache.size";
     pub const CACHE_INVALID: &str = "monitor.cache.invalid";
+    pub const CACHE_CREDENTIAL_BYTES: &str = "monitor.cache.credentialbytes";
     pub const CHECKS_INFLIGHT: &str = "monitor.checks.inflight";
     pub const CHECKS_STARTED: &str = "monitor.checks.started";
     pub const CHECKS_SKIPPED: &str = "monitor.checks.skipped";
@@ -124,6 +125,7 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: ASSIGNMENT_AGE, kind: Gauge, tags: "monitor", help: "Milliseconds since this monitor last read the assignment from the store." },
         MetricDef { name: CACHE_SIZE, kind: Gauge, tags: "monitor", help: "Cluster documents in the local map (all buckets)." },
         MetricDef { name: CACHE_INVALID, kind: Gauge, tags: "monitor", help: "Cluster documents currently skipped as invalid." },
+        MetricDef { name: CACHE_CREDENTIAL_BYTES, kind: Gauge, tags: "monitor", help: "Bytes of credential material the cluster cache holds (sealed or plain CA bundles, certificates, keys, tokens), summed over its clusters." },
         MetricDef { name: CHECKS_INFLIGHT, kind: Gauge, tags: "monitor", help: "Checks running now." },
         MetricDef { name: CHECKS_SCHEDULED, kind: Gauge, tags: "monitor", help: "Clusters this monitor schedules (owned buckets, checkable state)." },
         MetricDef { name: CHECKS_STARTED, kind: Counter, tags: "monitor", help: "Checks started." },

@@ -1,0 +1,595 @@
+#!/usr/bin/env python3
+"""clustermon benchmarks (`make bench`): throughput, memory, failover,
+start-up, and side by side with Prometheus + blackbox_exporter.
+
+Everything runs on 127.0.0.1 against hack/fleetsim with the release
+binaries. Each scenario runs --runs times (default 3); the table printed at
+the end holds medians, and target/bench/results.json holds every run and
+the medians: {"machine", "date", "commands", "scenarios": {name: [median
+rows]}, "runs": {name: [all rows]}, "targets": [...]}.
+
+  hack/bench/bench.py [--runs 3] [--only throughput,memory,...] [--quick]
+
+Stdlib only. fleetsim's own CPU is reported apart from the monitor's.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TICK = os.sysconf("SC_CLK_TCK")
+BIN = os.path.join(ROOT, "target", "release")
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+# ---- process and /proc helpers ----
+
+def cpu_s(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except OSError:
+        return 0.0
+
+
+def mem_kb(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def fnv1a(s):
+    h = 0xCBF29CE484222325
+    for b in s.encode():
+        h ^= b
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def pct(xs, p):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, int(round(p / 100 * (len(xs) - 1)))))
+    return xs[k]
+
+
+class Procs:
+    """Every child of a scenario; all stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.all = []
+
+    def start(self, name, args, stdout=subprocess.DEVNULL):
+        p = subprocess.Popen(args, stdout=stdout, stderr=open(f"{self.tmp}/{name}.log", "w"),
+                             text=True, start_new_session=True)
+        p.name = name
+        self.all.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.all:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+        for p in self.all:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+class Statsd:
+    """UDP receiver keeping (arrival unix ms, cluster id) of every healthz line."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.checks = []
+        self.lock = threading.Lock()
+        self.stop = False
+        self.t = threading.Thread(target=self.loop, daemon=True)
+        self.t.start()
+
+    def loop(self):
+        while not self.stop:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            now = time.time() * 1000
+            got = []
+            for line in data.decode(errors="replace").split("\n"):
+                if line.startswith("apiserver.healthz.code:"):
+                    i = line.find("resourceId:")
+                    if i >= 0:
+                        rid = line[i + 11:].split(",", 1)[0].split("|", 1)[0]
+                        got.append((now, rid))
+            if got:
+                with self.lock:
+                    self.checks.extend(got)
+
+    def since(self, t_ms):
+        with self.lock:
+            return [c for c in self.checks if c[0] >= t_ms]
+
+    def close(self):
+        self.stop = True
+        self.t.join()
+        self.sock.close()
+
+
+def start_fleet(procs, args, tmp):
+    p = procs.start("fleetsim", [f"{BIN}/fleetsim", "--listen", "127.0.0.1:0", *args], stdout=subprocess.PIPE)
+    line = p.stdout.readline().strip()
+    if not line.startswith("fleetsim listening on "):
+        raise RuntimeError(f"fleetsim did not start: {line!r}; see {tmp}/fleetsim.log")
+    return p, line.removeprefix("fleetsim listening on ")
+
+
+def monitor(procs, name, store, statsd_port, extra):
+    return procs.start(name, [f"{BIN}/clustermon", "run", "--store", store, "--statsd",
+                              f"udp:127.0.0.1:{statsd_port}", "--id", name,
+                              "--admin-listen", "127.0.0.1:0", *extra])
+
+
+def cli_json(*args):
+    r = subprocess.run([f"{BIN}/clustermon", *args, "--output", "json"], capture_output=True, text=True)
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def admin_url(store, mon_id, limit=60):
+    end = time.time() + limit
+    while time.time() < end:
+        s = cli_json("status", "--store", store)
+        for m in (s or {}).get("monitors", []):
+            if m["id"] == mon_id and m.get("admin_url"):
+                return m["admin_url"]
+        time.sleep(0.2)
+    raise RuntimeError(f"{mon_id} did not publish its admin URL")
+
+
+def http_code(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def prom_value(url, name):
+    _, body = http_code(f"{url}/metrics")
+    for line in body.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def wait(what, limit, f, step=0.2):
+    end = time.time() + limit
+    while time.time() < end:
+        v = f()
+        if v:
+            return v
+        time.sleep(step)
+    raise RuntimeError(f"timed out after {limit}s waiting for {what}")
+
+
+def lags_ms(checks, interval_ms):
+    """Lateness of each check: arrival minus the latest due time at or before it."""
+    out = []
+    phases = {}
+    for t, rid in checks:
+        ph = phases.get(rid)
+        if ph is None:
+            ph = phases[rid] = fnv1a(rid) % interval_ms
+        out.append((t - ph) % interval_ms)
+    return out
+
+
+# ---- scenarios ----
+
+def throughput(a, tmp):
+    """One monitor; offered rate = clusters / interval (interval compressed)."""
+    rows = []
+    clusters = 5000 if not a.quick else 1000
+    for profile in ["healthz", "full"]:
+        procs = Procs(tmp)
+        statsd = Statsd()
+        store = f"sqlite:{tmp}/tp-{profile}.db"
+        try:
+            fleet_args = ["--clusters", str(clusters), "--register", store]
+            sim, _ = start_fleet(procs, fleet_args, tmp)
+            for offered in a.rates:
+                interval_ms = int(clusters * 1000 / offered)
+                mon = monitor(procs, f"tp-{profile}-{offered}", store, statsd.port,
+                              ["--interval", f"{interval_ms}ms", "--collectors", profile,
+                               "--check-timeout", "10s"])
+                url = admin_url(store, f"tp-{profile}-{offered}")
+                wait("ready", 60, lambda: http_code(f"{url}/healthz/ready")[0] == 200)
+                time.sleep(interval_ms / 1000 + 2)
+                window = max(a.window, 2 * interval_ms / 1000)
+                c0, f0, t0 = cpu_s(mon.pid), cpu_s(sim.pid), time.time() * 1000
+                time.sleep(window)
+                c1, f1, t1 = cpu_s(mon.pid), cpu_s(sim.pid), time.time() * 1000
+                got = [c for c in statsd.since(t0) if c[0] < t1]
+                lag = lags_ms(got, interval_ms)
+                n = len(got)
+                row = {
+                    "profile": profile,
+                    "offered_per_s": offered,
+                    "achieved_per_s": round(n / ((t1 - t0) / 1000), 1),
+                    "lag_p50_ms": round(pct(lag, 50) or 0, 1),
+                    "lag_p99_ms": round(pct(lag, 99) or 0, 1),
+                    "cpu_s_per_1000_checks": round((c1 - c0) / max(n, 1) * 1000, 3),
+                    "rss_peak_mb": round(mem_kb(mon.pid, "VmHWM") / 1024, 1),
+                    "fleetsim_cpu_s_per_1000_checks": round((f1 - f0) / max(n, 1) * 1000, 3),
+                    "monitor_cpu_percent": round((c1 - c0) / ((t1 - t0) / 1000) * 100, 1),
+                    "clusters": clusters,
+                    "interval_ms": interval_ms,
+                }
+                log("throughput", json.dumps(row))
+                rows.append(row)
+                mon.send_signal(signal.SIGTERM)
+                mon.wait(timeout=30)
+        finally:
+            procs.stop_all()
+            statsd.close()
+    return rows
+
+
+def memory(a, tmp):
+    """Cached clusters with credentials (CA bundle, client certificate or
+    token), plus 1,650 slow checks in flight."""
+    rows = []
+    sizes = [10000, 50000, 100000] if not a.quick else [2000, 5000]
+    inflight = 1650 if not a.quick else 200
+    for n in sizes:
+        procs = Procs(tmp)
+        statsd = Statsd()
+        store = f"sqlite:{tmp}/mem-{n}.db"
+        try:
+            t = time.time()
+            sim, _ = start_fleet(procs, ["--clusters", str(n), "--register", store,
+                                         "--fault", f"slow={inflight}", "--slow-delay", "120s"], tmp)
+            log(f"memory: {n} clusters registered in {time.time() - t:.0f}s")
+            interval = 30
+            mon = monitor(procs, f"mem-{n}", store, statsd.port,
+                          ["--interval", f"{interval}s", "--collectors", "healthz",
+                           "--check-timeout", "150s", "--max-concurrent-checks", "4000"])
+            url = admin_url(store, f"mem-{n}")
+            wait("ready", 120, lambda: http_code(f"{url}/healthz/ready")[0] == 200)
+            # One interval: every slow cluster's check has started and hangs.
+            time.sleep(interval + 3)
+            infl = prom_value(url, "clustermon_monitor_checks_inflight")
+            creds = prom_value(url, "clustermon_monitor_cache_credentialbytes") or 0
+            cache = prom_value(url, "clustermon_monitor_cache_size") or n
+            rss = mem_kb(mon.pid, "VmRSS") * 1024
+            row = {
+                "clusters": n,
+                "rss_mb": round(rss / 2**20, 1),
+                "credential_bytes_per_cluster": round(creds / cache),
+                "inflight_checks": int(infl or 0),
+                "cached": int(cache),
+            }
+            rows.append(row)
+            log("memory", json.dumps(row))
+        finally:
+            procs.stop_all()
+            statsd.close()
+    # Baseline: the same monitor with an empty store, to split per cluster.
+    procs = Procs(tmp)
+    statsd = Statsd()
+    try:
+        store = f"sqlite:{tmp}/mem-0.db"
+        mon = monitor(procs, "mem-0", store, statsd.port, ["--interval", "30s", "--collectors", "healthz"])
+        url = admin_url(store, "mem-0")
+        wait("ready", 60, lambda: http_code(f"{url}/healthz/ready")[0] == 200)
+        time.sleep(3)
+        base = mem_kb(mon.pid, "VmRSS") * 1024
+    finally:
+        procs.stop_all()
+        statsd.close()
+    for r in rows:
+        # What the cache costs per cluster beyond its credential bytes; the
+        # in-flight checks' memory is in here too (an upper bound).
+        total = (r["rss_mb"] * 2**20 - base) / r["clusters"]
+        r["bytes_per_cluster"] = round(total - r["credential_bytes_per_cluster"])
+        r["baseline_rss_mb"] = round(base / 2**20, 1)
+    return rows
+
+
+def gaps_and_misses(checks, ids, interval_ms, t_from, t_to, reowned_at):
+    by = {}
+    for t, rid in checks:
+        by.setdefault(rid, []).append(t)
+    max_gap = 0
+    missed = missed_late = dup = 0
+    for rid in ids:
+        ts = sorted(by.get(rid, []))
+        ph = fnv1a(rid) % interval_ms
+        inside = [t for t in ts if t_from - interval_ms <= t <= t_to + interval_ms]
+        for x, y in zip(inside, inside[1:]):
+            max_gap = max(max_gap, y - x)
+            if y - x < interval_ms / 2:
+                dup += 1
+        # Each due slot in the window needs a check within 2 s after it.
+        d = t_from + (ph - t_from) % interval_ms
+        while d <= t_to - interval_ms:
+            if not any(d - 200 <= t <= d + 2000 for t in ts):
+                missed += 1
+                if d > reowned_at:
+                    missed_late += 1
+            d += interval_ms
+    return max_gap, missed, missed_late, dup
+
+
+def failover(a, tmp):
+    """3 monitors: kill -9 of a non-master, kill -9 of the master, SIGTERM, drain."""
+    n = 30000 if not a.quick else 3000
+    interval_ms = 30000 if not a.quick else 10000
+    rows = []
+    procs = Procs(tmp)
+    statsd = Statsd()
+    store = f"sqlite:{tmp}/failover.db"
+    token = f"{tmp}/admin-token"
+    with open(token, "w") as f:
+        f.write("bench-admin-token-0123456789\n")
+    try:
+        sim, url = start_fleet(procs, ["--clusters", str(n), "--register", store, "--plain-http"], tmp)
+        with urllib.request.urlopen(f"{url}/control/clusters", timeout=30) as r:
+            ids = [c["id"] for c in json.load(r)]
+        extra = ["--interval", f"{interval_ms}ms", "--collectors", "healthz", "--admin-token-file", token]
+        mons = {}
+        seq = [0]
+
+        def start_one():
+            seq[0] += 1
+            name = f"f{seq[0]}"
+            mons[name] = monitor(procs, name, store, statsd.port, extra)
+            return name
+
+        for _ in range(3):
+            start_one()
+
+        def owners():
+            return cli_json("buckets", "--store", store)
+
+        def settled(live):
+            o = owners()
+            if not o or any(x not in live for x in o):
+                return False
+            loads = [o.count(m) for m in live]
+            return max(loads) - min(loads) <= 1
+
+        def live_names():
+            return [m for m, p in mons.items() if p.poll() is None and m not in drained]
+
+        drained = set()
+        wait("3 monitors balanced", 120, lambda: settled(live_names()))
+        time.sleep(interval_ms / 1000 + 2)
+        for event in ["kill-9-member", "kill-9-master", "sigterm", "drain"]:
+            st = cli_json("status", "--store", store) or {}
+            master = (st.get("master") or {}).get("id")
+            live = live_names()
+            victim = master if event == "kill-9-master" else next(m for m in live if m != master)
+            t_ev = time.time() * 1000
+            if event.startswith("kill-9"):
+                mons[victim].kill()
+            elif event == "sigterm":
+                mons[victim].send_signal(signal.SIGTERM)
+            else:
+                subprocess.run([f"{BIN}/clustermon", "drain", victim, "--store", store,
+                                "--admin-token-file", token], check=True, capture_output=True)
+                drained.add(victim)
+            rest = [m for m in live if m != victim]
+            wait(f"{event}: buckets re-owned", 90, lambda: settled(rest), step=0.1)
+            reowned = time.time() * 1000
+            time.sleep(2 * interval_ms / 1000 + 3)
+            t_end = time.time() * 1000 - 2000
+            gap, missed, late, dup = gaps_and_misses(statsd.since(t_ev - 2 * interval_ms), ids,
+                                                     interval_ms, t_ev, t_end, reowned)
+            row = {
+                "event": event,
+                "reowned_s": round((reowned - t_ev) / 1000, 2),
+                "max_gap_s": round(gap / 1000, 2),
+                "missed_checks": missed,
+                "missed_after_reowned": late,
+                "duplicate_checks": dup,
+                "clusters": n,
+                "interval_s": interval_ms / 1000,
+            }
+            log("failover", json.dumps(row))
+            rows.append(row)
+            # Back to three live monitors before the next event.
+            if event != "drain":
+                start_one()
+                wait("3 monitors balanced again", 120, lambda: settled(live_names()))
+                time.sleep(interval_ms / 1000 + 2)
+    finally:
+        procs.stop_all()
+        statsd.close()
+    return rows
+
+
+def startup(a, tmp):
+    """Process start to ready with 50,000 documents in the store."""
+    n = 50000 if not a.quick else 5000
+    procs = Procs(tmp)
+    statsd = Statsd()
+    store = f"sqlite:{tmp}/startup.db"
+    rows = []
+    try:
+        sim, _ = start_fleet(procs, ["--clusters", str(n), "--register", store, "--plain-http"], tmp)
+        for i in range(a.runs):
+            t0 = time.time()
+            mon = monitor(procs, f"s{i}", store, statsd.port, ["--interval", "60s", "--collectors", "healthz"])
+            url = admin_url(store, f"s{i}")
+            wait("ready", 120, lambda: http_code(f"{url}/healthz/ready")[0] == 200, step=0.02)
+            ready = time.time() - t0
+            rows.append({"documents": n, "ready_s": round(ready, 2),
+                         "rss_mb": round(mem_kb(mon.pid, "VmRSS") / 1024, 1)})
+            log("startup", json.dumps(rows[-1]))
+            mon.send_signal(signal.SIGTERM)
+            mon.wait(timeout=30)
+    finally:
+        procs.stop_all()
+        statsd.close()
+    return rows
+
+
+def vs_blackbox(a, tmp):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import vs_blackbox as vb
+    clusters = 2000 if not a.quick else 300
+    return [vb.run(BIN, clusters, 10.0, a.window * 2, tempfile.mkdtemp(dir=tmp))]
+
+
+SCENARIOS = {
+    "throughput": (throughput, ["profile", "offered_per_s"]),
+    "memory": (memory, ["clusters"]),
+    "failover": (failover, ["event"]),
+    "startup": (startup, ["documents"]),
+    "vs_blackbox": (vs_blackbox, []),
+}
+
+
+def medians(runs, keys):
+    groups = {}
+    for run in runs:
+        for row in run:
+            groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+    out = []
+    for _, rows in groups.items():
+        m = {}
+        for k, v in rows[0].items():
+            nums = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+            m[k] = v if k in keys or len(nums) != len(rows) else round(statistics.median(nums), 3)
+        m["runs"] = len(rows)
+        out.append(m)
+    return out
+
+
+def targets(sc):
+    t = []
+
+    def add(name, ok, detail):
+        t.append({"target": name, "met": bool(ok), "detail": detail})
+
+    tp = sc.get("throughput", [])
+    for prof, want in [("healthz", 2000), ("full", 500)]:
+        r = [x for x in tp if x["profile"] == prof and x["offered_per_s"] >= want]
+        if r:
+            x = min(r, key=lambda x: x["offered_per_s"])
+            add(f"{want} {prof} checks/s, p99 lag < 1 s",
+                x["achieved_per_s"] >= 0.97 * want and x["lag_p99_ms"] < 1000,
+                f"{x['achieved_per_s']}/s at {x['offered_per_s']}/s offered, p99 lag {x['lag_p99_ms']} ms")
+    for x in sc.get("memory", []):
+        add(f"≤ 1 KB per cached cluster beyond credentials ({x['clusters']})", x["bytes_per_cluster"] <= 1024,
+            f"{x['bytes_per_cluster']} B/cluster, {x['credential_bytes_per_cluster']} credential B/cluster")
+        if x["clusters"] == 50000:
+            lim = 60 + 50000 * x["credential_bytes_per_cluster"] / 2**20
+            add("RSS at 50,000 clusters ≤ 60 MB + credential bytes", x["rss_mb"] <= lim,
+                f"{x['rss_mb']} MB (limit {lim:.1f} MB)")
+    for x in sc.get("failover", []):
+        if x["event"].startswith("kill"):
+            add(f"{x['event']}: re-owned < 15 s, no missed check after", x["reowned_s"] < 15 and x["missed_after_reowned"] == 0,
+                f"{x['reowned_s']} s, {x['missed_after_reowned']} missed after")
+        else:
+            add(f"{x['event']}: zero missed checks", x["missed_checks"] == 0 and x["duplicate_checks"] == 0,
+                f"{x['missed_checks']} missed, {x['duplicate_checks']} duplicates")
+    for x in sc.get("startup", []):
+        add("ready within 5 s with 50,000 documents", x["ready_s"] <= 5, f"{x['ready_s']} s")
+    for x in sc.get("vs_blackbox", []):
+        add("≤ half the CPU per probe of Prometheus + blackbox_exporter",
+            x["clustermon_cpu_s_per_1000"] <= x["blackbox_cpu_s_per_1000"] / 2,
+            f"{x['clustermon_cpu_s_per_1000']} vs {x['blackbox_cpu_s_per_1000']} CPU-s per 1000")
+    return t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", default=",".join(SCENARIOS))
+    ap.add_argument("--rates", default="500,1000,2000,5000")
+    ap.add_argument("--window", type=float, default=10.0, help="seconds measured per throughput point")
+    ap.add_argument("--quick", action="store_true", help="small sizes, to try the bench itself")
+    ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench", "results.json"))
+    a = ap.parse_args()
+    a.rates = [int(x) for x in a.rates.split(",")]
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    prev = {}
+    if os.path.exists(a.out):
+        with open(a.out) as f:
+            prev = json.load(f)
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, {platform.release()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "scenarios": prev.get("scenarios", {}),
+        "runs": prev.get("runs", {}),
+    }
+    for name in a.only.split(","):
+        fn, keys = SCENARIOS[name]
+        all_runs = []
+        n = 1 if name == "startup" else a.runs  # startup repeats inside
+        for i in range(n):
+            tmp = tempfile.mkdtemp(prefix=f"clustermon-bench-{name}-")
+            try:
+                log(f"{name}: run {i + 1}/{n}")
+                all_runs.append(fn(a, tmp))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        if name == "startup":
+            all_runs = [[r] for r in all_runs[0]]
+        results["runs"][name] = all_runs
+        results["scenarios"][name] = medians(all_runs, keys)
+        results["targets"] = targets(results["scenarios"])
+        with open(a.out, "w") as f:
+            json.dump(results, f, indent=1)
+    print(f"\nmedians of {a.runs} runs ({results['machine']}, {results['date']}):")
+    for name, rows in results["scenarios"].items():
+        print(f"\n## {name}")
+        if rows:
+            cols = list(rows[0].keys())
+            print(" | ".join(cols))
+            for r in rows:
+                print(" | ".join(str(r.get(c, "")) for c in cols))
+    print("\n## targets")
+    for t in results.get("targets", []):
+        print(f"{'MET ' if t['met'] else 'MISS'}  {t['target']}: {t['detail']}")
+    print(f"\nwrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
