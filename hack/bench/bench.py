@@ -282,6 +282,18 @@ def memory(a, tmp):
             sim, _ = start_fleet(procs, ["--clusters", str(n), "--register", store,
                                          "--fault", f"slow={inflight}", "--slow-delay", "120s"], tmp)
             log(f"memory: {n} clusters registered in {time.time() - t:.0f}s")
+            # A: the cache alone (a one-hour interval: almost no check runs yet).
+            mon = monitor(procs, f"mem-{n}-cache", store, statsd.port,
+                          ["--interval", "3600s", "--collectors", "healthz"])
+            url = admin_url(store, f"mem-{n}-cache")
+            wait("ready", 120, lambda: http_code(f"{url}/healthz/ready")[0] == 200)
+            time.sleep(3)
+            creds = prom_value(url, "clustermon_monitor_cache_credentialbytes") or 0
+            cache = prom_value(url, "clustermon_monitor_cache_size") or n
+            cache_rss = mem_kb(mon.pid, "VmRSS") * 1024
+            mon.send_signal(signal.SIGTERM)
+            mon.wait(timeout=30)
+            # B: the same, plus the slow clusters' checks hanging in flight.
             interval = 30
             mon = monitor(procs, f"mem-{n}", store, statsd.port,
                           ["--interval", f"{interval}s", "--collectors", "healthz",
@@ -290,15 +302,15 @@ def memory(a, tmp):
             wait("ready", 120, lambda: http_code(f"{url}/healthz/ready")[0] == 200)
             # One interval: every slow cluster's check has started and hangs.
             time.sleep(interval + 3)
-            infl = prom_value(url, "clustermon_monitor_checks_inflight")
-            creds = prom_value(url, "clustermon_monitor_cache_credentialbytes") or 0
-            cache = prom_value(url, "clustermon_monitor_cache_size") or n
+            infl = prom_value(url, "clustermon_monitor_checks_inflight") or 0
             rss = mem_kb(mon.pid, "VmRSS") * 1024
             row = {
                 "clusters": n,
                 "rss_mb": round(rss / 2**20, 1),
+                "cache_rss_mb": round(cache_rss / 2**20, 1),
                 "credential_bytes_per_cluster": round(creds / cache),
-                "inflight_checks": int(infl or 0),
+                "inflight_checks": int(infl),
+                "inflight_kb_per_check": round((rss - cache_rss) / max(infl, 1) / 1024, 1),
                 "cached": int(cache),
             }
             rows.append(row)
@@ -320,9 +332,8 @@ def memory(a, tmp):
         procs.stop_all()
         statsd.close()
     for r in rows:
-        # What the cache costs per cluster beyond its credential bytes; the
-        # in-flight checks' memory is in here too (an upper bound).
-        total = (r["rss_mb"] * 2**20 - base) / r["clusters"]
+        # What the cache costs per cluster beyond its credential bytes.
+        total = (r["cache_rss_mb"] * 2**20 - base) / r["clusters"]
         r["bytes_per_cluster"] = round(total - r["credential_bytes_per_cluster"])
         r["baseline_rss_mb"] = round(base / 2**20, 1)
     return rows
@@ -342,10 +353,11 @@ def gaps_and_misses(checks, ids, interval_ms, t_from, t_to, reowned_at):
             max_gap = max(max_gap, y - x)
             if y - x < interval_ms / 2:
                 dup += 1
-        # Each due slot in the window needs a check within 2 s after it.
+        # Each due slot in the window needs its check before half an
+        # interval has passed (a late catch-up counts as missed on time).
         d = t_from + (ph - t_from) % interval_ms
         while d <= t_to - interval_ms:
-            if not any(d - 200 <= t <= d + 2000 for t in ts):
+            if not any(d - 500 <= t <= d + interval_ms / 2 for t in ts):
                 missed += 1
                 if d > reowned_at:
                     missed_late += 1
@@ -518,8 +530,10 @@ def targets(sc):
             f"{x['bytes_per_cluster']} B/cluster, {x['credential_bytes_per_cluster']} credential B/cluster")
         if x["clusters"] == 50000:
             lim = 60 + 50000 * x["credential_bytes_per_cluster"] / 2**20
-            add("RSS at 50,000 clusters ≤ 60 MB + credential bytes", x["rss_mb"] <= lim,
-                f"{x['rss_mb']} MB (limit {lim:.1f} MB)")
+            add("RSS at 50,000 clusters ≤ 60 MB + credential bytes (cache)", x["cache_rss_mb"] <= lim,
+                f"{x['cache_rss_mb']} MB (limit {lim:.1f} MB)")
+            add("... and with 1,650 slow checks in flight", x["rss_mb"] <= lim,
+                f"{x['rss_mb']} MB with {x['inflight_checks']} in flight ({x['inflight_kb_per_check']} KB each)")
     for x in sc.get("failover", []):
         if x["event"].startswith("kill"):
             add(f"{x['event']}: re-owned < 15 s, no missed check after", x["reowned_s"] < 15 and x["missed_after_reowned"] == 0,

@@ -67,6 +67,11 @@ pub fn client_config(creds: &Credentials, https: bool) -> Result<ClientConfig, S
         _ => return Err("clientCertificate and clientKey go together".into()),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // One configuration serves one check's connection: a session cache
+    // (rustls allocates one of 256 entries by default, ~14 KB, and stores
+    // each TLS 1.3 ticket with a copy of the certificate chain) could never
+    // be reused. Measured with massif: 22% of an in-flight check's memory.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
@@ -135,6 +140,13 @@ mod tests {
             ..Default::default()
         };
         assert!(client_config(&insecure, true).is_ok());
+    }
+
+    #[test]
+    fn no_session_cache_per_check() {
+        let c = client_config(&Credentials::default(), false).unwrap();
+        let r = format!("{:?}", c.resumption);
+        assert!(r.contains("NoClientSessionStorage"), "{r}");
     }
 
     #[test]
