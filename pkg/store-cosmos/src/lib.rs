@@ -105,6 +105,11 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// Adds the request charge an answer's headers report.
+    pub(crate) fn charged(&self, h: &azure_data_cosmos::models::ResponseHeaders) {
+        self.charge(h.request_charge().map(|r| f64::from(*r)));
+    }
+
     pub(crate) fn charge(&self, ru: Option<f64>) {
         if let Some(ru) = ru.filter(|r| r.is_finite() && *r > 0.0) {
             self.charge_milli
@@ -355,11 +360,46 @@ impl CosmosStore {
                 let mut out = Vec::new();
                 let mut pages = std::pin::pin!(pages);
                 while let Some(page) = pages.try_next().await? {
-                    self.counters
-                        .charge(page.headers().request_charge().map(|r| f64::from(*r)));
+                    self.counters.charged(page.headers());
                     out.extend(page.into_items());
                 }
                 Ok(out)
+            }
+        })
+        .await
+        .map_err(|e| map_err(op, e))
+    }
+
+    /// Creates or replaces a document partitioned by its id.
+    async fn upsert_doc(
+        &self,
+        c: &ContainerClient,
+        op: &str,
+        id: &str,
+        v: Value,
+    ) -> StoreResult<()> {
+        self.call(op, || {
+            let v = v.clone();
+            async move {
+                let r = c.upsert_item(id.to_string(), id, v, None).await?;
+                self.counters.charged(r.headers());
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| map_err(op, e))
+    }
+
+    /// Deletes a document partitioned by its id; whether it existed.
+    async fn delete_doc(&self, c: &ContainerClient, op: &str, id: &str) -> StoreResult<bool> {
+        self.call(op, || async move {
+            match c.delete_item(id.to_string(), id, None).await {
+                Ok(r) => {
+                    self.counters.charged(r.headers());
+                    Ok(true)
+                }
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(e),
             }
         })
         .await
@@ -397,21 +437,8 @@ impl Store for CosmosStore {
         let live_ms = (doc.expires_at_ms - doc.heartbeat_at_ms).max(0);
         let ttl = (live_ms + 999) / 1000 + 60;
         v["ttl"] = Value::from(ttl.clamp(1, i64::from(i32::MAX)));
-        let id = doc.id.as_str();
-        self.call("upsert_monitor", || {
-            let v = v.clone();
-            async move {
-                let r = self
-                    .monitors
-                    .upsert_item(id.to_string(), id, v, None)
-                    .await?;
-                self.counters
-                    .charge(r.headers().request_charge().map(|r| f64::from(*r)));
-                Ok(())
-            }
-        })
-        .await
-        .map_err(|e| map_err("upsert_monitor", e))
+        self.upsert_doc(&self.monitors, "upsert_monitor", &doc.id, v)
+            .await
     }
 
     async fn list_monitors(&self, now_ms: i64) -> StoreResult<Vec<MonitorDoc>> {
@@ -440,20 +467,7 @@ impl Store for CosmosStore {
     }
 
     async fn delete_monitor(&self, id: &str) -> StoreResult<bool> {
-        let r = self
-            .call("delete_monitor", || async move {
-                match self.monitors.delete_item(id.to_string(), id, None).await {
-                    Ok(r) => {
-                        self.counters
-                            .charge(r.headers().request_charge().map(|r| f64::from(*r)));
-                        Ok(true)
-                    }
-                    Err(e) if is_not_found(&e) => Ok(false),
-                    Err(e) => Err(e),
-                }
-            })
-            .await;
-        r.map_err(|e| map_err("delete_monitor", e))
+        self.delete_doc(&self.monitors, "delete_monitor", id).await
     }
 
     async fn read_master(&self) -> StoreResult<Option<Versioned<MasterDoc>>> {
@@ -461,8 +475,7 @@ impl Store for CosmosStore {
             .call("read_master", || async move {
                 match self.master.read_item(MASTER_ID, MASTER_ID, None).await {
                     Ok(r) => {
-                        self.counters
-                            .charge(r.headers().request_charge().map(|r| f64::from(*r)));
+                        self.counters.charged(r.headers());
                         let etag = r.headers().etag().map(|e| e.to_string());
                         let v: Value = r.into_model()?;
                         Ok(Some((v, etag)))
@@ -510,8 +523,7 @@ impl Store for CosmosStore {
                         }
                         r => r?,
                     };
-                    self.counters
-                        .charge(r.headers().request_charge().map(|r| f64::from(*r)));
+                    self.counters.charged(r.headers());
                     Ok(Some(r.headers().etag().map(|e| e.to_string())))
                 }
             })
@@ -527,37 +539,12 @@ impl Store for CosmosStore {
     async fn put_cluster(&self, doc: &ClusterDoc) -> StoreResult<()> {
         doc.validate().map_err(StoreError::Invalid)?;
         let v = serde_json::to_value(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let id = doc.id.as_str();
-        self.call("put_cluster", || {
-            let v = v.clone();
-            async move {
-                let r = self
-                    .clusters
-                    .upsert_item(id.to_string(), id, v, None)
-                    .await?;
-                self.counters
-                    .charge(r.headers().request_charge().map(|r| f64::from(*r)));
-                Ok(())
-            }
-        })
-        .await
-        .map_err(|e| map_err("put_cluster", e))
+        self.upsert_doc(&self.clusters, "put_cluster", &doc.id, v)
+            .await
     }
 
     async fn delete_cluster(&self, id: &str) -> StoreResult<bool> {
-        self.call("delete_cluster", || async move {
-            match self.clusters.delete_item(id.to_string(), id, None).await {
-                Ok(r) => {
-                    self.counters
-                        .charge(r.headers().request_charge().map(|r| f64::from(*r)));
-                    Ok(true)
-                }
-                Err(e) if is_not_found(&e) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
-        .await
-        .map_err(|e| map_err("delete_cluster", e))
+        self.delete_doc(&self.clusters, "delete_cluster", id).await
     }
 
     async fn get_cluster(&self, id: &str) -> StoreResult<Option<RawCluster>> {
@@ -565,8 +552,7 @@ impl Store for CosmosStore {
             .call("get_cluster", || async move {
                 match self.clusters.read_item(id.to_string(), id, None).await {
                     Ok(r) => {
-                        self.counters
-                            .charge(r.headers().request_charge().map(|r| f64::from(*r)));
+                        self.counters.charged(r.headers());
                         Ok(Some(r.into_model::<Value>()?))
                     }
                     Err(e) if is_not_found(&e) => Ok(None),
@@ -648,8 +634,7 @@ impl Store for CosmosStore {
                 while empty_in_a_row < self.feed_ranges {
                     let Some(page) = it.next().await else { break };
                     let page = page?;
-                    self.counters
-                        .charge(page.headers().request_charge().map(|r| f64::from(*r)));
+                    self.counters.charged(page.headers());
                     if page.items().is_empty() {
                         empty_in_a_row += 1;
                         continue;

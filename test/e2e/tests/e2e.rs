@@ -157,38 +157,32 @@ fn assert_no_double_of(s: &Setup, ids: &[String], from: Instant, to: Instant, wh
     }
 }
 
-fn others(ids: &[String], but: &str) -> Vec<String> {
-    ids.iter().filter(|i| *i != but).cloned().collect()
-}
-
-/// Scenarios 1, 2, 6 and 7 on a plain-http fleet.
-#[test]
-fn share_schedule_feed_and_join() {
-    let mut s = setup("share", &["--plain-http"]);
-    let settled = start_three(&mut s);
-
-    // 2. every cluster checked within one interval, then once per interval.
+/// Scenario 2: every cluster checked within one interval of `settled`,
+/// then `rounds` more times, each exactly once per interval.
+fn scenario_2(s: &Setup, settled: Instant, rounds: usize, what: &str) {
     wait_checked(
-        &s,
+        s,
         &s.ids,
         settled - INTERVAL,
         1,
         INTERVAL + SLACK,
-        "every cluster checked once",
+        &format!("{what}: every cluster checked once"),
     );
     wait_checked(
-        &s,
+        s,
         &s.ids,
         settled,
-        3,
-        3 * INTERVAL + SLACK,
-        "every cluster checked 3 times since the buckets settled",
+        rounds,
+        rounds as u32 * INTERVAL + SLACK,
+        &format!("{what}: every cluster checked {rounds} times since the buckets settled"),
     );
     let end = Instant::now() - SLACK;
-    assert_coverage(&s, &s.ids, settled, end, INTERVAL + SLACK, "scenario 2");
-    assert_no_double(&s, settled, end, "scenario 2");
+    assert_coverage(s, &s.ids, settled, end, INTERVAL + SLACK, what);
+    assert_no_double(s, settled, end, what);
+}
 
-    // 6. a new cluster is checked within feed interval + 1s of its creation.
+/// Scenario 6: a new cluster is checked within feed interval + 1s of its creation.
+fn scenario_6(s: &Setup, what: &str) {
     let target = s.fleet.clusters()[7]["url"].as_str().unwrap().to_string();
     let t_put = Instant::now();
     let (code, _, err) = clustermon(&[
@@ -203,7 +197,7 @@ fn share_schedule_feed_and_join() {
     ]);
     assert_eq!(code, 0, "cluster put: {err}");
     let first = wait_until(
-        "the new cluster is checked",
+        &format!("{what}: the new cluster is checked"),
         FEED + Duration::from_secs(1) + SLACK,
         || {
             s.statsd
@@ -213,8 +207,21 @@ fn share_schedule_feed_and_join() {
         },
     );
     let delay = first - t_put;
-    eprintln!("scenario 6: new cluster checked {delay:?} after `cluster put` started");
+    eprintln!("{what}: new cluster checked {delay:?} after `cluster put` started");
     assert!(delay <= FEED + Duration::from_secs(1) + Duration::from_millis(500));
+}
+
+fn others(ids: &[String], but: &str) -> Vec<String> {
+    ids.iter().filter(|i| *i != but).cloned().collect()
+}
+
+/// Scenarios 1, 2, 6 and 7 on a plain-http fleet.
+#[test]
+fn share_schedule_feed_and_join() {
+    let mut s = setup("share", &["--plain-http"]);
+    let settled = start_three(&mut s);
+    scenario_2(&s, settled, 3, "scenario 2");
+    scenario_6(&s, "scenario 6");
 
     // ... and a deleted one is no longer checked after feed interval + 1s.
     let gone = s.ids[10].clone();
@@ -991,62 +998,8 @@ fn cosmos_store_share_feed_relist_throttling_and_crash() {
         &["--relist-interval", "5s"],
     );
     let settled = start_three(&mut s);
-
-    // 2. every cluster checked within one interval, then once per interval.
-    wait_checked(
-        &s,
-        &s.ids,
-        settled - INTERVAL,
-        1,
-        INTERVAL + SLACK,
-        "cosmos: every cluster checked once",
-    );
-    wait_checked(
-        &s,
-        &s.ids,
-        settled,
-        2,
-        2 * INTERVAL + SLACK,
-        "cosmos: every cluster checked twice since settled",
-    );
-    let end = Instant::now() - SLACK;
-    assert_coverage(
-        &s,
-        &s.ids,
-        settled,
-        end,
-        INTERVAL + SLACK,
-        "cosmos scenario 2",
-    );
-    assert_no_double(&s, settled, end, "cosmos scenario 2");
-
-    // 6. a new cluster is checked within feed interval + 1s of its creation.
-    let target = s.fleet.clusters()[7]["url"].as_str().unwrap().to_string();
-    let t_put = Instant::now();
-    let (code, _, err) = clustermon(&[
-        "cluster",
-        "put",
-        "--store",
-        &s.store,
-        "--id",
-        "e2e-new",
-        "--api-server",
-        &target,
-    ]);
-    assert_eq!(code, 0, "cluster put: {err}");
-    let first = wait_until(
-        "cosmos: the new cluster is checked",
-        FEED + Duration::from_secs(1) + SLACK,
-        || {
-            s.statsd
-                .check_times()
-                .get("e2e-new")
-                .and_then(|v| v.first().copied())
-        },
-    );
-    let delay = first - t_put;
-    eprintln!("cosmos scenario 6: new cluster checked {delay:?} after `cluster put` started");
-    assert!(delay <= FEED + Duration::from_secs(1) + Duration::from_millis(500));
+    scenario_2(&s, settled, 2, "cosmos scenario 2");
+    scenario_6(&s, "cosmos scenario 6");
 
     // A delete is not in the feed: the re-list finds it within its interval.
     let gone = s.ids[10].clone();
