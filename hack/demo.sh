@@ -58,6 +58,14 @@ print("unhealthy clusters (%d):" % len(bad), ", ".join("%s=%s" % (u["id"], u["co
 }
 
 view "three monitors share $CLUSTERS clusters" "$PHASE"
+"$BIN/clustermon" status --store "$STORE" --output json | python3 -c '
+import json, sys
+for m in json.load(sys.stdin)["monitors"]:
+    print("demo: %s status page: %s/" % (m["id"], m["admin_url"]))' || true
+FIRST=$("$BIN/clustermon" cluster list --store "$STORE" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+echo "demo: clustermon explain $FIRST"
+"$BIN/clustermon" explain "$FIRST" --store "$STORE" || true
+sleep 3
 VICTIM=m2
 echo "demo: kill -9 $VICTIM (crash): its buckets move after its heartbeat expires (~10s)"
 kill -KILL "${MON[$VICTIM]}"
