@@ -45,7 +45,9 @@ import time
 import urllib.parse
 import urllib.request
 
-TICK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import cpu_s, mem_kb  # noqa: E402
+
 PROMETHEUS = "/usr/bin/prometheus"
 EXPORTER = "/usr/bin/prometheus-blackbox-exporter"
 HEALTHZ_PREFIX = b"apiserver.healthz.code"
@@ -55,21 +57,7 @@ def log(msg):
     print(f"vs_blackbox: {msg}", file=sys.stderr, flush=True)
 
 
-# --- /proc helpers (as in quick.py) -----------------------------------------
-
-def cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def mem_kb(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
+# /proc helpers: shared with bench.py
 
 def free_udp_port():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -525,6 +525,18 @@ fn monitor_url<'a>(
     Ok(&m.admin_url)
 }
 
+/// One line per collector of a check result (as the admin API answers it).
+fn print_collectors(check: &serde_json::Value, indent: &str) {
+    for c in check["collectors"].as_array().into_iter().flatten() {
+        println!(
+            "{indent}{:<18} {:>5} ms  {}",
+            c["name"].as_str().unwrap_or(""),
+            c["duration_ms"],
+            c["error"].as_str().unwrap_or("ok")
+        );
+    }
+}
+
 /// `clustermon explain CLUSTER_ID`.
 pub async fn explain(args: crate::cli::ExplainArgs) -> Result<(), CmdError> {
     use clustermon_core::status::{explain, Doc};
@@ -607,19 +619,8 @@ pub async fn explain(args: crate::cli::ExplainArgs) -> Result<(), CmdError> {
         ),
         None => println!("last check:  -"),
     }
-    if let Some(c) = e
-        .last_check
-        .as_ref()
-        .and_then(|l| l["collectors"].as_array())
-    {
-        for c in c {
-            println!(
-                "             {:<18} {:>5} ms  {}",
-                c["name"].as_str().unwrap_or(""),
-                c["duration_ms"],
-                c["error"].as_str().unwrap_or("ok")
-            );
-        }
+    if let Some(l) = &e.last_check {
+        print_collectors(l, "             ");
     }
     println!("next due:    {}", or_dash(e.next_due.map(fmt_ms)));
     println!("checked:     {}", if e.checked { "yes" } else { "NO" });
@@ -728,14 +729,7 @@ pub async fn check(args: crate::cli::CheckArgs) -> Result<(), CmdError> {
         if v["ok"] == true { "ok" } else { "FAILED" },
         v["summary"].as_str().unwrap_or("")
     );
-    for c in v["collectors"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<18} {:>5} ms  {}",
-            c["name"].as_str().unwrap_or(""),
-            c["duration_ms"],
-            c["error"].as_str().unwrap_or("ok")
-        );
-    }
+    print_collectors(&v, "  ");
     if v["ok"] != true {
         return Err(CmdError::Failed(format!("{id}: the check failed")));
     }

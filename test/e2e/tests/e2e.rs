@@ -211,6 +211,45 @@ fn scenario_6(s: &Setup, what: &str) {
     assert!(delay <= FEED + Duration::from_secs(1) + Duration::from_millis(500));
 }
 
+/// Scenario 3: a non-master crashes; the survivors own its buckets within
+/// TTL + two passes, and `ids` stay covered (a caught-up check is followed
+/// by its grid slot at least half an interval later: up to 1.5 intervals).
+/// Returns the master, the survivors and the bound.
+fn scenario_3(s: &mut Setup, ids: &[String], what: &str) -> (String, Vec<&'static str>, Duration) {
+    let master0 = master(&s.store).expect("a master");
+    let victim = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != master0)
+        .unwrap()
+        .to_string();
+    let survivors: Vec<&'static str> = ["m1", "m2", "m3"]
+        .into_iter()
+        .filter(|m| *m != victim)
+        .collect();
+    let bound3 = HEARTBEAT_TTL + 2 * HEARTBEAT;
+    let t_kill = Instant::now();
+    s.mons.get(&victim).crash();
+    let store = s.store.clone();
+    wait_until(
+        &format!("{what}: survivors own every bucket"),
+        bound3 + SLACK,
+        || buckets(&store).filter(|o| balanced(o, &survivors)),
+    );
+    let took = t_kill.elapsed();
+    eprintln!("{what}: {victim}'s buckets re-owned after {took:?} (bound {bound3:?})");
+    wait_checked(
+        s,
+        ids,
+        Instant::now(),
+        1,
+        INTERVAL * 3 / 2 + SLACK,
+        &format!("{what}: checks after the crash"),
+    );
+    let end = Instant::now() - SLACK;
+    assert_coverage(s, ids, t_kill, end, INTERVAL + bound3 + SLACK, what);
+    (master0, survivors, bound3)
+}
+
 fn others(ids: &[String], but: &str) -> Vec<String> {
     ids.iter().filter(|i| *i != but).cloned().collect()
 }
@@ -292,46 +331,9 @@ fn crash_of_a_member_then_of_the_master() {
         INTERVAL + SLACK,
         "warm-up",
     );
-    let master0 = master(&s.store).expect("a master");
-    let victim = ["m1", "m2", "m3"]
-        .into_iter()
-        .find(|m| *m != master0)
-        .unwrap()
-        .to_string();
-    let survivors: Vec<&str> = ["m1", "m2", "m3"]
-        .into_iter()
-        .filter(|m| *m != victim)
-        .collect();
-
-    // 3. a non-master crashes: survivors own its buckets within TTL + two passes.
-    let bound3 = HEARTBEAT_TTL + 2 * HEARTBEAT;
-    let t_kill = Instant::now();
-    s.mons.get(&victim).crash();
+    let ids = s.ids.clone();
+    let (master0, survivors, bound3) = scenario_3(&mut s, &ids, "scenario 3");
     let store = s.store.clone();
-    wait_until("survivors own every bucket", bound3 + SLACK, || {
-        buckets(&store).filter(|o| balanced(o, &survivors))
-    });
-    let took = t_kill.elapsed();
-    eprintln!("scenario 3: {victim}'s buckets re-owned after {took:?} (bound {bound3:?})");
-    // A caught-up check is followed by its grid slot at least half an
-    // interval later: up to 1.5 intervals between them.
-    wait_checked(
-        &s,
-        &s.ids,
-        Instant::now(),
-        1,
-        INTERVAL * 3 / 2 + SLACK,
-        "checks after the crash",
-    );
-    let end = Instant::now() - SLACK;
-    assert_coverage(
-        &s,
-        &s.ids,
-        t_kill,
-        end,
-        INTERVAL + bound3 + SLACK,
-        "scenario 3",
-    );
 
     // 4. the master crashes: a new master within lease TTL + one pass.
     let bound4 = LEASE_TTL + HEARTBEAT;
@@ -1076,45 +1078,8 @@ fn cosmos_store_share_feed_relist_throttling_and_crash() {
     assert_coverage(&s, &rest, t_thr, end, INTERVAL + SLACK, "cosmos throttled");
     assert_no_double(&s, t_thr, end, "cosmos throttled");
 
-    // 3. a non-master crashes: survivors own its buckets within TTL + two passes.
-    let master0 = master(&s.store).expect("a master");
-    let victim = ["m1", "m2", "m3"]
-        .into_iter()
-        .find(|m| *m != master0)
-        .unwrap()
-        .to_string();
-    let survivors: Vec<&str> = ["m1", "m2", "m3"]
-        .into_iter()
-        .filter(|m| *m != victim)
-        .collect();
-    let bound3 = HEARTBEAT_TTL + 2 * HEARTBEAT;
-    let t_kill = Instant::now();
-    s.mons.get(&victim).crash();
-    let store = s.store.clone();
-    wait_until("cosmos: survivors own every bucket", bound3 + SLACK, || {
-        buckets(&store).filter(|o| balanced(o, &survivors))
-    });
-    eprintln!(
-        "cosmos scenario 3: {victim}'s buckets re-owned after {:?} (bound {bound3:?})",
-        t_kill.elapsed()
-    );
-    wait_checked(
-        &s,
-        &rest,
-        Instant::now(),
-        1,
-        INTERVAL * 3 / 2 + SLACK,
-        "cosmos: checks after the crash",
-    );
-    let end = Instant::now() - SLACK;
-    assert_coverage(
-        &s,
-        &rest,
-        t_kill,
-        end,
-        INTERVAL + bound3 + SLACK,
-        "cosmos scenario 3",
-    );
+    let (_, survivors, _) = scenario_3(&mut s, &rest, "cosmos scenario 3");
+    let emu = s.cosmos.as_ref().expect("cosmos");
     eprintln!("cosmos emulator requests: {}", emu.stats());
 
     // Readiness follows the store: 503 (with the reason) while it is
