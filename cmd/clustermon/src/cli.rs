@@ -190,6 +190,10 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT: time to hand over and finish in-flight checks.
     #[arg(long, default_value = "10s", value_parser = duration, env = "CLUSTERMON_SHUTDOWN_GRACE")]
     pub shutdown_grace: Duration,
+    /// Beyond this distance from the fleet's clock (measured from the peers'
+    /// heartbeats) a monitor is not ready and takes no bucket and no lease.
+    #[arg(long, default_value = "1s", value_parser = duration, env = "CLUSTERMON_MAX_CLOCK_OFFSET")]
+    pub max_clock_offset: Duration,
     #[command(flatten)]
     pub secrets: SecretsArg,
     /// Admin API listener (health, metrics, debug, drain, status page).
@@ -233,6 +237,37 @@ pub struct RunArgs {
         env = "CLUSTERMON_COLLECTOR_CONCURRENCY"
     )]
     pub collector_concurrency: u8,
+}
+
+/// File descriptors `run` keeps out of the check pool: 64 for the process
+/// itself (stdio, the runtime's epoll and wake-up fds, the signal pipe, the
+/// statsd socket, the admin API's listener and a few of its connections,
+/// /metrics scrapes, the blocking pool's occasional files), plus 16 for
+/// SQLite (the database, its -wal and -shm files, temporary files; the
+/// Cosmos store's HTTPS connections fit there too).
+pub const FD_RESERVE: u64 = 64 + 16;
+
+/// The pool size that fits `soft_limit` open files when each check holds up
+/// to `sockets_per_check` sockets (`--collector-concurrency`) besides
+/// [`FD_RESERVE`], or `None` when `max_checks` already fits. Never below 1.
+pub fn pool_for_fd_limit(
+    soft_limit: u64,
+    max_checks: usize,
+    sockets_per_check: u8,
+) -> Option<usize> {
+    let per = u64::from(sockets_per_check.max(1));
+    let need = (max_checks as u64)
+        .saturating_mul(per)
+        .saturating_add(FD_RESERVE);
+    if need <= soft_limit {
+        return None;
+    }
+    let fits = soft_limit.saturating_sub(FD_RESERVE) / per;
+    Some(
+        usize::try_from(fits)
+            .unwrap_or(usize::MAX)
+            .clamp(1, max_checks.max(1)),
+    )
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -355,6 +390,20 @@ mod tests {
         assert_eq!(r.check_timeout, Duration::from_secs(30));
         assert_eq!(r.shutdown_grace, Duration::from_secs(10));
         assert_eq!(r.relist_interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn the_pool_shrinks_to_fit_the_fd_limit() {
+        // Fits: nothing to do.
+        assert_eq!(pool_for_fd_limit(1 << 20, 2000, 1), None);
+        assert_eq!(pool_for_fd_limit(2000 + FD_RESERVE, 2000, 1), None);
+        // `ulimit -n 512`, defaults: 512 - 80 = 432 checks.
+        assert_eq!(pool_for_fd_limit(512, 2000, 1), Some(432));
+        // Two sockets per check halve it.
+        assert_eq!(pool_for_fd_limit(512, 2000, 2), Some(216));
+        assert_eq!(pool_for_fd_limit(1024, 2000, 8), Some(118));
+        // A limit below the reserve still leaves one check.
+        assert_eq!(pool_for_fd_limit(20, 2000, 1), Some(1));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use clustermon_core::metrics::{self, Format, Metrics};
 use clustermon_core::model::{ClusterDoc, Credentials, ProvisioningState, Secret};
 use clustermon_core::secrets::SecretsKey;
 use clustermon_core::status::{bucket_owners, fleet_status, FleetStatus};
-use clustermon_core::store::Store;
+use clustermon_core::store::{RawCluster, Store};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -94,6 +94,7 @@ pub async fn run(
     cfg.max_concurrent_checks = args.max_concurrent_checks;
     cfg.check_timeout = args.check_timeout;
     cfg.shutdown_grace = args.shutdown_grace;
+    cfg.max_clock_offset = args.max_clock_offset;
     cfg.validate().map_err(CmdError::Usage)?;
 
     // The admin API: refuse a reachable listener without a token, bind
@@ -357,6 +358,17 @@ struct ClusterView {
     invalid: Option<String>,
 }
 
+/// A stored cluster document, decoded as the monitors decode it: its id
+/// must be its key (a document's own id is a value of the document, and is
+/// not shown when it differs).
+fn decode_stored(r: &RawCluster) -> Result<ClusterDoc, String> {
+    let d = ClusterDoc::decode(&r.body)?;
+    if d.id != r.id {
+        return Err("document id does not match its key".into());
+    }
+    Ok(d)
+}
+
 pub async fn cluster_list(args: ListArgs) -> Result<(), CmdError> {
     let key = secrets_key(&args.secrets)?;
     let args = args.read;
@@ -364,7 +376,7 @@ pub async fn cluster_list(args: ListArgs) -> Result<(), CmdError> {
     let raws = store.list_clusters().await.map_err(failed)?;
     let views: Vec<ClusterView> = raws
         .into_iter()
-        .map(|r| match ClusterDoc::decode(&r.body) {
+        .map(|r| match decode_stored(&r) {
             Ok(d) => {
                 let sealed = d.encrypted_credentials.as_deref().map(|s| match &key {
                     Some(k) => match k.open(&d.id, s) {
@@ -550,7 +562,7 @@ pub async fn explain(args: crate::cli::ExplainArgs) -> Result<(), CmdError> {
         .await
         .map_err(failed)?
         .map(|m| m.value.normalised());
-    let decoded = raw.as_ref().map(|r| ClusterDoc::decode(&r.body));
+    let decoded = raw.as_ref().map(decode_stored);
     let doc = match &decoded {
         None => Doc::Missing,
         Some(Err(e)) => Doc::Invalid(e.clone()),
@@ -697,7 +709,7 @@ pub async fn check(args: crate::cli::CheckArgs) -> Result<(), CmdError> {
         .await
         .map_err(failed)?
         .ok_or_else(|| CmdError::Failed(format!("no such cluster: {id}")))?;
-    let doc = ClusterDoc::decode(&raw.body).map_err(CmdError::Failed)?;
+    let doc = decode_stored(&raw).map_err(CmdError::Failed)?;
     let live = store.list_monitors(now).await.map_err(failed)?;
     let master =
         store.read_master().await.map_err(failed)?.ok_or_else(|| {

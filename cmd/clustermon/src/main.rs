@@ -65,7 +65,8 @@ fn init_logging(cli: &Cli) {
 
 async fn dispatch(cmd: Command) -> Result<(), CmdError> {
     match cmd {
-        Command::Run(args) => {
+        Command::Run(mut args) => {
+            fit_fd_limit(&mut args);
             let (mut signals, listener) = signals();
             // The first signal starts the graceful stop inside `run`; the
             // listener keeps running, so a second one exits at once.
@@ -88,6 +89,60 @@ async fn dispatch(cmd: Command) -> Result<(), CmdError> {
         Command::Drain(a) => commands::drain(a).await,
         Command::Check(a) => commands::check(a).await,
     }
+}
+
+/// Raises the soft limit on open files to the hard limit, then lowers
+/// `--max-concurrent-checks` if the pool's sockets would not fit in it.
+fn fit_fd_limit(args: &mut clustermon::cli::RunArgs) {
+    let soft = match raise_nofile() {
+        Ok((before, after)) => {
+            tracing::info!(before, after, "open files limit (RLIMIT_NOFILE, soft)");
+            after
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open files limit; not checking the pool size against it");
+            return;
+        }
+    };
+    let (max, per) = (args.max_concurrent_checks, args.collector_concurrency);
+    if let Some(pool) = clustermon::cli::pool_for_fd_limit(soft, max, per) {
+        tracing::warn!(
+            max_concurrent_checks = max,
+            collector_concurrency = per,
+            fd_reserve = clustermon::cli::FD_RESERVE,
+            open_files_limit = soft,
+            pool,
+            "{max} checks x {per} sockets + {} reserved do not fit in the open files limit of {soft}: \
+             running at most {pool} checks at once; raise the limit (ulimit -n, systemd LimitNOFILE=, \
+             the container's nofile ulimit) to at least {} to keep {max}",
+            clustermon::cli::FD_RESERVE,
+            (max as u64).saturating_mul(u64::from(per)) + clustermon::cli::FD_RESERVE,
+        );
+        args.max_concurrent_checks = pool;
+    }
+}
+
+/// RLIMIT_NOFILE's soft limit before and after raising it to the hard limit.
+fn raise_nofile() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a valid, exclusive pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before: u64 = lim.rlim_cur;
+    if lim.rlim_cur >= lim.rlim_max {
+        return Ok((before, before));
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit only reads the `rlimit` it is given; raising the soft
+    // limit up to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((before, lim.rlim_cur))
 }
 
 /// SIGTERM and SIGINT as a stream. After the first one is taken, a second

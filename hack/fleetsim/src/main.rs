@@ -46,12 +46,16 @@ struct Args {
     id_prefix: String,
     /// Faults from the start, KIND=COUNT, repeatable; clusters are taken from
     /// the end of the id range. Kinds: down, healthz500, slow, degraded-node,
-    /// crashloop, operator-degraded, cert-expiring, malformed, unauthorized.
+    /// crashloop, operator-degraded, cert-expiring, malformed, unauthorized,
+    /// and hostile servers: endless-body, slowloris, redirect-loop, tls-reset.
     #[arg(long = "fault", value_parser = sim::parse_fault_arg)]
     faults: Vec<(Fault, usize)>,
     /// How long the `slow` fault delays every answer.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     slow_delay: Duration,
+    /// How long the `slowloris` fault waits between two bytes of an answer.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    slowloris_every: Duration,
     /// Nodes per cluster (3 masters, the rest workers).
     #[arg(long, default_value_t = 6)]
     nodes: usize,
@@ -141,6 +145,14 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("--clusters must be at least 1".into());
     }
     let faults = sim::assign_faults(args.clusters, &args.faults)?;
+    if args.plain_http
+        && args
+            .faults
+            .iter()
+            .any(|(f, n)| *f == Fault::TlsReset && *n > 0)
+    {
+        return Err("--fault tls-reset needs TLS (drop --plain-http)".into());
+    }
     let sizes: HashMap<&str, (usize, usize)> = args
         .sizes
         .iter()
@@ -182,11 +194,25 @@ async fn run(args: Args) -> Result<(), String> {
         }
         (Some(ca.pem.clone()), Some(ca))
     };
-    let base_url = |expiring: bool| -> Result<String, String> {
+    // The `tls-reset` clusters' listener: plain TCP that resets every
+    // connection once the ClientHello arrives.
+    let reset_listener = if args.plain_http {
+        None
+    } else {
+        Some(
+            TcpListener::bind((control_addr.ip(), 0))
+                .await
+                .map_err(|e| format!("cannot listen: {e}"))?,
+        )
+    };
+    let base_url = |fs: &BTreeSet<Fault>| -> Result<String, String> {
         if args.plain_http {
             return Ok(format!("http://{control_addr}"));
         }
-        let l = &tls_listeners[usize::from(expiring)].0;
+        let l = match &reset_listener {
+            Some(l) if fs.contains(&Fault::TlsReset) => l,
+            _ => &tls_listeners[usize::from(fs.contains(&Fault::CertExpiring))].0,
+        };
         let addr = l.local_addr().map_err(|e| e.to_string())?;
         Ok(format!("https://{addr}"))
     };
@@ -198,10 +224,7 @@ async fn run(args: Args) -> Result<(), String> {
         let id = sim::cluster_id(&args.id_prefix, i, args.clusters);
         clustermon_core::model::validate_id(&id).map_err(|e| format!("--id-prefix: {e}"))?;
         let fs: BTreeSet<Fault> = fs.into_iter().collect();
-        let url = format!(
-            "{}/clusters/{id}",
-            base_url(fs.contains(&Fault::CertExpiring))?
-        );
+        let url = format!("{}/clusters/{id}", base_url(&fs)?);
         let (auth, c) = match &ca {
             None => (Auth::None, Credentials::default()),
             Some(ca) if i % 2 == 0 => {
@@ -277,6 +300,7 @@ async fn run(args: Args) -> Result<(), String> {
         clusters,
         by_id,
         slow_delay: args.slow_delay,
+        slowloris_every: args.slowloris_every,
         page_cap: args.page_cap.max(1),
         seen,
     });
@@ -298,6 +322,9 @@ async fn run(args: Args) -> Result<(), String> {
             fleet.clone(),
             stop.clone(),
         ));
+    }
+    if let Some(l) = reset_listener {
+        tasks.spawn(server::serve_reset(l, stop.clone()));
     }
     let faulty = fleet
         .clusters

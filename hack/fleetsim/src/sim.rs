@@ -31,6 +31,17 @@ pub enum Fault {
     Malformed,
     /// Every request is answered 401.
     Unauthorized,
+    /// Every answer is 200 with a chunked body that never ends.
+    EndlessBody,
+    /// Every answer (status line, headers, body) is written one byte at a
+    /// time, `--slowloris-every` apart.
+    Slowloris,
+    /// Every request is redirected (302) to itself.
+    RedirectLoop,
+    /// The TCP connection is reset in the middle of the TLS handshake (after
+    /// the ClientHello). Chosen at start-up, like `cert-expiring`: the
+    /// cluster's URL names a listener that does only that.
+    TlsReset,
 }
 
 pub const ALL_FAULTS: &[Fault] = &[
@@ -43,7 +54,15 @@ pub const ALL_FAULTS: &[Fault] = &[
     Fault::CertExpiring,
     Fault::Malformed,
     Fault::Unauthorized,
+    Fault::EndlessBody,
+    Fault::Slowloris,
+    Fault::RedirectLoop,
+    Fault::TlsReset,
 ];
+
+/// Faults that decide a cluster's URL (its listener), so they are given at
+/// start-up only and cannot be set or cleared through the control endpoint.
+pub const LISTENER_FAULTS: &[Fault] = &[Fault::CertExpiring, Fault::TlsReset];
 
 impl Fault {
     pub fn as_str(self) -> &'static str {
@@ -57,6 +76,10 @@ impl Fault {
             Fault::CertExpiring => "cert-expiring",
             Fault::Malformed => "malformed",
             Fault::Unauthorized => "unauthorized",
+            Fault::EndlessBody => "endless-body",
+            Fault::Slowloris => "slowloris",
+            Fault::RedirectLoop => "redirect-loop",
+            Fault::TlsReset => "tls-reset",
         }
     }
 

@@ -190,20 +190,21 @@ pub enum MasterAction {
 }
 
 /// The master pass: take the lease if it is free or ours, renew it, and
-/// re-balance. `me` must not be draining (draining monitors never lead).
+/// re-balance. `lease_holder` is who holds the lease as this monitor
+/// observes it (`liveness::Observer::lease_holder`: never a comparison of
+/// `leaseExpiresMs` with this host's clock). `me` must be eligible (not
+/// draining, clock within bounds).
 pub fn master_pass(
     me: &str,
     master: Option<&MasterDoc>,
+    lease_holder: Option<&str>,
     members: &Membership<'_>,
     t: PassTiming,
 ) -> MasterAction {
-    let base = match master {
-        None => MasterDoc::empty(),
-        Some(doc) => match doc.lease_held_at(t.now_ms) {
-            Some(owner) if owner != me => return MasterAction::Follow,
-            _ => doc.clone().normalised(),
-        },
-    };
+    if lease_holder.is_some_and(|o| o != me) {
+        return MasterAction::Follow;
+    }
+    let base = master.map_or_else(MasterDoc::empty, |d| d.clone().normalised());
     // The master is live by definition, even if its own heartbeat write is
     // not visible yet.
     let mut members = members.clone();
@@ -211,6 +212,7 @@ pub fn master_pass(
     members.eligible.insert(me);
     let (buckets, changed) = reassign(&base.buckets, &members, t);
     MasterAction::Write(MasterDoc {
+        schema_version: crate::model::MASTER_SCHEMA_VERSION,
         lease_owner: Some(me.to_string()),
         lease_expires_ms: t.now_ms + t.lease_ttl_ms,
         generation: base.generation + u64::from(changed),
@@ -234,6 +236,7 @@ pub fn release(me: &str, doc: &MasterDoc, members: &Membership<'_>, t: PassTimin
         (base.lease_owner.clone(), base.lease_expires_ms)
     };
     MasterDoc {
+        schema_version: crate::model::MASTER_SCHEMA_VERSION,
         lease_owner,
         lease_expires_ms,
         generation: base.generation + u64::from(changed),
@@ -420,10 +423,16 @@ mod tests {
         dead_lookback_ms: 12_000,
     };
 
+    /// The master pass with the lease judged as its document says (the
+    /// engine judges it by observation; see `liveness`).
+    fn mp(me: &str, doc: Option<&MasterDoc>, m: &Membership<'_>, t: PassTiming) -> MasterAction {
+        master_pass(me, doc, doc.and_then(|d| d.lease_held_at(t.now_ms)), m, t)
+    }
+
     #[test]
     fn master_pass_creates_takes_renews_and_follows() {
         let m = members(&["a", "b"], &[]);
-        let MasterAction::Write(doc) = master_pass("a", None, &m, T) else {
+        let MasterAction::Write(doc) = mp("a", None, &m, T) else {
             panic!("create")
         };
         assert_eq!(doc.lease_owner.as_deref(), Some("a"));
@@ -435,13 +444,13 @@ mod tests {
         assert!(doc.buckets.iter().all(|b| b.prev.is_none()));
 
         // b follows while a's lease holds.
-        assert_eq!(master_pass("b", Some(&doc), &m, T), MasterAction::Follow);
+        assert_eq!(mp("b", Some(&doc), &m, T), MasterAction::Follow);
         // a renews: same assignment, same generation, lease extended.
         let later = PassTiming {
             now_ms: T.now_ms + 2_000,
             ..T
         };
-        let MasterAction::Write(renewed) = master_pass("a", Some(&doc), &m, later) else {
+        let MasterAction::Write(renewed) = mp("a", Some(&doc), &m, later) else {
             panic!()
         };
         assert_eq!(renewed.generation, 1);
@@ -453,7 +462,7 @@ mod tests {
             ..T
         };
         let only_b = members(&["b"], &[]);
-        let MasterAction::Write(taken) = master_pass("b", Some(&doc), &only_b, expired) else {
+        let MasterAction::Write(taken) = mp("b", Some(&doc), &only_b, expired) else {
             panic!("take-over of an expired lease")
         };
         assert_eq!(taken.lease_owner.as_deref(), Some("b"));
@@ -475,7 +484,7 @@ mod tests {
         known
             .last_heartbeat_ms
             .insert("a".into(), expired.now_ms - 11_000);
-        let MasterAction::Write(taken2) = master_pass("b", Some(&doc), &known, expired) else {
+        let MasterAction::Write(taken2) = mp("b", Some(&doc), &known, expired) else {
             panic!()
         };
         let moved = taken2.buckets.iter().filter(|x| x.handoff_at_ms != 0);
@@ -488,7 +497,7 @@ mod tests {
             now_ms: expired.now_ms + 3 * T.dead_lookback_ms,
             ..T
         };
-        let MasterAction::Write(tidy) = master_pass("b", Some(&taken2), &known, much_later) else {
+        let MasterAction::Write(tidy) = mp("b", Some(&taken2), &known, much_later) else {
             panic!()
         };
         assert!(tidy.buckets.iter().all(|x| x.handoff_at_ms == 0));
@@ -498,11 +507,11 @@ mod tests {
     #[test]
     fn join_hands_off_with_a_delay_and_drain_releases() {
         let m = members(&["a"], &[]);
-        let MasterAction::Write(doc) = master_pass("a", None, &m, T) else {
+        let MasterAction::Write(doc) = mp("a", None, &m, T) else {
             panic!()
         };
         let m2 = members(&["a", "b"], &[]);
-        let MasterAction::Write(joined) = master_pass("a", Some(&doc), &m2, T) else {
+        let MasterAction::Write(joined) = mp("a", Some(&doc), &m2, T) else {
             panic!()
         };
         let moved: Vec<_> = joined
@@ -522,7 +531,7 @@ mod tests {
             now_ms: T.now_ms + T.handoff_ms,
             ..T
         };
-        let MasterAction::Write(tidy) = master_pass("a", Some(&joined), &m2, after) else {
+        let MasterAction::Write(tidy) = mp("a", Some(&joined), &m2, after) else {
             panic!()
         };
         assert_eq!(tidy.generation, joined.generation);
@@ -546,7 +555,7 @@ mod tests {
                 == 128
         );
         // The master's next pass keeps the release as it is.
-        let MasterAction::Write(next) = master_pass("a", Some(&rel), &draining_b, after) else {
+        let MasterAction::Write(next) = mp("a", Some(&rel), &draining_b, after) else {
             panic!()
         };
         assert_eq!(next.buckets, rel.buckets);
@@ -561,20 +570,20 @@ mod tests {
     #[test]
     fn presumed_owners_keep_their_buckets_after_reconnect() {
         let m = members(&["a", "b"], &[]);
-        let MasterAction::Write(doc) = master_pass("a", None, &m, T) else {
+        let MasterAction::Write(doc) = mp("a", None, &m, T) else {
             panic!()
         };
         // b's heartbeat is not visible (expired during an outage).
         let only_a = members(&["a"], &[]);
         let presumed = only_a.clone().presume_owners_alive(&doc.buckets);
-        let MasterAction::Write(kept) = master_pass("a", Some(&doc), &presumed, T) else {
+        let MasterAction::Write(kept) = mp("a", Some(&doc), &presumed, T) else {
             panic!()
         };
         assert_eq!(
             kept.buckets, doc.buckets,
             "no churn while b is presumed alive"
         );
-        let MasterAction::Write(moved) = master_pass("a", Some(&doc), &only_a, T) else {
+        let MasterAction::Write(moved) = mp("a", Some(&doc), &only_a, T) else {
             panic!()
         };
         assert_eq!(
@@ -587,7 +596,7 @@ mod tests {
     #[test]
     fn draining_monitor_is_not_given_buckets() {
         let m = members(&["a"], &["d"]);
-        let MasterAction::Write(doc) = master_pass("a", None, &m, T) else {
+        let MasterAction::Write(doc) = mp("a", None, &m, T) else {
             panic!()
         };
         assert_eq!(owned_count(&doc.buckets, "d"), 0);
@@ -597,7 +606,7 @@ mod tests {
     fn short_or_long_master_doc_is_normalised() {
         let mut d = MasterDoc::empty();
         d.buckets.truncate(10);
-        let MasterAction::Write(doc) = master_pass("a", Some(&d), &members(&["a"], &[]), T) else {
+        let MasterAction::Write(doc) = mp("a", Some(&d), &members(&["a"], &[]), T) else {
             panic!()
         };
         assert_eq!(doc.buckets.len(), BUCKETS);

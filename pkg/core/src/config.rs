@@ -23,6 +23,9 @@ pub struct EngineConfig {
     pub relist_interval: Duration,
     /// Base URL of this monitor's admin API, advertised in its heartbeat.
     pub admin_url: String,
+    /// Beyond this distance from the fleet's clock a monitor takes no lease
+    /// and no bucket (see `liveness`).
+    pub max_clock_offset: Duration,
 }
 
 impl EngineConfig {
@@ -42,6 +45,7 @@ impl EngineConfig {
             feed_page_size: 1000,
             relist_interval: Duration::from_secs(600),
             admin_url: String::new(),
+            max_clock_offset: Duration::from_secs(1),
         }
     }
 
@@ -55,6 +59,7 @@ impl EngineConfig {
             ("--feed-interval", self.feed_interval),
             ("--interval", self.interval),
             ("--check-timeout", self.check_timeout),
+            ("--max-clock-offset", self.max_clock_offset),
         ];
         for (name, d) in nonzero {
             if d < Duration::from_millis(10) {
@@ -77,6 +82,16 @@ impl EngineConfig {
             return Err("feed page size must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// A monitor whose membership loop has not finished a pass for this long
+    /// was stalled (a paused process, a frozen VM): its scheduler refreshes
+    /// the assignment before it starts another check. A loop that keeps
+    /// failing against a store that is down still finishes its passes
+    /// (each store call is bounded by one heartbeat interval and the three
+    /// reads of a pass run at once), so an outage never triggers it.
+    pub fn stalled_after(&self) -> Duration {
+        self.heartbeat_ttl / 2
     }
 
     /// How long a moving bucket stays with its previous owner: both monitors

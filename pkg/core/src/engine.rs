@@ -3,7 +3,6 @@
 //! shutdown. All I/O with the store happens here and in the feed; every
 //! decision is delegated to the pure functions of `balance` and `schedule`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -21,12 +20,33 @@ use crate::check::Checker;
 use crate::clock::{ms, Clock};
 use crate::config::EngineConfig;
 use crate::feed::{self, ClusterEvent, ClusterMap, Reflector};
+use crate::liveness::{ClockState, ClockVerdict, ObserveTiming, Observer};
 use crate::metrics::{names, Metrics};
 use crate::model::{MasterDoc, MonitorDoc, MonitorStats};
 use crate::schedule::{
-    Assignment, LastCheck, RefreshRequest, SchedStats, Scheduler, SchedulerDeps,
+    Assignment, CheckNowAnswer, CheckNowRequest, LastCheck, RefreshRequest, SchedStats, Scheduler,
+    SchedulerDeps,
 };
-use crate::store::{Store, StoreError, StoreResult};
+use crate::store::{Etag, Store, StoreError, StoreResult, Versioned};
+
+/// What the membership loop last learnt about the store, the master
+/// document and this monitor's clock; readiness reads it.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    /// The store calls of the last pass that failed: (call, error).
+    pub store_failures: Vec<(String, String)>,
+    /// Since when (clock ms) the store has been failing, if it is.
+    pub store_failing_since_ms: Option<i64>,
+    /// Why the master document does not decode, while it does not.
+    pub master_invalid: Option<String>,
+    pub clock: Option<ClockState>,
+}
+
+/// Heartbeat documents are listed back this far past their expiry time:
+/// liveness is judged by observing them change, not by comparing their
+/// expiry with this host's clock, so a peer whose clock runs behind stays
+/// visible (its documents are deleted by the store's own housekeeping).
+const LIST_HORIZON_MS: i64 = 3_600_000;
 
 /// Views of a running engine and its controls, for operator tooling (the
 /// admin API). Reading never blocks the engine.
@@ -44,31 +64,89 @@ pub struct EngineHandles {
     pub assignment_read_ms: Arc<AtomicI64>,
     /// Clock time of the last pass whose store calls all succeeded (0: none yet).
     pub store_ok_ms: Arc<AtomicI64>,
+    /// Clock time at which the membership loop last finished a pass.
+    pub pass_done_ms: Arc<AtomicI64>,
+    pub health: Arc<std::sync::Mutex<Health>>,
+    pub max_clock_offset: Duration,
     pub draining: Arc<AtomicBool>,
     pub stats: Arc<SchedStats>,
     pub last_checks: Arc<DashMap<Arc<str>, LastCheck>>,
-    checker: Arc<dyn Checker>,
     metrics: Metrics,
     cmds: mpsc::Sender<Cmd>,
+    check_now: mpsc::Sender<CheckNowRequest>,
+}
+
+/// Why a check-now did not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckNowError {
+    #[error("no such cluster in this monitor's cache")]
+    Unknown,
+    #[error("a check of this cluster is running; ask again when it is done")]
+    Busy,
+    #[error("every worker is busy (--max-concurrent-checks)")]
+    PoolFull,
+    #[error("the monitor is stopping")]
+    Stopping,
 }
 
 impl EngineHandles {
     /// Why this monitor is not ready, if it is not: the store answered
-    /// within two heartbeat intervals, the assignment was read, the initial
-    /// feed replay is done.
+    /// within two heartbeat intervals (else the failing calls are named),
+    /// the master document decodes, this monitor's clock is within
+    /// `--max-clock-offset` of the fleet's, the assignment was read, the
+    /// initial feed replay is done.
     pub fn not_ready(&self) -> Vec<String> {
         let now = self.clock.now_ms();
         let mut why = Vec::new();
         let ok = self.store_ok_ms.load(Ordering::Acquire);
         let limit = ms(self.heartbeat_interval * 2);
+        let health = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let failing = || {
+            health
+                .store_failures
+                .iter()
+                .map(|(op, e)| format!("{op}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
         if ok == 0 {
-            why.push("the store has not answered yet".to_string());
+            if health.store_failures.is_empty() {
+                why.push("the store has not answered yet".to_string());
+            } else {
+                why.push(format!("store unreachable: {}", failing()));
+            }
         } else if now - ok > limit {
+            let calls = if health.store_failures.is_empty() {
+                "no store call finished".to_string()
+            } else {
+                failing()
+            };
             why.push(format!(
-                "the store has not answered for {:.1}s (limit {:.1}s)",
+                "store unreachable for {:.1}s (limit {:.1}s): {calls}; checks go on with the last assignment",
                 (now - ok) as f64 / 1000.0,
                 limit as f64 / 1000.0
             ));
+        }
+        if let Some(reason) = &health.master_invalid {
+            why.push(format!(
+                "master document invalid: {reason}; it is rewritten from the last valid version once the lease has expired"
+            ));
+        }
+        match health.clock {
+            Some(c) if c.verdict == ClockVerdict::Skewed => why.push(format!(
+                "clock offset {:.1}s {} the fleet's exceeds --max-clock-offset {:.1}s: taking no bucket and no lease",
+                c.offset_ms.abs() as f64 / 1000.0,
+                if c.offset_ms >= 0 { "ahead of" } else { "behind" },
+                self.max_clock_offset.as_secs_f64()
+            )),
+            Some(c) if c.verdict == ClockVerdict::Pending => {
+                why.push("clock offset not measured yet".to_string())
+            }
+            _ => {}
         }
         if self.assignment_read_ms.load(Ordering::Acquire) == 0 {
             why.push("the bucket assignment has not been read yet".into());
@@ -105,34 +183,26 @@ impl EngineHandles {
             .map_err(|_| "the monitor is stopping".to_string())?
     }
 
-    /// Checks a cluster now, as the scheduler would (metrics included), and
-    /// records the result. `None` when this monitor does not know the cluster.
-    pub async fn check_now(&self, id: &str) -> Option<LastCheck> {
-        let entry = self.map.get(id)?;
-        let started = Instant::now();
-        let started_ms = self.clock.now_ms();
-        let deadline = started + self.check_timeout;
-        let ctx = crate::check::CheckCtx {
-            cluster: &entry,
-            metrics: &self.metrics,
-            deadline,
+    /// Checks a cluster now through the scheduler's pool: it takes a
+    /// worker permit, never overlaps a check of the same cluster, emits the
+    /// same metrics and records the result as a scheduled check does.
+    pub async fn check_now(&self, id: &str) -> Result<LastCheck, CheckNowError> {
+        let (reply, rx) = oneshot::channel();
+        let req = CheckNowRequest {
+            id: id.to_string(),
+            reply,
         };
-        let report = match tokio::time::timeout_at(
-            deadline + Duration::from_secs(1),
-            self.checker.check(ctx),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => crate::check::CheckReport::failed("check timed out"),
-        };
-        let last = LastCheck {
-            started_ms,
-            duration_ms: ms(started.elapsed()) as u64,
-            report,
-        };
-        self.last_checks.insert(entry.id.clone(), last.clone());
-        Some(last)
+        self.check_now
+            .send(req)
+            .await
+            .map_err(|_| CheckNowError::Stopping)?;
+        match rx.await {
+            Ok(CheckNowAnswer::Done(last)) => Ok(last),
+            Ok(CheckNowAnswer::Unknown) => Err(CheckNowError::Unknown),
+            Ok(CheckNowAnswer::Busy) => Err(CheckNowError::Busy),
+            Ok(CheckNowAnswer::PoolFull) => Err(CheckNowError::PoolFull),
+            Err(_) => Err(CheckNowError::Stopping),
+        }
     }
 }
 
@@ -147,6 +217,7 @@ pub struct Engine {
     assignment_tx: watch::Sender<Arc<Assignment>>,
     handles: EngineHandles,
     cmd_rx: mpsc::Receiver<Cmd>,
+    check_now_rx: mpsc::Receiver<CheckNowRequest>,
 }
 
 impl Engine {
@@ -161,6 +232,7 @@ impl Engine {
         let (reflector, map, events) = Reflector::new(metrics.clone(), clock, 4096);
         let (assignment_tx, assignment) = watch::channel(Arc::new(Assignment::empty()));
         let (cmds, cmd_rx) = mpsc::channel::<Cmd>(4);
+        let (check_now, check_now_rx) = mpsc::channel::<CheckNowRequest>(16);
         let handles = EngineHandles {
             me: cfg.id.as_str().into(),
             version: cfg.version.clone(),
@@ -173,12 +245,15 @@ impl Engine {
             assignment,
             assignment_read_ms: Arc::new(AtomicI64::new(0)),
             store_ok_ms: Arc::new(AtomicI64::new(0)),
+            pass_done_ms: Arc::new(AtomicI64::new(0)),
+            health: Arc::default(),
+            max_clock_offset: cfg.max_clock_offset,
             draining: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(SchedStats::default()),
             last_checks: Arc::new(DashMap::new()),
-            checker: checker.clone(),
             metrics: metrics.clone(),
             cmds,
+            check_now,
         };
         Ok(Self {
             cfg,
@@ -191,6 +266,7 @@ impl Engine {
             assignment_tx,
             handles,
             cmd_rx,
+            check_now_rx,
         })
     }
 
@@ -214,6 +290,7 @@ impl Engine {
             assignment_tx,
             handles,
             cmd_rx,
+            check_now_rx,
         } = self;
         let me: Arc<str> = cfg.id.as_str().into();
         let tracker = TaskTracker::new();
@@ -267,7 +344,11 @@ impl Engine {
             dropped_reported: [0; 3],
             store_reported: Default::default(),
             connected_since_ms: None,
-            last_heartbeat_ms: BTreeMap::new(),
+            observer: Observer::default(),
+            last_valid_master: None,
+            master_invalid_logged: false,
+            corrupt_since_ms: None,
+            clock_state: None,
         };
         guard.0.push(
             tracker
@@ -280,8 +361,10 @@ impl Engine {
             interval: cfg.interval,
             check_timeout: cfg.check_timeout,
             max_concurrent: cfg.max_concurrent_checks,
-            stale_after: cfg.heartbeat_ttl,
+            stalled_after: cfg.stalled_after(),
             refresh_timeout: cfg.heartbeat_interval,
+            pass_done_ms: handles.pass_done_ms.clone(),
+            check_now: check_now_rx,
             clock,
             map: handles.map.clone(),
             events,
@@ -391,23 +474,25 @@ struct MembershipLoop {
     dropped_reported: [u64; 3],
     /// Store counters already emitted.
     store_reported: crate::store::StoreStats,
-    /// Start of the current run of successful store reads.
+    /// Start of the current run of passes whose store calls all succeeded
+    /// (writes included): a peer whose heartbeat did not change while the
+    /// store was failing is not presumed dead for it.
     connected_since_ms: Option<i64>,
-    /// Last heartbeat seen per monitor, kept a while after it dies so the
-    /// master knows since when a dead owner's checks may have been missed.
-    last_heartbeat_ms: BTreeMap<String, i64>,
+    /// Heartbeats and master versions as this monitor saw them change.
+    observer: Observer,
+    /// The last master document that decoded: the base of a repair.
+    last_valid_master: Option<MasterDoc>,
+    master_invalid_logged: bool,
+    /// Since when (clock ms) the master document has been corrupt.
+    corrupt_since_ms: Option<i64>,
+    clock_state: Option<ClockState>,
 }
 
-fn members<'a>(live: &'a [MonitorDoc], seen: &BTreeMap<String, i64>) -> Membership<'a> {
-    Membership {
-        last_heartbeat_ms: seen.clone(),
-        live: live.iter().map(|m| m.id.as_str()).collect(),
-        eligible: live
-            .iter()
-            .filter(|m| !m.draining)
-            .map(|m| m.id.as_str())
-            .collect::<BTreeSet<_>>(),
-    }
+/// What one pass read from the store.
+struct PassReads {
+    heartbeat: StoreResult<()>,
+    live: StoreResult<Vec<MonitorDoc>>,
+    master: StoreResult<Option<Versioned<MasterDoc>>>,
 }
 
 impl MembershipLoop {
@@ -461,6 +546,14 @@ impl MembershipLoop {
         }
     }
 
+    fn observe_timing(&self) -> ObserveTiming {
+        ObserveTiming {
+            heartbeat_ttl_ms: ms(self.cfg.heartbeat_ttl),
+            lease_ttl_ms: ms(self.cfg.lease_ttl),
+            max_offset_ms: ms(self.cfg.max_clock_offset),
+        }
+    }
+
     /// A store call bounded by one heartbeat interval, failures counted.
     async fn op<T>(&self, name: &str, f: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
         let r = match timeout(self.cfg.heartbeat_interval, f).await {
@@ -468,7 +561,12 @@ impl MembershipLoop {
             Err(_) => Err(StoreError::Unavailable(format!("{name} timed out"))),
         };
         if let Err(e) = &r {
-            if !matches!(e, StoreError::PreconditionFailed | StoreError::Conflict) {
+            if !matches!(
+                e,
+                StoreError::PreconditionFailed
+                    | StoreError::Conflict
+                    | StoreError::CorruptMaster { .. }
+            ) {
                 self.metrics
                     .self_count(names::STORE_ERRORS, 1, &[("op", name)]);
                 tracing::warn!(op = name, error = %e, "store call failed");
@@ -477,9 +575,10 @@ impl MembershipLoop {
         r
     }
 
-    async fn heartbeat(&mut self, now_ms: i64) -> bool {
+    fn heartbeat_doc(&mut self, now_ms: i64) -> MonitorDoc {
         let view = self.h.assignment.borrow().clone();
-        let doc = MonitorDoc {
+        let clock = self.clock_state;
+        MonitorDoc {
             id: self.me.to_string(),
             hostname: self.cfg.hostname.clone(),
             version: self.cfg.version.clone(),
@@ -488,6 +587,8 @@ impl MembershipLoop {
             draining: self.draining(),
             expires_at_ms: now_ms + ms(self.cfg.heartbeat_ttl),
             heartbeat_at_ms: now_ms,
+            clock_ok: clock.is_some_and(|c| c.verdict == ClockVerdict::Ok),
+            clock_offset_ms: clock.map_or(0, |c| c.offset_ms),
             stats: MonitorStats {
                 buckets: balance::owned_count(&view.buckets, &self.me) as u32,
                 cache_size: self.h.map.len() as u64,
@@ -497,62 +598,173 @@ impl MembershipLoop {
                 ready: self.h.not_ready().is_empty(),
                 failing: self.h.last_checks.iter().filter(|e| !e.report.ok).count() as u32,
             },
+        }
+    }
+
+    /// The three reads of a pass (the heartbeat write included) run at once,
+    /// so a pass against a store that does not answer still ends within one
+    /// heartbeat interval.
+    async fn read_all(&mut self, now_ms: i64) -> PassReads {
+        let doc = self.heartbeat_doc(now_ms);
+        let (heartbeat, live, master) = tokio::join!(
+            self.op("heartbeat", self.store.upsert_monitor(&doc)),
+            self.op(
+                "list_monitors",
+                self.store.list_monitors(now_ms - LIST_HORIZON_MS)
+            ),
+            self.op("read_master", self.store.read_master()),
+        );
+        PassReads {
+            heartbeat,
+            live,
+            master,
+        }
+    }
+
+    /// Records what the pass learnt about the store for readiness.
+    fn record_store_health(&mut self, reads: &PassReads, done_ms: i64) {
+        let mut failures = Vec::new();
+        if let Err(e) = &reads.heartbeat {
+            failures.push((
+                "heartbeat write (upsert_monitor)".to_string(),
+                e.to_string(),
+            ));
+        }
+        if let Err(e) = &reads.live {
+            failures.push(("list_monitors".to_string(), e.to_string()));
+        }
+        match &reads.master {
+            Err(StoreError::CorruptMaster { .. }) | Ok(_) => {}
+            Err(e) => failures.push(("read_master".to_string(), e.to_string())),
+        }
+        let ok = failures.is_empty();
+        if ok {
+            self.connected_since_ms.get_or_insert(done_ms);
+            self.h.store_ok_ms.store(done_ms, Ordering::Release);
+        } else {
+            self.connected_since_ms = None;
+        }
+        let mut health = self.h.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.store_failing_since_ms = match (ok, health.store_failing_since_ms) {
+            (true, _) => None,
+            (false, since) => Some(since.unwrap_or(done_ms)),
         };
-        self.op("heartbeat", self.store.upsert_monitor(&doc))
-            .await
-            .is_ok()
+        health.store_failures = failures;
     }
 
     async fn pass(&mut self) {
+        let started = self.clock.now_ms();
+        let reads = self.read_all(started).await;
         let now = self.clock.now_ms();
-        let hb_ok = self.heartbeat(now).await;
-        let live = self
-            .op("list_monitors", self.store.list_monitors(now))
-            .await;
-        let master = match self.op("read_master", self.store.read_master()).await {
-            Ok(m) if live.is_ok() => m,
-            _ => {
-                // Keep checking the last known buckets; the age metric tells.
-                self.connected_since_ms = None;
-                self.emit_self(hb_ok, live.ok().map(|l| l.len()));
+        self.record_store_health(&reads, now);
+        let t = self.observe_timing();
+        if let Ok(docs) = &reads.live {
+            self.observer.observe_list(&self.me, started, now, docs, t);
+        }
+        let connected_since = self.connected_since_ms.unwrap_or(i64::MAX);
+
+        // The master document: valid, absent, corrupt (repaired from the
+        // last valid version), or unreadable (keep the last view).
+        let (base, expected, corrupt) = match reads.master {
+            Ok(Some(v)) => {
+                self.observer.observe_master(Some(&v.etag.0), now);
+                self.set_master_invalid(None);
+                self.last_valid_master = Some(v.value.clone());
+                (Some(v.value), Some(v.etag), false)
+            }
+            Ok(None) => {
+                self.observer.observe_master(None, now);
+                self.set_master_invalid(None);
+                (None, None, false)
+            }
+            Err(StoreError::CorruptMaster { etag, reason }) => {
+                // A corrupt version is no renewal of the lease: the observer
+                // keeps the last valid version's etag and time.
+                self.set_master_invalid(Some(reason));
+                (self.last_valid_master.clone(), Some(etag), true)
+            }
+            Err(_) => {
+                // Keep checking the last known buckets; readiness and the
+                // age metric tell.
+                self.finish_pass(reads.heartbeat.is_ok(), None);
                 return;
             }
         };
-        let since = *self.connected_since_ms.get_or_insert(now);
-        if hb_ok {
-            self.h.store_ok_ms.store(now, Ordering::Release);
+
+        let mut clock = self.observer.clock(now, connected_since, t);
+        // A verdict once given is not withdrawn because a new peer is not
+        // measured yet.
+        if let Some(prev) = self.clock_state {
+            if clock.verdict == ClockVerdict::Pending && prev.verdict != ClockVerdict::Pending {
+                clock.verdict = prev.verdict;
+            }
         }
-        let mut view = master.as_ref().map(|v| v.value.clone().normalised());
-        if let (false, Ok(live)) = (self.draining(), &live) {
-            let table = view.as_ref().map(|d| d.buckets.clone()).unwrap_or_default();
-            for m in live {
-                self.last_heartbeat_ms
-                    .insert(m.id.clone(), m.heartbeat_at_ms);
-            }
-            let forget_before = now - 10 * ms(self.cfg.heartbeat_ttl);
-            self.last_heartbeat_ms.retain(|_, t| *t >= forget_before);
-            let mut members = members(live, &self.last_heartbeat_ms);
-            if now - since < ms(self.cfg.heartbeat_ttl) {
-                members = members.presume_owners_alive(&table);
-            }
-            match balance::master_pass(&self.me, view.as_ref(), &members, self.timing(now)) {
+        self.clock_state = Some(clock);
+        self.h
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clock = self.clock_state;
+        let clock_ok = self
+            .clock_state
+            .is_some_and(|c| c.verdict == ClockVerdict::Ok);
+        let mut view = base.clone().map(MasterDoc::normalised);
+        // A monitor that never saw a valid version leaves the repair to
+        // those that did for one lease TTL (they keep the owners).
+        let corrupt_since = match (corrupt, self.corrupt_since_ms) {
+            (false, _) => None,
+            (true, since) => Some(since.unwrap_or(now)),
+        };
+        self.corrupt_since_ms = corrupt_since;
+        let wait_for_repair = corrupt
+            && self.last_valid_master.is_none()
+            && corrupt_since.is_some_and(|t0| now - t0 < ms(self.cfg.lease_ttl));
+        if let (false, true, false, Ok(_)) =
+            (self.draining(), clock_ok, wait_for_repair, &reads.live)
+        {
+            let owner = base.as_ref().and_then(|d| d.lease_owner.as_deref());
+            let holder = self
+                .observer
+                .lease_holder(owner, &self.me, now, connected_since, t);
+            let (action, live_n) = {
+                let members = self.membership(view.as_ref(), now, connected_since);
+                let action = balance::master_pass(
+                    &self.me,
+                    view.as_ref(),
+                    holder,
+                    &members,
+                    self.timing(now),
+                );
+                (action, members.live.len())
+            };
+            match action {
                 MasterAction::Follow => {}
                 MasterAction::Write(doc) => {
-                    let expected = master.as_ref().map(|m| &m.etag);
                     match self
-                        .op("write_master", self.store.write_master(&doc, expected))
+                        .op(
+                            "write_master",
+                            self.store.write_master(&doc, expected.as_ref()),
+                        )
                         .await
                     {
-                        Ok(_) => {
-                            if master.as_ref().and_then(|m| m.value.lease_held_at(now))
-                                != Some(&*self.me)
-                            {
+                        Ok(etag) => {
+                            self.observer.observe_master(Some(&etag.0), now);
+                            if corrupt {
+                                self.metrics.self_count(names::MASTER_REPAIRED, 1, &[]);
+                                tracing::warn!(
+                                    generation = doc.generation,
+                                    from_valid = self.last_valid_master.is_some(),
+                                    "repaired the master document: rewrote it from the last valid version this monitor saw"
+                                );
+                                self.set_master_invalid(None);
+                            } else if holder != Some(&*self.me) {
                                 tracing::info!(
                                     generation = doc.generation,
-                                    live = live.len(),
+                                    live = live_n,
                                     "took the master lease"
                                 );
                             }
+                            self.last_valid_master = Some(doc.clone());
                             view = Some(doc);
                         }
                         Err(StoreError::PreconditionFailed | StoreError::Conflict) => {
@@ -562,10 +774,91 @@ impl MembershipLoop {
                     }
                 }
             }
+        } else if !clock_ok && self.lease_is_mine(base.as_ref()) {
+            // A skewed clock must not lead: give the lease up (buckets move
+            // with a handoff written by the next master's clock).
+            self.release_lease(base.as_ref(), expected.as_ref()).await;
         }
-        self.publish(view.unwrap_or_else(MasterDoc::empty), now);
-        let live_n = live.ok().map(|l| l.len());
-        self.emit_self(hb_ok, live_n);
+        if let Some(doc) = view {
+            self.publish(doc, now);
+        } else if !corrupt {
+            self.publish(MasterDoc::empty(), now);
+        }
+        let live_n = reads.live.as_ref().ok().map(|l| l.len());
+        self.finish_pass(reads.heartbeat.is_ok(), live_n);
+    }
+
+    fn finish_pass(&mut self, hb_ok: bool, live: Option<usize>) {
+        self.h
+            .pass_done_ms
+            .store(self.clock.now_ms(), Ordering::Release);
+        self.emit_self(hb_ok, live);
+    }
+
+    fn lease_is_mine(&self, doc: Option<&MasterDoc>) -> bool {
+        doc.and_then(|d| d.lease_owner.as_deref()) == Some(&*self.me)
+    }
+
+    async fn release_lease(&mut self, doc: Option<&MasterDoc>, etag: Option<&Etag>) {
+        let (Some(doc), Some(etag)) = (doc, etag) else {
+            return;
+        };
+        let mut next = doc.clone();
+        next.lease_owner = None;
+        next.lease_expires_ms = 0;
+        if self
+            .op("write_master", self.store.write_master(&next, Some(etag)))
+            .await
+            .is_ok()
+        {
+            tracing::warn!(
+                "released the master lease: this monitor's clock is off from the fleet's"
+            );
+        }
+    }
+
+    fn set_master_invalid(&mut self, reason: Option<String>) {
+        match &reason {
+            Some(r) if !self.master_invalid_logged => {
+                tracing::error!(reason = %r, "the master document does not decode; it is rewritten from the last valid version once the lease has expired (monitor.master.repaired)");
+                self.master_invalid_logged = true;
+            }
+            None => self.master_invalid_logged = false,
+            _ => {}
+        }
+        self.h
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .master_invalid = reason;
+    }
+
+    /// Membership for the master pass, from observed liveness. For one TTL
+    /// after this monitor (re)gained the store, the owners named in `table`
+    /// are presumed alive: an outage long enough for the store to expire
+    /// every heartbeat document does not reshuffle the fleet.
+    fn membership<'a>(
+        &'a self,
+        table: Option<&'a MasterDoc>,
+        now: i64,
+        connected_since: i64,
+    ) -> Membership<'a> {
+        let t = self.observe_timing();
+        let members = Membership {
+            last_heartbeat_ms: self.observer.written_after(),
+            live: self
+                .observer
+                .live(now, connected_since, t)
+                .into_iter()
+                .collect(),
+            eligible: self.observer.eligible(now, connected_since, t),
+        };
+        match table {
+            Some(doc) if now - connected_since < ms(self.cfg.heartbeat_ttl) => {
+                members.presume_owners_alive(&doc.buckets)
+            }
+            _ => members,
+        }
     }
 
     /// Makes `doc` this monitor's view; wakes the scheduler only when the
@@ -604,24 +897,27 @@ impl MembershipLoop {
         self.h.draining.store(true, Ordering::Release);
         for _ in 0..5 {
             let now = self.clock.now_ms();
-            self.heartbeat(now).await;
-            let live = self
-                .op("list_monitors", self.store.list_monitors(now))
-                .await
-                .map_err(|e| e.to_string())?;
-            let Some(m) = self
-                .op("read_master", self.store.read_master())
-                .await
-                .map_err(|e| e.to_string())?
-            else {
-                return Ok(now); // no assignment at all: nothing to hand over
+            let reads = self.read_all(now).await;
+            let done = self.clock.now_ms();
+            let live = reads.live.map_err(|e| e.to_string())?;
+            self.observer
+                .observe_list(&self.me, now, done, &live, self.observe_timing());
+            let (base, etag) = match reads.master {
+                Ok(Some(m)) => (m.value, m.etag),
+                Ok(None) => return Ok(now), // no assignment at all: nothing to hand over
+                Err(StoreError::CorruptMaster { etag, .. }) => match &self.last_valid_master {
+                    Some(m) => (m.clone(), etag),
+                    None => {
+                        return Err(
+                            "the master document is invalid and no valid version was seen".into(),
+                        )
+                    }
+                },
+                Err(e) => return Err(e.to_string()),
             };
-            let doc = balance::release(
-                &self.me,
-                &m.value,
-                &members(&live, &self.last_heartbeat_ms),
-                self.timing(now),
-            );
+            let connected_since = self.connected_since_ms.unwrap_or(i64::MAX);
+            let members = self.membership(Some(&base), done, connected_since);
+            let doc = balance::release(&self.me, &base, &members, self.timing(now));
             let handoff = doc
                 .buckets
                 .iter()
@@ -630,7 +926,7 @@ impl MembershipLoop {
                 .max()
                 .unwrap_or(now);
             match self
-                .op("write_master", self.store.write_master(&doc, Some(&m.etag)))
+                .op("write_master", self.store.write_master(&doc, Some(&etag)))
                 .await
             {
                 Ok(_) => {
@@ -658,6 +954,32 @@ impl MembershipLoop {
             m.self_gauge(names::HEARTBEAT, 1);
         }
         m.self_gauge(names::MASTER, u64::from(is_master));
+        let health = self
+            .h
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        m.self_gauge(
+            names::MASTER_INVALID,
+            u64::from(health.master_invalid.is_some()),
+        );
+        m.self_gauge(
+            names::STORE_HEALTHY,
+            u64::from(health.store_failures.is_empty()),
+        );
+        if let Some(c) = health.clock {
+            let direction = if c.offset_ms >= 0 { "ahead" } else { "behind" };
+            m.self_gauge_tagged(
+                names::CLOCK_OFFSET,
+                c.offset_ms.unsigned_abs(),
+                &[("direction", direction)],
+            );
+            m.self_gauge(
+                names::CLOCK_SKEWED,
+                u64::from(c.verdict == ClockVerdict::Skewed),
+            );
+        }
         if let (true, Some(n)) = (is_master, live) {
             m.self_gauge(names::MONITORS_LIVE, n as u64);
         }
@@ -713,6 +1035,13 @@ impl MembershipLoop {
             if n > before {
                 m.self_count(names::STORE_RETRIES, n - before, &[("reason", reason)]);
             }
+        }
+        if ss.invalid_monitor_docs > was.invalid_monitor_docs {
+            m.self_count(
+                names::HEARTBEATS_INVALID,
+                ss.invalid_monitor_docs - was.invalid_monitor_docs,
+                &[],
+            );
         }
         // Whole request units; the remainder waits for the next pass.
         let ru = ss

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::metrics::{names, sanitize_tag, Metrics};
+use crate::metrics::labels::{cluster_tags, LabelDrops};
+use crate::metrics::{names, Metrics};
 use crate::model::{ClusterDoc, Credentials, ProvisioningState};
 use crate::store::{Change, FeedPage, Store, StoreError};
 
@@ -24,8 +25,11 @@ pub struct ClusterEntry {
     pub bucket: u8,
     pub state: ProvisioningState,
     pub api_server: Box<str>,
-    /// `resourceId` first, then the document's labels, sanitised for statsd.
+    /// `resourceId` first, then the document's labels, sanitised and
+    /// bounded for statsd (`metrics::labels`), computed once per version.
     pub tags: Box<[(Box<str>, Box<str>)]>,
+    /// The labels left out of `tags`, reported when the version is applied.
+    pub label_drops: LabelDrops,
     pub credentials: CredentialSource,
 }
 
@@ -80,17 +84,7 @@ impl std::fmt::Debug for ClusterEntry {
 
 impl ClusterEntry {
     pub fn from_doc(doc: ClusterDoc) -> Self {
-        let mut tags = Vec::with_capacity(doc.labels.len() + 1);
-        tags.push(("resourceId".into(), sanitize_tag(&doc.id).into_boxed_str()));
-        for (k, v) in doc.labels {
-            if k == "resourceId" {
-                continue;
-            }
-            tags.push((
-                sanitize_tag(&k).into_boxed_str(),
-                sanitize_tag(&v).into_boxed_str(),
-            ));
-        }
+        let (tags, label_drops) = cluster_tags(&doc.id, &doc.labels);
         let credentials = match doc.encrypted_credentials {
             Some(sealed) => CredentialSource::Sealed(sealed.into_boxed_str()),
             None if doc.credentials.is_empty() => CredentialSource::None,
@@ -102,6 +96,7 @@ impl ClusterEntry {
             state: doc.provisioning_state,
             api_server: doc.api_server.into_boxed_str(),
             tags: tags.into_boxed_slice(),
+            label_drops,
             credentials,
         }
     }
@@ -407,7 +402,9 @@ impl Reflector {
                         inner.invalid.remove(&id);
                         let entry = Arc::new(ClusterEntry::from_doc(doc));
                         let checkable = entry.state.is_checkable();
-                        let prev = inner.clusters.insert(id.clone(), entry);
+                        let prev = inner.clusters.insert(id.clone(), entry.clone());
+                        let prev_drops = prev.as_ref().map(|p| &p.label_drops);
+                        entry.label_drops.report(&id, prev_drops, &self.metrics);
                         let was_checkable = prev.is_some_and(|p| p.state.is_checkable());
                         let fresh = checkable && !was_checkable && self.map.replay_done();
                         self.events
@@ -415,10 +412,8 @@ impl Reflector {
                             .await
                             .map_err(|_| ())?;
                     }
-                    Ok(doc) => self.invalid(
-                        id,
-                        format!("document id {:?} does not match its key", doc.id),
-                    ),
+                    // The id in the document is a value: not quoted.
+                    Ok(_) => self.invalid(id, "document id does not match its key".into()),
                     Err(reason) => self.invalid(id, reason),
                 }
             }

@@ -156,28 +156,79 @@ impl fmt::Debug for ClusterDoc {
 }
 
 impl ClusterDoc {
-    /// Decodes and validates a stored document. The error says what is wrong
-    /// without echoing the document (it may hold credentials).
+    /// Decodes and validates a stored document through [`crate::decode`]:
+    /// the error names the field and the expected type, never a value (the
+    /// document may hold credentials).
     pub fn decode(raw: &str) -> Result<Self, String> {
-        let doc: ClusterDoc = serde_json::from_str(raw).map_err(|e| {
-            // serde_json errors name the field and position, never the value.
-            format!("invalid cluster document: {e}")
-        })?;
+        let doc: ClusterDoc = crate::decode::json_str(raw, CLUSTER_NAMES)
+            .map_err(|e| format!("invalid cluster document: {e}"))?;
         doc.validate()?;
         Ok(doc)
     }
 
+    /// Checks what the types do not; the error quotes no value.
     pub fn validate(&self) -> Result<(), String> {
         validate_id(&self.id)?;
         if !(self.api_server.starts_with("http://") || self.api_server.starts_with("https://")) {
-            return Err(format!(
-                "cluster {}: apiServer must be an http:// or https:// URL",
-                self.id
-            ));
+            return Err("apiServer must be an http:// or https:// URL".into());
         }
         Ok(())
     }
 }
+
+/// The names of the cluster document's schema (fields, nested fields,
+/// provisioning states): the only input words a decode error may show.
+pub const CLUSTER_NAMES: &[&str] = &[
+    "id",
+    "bucket",
+    "provisioningState",
+    "apiServer",
+    "credentials",
+    "caBundle",
+    "token",
+    "clientCertificate",
+    "clientKey",
+    "insecureSkipTlsVerify",
+    "encryptedCredentials",
+    "labels",
+    "Creating",
+    "Succeeded",
+    "Updating",
+    "Deleting",
+    "Failed",
+];
+
+/// The names of the monitor document's schema.
+pub const MONITOR_NAMES: &[&str] = &[
+    "id",
+    "hostname",
+    "version",
+    "startedAt",
+    "adminUrl",
+    "draining",
+    "expiresAtMs",
+    "heartbeatAtMs",
+    "clockOk",
+    "clockOffsetMs",
+    "stats",
+    "buckets",
+    "cacheSize",
+    "checksPerS",
+    "ready",
+    "failing",
+];
+
+/// The names of the master document's schema.
+pub const MASTER_NAMES: &[&str] = &[
+    "schemaVersion",
+    "leaseOwner",
+    "leaseExpiresMs",
+    "generation",
+    "buckets",
+    "owner",
+    "prev",
+    "handoffAtMs",
+];
 
 /// Ids are used in URLs, metric tags and file names: keep them plain.
 pub fn validate_id(id: &str) -> Result<(), String> {
@@ -222,11 +273,25 @@ pub struct MonitorDoc {
     pub draining: bool,
     /// Unix milliseconds after which the document is dead.
     pub expires_at_ms: i64,
-    /// Unix milliseconds of the write.
+    /// Unix milliseconds of the write (the writer's clock: peers only watch
+    /// it change, they never compare it with their own clock).
     #[serde(default)]
     pub heartbeat_at_ms: i64,
+    /// Whether the writer's clock is within `--max-clock-offset` of the
+    /// fleet's (as it measured it); a monitor that says no, or has not
+    /// measured yet, gets no bucket and takes no lease. Absent (an older
+    /// version): yes.
+    #[serde(default = "yes")]
+    pub clock_ok: bool,
+    /// The writer's estimate of its clock minus the fleet's, in ms.
+    #[serde(default)]
+    pub clock_offset_ms: i64,
     #[serde(default)]
     pub stats: MonitorStats,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Who checks a bucket. During a handoff the previous owner keeps the
@@ -271,10 +336,29 @@ impl BucketAssignment {
     }
 }
 
+impl MonitorDoc {
+    /// Decodes a heartbeat document read from a store (text) through
+    /// [`crate::decode`]: errors name fields, never values.
+    pub fn decode(raw: &str) -> Result<Self, String> {
+        crate::decode::json_str(raw, MONITOR_NAMES)
+            .map_err(|e| format!("invalid monitor document: {e}"))
+    }
+
+    /// Same, from a parsed JSON value.
+    pub fn decode_value(v: serde_json::Value) -> Result<Self, String> {
+        crate::decode::json_value(v, MONITOR_NAMES)
+            .map_err(|e| format!("invalid monitor document: {e}"))
+    }
+}
+
 /// The master document: the lease and the bucket assignment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MasterDoc {
+    /// The document's schema; a version this build does not know is
+    /// treated as invalid (and repaired).
+    #[serde(default = "schema_v1")]
+    pub schema_version: u32,
     #[serde(default)]
     pub lease_owner: Option<String>,
     /// Unix milliseconds; the lease is free once this has passed.
@@ -286,9 +370,17 @@ pub struct MasterDoc {
     pub buckets: Vec<BucketAssignment>,
 }
 
+/// The master document schema this build writes and reads.
+pub const MASTER_SCHEMA_VERSION: u32 = 1;
+
+fn schema_v1() -> u32 {
+    1
+}
+
 impl MasterDoc {
     pub fn empty() -> Self {
         Self {
+            schema_version: MASTER_SCHEMA_VERSION,
             lease_owner: None,
             lease_expires_ms: 0,
             generation: 0,
@@ -301,6 +393,31 @@ impl MasterDoc {
             Some(owner) if self.lease_expires_ms > now_ms => Some(owner),
             _ => None,
         }
+    }
+
+    /// Decodes the master document read from a store (text) through
+    /// [`crate::decode`]: errors name fields, never values.
+    pub fn decode(raw: &str) -> Result<Self, String> {
+        crate::decode::json_str(raw, MASTER_NAMES)
+            .map_err(|e| format!("invalid master document: {e}"))
+            .and_then(Self::known_schema)
+    }
+
+    /// Same, from a parsed JSON value.
+    pub fn decode_value(v: serde_json::Value) -> Result<Self, String> {
+        crate::decode::json_value(v, MASTER_NAMES)
+            .map_err(|e| format!("invalid master document: {e}"))
+            .and_then(Self::known_schema)
+    }
+
+    fn known_schema(self) -> Result<Self, String> {
+        if self.schema_version > MASTER_SCHEMA_VERSION {
+            return Err(format!(
+                "invalid master document: schemaVersion {} is newer than this build's {}",
+                self.schema_version, MASTER_SCHEMA_VERSION
+            ));
+        }
+        Ok(self)
     }
 
     /// A document read from a store may be short or long if it was edited by

@@ -47,6 +47,102 @@ pub fn next_due(t: i64, phase: i64, interval: i64) -> i64 {
     t + (phase - t).rem_euclid(interval)
 }
 
+/// What the scheduler does with a check that has come due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DueDecision {
+    /// The membership loop has stalled (a paused process): ask for a fresh
+    /// assignment first, then decide again. Once per stall.
+    RefreshFirst,
+    /// Another monitor checks this one (the previous or the next owner).
+    NotMine,
+    /// Due more than half an interval ago (after a pause): skipped, counted.
+    SkipLate,
+    /// The previous check of this cluster has not finished: skipped, counted.
+    SkipStillRunning,
+    /// Start it (if a worker permit is free).
+    Run,
+}
+
+/// The facts a due check is decided on, all in this monitor's clock (ms).
+#[derive(Clone, Copy, Debug)]
+pub struct DueFacts {
+    pub now_ms: i64,
+    pub due_ms: i64,
+    pub interval_ms: i64,
+    /// When the membership loop last finished a pass, successful or not.
+    pub pass_done_ms: i64,
+    /// A loop that has not finished a pass for this long has stalled.
+    pub stalled_after_ms: i64,
+    /// The `pass_done_ms` for which a refresh was already asked, if any.
+    pub refreshed_for: Option<i64>,
+    /// Whether the current view makes this monitor the owner at `due_ms`.
+    pub mine_at_due: bool,
+    /// Whether a check of this cluster is running.
+    pub running: bool,
+}
+
+/// The rule for a due check. A store outage keeps the membership loop
+/// finishing (failed) passes, so it never stalls it: checks go on with the
+/// last assignment, none skipped. Only a loop that stopped (a paused or
+/// frozen process, whose buckets peers may have taken over) makes the
+/// scheduler refresh first, once, before it trusts its view again.
+pub fn decide_due(f: &DueFacts) -> DueDecision {
+    if f.now_ms - f.pass_done_ms > f.stalled_after_ms && f.refreshed_for != Some(f.pass_done_ms) {
+        return DueDecision::RefreshFirst;
+    }
+    if !f.mine_at_due {
+        return DueDecision::NotMine;
+    }
+    if f.now_ms - f.due_ms > f.interval_ms / 2 {
+        return DueDecision::SkipLate;
+    }
+    if f.running {
+        return DueDecision::SkipStillRunning;
+    }
+    DueDecision::Run
+}
+
+/// When a cluster that enters the timetable is first due, and whether that
+/// first check is a catch-up. `fresh`: a cluster that became checkable after
+/// start-up (checked at once). A cluster of a bucket taken from a dead owner
+/// (no `prev`, `handoff_at_ms` marks since when checks may have been
+/// missed) whose latest due time fell after that mark is caught up at once,
+/// so a crash costs at most the failover time, not one interval more.
+pub fn first_due(
+    now_ms: i64,
+    phase: i64,
+    interval_ms: i64,
+    fresh: bool,
+    bucket: &BucketAssignment,
+    me: &str,
+) -> (i64, bool) {
+    let next = next_due(now_ms, phase, interval_ms);
+    let last_due = next - interval_ms;
+    let catch_up = !fresh
+        && bucket.prev.is_none()
+        && bucket.handoff_at_ms != 0
+        && bucket.owner.as_deref() == Some(me)
+        && last_due >= bucket.handoff_at_ms;
+    if fresh || catch_up {
+        (now_ms, catch_up)
+    } else {
+        (next, false)
+    }
+}
+
+/// The due time after a check due at `due_ms` that was handled at `now_ms`.
+/// A catch-up is followed by the grid slot at least half an interval later
+/// (not at once by a near-duplicate: the failover bound allows it); any
+/// other check by its next grid slot, never more than one interval on.
+pub fn due_after(due_ms: i64, now_ms: i64, catch_up: bool, phase: i64, interval_ms: i64) -> i64 {
+    let from = if catch_up {
+        due_ms + interval_ms / 2
+    } else {
+        due_ms.max(now_ms - interval_ms / 2) + 1
+    };
+    next_due(from, phase, interval_ms)
+}
+
 /// This monitor's view of the assignment.
 #[derive(Clone, Debug)]
 pub struct Assignment {
@@ -91,15 +187,38 @@ pub struct SchedStats {
 /// Asks the membership loop for a fresh assignment; answers when done.
 pub type RefreshRequest = oneshot::Sender<()>;
 
+/// A check asked for by an operator (`POST /admin/check/{id}`): it goes
+/// through the same pool, never overlaps a scheduled check of the cluster,
+/// and emits the same metrics.
+pub struct CheckNowRequest {
+    pub id: String,
+    pub reply: oneshot::Sender<CheckNowAnswer>,
+}
+
+#[derive(Clone, Debug)]
+pub enum CheckNowAnswer {
+    Done(LastCheck),
+    /// This monitor's cache has no such (checkable or not) cluster.
+    Unknown,
+    /// A check of the cluster is running now: ask again when it is done.
+    Busy,
+    /// No worker permit is free.
+    PoolFull,
+}
+
 pub struct SchedulerDeps {
     pub me: Arc<str>,
     pub interval: Duration,
     pub check_timeout: Duration,
     pub max_concurrent: usize,
-    /// A view older than this is refreshed before a check starts.
-    pub stale_after: Duration,
+    /// A membership loop that has not finished a pass for this long has
+    /// stalled: the view is refreshed before the next check starts.
+    pub stalled_after: Duration,
     /// How long to wait for that refresh before going on with the old view.
     pub refresh_timeout: Duration,
+    /// Clock time at which the membership loop last finished a pass.
+    pub pass_done_ms: Arc<AtomicI64>,
+    pub check_now: mpsc::Receiver<CheckNowRequest>,
     pub clock: Clock,
     pub map: ClusterMap,
     pub events: mpsc::Receiver<ClusterEvent>,
@@ -130,7 +249,10 @@ pub struct Scheduler {
     checks: JoinSet<(Arc<str>, LastCheck)>,
     next_gen: u64,
     view: Arc<Assignment>,
-    last_refresh_try: Option<Instant>,
+    /// The `pass_done_ms` for which a refresh was asked (one per stall).
+    refreshed_for: Option<i64>,
+    /// Operators waiting for the check-now of a cluster.
+    waiters: HashMap<Arc<str>, oneshot::Sender<CheckNowAnswer>>,
 }
 
 impl Scheduler {
@@ -145,7 +267,8 @@ impl Scheduler {
             checks: JoinSet::new(),
             next_gen: 0,
             view,
-            last_refresh_try: None,
+            refreshed_for: None,
+            waiters: HashMap::new(),
             d,
         }
     }
@@ -163,6 +286,7 @@ impl Scheduler {
                 biased;
                 _ = stop_starting.cancelled() => break,
                 Some(done) = self.checks.join_next(), if !self.checks.is_empty() => self.finished(done),
+                Some(req) = self.d.check_now.recv() => self.check_now(req),
                 ev = self.d.events.recv() => match ev {
                     Some(ev) => self.on_event(ev),
                     None => break,
@@ -222,24 +346,15 @@ impl Scheduler {
             return;
         }
         let phase = phase_ms(&e.id, self.interval_ms);
-        let next = next_due(now_ms, phase, self.interval_ms);
-        let catch_up = !fresh && self.missed_by_dead_owner(e, next);
-        let due = if fresh || catch_up { now_ms } else { next };
+        let (due, catch_up) = first_due(
+            now_ms,
+            phase,
+            self.interval_ms,
+            fresh,
+            self.view.bucket(e.bucket),
+            &self.d.me,
+        );
         self.schedule_slot(e.id.clone(), due, phase, catch_up);
-    }
-
-    /// Whether the cluster's latest due time (the one before `next`) fell
-    /// to this monitor after a dead owner may have stopped checking: the
-    /// bucket came without a live handoff and is marked since when checks
-    /// may have been missed. That check is run at once (catch-up), so a
-    /// crash costs at most the failover time, not one interval more.
-    fn missed_by_dead_owner(&self, e: &ClusterEntry, next: i64) -> bool {
-        let a = self.view.bucket(e.bucket);
-        let last_due = next - self.interval_ms;
-        a.prev.is_none()
-            && a.handoff_at_ms != 0
-            && a.owner.as_deref() == Some(&*self.d.me)
-            && last_due >= a.handoff_at_ms
     }
 
     /// Reconciles the timetable with the map and the current view.
@@ -293,24 +408,43 @@ impl Scheduler {
     }
 
     async fn fire_due(&mut self) {
-        let mut now = self.d.clock.now_ms();
         while let Some(Reverse((due, gen, _))) = self.heap.peek() {
+            let now = self.d.clock.now_ms();
             if *due > now {
                 break;
             }
             let (due, gen) = (*due, *gen);
-            let Reverse((_, _, id)) = self.heap.pop().expect("peeked");
-            let Some(slot) = self.slots.get(&id) else {
+            let Some(slot) = self
+                .heap
+                .peek()
+                .and_then(|Reverse((_, _, id))| self.slots.get(id))
+            else {
+                self.heap.pop();
                 continue;
             };
             if slot.gen != gen {
+                self.heap.pop();
                 continue;
             }
-            if self.view_is_stale(now) {
+            let pass_done_ms = self.d.pass_done_ms.load(Ordering::Acquire);
+            let facts = DueFacts {
+                now_ms: now,
+                due_ms: due,
+                interval_ms: self.interval_ms,
+                pass_done_ms,
+                stalled_after_ms: ms(self.d.stalled_after),
+                refreshed_for: self.refreshed_for,
+                mine_at_due: false,
+                running: false,
+            };
+            if decide_due(&facts) == DueDecision::RefreshFirst {
+                // Decided again after the refresh, with the view it brings.
+                self.refreshed_for = Some(pass_done_ms);
                 self.refresh_view().await;
-                now = self.d.clock.now_ms();
+                continue;
             }
-            self.fire(id, due, now);
+            let Reverse((_, _, id)) = self.heap.pop().expect("peeked");
+            self.fire(id, due, now, facts);
         }
         self.d
             .stats
@@ -318,17 +452,10 @@ impl Scheduler {
             .store(self.slots.len(), Ordering::Relaxed);
     }
 
-    fn view_is_stale(&self, now_ms: i64) -> bool {
-        now_ms - self.d.assignment_read_ms.load(Ordering::Acquire) > ms(self.d.stale_after)
-            && self
-                .last_refresh_try
-                .is_none_or(|t| t.elapsed() >= self.d.refresh_timeout)
-    }
-
-    /// Called after a pause: ask for a fresh view before starting checks,
-    /// and go on with the old one if the store does not answer in time.
+    /// After a stall: ask for a fresh view before starting checks, and go on
+    /// with the old one if the store does not answer in time.
     async fn refresh_view(&mut self) {
-        self.last_refresh_try = Some(Instant::now());
+        tracing::info!("the membership loop stalled (a paused process?): refreshing the assignment before the next check");
         let (tx, rx) = oneshot::channel();
         if self.d.refresh.send(tx).await.is_ok() {
             let _ = tokio::time::timeout(self.d.refresh_timeout, rx).await;
@@ -339,7 +466,7 @@ impl Scheduler {
         }
     }
 
-    fn fire(&mut self, id: Arc<str>, due: i64, now: i64) {
+    fn fire(&mut self, id: Arc<str>, due: i64, now: i64, facts: DueFacts) {
         let Some(entry) = self.d.map.get(&id) else {
             self.slots.remove(&id);
             return;
@@ -349,37 +476,27 @@ impl Scheduler {
             let slot = &self.slots[&id];
             (slot.phase, slot.catch_up)
         };
-        let late = now - due > self.interval_ms / 2;
-        // Next due time on the grid. A catch-up is followed by the grid slot
-        // at least half an interval later, not at once by a near-duplicate
-        // (the failover bound allows it). A new cluster's first check is
-        // followed by its next grid slot: no gap beyond one interval.
-        let from = if catch_up {
-            due + self.interval_ms / 2
-        } else {
-            due.max(now - self.interval_ms / 2) + 1
-        };
-        let next = next_due(from, phase, self.interval_ms);
+        let next = due_after(due, now, catch_up, phase, self.interval_ms);
         if entry.state.is_checkable() && a.involves(&self.d.me, next) {
             self.schedule_at(id.clone(), next, phase);
         } else {
             self.slots.remove(&id);
         }
-        if a.owner_at(due) != Some(&*self.d.me) {
-            return; // the previous or next owner checks this one
-        }
+        let decision = decide_due(&DueFacts {
+            mine_at_due: a.owner_at(due) == Some(&*self.d.me),
+            running: self.running.contains(&id),
+            ..facts
+        });
         let skip = |reason: &str| {
             self.d
                 .metrics
                 .self_count(names::CHECKS_SKIPPED, 1, &[("reason", reason)])
         };
-        if late {
-            skip("late");
-            return;
-        }
-        if self.running.contains(&id) {
-            skip("still_running");
-            return;
+        match decision {
+            DueDecision::Run => {}
+            DueDecision::NotMine | DueDecision::RefreshFirst => return,
+            DueDecision::SkipLate => return skip("late"),
+            DueDecision::SkipStillRunning => return skip("still_running"),
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             skip("pool_full");
@@ -387,6 +504,29 @@ impl Scheduler {
         };
         let lag = now - due;
         self.d.stats.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
+        self.start(entry, permit);
+    }
+
+    /// An operator's check: same pool, same metrics, never two at once.
+    fn check_now(&mut self, req: CheckNowRequest) {
+        let answer = match self.d.map.get(&req.id) {
+            None => CheckNowAnswer::Unknown,
+            Some(e) if self.running.contains(&e.id) => CheckNowAnswer::Busy,
+            Some(e) => match self.permits.clone().try_acquire_owned() {
+                Err(_) => CheckNowAnswer::PoolFull,
+                Ok(permit) => {
+                    self.waiters.insert(e.id.clone(), req.reply);
+                    self.start(e, permit);
+                    return;
+                }
+            },
+        };
+        let _ = req.reply.send(answer);
+    }
+
+    /// Starts a check on the pool; `finished` collects it.
+    fn start(&mut self, entry: Arc<ClusterEntry>, permit: tokio::sync::OwnedSemaphorePermit) {
+        let id = entry.id.clone();
         self.d.stats.started.fetch_add(1, Ordering::Relaxed);
         self.d.stats.inflight.fetch_add(1, Ordering::Relaxed);
         self.d.metrics.self_count(names::CHECKS_STARTED, 1, &[]);
@@ -431,7 +571,7 @@ impl Scheduler {
                 &entry.tags_with(&[("result", result)]),
             );
             (
-                entry.id.clone(),
+                id,
                 LastCheck {
                     started_ms,
                     duration_ms,
@@ -446,6 +586,9 @@ impl Scheduler {
         match done {
             Ok((id, last)) => {
                 self.running.remove(&id);
+                if let Some(w) = self.waiters.remove(&id) {
+                    let _ = w.send(CheckNowAnswer::Done(last.clone()));
+                }
                 if self.d.map.get(&id).is_some() {
                     self.d.last_checks.insert(id, last);
                 }
@@ -545,7 +688,8 @@ mod scheduler_tests {
         log: Arc<Mutex<Vec<(String, i64)>>>,
         metrics_rx: mpsc::Receiver<crate::metrics::Queued>,
         refresh_rx: mpsc::Receiver<RefreshRequest>,
-        read_ms: Arc<AtomicI64>,
+        pass_done_ms: Arc<AtomicI64>,
+        check_now: mpsc::Sender<CheckNowRequest>,
         stop: CancellationToken,
         task: tokio::task::JoinHandle<()>,
         _events: mpsc::Sender<ClusterEvent>,
@@ -555,7 +699,14 @@ mod scheduler_tests {
     }
 
     /// A scheduler owning every bucket, over `ids` (all checkable).
-    async fn harness(ids: &[&str], max_concurrent: usize, took: Duration, read_ms: i64) -> Harness {
+    /// `pass_done_ms`: when the membership loop last finished a pass (a
+    /// value far in the future: it never stalls).
+    async fn harness(
+        ids: &[&str],
+        max_concurrent: usize,
+        took: Duration,
+        pass_done_ms: i64,
+    ) -> Harness {
         let clock = Clock::at(0);
         let (reflector, map, events_rx) =
             crate::feed::Reflector::new(Metrics::disabled(), clock, 64);
@@ -583,20 +734,23 @@ mod scheduler_tests {
         let (refresh_tx, refresh_rx) = mpsc::channel(4);
         let (metrics, metrics_rx) = Metrics::capture("me", 10_000);
         let log = Arc::new(Mutex::new(Vec::new()));
-        let read = Arc::new(AtomicI64::new(read_ms));
+        let pass_done = Arc::new(AtomicI64::new(pass_done_ms));
         let (events_tx, _) = mpsc::channel(1);
+        let (check_now_tx, check_now_rx) = mpsc::channel(4);
         let sched = Scheduler::new(SchedulerDeps {
             me: "me".into(),
             interval: Duration::from_secs(10),
             check_timeout: Duration::from_secs(30),
             max_concurrent,
-            stale_after: Duration::from_secs(10),
+            stalled_after: Duration::from_secs(5),
             refresh_timeout: Duration::from_secs(2),
+            pass_done_ms: pass_done.clone(),
+            check_now: check_now_rx,
             clock,
             map,
             events: events_rx,
             assignment: assign_rx,
-            assignment_read_ms: read.clone(),
+            assignment_read_ms: Arc::new(AtomicI64::new(0)),
             refresh: refresh_tx,
             checker: Arc::new(Slow {
                 took,
@@ -613,7 +767,8 @@ mod scheduler_tests {
             log,
             metrics_rx,
             refresh_rx,
-            read_ms: read,
+            pass_done_ms: pass_done,
+            check_now: check_now_tx,
             stop,
             task,
             _events: events_tx,
@@ -663,9 +818,10 @@ mod scheduler_tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stale_view_is_refreshed_before_a_check_starts() {
-        // The view was last read 20 s before the start: stale at the first due time.
-        let mut h = harness(&["a"], 10, Duration::from_millis(10), -20_000).await;
+    async fn a_stalled_loop_refreshes_once_before_a_check_starts() {
+        // The loop last finished a pass 20 s before the start (a paused
+        // process): stalled at the first due time.
+        let mut h = harness(&["a", "b"], 10, Duration::from_millis(10), -20_000).await;
         let req = tokio::time::timeout(Duration::from_secs(30), h.refresh_rx.recv())
             .await
             .expect("refresh asked")
@@ -674,15 +830,200 @@ mod scheduler_tests {
             h.log.lock().unwrap().is_empty(),
             "no check before the refresh answered"
         );
-        h.read_ms.store(i64::MAX / 2, Ordering::Release); // the refresh succeeded
-        req.send(()).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            h.log.lock().unwrap().len(),
-            1,
-            "the check runs after the refresh"
-        );
+        // The refresh fails (the store is down too): no further refresh is
+        // asked for this stall, and the checks go on with the old view.
+        drop(req);
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(h.refresh_rx.try_recv().is_err(), "one refresh per stall");
+        let n = h.log.lock().unwrap().len();
+        assert!(n >= 4, "checks go on after the refresh: {n}");
         h.stop.cancel();
         h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_outage_never_delays_a_check() {
+        // The loop keeps finishing (failed) passes every 2 s; the view is
+        // never refreshed by the scheduler and every check runs on time.
+        let ids: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut h = harness(&refs, 100, Duration::from_millis(50), 0).await;
+        let done = h.pass_done_ms.clone();
+        let clock = Clock::at(0);
+        let beat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                done.store(clock.now_ms(), Ordering::Release);
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        beat.abort();
+        assert!(
+            h.refresh_rx.try_recv().is_err(),
+            "no refresh during an outage"
+        );
+        let log = h.log.lock().unwrap().clone();
+        for id in &ids {
+            let mut t: Vec<i64> = log
+                .iter()
+                .filter(|(c, _)| c == id)
+                .map(|(_, t)| *t)
+                .collect();
+            t.sort();
+            assert!(t.len() >= 5, "{id}: {t:?}");
+            for w in t.windows(2) {
+                assert!(w[1] - w[0] <= 10_000, "{id}: gap {t:?}");
+            }
+        }
+        assert_eq!(skipped(&mut h, "late"), 0);
+        h.stop.cancel();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn check_now_takes_a_permit_and_never_overlaps_a_check() {
+        // One worker, 3 s checks: a check-now while a check of the same
+        // cluster runs answers Busy; one while the pool is full, PoolFull.
+        let mut h = harness(&["a", "b"], 1, Duration::from_secs(3), i64::MAX / 2).await;
+        let ask = |id: &str| {
+            let (reply, rx) = oneshot::channel();
+            (
+                CheckNowRequest {
+                    id: id.into(),
+                    reply,
+                },
+                rx,
+            )
+        };
+        // Wait until a scheduled check runs.
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !h.log.lock().unwrap().is_empty() {
+                break;
+            }
+        }
+        let running = h.log.lock().unwrap()[0].0.clone();
+        let other = if running == "a" { "b" } else { "a" };
+        let (req, rx) = ask(&running);
+        h.check_now.send(req).await.unwrap();
+        assert!(matches!(rx.await.unwrap(), CheckNowAnswer::Busy));
+        let (req, rx) = ask(other);
+        h.check_now.send(req).await.unwrap();
+        assert!(matches!(rx.await.unwrap(), CheckNowAnswer::PoolFull));
+        let (req, rx) = ask("nope");
+        h.check_now.send(req).await.unwrap();
+        assert!(matches!(rx.await.unwrap(), CheckNowAnswer::Unknown));
+        // Once the pool is free, a check-now runs and reports, with the
+        // scheduled check's metrics.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (req, rx) = ask(other);
+        h.check_now.send(req).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(CheckNowAnswer::Done(last))) => assert!(last.report.ok),
+            other => panic!("check-now did not run: {other:?}"),
+        }
+        let lines: Vec<String> = std::iter::from_fn(|| h.metrics_rx.try_recv().ok())
+            .map(|q| q.line)
+            .collect();
+        let started = lines
+            .iter()
+            .filter(|l| l.starts_with("monitor.checks.started"))
+            .count();
+        let durations = lines
+            .iter()
+            .filter(|l| l.starts_with("monitor.check.duration"))
+            .count();
+        assert!(started >= 2 && durations >= 2, "{lines:?}");
+        h.stop.cancel();
+        h.task.await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod decision_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn facts() -> impl Strategy<Value = DueFacts> {
+        (
+            0i64..1_000_000,
+            0i64..200_000,
+            1_000i64..120_000,
+            0i64..60_000,
+            proptest::option::of(0i64..1_000_000),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(now, late, interval, quiet, refreshed, mine, running)| DueFacts {
+                    now_ms: now,
+                    due_ms: now - late,
+                    interval_ms: interval,
+                    pass_done_ms: now - quiet,
+                    stalled_after_ms: 5_000,
+                    refreshed_for: refreshed,
+                    mine_at_due: mine,
+                    running,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn never_runs_what_is_not_mine_or_running_or_late(f in facts()) {
+            let d = decide_due(&f);
+            if d == DueDecision::Run {
+                prop_assert!(f.mine_at_due && !f.running && f.now_ms - f.due_ms <= f.interval_ms / 2);
+                prop_assert!(f.now_ms - f.pass_done_ms <= f.stalled_after_ms || f.refreshed_for == Some(f.pass_done_ms));
+            }
+        }
+
+        #[test]
+        fn refreshes_once_per_stall(f in facts()) {
+            if decide_due(&f) == DueDecision::RefreshFirst {
+                let after = DueFacts { refreshed_for: Some(f.pass_done_ms), ..f };
+                prop_assert_ne!(decide_due(&after), DueDecision::RefreshFirst);
+            }
+        }
+
+        /// While the loop keeps finishing passes (a store outage included),
+        /// an on-time check of an owned, idle cluster always runs.
+        #[test]
+        fn a_loop_that_keeps_passing_never_holds_a_check(f in facts(), quiet in 0i64..5_000, late in 0i64..1_000) {
+            let f = DueFacts { pass_done_ms: f.now_ms - quiet, due_ms: f.now_ms - late.min(f.interval_ms / 2), mine_at_due: true, running: false, ..f };
+            prop_assert_eq!(decide_due(&f), DueDecision::Run);
+        }
+
+        /// The first due time is now (fresh or catch-up) or the next grid
+        /// slot; a catch-up only for a bucket taken from a dead owner whose
+        /// last due time fell after the mark.
+        #[test]
+        fn first_due_props(now in 0i64..1_000_000, phase in 0i64..60_000, interval in 1_000i64..60_000, fresh: bool, mark in 0i64..1_000_000, prev: bool, mine: bool) {
+            let phase = phase % interval;
+            let b = BucketAssignment {
+                owner: Some(if mine { "me" } else { "other" }.into()),
+                prev: prev.then(|| "old".to_string()),
+                handoff_at_ms: mark,
+            };
+            let (due, catch_up) = first_due(now, phase, interval, fresh, &b, "me");
+            if fresh || catch_up {
+                prop_assert_eq!(due, now);
+            } else {
+                prop_assert_eq!(due, next_due(now, phase, interval));
+            }
+            if catch_up {
+                prop_assert!(!fresh && !prev && mine && mark != 0 && next_due(now, phase, interval) - interval >= mark);
+            }
+            // The check after it is on the grid and never more than one
+            // interval (a catch-up: half to one and a half) later.
+            let next = due_after(due, now, catch_up, phase, interval);
+            prop_assert_eq!((next - phase).rem_euclid(interval), 0);
+            prop_assert!(next > due);
+            if catch_up {
+                prop_assert!(next - due >= interval / 2 && next - due <= interval / 2 + interval);
+            } else {
+                prop_assert!(next - due <= interval);
+            }
+        }
     }
 }

@@ -315,3 +315,184 @@ async fn a_crashed_owner_costs_at_most_the_failover_time() {
         stop(r).await;
     }
 }
+
+fn owners(doc: &clustermon_core::model::MasterDoc) -> Vec<Option<String>> {
+    doc.buckets.iter().map(|b| b.owner.clone()).collect()
+}
+
+async fn seed(store: &Arc<MemStore>, n: usize) {
+    for i in 0..n {
+        store
+            .put_cluster(&cluster(&format!("c{i:03}"), (i * 37 % 256) as u8))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_master_document_is_repaired_with_its_owners() {
+    let store = Arc::new(MemStore::new());
+    seed(&store, 60).await;
+    let clock = Clock::at(1_700_000_000_000);
+    let log: Log = Default::default();
+    let m1 = start("m1", &store, clock, &log);
+    let m2 = start("m2", &store, clock, &log);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let before = owners(&store.read_master().await.unwrap().unwrap().value);
+    assert!(before.iter().all(Option::is_some));
+    let t0 = clock.now_ms();
+    for garbage in [
+        "garbage",
+        r#"{"buckets": "x"}"#,
+        r#"{"leaseOwner": "m1", "buckets": [{"owner": "#,
+        &format!(
+            r#"{{"schemaVersion": 99, "buckets": {}}}"#,
+            serde_json::to_string(&vec![serde_json::json!({"owner": "m1"}); 256]).unwrap()
+        ),
+    ] {
+        store.put_master_raw(garbage);
+        assert!(store.read_master().await.is_err());
+        let corrupted_at = tokio::time::Instant::now();
+        // Repaired within lease TTL + one pass (10 s + 2 s).
+        let mut repaired = None;
+        for _ in 0..130 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(m)) = store.read_master().await {
+                repaired = Some(m.value);
+                break;
+            }
+        }
+        let took = corrupted_at.elapsed();
+        let doc = repaired.unwrap_or_else(|| panic!("{garbage:?} not repaired in {took:?}"));
+        assert!(
+            took <= Duration::from_secs(12),
+            "{garbage:?} repaired after {took:?}"
+        );
+        assert_eq!(owners(&doc), before, "{garbage:?}: the owners are kept");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    // Checks went on through it all, with no gap and no duplicate.
+    assert_exact_cadence(&log, 60, t0, clock.now_ms() - 1_000, "corrupt master");
+    // A third monitor started now joins normally.
+    let m3 = start("m3", &store, clock, &log);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let doc = store.read_master().await.unwrap().unwrap().value;
+    let mut load: BTreeMap<String, usize> = BTreeMap::new();
+    for o in owners(&doc).into_iter().flatten() {
+        *load.entry(o).or_default() += 1;
+    }
+    assert_eq!(load.len(), 3, "{load:?}");
+    assert!(load.values().all(|n| (85..=86).contains(n)), "{load:?}");
+    for m in [m1, m2, m3] {
+        stop(m).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_monitor_started_on_a_corrupt_master_repairs_it_after_a_lease_ttl() {
+    let store = Arc::new(MemStore::new());
+    seed(&store, 20).await;
+    store.put_master_raw("not json at all");
+    let clock = Clock::at(1_700_000_000_000);
+    let log: Log = Default::default();
+    let m1 = start("m1", &store, clock, &log);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        store.read_master().await.is_err(),
+        "it waits a lease TTL first"
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let doc = store.read_master().await.unwrap().unwrap().value;
+    assert!(owners(&doc).iter().all(|o| o.as_deref() == Some("m1")));
+    stop(m1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn corrupt_heartbeat_documents_are_skipped() {
+    let store = Arc::new(MemStore::new());
+    seed(&store, 30).await;
+    let clock = Clock::at(1_700_000_000_000);
+    let log: Log = Default::default();
+    let far = clock.now_ms() + 3_600_000;
+    store.put_monitor_raw("bad1", far, "garbage");
+    store.put_monitor_raw("bad2", far, r#"{"id": 5, "expiresAtMs": "soon"}"#);
+    let m1 = start("m1", &store, clock, &log);
+    let m2 = start("m2", &store, clock, &log);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let t0 = clock.now_ms();
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_exact_cadence(&log, 30, t0, clock.now_ms() - 1_000, "corrupt heartbeats");
+    assert!(store.stats().invalid_monitor_docs >= 2);
+    let doc = store.read_master().await.unwrap().unwrap().value;
+    assert!(owners(&doc)
+        .iter()
+        .all(|o| matches!(o.as_deref(), Some("m1" | "m2"))));
+    stop(m1).await;
+    stop(m2).await;
+}
+
+/// One monitor of three with a clock 15 s ahead or behind (more than the
+/// heartbeat TTL): it takes no bucket and no lease, whether it starts
+/// first or last, and the two others check every cluster exactly once per
+/// interval.
+#[tokio::test(start_paused = true)]
+async fn a_skewed_monitor_takes_no_share() {
+    for (skew, skewed_first) in [
+        (15_000, false),
+        (-15_000, false),
+        (15_000, true),
+        (-15_000, true),
+    ] {
+        let store = Arc::new(MemStore::new());
+        seed(&store, 60).await;
+        let base = 1_700_000_000_000;
+        let good = Clock::at(base);
+        let bad = Clock::at(base + skew);
+        let log: Log = Default::default();
+        let mut running = Vec::new();
+        if skewed_first {
+            running.push(start("skewed", &store, bad, &log));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        running.push(start("m1", &store, good, &log));
+        running.push(start("m2", &store, good, &log));
+        if !skewed_first {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            running.push(start("skewed", &store, bad, &log));
+        }
+        let what = format!("skew {skew} ms, skewed first: {skewed_first}");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let t0 = good.now_ms();
+        for _ in 0..80 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let doc = store.read_master().await.unwrap().unwrap().value;
+            let o = owners(&doc);
+            let skewed = o.iter().filter(|o| o.as_deref() == Some("skewed")).count();
+            assert_eq!(skewed, 0, "{what}: the skewed monitor owns {skewed}");
+            for m in ["m1", "m2"] {
+                let n = o.iter().filter(|o| o.as_deref() == Some(m)).count();
+                assert_eq!(n, 128, "{what}: {m} owns {n}");
+            }
+            assert_ne!(doc.lease_owner.as_deref(), Some("skewed"), "{what}");
+        }
+        let checked_by_skewed = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m, t)| m == "skewed" && *t >= t0 + skew)
+            .count();
+        assert_eq!(checked_by_skewed, 0, "{what}");
+        let good_log: Log = Arc::new(Mutex::new(
+            log.lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, m, _)| m != "skewed")
+                .cloned()
+                .collect(),
+        ));
+        assert_exact_cadence(&good_log, 60, t0, good.now_ms() - 1_000, &what);
+        for r in running {
+            stop(r).await;
+        }
+    }
+}

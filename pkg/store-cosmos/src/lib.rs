@@ -102,6 +102,9 @@ pub(crate) struct Counters {
     pub retries_throttled: AtomicU64,
     pub retries_unavailable: AtomicU64,
     pub charge_milli: AtomicU64,
+    pub invalid_monitor_docs: AtomicU64,
+    /// Ids of invalid heartbeat documents already logged (once each).
+    pub invalid_logged: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Counters {
@@ -427,6 +430,7 @@ impl Store for CosmosStore {
             retries_throttled: c.retries_throttled.load(Ordering::Relaxed),
             retries_unavailable: c.retries_unavailable.load(Ordering::Relaxed),
             request_charge_milli: c.charge_milli.load(Ordering::Relaxed),
+            invalid_monitor_docs: c.invalid_monitor_docs.load(Ordering::Relaxed),
         }
     }
 
@@ -451,15 +455,21 @@ impl Store for CosmosStore {
             .await?;
         let mut out: Vec<MonitorDoc> = docs
             .into_iter()
-            .filter_map(
-                |v| match serde_json::from_value::<MonitorDoc>(strip_system(v)) {
+            .filter_map(|v| {
+                let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
+                match MonitorDoc::decode_value(strip_system(v)) {
                     Ok(m) => Some(m),
                     Err(e) => {
-                        tracing::warn!(error = %e, "skipping an unreadable monitor document");
+                        let c = &self.counters;
+                        c.invalid_monitor_docs.fetch_add(1, Ordering::Relaxed);
+                        let mut seen = c.invalid_logged.lock().unwrap_or_else(|p| p.into_inner());
+                        if seen.len() < 1024 && seen.insert(id.clone()) {
+                            tracing::warn!(monitor = %id, error = %e, "skipping an invalid monitor document (logged once per id)");
+                        }
                         None
                     }
-                },
-            )
+                }
+            })
             .filter(|m| m.expires_at_ms > now_ms)
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -490,12 +500,16 @@ impl Store for CosmosStore {
         let etag = etag
             .or_else(|| v.get("_etag").and_then(Value::as_str).map(str::to_string))
             .ok_or_else(|| StoreError::Invalid("master document without an etag".into()))?;
-        let value: MasterDoc = serde_json::from_value(strip_system(v))
-            .map_err(|e| StoreError::Invalid(format!("master document: {e}")))?;
-        Ok(Some(Versioned {
-            value,
-            etag: Etag(etag),
-        }))
+        match MasterDoc::decode_value(strip_system(v)) {
+            Ok(value) => Ok(Some(Versioned {
+                value,
+                etag: Etag(etag),
+            })),
+            Err(reason) => Err(StoreError::CorruptMaster {
+                etag: Etag(etag),
+                reason,
+            }),
+        }
     }
 
     async fn write_master(&self, doc: &MasterDoc, expected: Option<&Etag>) -> StoreResult<Etag> {

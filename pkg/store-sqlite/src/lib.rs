@@ -8,16 +8,21 @@
 //!   write lock from the moment they take a number until they commit, so
 //!   `seq` order is commit order and a reader can never skip a change.
 //!   A delete leaves a tombstone row (`doc IS NULL`) so the feed carries it.
-//! - rusqlite is blocking: every call runs on tokio's blocking pool.
+//! - rusqlite is blocking: every call runs on tokio's blocking pool, reads
+//!   on their own connection, so a write that waits for another process's
+//!   lock never holds up a read (in WAL mode readers are not blocked by a
+//!   writer, even one holding `BEGIN EXCLUSIVE`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use clustermon_core::model::{ClusterDoc, MasterDoc, MonitorDoc};
 use clustermon_core::store::{
-    Change, Etag, FeedPage, RawCluster, Store, StoreError, StoreResult, Versioned,
+    Change, Etag, FeedPage, RawCluster, Store, StoreError, StoreResult, StoreStats, Versioned,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
@@ -47,9 +52,19 @@ CREATE TABLE IF NOT EXISTS meta (
 /// Expired heartbeat rows are kept this long (for post-mortems), then purged.
 const MONITOR_ROW_RETENTION_MS: i64 = 3_600_000;
 
+/// How long a call waits for another process's lock before it fails. Below
+/// the engine's bound on a store call (one heartbeat interval, 2 s by
+/// default), so a blocked call has given its connection back before the next
+/// pass asks again: calls never pile up behind a lock.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
+
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
     path: PathBuf,
+    invalid_monitor_docs: AtomicU64,
+    /// Invalid heartbeat documents already logged (once per id).
+    invalid_logged: Arc<Mutex<HashSet<String>>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -71,7 +86,7 @@ impl SqliteStore {
             StoreError::Invalid(format!("cannot open sqlite store {}: {e}", path.display()))
         };
         let conn = Connection::open(&path).map_err(ctx)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(ctx)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
         // WAL: readers do not block the writer; several processes share the file.
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -85,9 +100,14 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous=NORMAL;")
             .map_err(ctx)?;
         conn.execute_batch(SCHEMA).map_err(ctx)?;
+        let reader = Connection::open(&path).map_err(ctx)?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
             path,
+            invalid_monitor_docs: AtomicU64::new(0),
+            invalid_logged: Arc::default(),
         })
     }
 
@@ -95,11 +115,26 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Runs `f` on the writing connection.
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let conn = self.conn.clone();
+        Self::on(self.writer.clone(), f).await
+    }
+
+    /// Runs `f` on the reading connection.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        Self::on(self.reader.clone(), f).await
+    }
+
+    async fn on<T: Send + 'static>(
+        conn: Arc<Mutex<Connection>>,
+        f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
         tokio::task::spawn_blocking(move || {
             let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut c)
@@ -123,6 +158,13 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            invalid_monitor_docs: self.invalid_monitor_docs.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        }
+    }
+
     async fn upsert_monitor(&self, doc: &MonitorDoc) -> StoreResult<()> {
         let body = serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let (id, exp) = (doc.id.clone(), doc.expires_at_ms);
@@ -133,36 +175,50 @@ impl Store for SqliteStore {
                 params![id, body, exp],
             )
             .map_err(map_err)?;
+            // Housekeeping; harmless if it races with another process.
+            let _ = c.execute(
+                "DELETE FROM monitors WHERE expires_at_ms < ?1",
+                [exp - MONITOR_ROW_RETENTION_MS],
+            );
             Ok(())
         })
         .await
     }
 
     async fn list_monitors(&self, now_ms: i64) -> StoreResult<Vec<MonitorDoc>> {
-        self.with(move |c| {
-            let mut st = c
-                .prepare_cached("SELECT id, doc FROM monitors WHERE expires_at_ms > ?1 ORDER BY id")
-                .map_err(map_err)?;
-            let rows = st
-                .query_map([now_ms], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(map_err)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, body) = row.map_err(map_err)?;
-                match serde_json::from_str::<MonitorDoc>(&body) {
-                    Ok(m) => out.push(m),
-                    Err(e) => tracing::warn!(monitor = %id, error = %e, "skipping invalid monitor document"),
+        let logged = self.invalid_logged.clone();
+        let (out, invalid) = self
+            .read(move |c| {
+                let mut st = c
+                    .prepare_cached(
+                        "SELECT id, doc FROM monitors WHERE expires_at_ms > ?1 ORDER BY id",
+                    )
+                    .map_err(map_err)?;
+                let rows = st
+                    .query_map([now_ms], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .map_err(map_err)?;
+                let (mut out, mut invalid) = (Vec::new(), 0u64);
+                for row in rows {
+                    let (id, body) = row.map_err(map_err)?;
+                    match MonitorDoc::decode(&body) {
+                        Ok(m) => out.push(m),
+                        Err(e) => {
+                            invalid += 1;
+                            let mut seen = logged.lock().unwrap_or_else(|p| p.into_inner());
+                            if seen.len() < 1024 && seen.insert(id.clone()) {
+                                tracing::warn!(monitor = %id, error = %e, "skipping an invalid monitor document (logged once per id)");
+                            }
+                        }
+                    }
                 }
-            }
-            drop(st);
-            // Housekeeping; harmless if it races with another process.
-            let _ = c.execute(
-                "DELETE FROM monitors WHERE expires_at_ms < ?1",
-                [now_ms - MONITOR_ROW_RETENTION_MS],
-            );
-            Ok(out)
-        })
-        .await
+                Ok((out, invalid))
+            })
+            .await?;
+        self.invalid_monitor_docs
+            .fetch_add(invalid, Ordering::Relaxed);
+        Ok(out)
     }
 
     async fn delete_monitor(&self, id: &str) -> StoreResult<bool> {
@@ -176,7 +232,7 @@ impl Store for SqliteStore {
     }
 
     async fn read_master(&self) -> StoreResult<Option<Versioned<MasterDoc>>> {
-        self.with(|c| {
+        self.read(|c| {
             let row: Option<(String, i64)> = c
                 .query_row(
                     "SELECT doc, etag FROM master WHERE id = 'master'",
@@ -185,15 +241,14 @@ impl Store for SqliteStore {
                 )
                 .optional()
                 .map_err(map_err)?;
-            row.map(|(body, etag)| {
-                let value = serde_json::from_str::<MasterDoc>(&body)
-                    .map_err(|e| StoreError::Invalid(format!("master document: {e}")))?;
-                Ok(Versioned {
-                    value,
-                    etag: Etag(etag.to_string()),
-                })
-            })
-            .transpose()
+            let Some((body, etag)) = row else {
+                return Ok(None);
+            };
+            let etag = Etag(etag.to_string());
+            match MasterDoc::decode(&body) {
+                Ok(value) => Ok(Some(Versioned { value, etag })),
+                Err(reason) => Err(StoreError::CorruptMaster { etag, reason }),
+            }
         })
         .await
     }
@@ -277,7 +332,7 @@ impl Store for SqliteStore {
 
     async fn get_cluster(&self, id: &str) -> StoreResult<Option<RawCluster>> {
         let id = id.to_string();
-        self.with(move |c| {
+        self.read(move |c| {
             let body: Option<String> = c
                 .query_row(
                     "SELECT doc FROM clusters WHERE id = ?1 AND doc IS NOT NULL",
@@ -292,7 +347,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_clusters(&self) -> StoreResult<Vec<RawCluster>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c
                 .prepare_cached("SELECT id, doc FROM clusters WHERE doc IS NOT NULL ORDER BY id")
                 .map_err(map_err)?;
@@ -310,7 +365,7 @@ impl Store for SqliteStore {
     }
 
     async fn count_clusters(&self) -> StoreResult<u64> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM clusters WHERE doc IS NOT NULL",
                 [],
@@ -330,7 +385,7 @@ impl Store for SqliteStore {
             })?,
         };
         let max = max.clamp(1, 10_000) as i64;
-        self.with(move |c| {
+        self.read(move |c| {
             // One read transaction: the page and the caught-up probe see the same snapshot.
             let tx = c.transaction().map_err(map_err)?;
             let mut changes = Vec::new();

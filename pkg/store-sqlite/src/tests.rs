@@ -181,3 +181,88 @@ async fn processes_race_the_master_and_the_feed() {
         .collect();
     assert_eq!(map, listed);
 }
+
+/// Another connection (as another process would) holding the write lock:
+/// reads still answer at once, writes fail within the busy timeout rather
+/// than piling up, and the store recovers when the lock is released.
+#[tokio::test]
+async fn a_held_write_lock_never_blocks_reads() {
+    let path = temp_db("locked");
+    let s = SqliteStore::open(&path).unwrap();
+    s.put_cluster(&contract::cluster("x", 1)).await.unwrap();
+    s.write_master(&MasterDoc::empty(), None).await.unwrap();
+    let locker = Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(s.read_master().await.unwrap().is_some());
+    assert_eq!(s.list_clusters().await.unwrap().len(), 1);
+    assert!(s.read_feed(None, 10).await.unwrap().caught_up);
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "reads waited {:?}",
+        t0.elapsed()
+    );
+    let t1 = std::time::Instant::now();
+    let err = s
+        .upsert_monitor(&contract::monitor("m", 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(t1.elapsed() < BUSY_TIMEOUT + Duration::from_secs(1));
+    // Reads right after a failed write still answer.
+    assert!(s.read_master().await.unwrap().is_some());
+    locker.execute_batch("COMMIT").unwrap();
+    s.upsert_monitor(&contract::monitor("m", i64::MAX / 2))
+        .await
+        .unwrap();
+}
+
+/// A master document that does not decode is reported with its etag (so a
+/// repair can replace it by compare-and-swap), and its error echoes no value.
+#[tokio::test]
+async fn a_corrupt_master_is_reported_with_its_etag_and_replaced_by_cas() {
+    let path = temp_db("corrupt");
+    let s = SqliteStore::open(&path).unwrap();
+    s.write_master(&MasterDoc::empty(), None).await.unwrap();
+    let raw = Connection::open(&path).unwrap();
+    for (body, what) in [
+        ("garbage", "syntax"),
+        (r#"{"buckets": "SECRET-CANARY"}"#, "wrong type"),
+        (r#"{"buckets": [{"owner": "#, "truncated"),
+        (r#"{"schemaVersion": 99, "buckets": []}"#, "future schema"),
+    ] {
+        raw.execute("UPDATE master SET doc = ?1, etag = etag + 1", [body])
+            .unwrap();
+        let err = s.read_master().await.unwrap_err();
+        let StoreError::CorruptMaster { etag, reason } = err else {
+            panic!("{what}: {err:?}");
+        };
+        assert!(!reason.contains("SECRET-CANARY"), "{what}: {reason}");
+        assert!(reason.contains("master document"), "{what}: {reason}");
+        let e2 = s
+            .write_master(&MasterDoc::empty(), Some(&etag))
+            .await
+            .unwrap();
+        assert_eq!(s.read_master().await.unwrap().unwrap().etag, e2, "{what}");
+    }
+}
+
+/// Heartbeat documents that do not decode are skipped and counted.
+#[tokio::test]
+async fn invalid_heartbeats_are_skipped_and_counted() {
+    let path = temp_db("badhb");
+    let s = SqliteStore::open(&path).unwrap();
+    s.upsert_monitor(&contract::monitor("good", 1_000))
+        .await
+        .unwrap();
+    let raw = Connection::open(&path).unwrap();
+    raw.execute(
+        "INSERT INTO monitors(id, doc, expires_at_ms) VALUES('bad', 'garbage', 1000)",
+        [],
+    )
+    .unwrap();
+    let live = s.list_monitors(0).await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, "good");
+    assert_eq!(s.stats().invalid_monitor_docs, 1);
+}

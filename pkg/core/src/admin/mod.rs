@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::EngineHandles;
+use crate::engine::{CheckNowError, EngineHandles};
 use crate::schedule::{next_due, phase_ms, LastCheck};
 use crate::status::{bucket_owners, fleet_status};
 
@@ -198,11 +198,17 @@ async fn handle(req: Request<Incoming>, h: &EngineHandles, token: Option<&Token>
             Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": e})),
         },
         (Method::POST, ["admin", "check", id]) => match h.check_now(id).await {
-            Some(last) => json_resp(StatusCode::OK, &check_json(id, &last)),
-            None => json_resp(
-                StatusCode::NOT_FOUND,
-                &json!({"id": id, "error": "no such cluster in this monitor's cache"}),
-            ),
+            Ok(last) => json_resp(StatusCode::OK, &check_json(id, &last)),
+            Err(e) => {
+                let status = match e {
+                    CheckNowError::Unknown => StatusCode::NOT_FOUND,
+                    CheckNowError::Busy => StatusCode::CONFLICT,
+                    CheckNowError::PoolFull | CheckNowError::Stopping => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                };
+                json_resp(status, &json!({"id": id, "error": e.to_string()}))
+            }
         },
         (Method::POST, ["admin", "drain"]) => match h.drain().await {
             Ok(handoff_at_ms) => json_resp(

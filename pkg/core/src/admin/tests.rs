@@ -131,7 +131,11 @@ async fn readiness_follows_the_store_and_names_the_failing_condition() {
     r.wait_status("/healthz/ready", 200).await;
     r.store.set_available(false);
     let body = r.wait_status("/healthz/ready", 503).await;
-    assert!(body.contains("store has not answered"), "{body}");
+    assert!(body.contains("store unreachable"), "{body}");
+    assert!(
+        body.contains("heartbeat write (upsert_monitor)") && body.contains("read_master"),
+        "the failing store calls are named: {body}"
+    );
     assert_eq!(
         r.get("/healthz/live").await.0,
         200,
@@ -191,7 +195,14 @@ async fn debug_views_metrics_page_and_check_now() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["buckets"].as_array().unwrap().len(), 256);
     assert_eq!(v["fleet"]["monitors"][0]["id"], "m1");
-    assert_eq!(v["failing"][0]["id"], "c3", "the failed check is listed");
+    assert!(
+        v["failing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "c3"),
+        "the failed check is listed: {body}"
+    );
     r.stop().await;
 }
 

@@ -194,8 +194,13 @@ impl KubeChecker {
         };
         emit.gauge(names::HEALTHZ_CODE, code.into(), &[]);
         if code != 200 {
+            // Redirects are never followed (they would carry the cluster's
+            // credentials, see `KubeClient::new`): a 3xx fails the check and
+            // readyz is not asked (it would redirect too).
+            let redirect = (300..400).contains(&code);
             let why = match &health {
                 Err(err) => err.to_string(),
+                Ok(_) if redirect => format!("healthz {code}: redirect not followed"),
                 Ok(_) => format!("healthz {code}"),
             };
             let mut outcomes = vec![CollectorOutcome {
@@ -204,7 +209,7 @@ impl KubeChecker {
                 duration_ms: apiserver_ms,
                 error: Some(why.clone().into_boxed_str()),
             }];
-            if code != 0 {
+            if code != 0 && !redirect {
                 outcomes.push(readyz(&kube, emit).await);
             }
             return CheckReport {
@@ -953,5 +958,299 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.git_version, "v1.30.4");
+    }
+}
+
+/// Hostile API servers on 127.0.0.1:0 (raw TCP, so they can misbehave at
+/// any byte): every check ends by its deadline, as a failure with a short
+/// reason; the body cap holds for a chunked endless body; no redirect is
+/// followed, so credentials never reach another host.
+#[cfg(test)]
+mod hostile_tests {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::Instant;
+
+    use super::super::kube::MAX_BODY;
+    use super::*;
+    use crate::model::{ClusterDoc, ProvisioningState, Secret};
+
+    /// A server calling `f` for each connection; returns its URL and the
+    /// number of connections it accepted.
+    async fn server<F, Fut>(f: F) -> (String, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let c = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                c.fetch_add(1, SeqCst);
+                tokio::spawn(f(tcp));
+            }
+        });
+        (url, conns)
+    }
+
+    /// Reads up to the end of a request head.
+    async fn read_head(tcp: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut b = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Writes `bytes` one at a time, `every` apart (slowloris).
+    async fn trickle(tcp: &mut TcpStream, bytes: &[u8], every: Duration) {
+        for b in bytes {
+            if tcp.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn entry(url: &str) -> ClusterEntry {
+        ClusterEntry::from_doc(ClusterDoc {
+            id: "c-hostile".into(),
+            bucket: 0,
+            provisioning_state: ProvisioningState::Succeeded,
+            api_server: url.into(),
+            credentials: Credentials {
+                token: Some(Secret::new("hostile-test-token")),
+                insecure_skip_tls_verify: url.starts_with("https://"),
+                ..Default::default()
+            },
+            encrypted_credentials: None,
+            labels: BTreeMap::new(),
+        })
+    }
+
+    /// Runs a full check (healthz, then the standard collectors) against
+    /// `url` with `timeout`; the report, the metric lines, the time taken.
+    async fn check(url: &str, timeout: Duration) -> (CheckReport, Vec<String>, Duration) {
+        let e = entry(url);
+        let (metrics, mut rx) = Metrics::capture("m", 10_000);
+        let checker = KubeChecker::standard(None, vec!["kube-system".into()], Clock::system());
+        let t = Instant::now();
+        let report = checker
+            .check(CheckCtx {
+                cluster: &e,
+                metrics: &metrics,
+                deadline: t + timeout,
+            })
+            .await;
+        let took = t.elapsed();
+        let mut lines = Vec::new();
+        while let Ok(q) = rx.try_recv() {
+            lines.push(q.line);
+        }
+        eprintln!("{url}: {took:?}: {}", report.summary);
+        (report, lines, took)
+    }
+
+    fn healthz_code(lines: &[String]) -> Option<&str> {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("apiserver.healthz.code:"))
+            .and_then(|v| v.split('|').next())
+    }
+
+    #[tokio::test]
+    async fn an_endless_chunked_body_stops_at_the_cap() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let s = sent.clone();
+        let (url, _) = server(move |mut tcp| {
+            let sent = s.clone();
+            async move {
+                read_head(&mut tcp).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if tcp.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                while tcp.write_all(chunk.as_bytes()).await.is_ok() {
+                    sent.fetch_add(0x10000, SeqCst);
+                }
+            }
+        })
+        .await;
+        let (report, lines, took) = check(&url, Duration::from_secs(20)).await;
+        assert!(!report.ok);
+        assert!(report.summary.contains("larger than"), "{}", report.summary);
+        assert_eq!(healthz_code(&lines), Some("0"), "{lines:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = sent.load(SeqCst);
+        // The client read past the cap, then stopped (the rest is socket buffers).
+        assert!(
+            (MAX_BODY..3 * MAX_BODY).contains(&n),
+            "server wrote {n} bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn endless_headers_fail_without_waiting_for_the_deadline() {
+        let (url, _) = server(|mut tcp| async move {
+            read_head(&mut tcp).await;
+            if tcp.write_all(b"HTTP/1.1 200 OK\r\n").await.is_err() {
+                return;
+            }
+            let line = format!("X-Hostile: {}\r\n", "a".repeat(1000));
+            while tcp.write_all(line.as_bytes()).await.is_ok() {}
+        })
+        .await;
+        let (report, lines, took) = check(&url, Duration::from_secs(20)).await;
+        assert!(!report.ok);
+        assert!(
+            report.summary.starts_with("unreachable: "),
+            "{}",
+            report.summary
+        );
+        assert!(report.summary.len() < 160, "{}", report.summary);
+        assert_eq!(healthz_code(&lines), Some("0"), "{lines:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_cap_is_refused_before_reading() {
+        let (url, _) = server(|mut tcp| async move {
+            read_head(&mut tcp).await;
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\nxxxx";
+            let _ = tcp.write_all(head.as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        })
+        .await;
+        let (report, _, took) = check(&url, Duration::from_secs(20)).await;
+        assert!(report.summary.contains("larger than"), "{}", report.summary);
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn slowloris_headers_or_body_end_at_the_deadline() {
+        let every = Duration::from_millis(100);
+        let (headers, _) = server(move |mut tcp| async move {
+            read_head(&mut tcp).await;
+            trickle(
+                &mut tcp,
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok",
+                every,
+            )
+            .await;
+        })
+        .await;
+        let (body, _) = server(move |mut tcp| async move {
+            read_head(&mut tcp).await;
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+            if tcp.write_all(head.as_bytes()).await.is_ok() {
+                trickle(&mut tcp, &[b'o'; 1000], every).await;
+            }
+        })
+        .await;
+        let timeout = Duration::from_millis(1500);
+        for url in [headers, body] {
+            let (report, lines, took) = check(&url, timeout).await;
+            assert!(!report.ok);
+            assert_eq!(report.summary, "timed out", "{url}");
+            assert_eq!(healthz_code(&lines), Some("0"), "{lines:?}");
+            assert!(
+                took >= timeout && took < timeout + Duration::from_millis(500),
+                "{url}: {took:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_to_another_host_or_in_a_loop() {
+        // The other host: any connection would carry the cluster's token.
+        let (elsewhere, elsewhere_conns) = server(|mut tcp| async move {
+            read_head(&mut tcp).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        })
+        .await;
+        let requests = Arc::new(AtomicUsize::new(0));
+        let r = requests.clone();
+        let (url, _) = server(move |mut tcp| {
+            let (r, elsewhere) = (r.clone(), elsewhere.clone());
+            async move {
+                loop {
+                    let head = read_head(&mut tcp).await;
+                    if head.is_empty() {
+                        return;
+                    }
+                    let n = r.fetch_add(1, SeqCst);
+                    // First to the other host, then to itself (a loop).
+                    let to = if n == 0 {
+                        format!("{elsewhere}/healthz")
+                    } else {
+                        "/healthz".into()
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"
+                    );
+                    if tcp.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        for _ in 0..2 {
+            let before = requests.load(SeqCst);
+            let (report, lines, took) = check(&url, Duration::from_secs(5)).await;
+            assert!(!report.ok);
+            assert_eq!(report.summary, "healthz 302: redirect not followed");
+            assert_eq!(healthz_code(&lines), Some("302"), "{lines:?}");
+            let names: Vec<&str> = report.collectors.iter().map(|c| c.name).collect();
+            assert_eq!(names, ["apiserver"], "readyz is not asked either");
+            assert_eq!(requests.load(SeqCst) - before, 1, "one request per check");
+            assert!(took < Duration::from_secs(1), "{took:?}");
+        }
+        assert_eq!(
+            elsewhere_conns.load(SeqCst),
+            0,
+            "credentials went elsewhere"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tls_reset_mid_handshake_fails_fast_with_a_short_reason() {
+        let (url, conns) = server(|mut tcp| async move {
+            // Read (part of) the ClientHello, then close with SO_LINGER 0:
+            // the kernel answers with a RST instead of a FIN.
+            let mut b = [0u8; 64];
+            let _ = tcp.read(&mut b).await;
+            let _ = tcp.set_zero_linger();
+            drop(tcp);
+        })
+        .await;
+        let url = url.replace("http://", "https://");
+        let (report, lines, took) = check(&url, Duration::from_secs(5)).await;
+        assert!(!report.ok);
+        assert_eq!(healthz_code(&lines), Some("0"), "{lines:?}");
+        assert!(conns.load(SeqCst) >= 1);
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        let s = &report.summary;
+        assert!(s.starts_with("unreachable: "), "{s}");
+        assert!(s.contains("reset"), "{s}");
+        assert!(
+            s.len() < 160 && !s.contains("127.0.0.1"),
+            "short, no URL: {s}"
+        );
     }
 }

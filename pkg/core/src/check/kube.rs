@@ -64,6 +64,33 @@ pub struct KubeClient {
     deadline: Instant,
 }
 
+/// The names of the Kubernetes answers' schema (the list envelope and the
+/// decoders of `collect`): the only words of an answer a decode error may
+/// show, through [`crate::decode`].
+pub const KUBE_NAMES: &[&str] = &[
+    "items",
+    "metadata",
+    "continue",
+    "name",
+    "namespace",
+    "labels",
+    "type",
+    "status",
+    "gitVersion",
+    "conditions",
+    "spec",
+    "desiredUpdate",
+    "version",
+    "desired",
+    "history",
+    "state",
+    "phase",
+    "containerStatuses",
+    "restartCount",
+    "waiting",
+    "reason",
+];
+
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -73,6 +100,37 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A short reason for a failed request: what failed (connect, request,
+/// body) and the innermost cause ("connection reset by peer"), without the
+/// URL or the intermediate layers that `chain` would list.
+fn reason(e: &reqwest::Error) -> String {
+    let what = if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "reading the body"
+    } else {
+        "request"
+    };
+    let mut root: &(dyn std::error::Error + 'static) = e;
+    while let Some(c) = root.source() {
+        root = c;
+    }
+    let mut why = root.to_string();
+    // reqwest's own message names the URL: " for url (https://…)".
+    if let Some(i) = why.find(" for url (") {
+        why.truncate(i);
+    }
+    if why.len() > 120 {
+        let mut cut = 120;
+        while !why.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        why.truncate(cut);
+        why.push('…');
+    }
+    format!("{what}: {why}")
 }
 
 #[derive(Deserialize)]
@@ -98,6 +156,10 @@ impl KubeClient {
         let https = api_server.starts_with("https://");
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // Never follow a redirect: the request carries the cluster's
+            // credentials (a bearer header, a client certificate) and a
+            // hostile or compromised API server could send them elsewhere.
+            // A 3xx is the answer, and a failed check.
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .pool_max_idle_per_host(4)
@@ -130,8 +192,13 @@ impl KubeClient {
             let mut resp = req
                 .send()
                 .await
-                .map_err(|e| KubeError::Unreachable(chain(&e)))?;
+                .map_err(|e| KubeError::Unreachable(reason(&e)))?;
             let status = resp.status().as_u16();
+            // A declared length over the cap is refused before any byte is
+            // read; an undeclared one (chunked, endless) is capped below.
+            if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+                return Err(KubeError::TooLarge);
+            }
             let peer_certificate = resp
                 .extensions()
                 .get::<reqwest::tls::TlsInfo>()
@@ -141,7 +208,7 @@ impl KubeClient {
             while let Some(chunk) = resp
                 .chunk()
                 .await
-                .map_err(|e| KubeError::Unreachable(chain(&e)))?
+                .map_err(|e| KubeError::Unreachable(reason(&e)))?
             {
                 if body.len() + chunk.len() > MAX_BODY {
                     return Err(KubeError::TooLarge);
@@ -165,7 +232,7 @@ impl KubeClient {
         if !(200..300).contains(&r.status) {
             return Err(KubeError::Status(r.status));
         }
-        serde_json::from_slice(&r.body).map_err(|e| KubeError::Decode(e.to_string()))
+        crate::decode::json_slice(&r.body, KUBE_NAMES).map_err(|e| KubeError::Decode(e.into()))
     }
 
     /// Lists `path` page by page, handing each item to `each`. Only one page
@@ -243,6 +310,106 @@ mod tests {
         assert_eq!(encode_query("eyJ2Ijo+/="), "eyJ2Ijo%2B%2F%3D");
         assert_eq!(KubeError::Status(401).kind(), "unauthorized");
         assert_eq!(KubeError::Decode("x".into()).kind(), "decode");
+    }
+
+    mod answers_never_echo {
+        use proptest::prelude::*;
+        use serde::de::DeserializeOwned;
+        use serde_json::{json, Value};
+
+        use super::super::{List, KUBE_NAMES};
+        use crate::check::collect::{ClusterOperator, ClusterVersionObj, Node, Pod, VersionInfo};
+        use crate::decode::testing::{assert_clean, mutated, value};
+
+        fn node_list() -> Value {
+            json!({"kind": "NodeList", "metadata": {"continue": "abc"}, "items": [{
+                "metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/master": ""}},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+            }]})
+        }
+
+        fn pod_list() -> Value {
+            json!({"items": [{
+                "metadata": {"name": "p", "namespace": "kube-system"},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                    "containerStatuses": [{"name": "c", "restartCount": 3,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
+            }]})
+        }
+
+        fn operator_list() -> Value {
+            json!({"items": [{"metadata": {"name": "dns"},
+                "status": {"conditions": [{"type": "Degraded", "status": "False"}]}}]})
+        }
+
+        fn cluster_version() -> Value {
+            json!({"spec": {"desiredUpdate": {"version": "4.15.2"}},
+                "status": {"desired": {"version": "4.15.2"},
+                    "history": [{"state": "Completed", "version": "4.15.1"}],
+                    "conditions": [{"type": "Available", "status": "True"}]}})
+        }
+
+        /// Decodes as `get_json` does and checks the error as a check
+        /// report would show it.
+        fn check<T: DeserializeOwned>(v: &Value) -> Result<(), TestCaseError> {
+            let raw = v.to_string();
+            if let Err(e) = crate::decode::json_slice::<T>(raw.as_bytes(), KUBE_NAMES) {
+                let shown = super::KubeError::Decode(e.into()).to_string();
+                assert_clean(&shown, v, KUBE_NAMES)?;
+            }
+            Ok(())
+        }
+
+        fn all(v: &Value) -> Result<(), TestCaseError> {
+            check::<List<Node>>(v)?;
+            check::<List<Pod>>(v)?;
+            check::<List<ClusterOperator>>(v)?;
+            check::<ClusterVersionObj>(v)?;
+            check::<VersionInfo>(v)
+        }
+
+        #[test]
+        fn a_canary_of_the_wrong_type_is_named_not_echoed() {
+            let mut v = node_list();
+            v["items"][0]["metadata"]["labels"] = json!({"cnry-key": {"cnry": 1}});
+            let e = crate::decode::json_str::<List<Node>>(&v.to_string(), KUBE_NAMES)
+                .err()
+                .unwrap();
+            assert_eq!(
+                e.as_str(),
+                "items[0].metadata.labels.<key>: invalid type map, expected a string"
+            );
+            let mut v = pod_list();
+            v["items"][0]["status"]["containerStatuses"][0]["restartCount"] = json!("cnry-9");
+            let e = crate::decode::json_str::<List<Pod>>(&v.to_string(), KUBE_NAMES)
+                .err()
+                .unwrap();
+            assert_eq!(
+                e.as_str(),
+                "items[0].status.containerStatuses[0].restartCount: invalid type string, expected u64"
+            );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn random_answers_never_echo(v in value(KUBE_NAMES)) {
+                all(&v)?;
+            }
+
+            #[test]
+            fn mutated_answers_never_echo(
+                v in prop_oneof![
+                    mutated(node_list(), KUBE_NAMES),
+                    mutated(pod_list(), KUBE_NAMES),
+                    mutated(operator_list(), KUBE_NAMES),
+                    mutated(cluster_version(), KUBE_NAMES),
+                ]
+            ) {
+                all(&v)?;
+            }
+        }
     }
 
     #[test]

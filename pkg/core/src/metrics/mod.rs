@@ -5,6 +5,7 @@
 //! ([`QueueSink`]); when the queue is full the metric is dropped and counted.
 //! A single writer task drains the queue into UDP datagrams.
 
+pub mod labels;
 pub mod mdm;
 mod writer;
 
@@ -17,6 +18,7 @@ use cadence::{MetricSink, StatsdClient};
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
+pub use labels::MAX_LINE;
 pub use writer::{Format, Output, Target, Writer};
 
 pub mod names {
@@ -64,7 +66,14 @@ pub mod names {
     pub const STORE_RETRIES: &str = "monitor.store.retries";
     pub const STORE_REQUEST_CHARGE: &str = "monitor.store.requestcharge";
     pub const MASTER_CONFLICTS: &str = "monitor.master.conflicts";
+    pub const MASTER_REPAIRED: &str = "monitor.master.repaired";
+    pub const MASTER_INVALID: &str = "monitor.master.invalid";
+    pub const HEARTBEATS_INVALID: &str = "monitor.heartbeats.invalid";
+    pub const CLOCK_OFFSET: &str = "monitor.clock.offset_ms";
+    pub const CLOCK_SKEWED: &str = "monitor.clock.skewed";
+    pub const STORE_HEALTHY: &str = "monitor.store.healthy";
     pub const METRICS_DROPPED: &str = "monitor.metrics.dropped";
+    pub const LABELS_DROPPED: &str = "monitor.metrics.labels.dropped";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,8 +149,15 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: STORE_ERRORS, kind: Counter, tags: "monitor, op", help: "Failed store calls by operation (heartbeat, list_monitors, read_master, write_master, delete_monitor), after the backend's own retries." },
         MetricDef { name: STORE_RETRIES, kind: Counter, tags: "monitor, reason", help: "Store requests sent again by the backend; reason is throttled (429, after its retry-after) or unavailable (5xx, timeout, connection)." },
         MetricDef { name: STORE_REQUEST_CHARGE, kind: Counter, tags: "monitor", help: "Request units charged by the store (Cosmos DB), rounded to whole RU per pass." },
+        MetricDef { name: MASTER_REPAIRED, kind: Counter, tags: "monitor", help: "The master document did not decode (garbage, a wrong type, truncated, a newer schema) and this monitor rewrote it by compare-and-swap from the last valid version it saw (owners kept)." },
+        MetricDef { name: MASTER_INVALID, kind: Gauge, tags: "monitor", help: "1 while the master document read from the store does not decode, else 0." },
+        MetricDef { name: HEARTBEATS_INVALID, kind: Counter, tags: "monitor", help: "Heartbeat documents skipped because they do not decode (each logged once per id); they never stop a pass." },
+        MetricDef { name: CLOCK_OFFSET, kind: Gauge, tags: "monitor, direction", help: "Estimated distance in ms of this monitor's clock from the fleet's median clock (direction ahead or behind), measured from the peers' heartbeat writes as observed." },
+        MetricDef { name: CLOCK_SKEWED, kind: Gauge, tags: "monitor", help: "1 while this monitor's clock is off by more than --max-clock-offset from more than half of the fleet: it takes no bucket and no lease." },
+        MetricDef { name: STORE_HEALTHY, kind: Gauge, tags: "monitor", help: "1 when every store call of the last pass succeeded, else 0 (the checks go on with the last assignment)." },
         MetricDef { name: MASTER_CONFLICTS, kind: Counter, tags: "monitor", help: "Master writes that lost a compare-and-swap race (HTTP 412 equivalent)." },
         MetricDef { name: METRICS_DROPPED, kind: Counter, tags: "monitor, reason", help: "Metrics lost: reason queue_full (emit queue full), send_failed (socket error), stale (older than one minute when it could be sent)." },
+        MetricDef { name: LABELS_DROPPED, kind: Counter, tags: "monitor, reason", help: "Cluster labels left out of the metric tags, counted once per cluster document version (the cluster's metrics still go out): reason too_long (key over 64 or value over 128 bytes), too_many (beyond 16 labels or 400 bytes of label tags), invalid (empty key, a key clustermon's own tags use, or a key equal to another once sanitised)." },
     ]
 };
 
@@ -321,6 +337,15 @@ impl Metrics {
         self.gauge(name, value, &tags);
     }
 
+    /// Self gauge with the `monitor` tag and `extra` tags.
+    pub fn self_gauge_tagged(&self, name: &str, value: u64, extra: &[(&str, &str)]) {
+        let mut tags = Vec::with_capacity(extra.len() + 1);
+        tags.push(("monitor", &*self.monitor));
+        tags.extend_from_slice(extra);
+        self.selfv.update(name, &tags, value as f64, false);
+        self.gauge(name, value, &tags);
+    }
+
     /// Self counter with the `monitor` tag and `extra` tags.
     pub fn self_count(&self, name: &str, value: u64, extra: &[(&str, &str)]) {
         let mut tags = Vec::with_capacity(extra.len() + 1);
@@ -369,11 +394,12 @@ impl Metrics {
     }
 }
 
-/// Replaces the characters that would break a DogStatsD tag.
+/// Replaces the characters that would break a DogStatsD tag (and control
+/// characters). Label keys and values have stricter rules, see [`labels`].
 pub fn sanitize_tag(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if matches!(c, ',' | '|' | '#' | '\n' | '\r') {
+            if matches!(c, ',' | '|' | '#') || c.is_control() {
                 '_'
             } else {
                 c

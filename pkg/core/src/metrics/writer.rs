@@ -85,7 +85,7 @@ impl Output {
     }
 }
 
-const MAX_DATAGRAM: usize = 1432;
+const MAX_DATAGRAM: usize = super::MAX_LINE;
 /// Lines older than this are not worth sending (dashboards aggregate per minute).
 const MAX_AGE_MS: i64 = 60_000;
 /// Batch size for stream writes.

@@ -36,6 +36,8 @@ pub fn monitor(id: &str, expires_at_ms: i64) -> MonitorDoc {
         draining: false,
         expires_at_ms,
         heartbeat_at_ms: 0,
+        clock_ok: true,
+        clock_offset_ms: 0,
         stats: Default::default(),
     }
 }

@@ -11,8 +11,11 @@ use super::*;
 
 #[derive(Default)]
 struct Inner {
-    monitors: BTreeMap<String, MonitorDoc>,
-    master: Option<(MasterDoc, u64)>,
+    /// id -> (expires_at_ms, body): stored as text, like the real stores, so
+    /// that tests can plant documents that do not decode.
+    monitors: BTreeMap<String, (i64, String)>,
+    master: Option<(String, u64)>,
+    invalid_monitor_docs: u64,
     etag_seq: u64,
     clusters: BTreeMap<String, (String, u64)>,
     /// seq -> change; superseded entries for an id are removed, as a compacted log.
@@ -46,6 +49,22 @@ impl MemStore {
 
     pub fn set_available(&self, up: bool) {
         self.down.store(!up, Ordering::SeqCst);
+    }
+
+    /// Replaces the master document's body with `body` as is (tests of a
+    /// corrupt document); the etag changes as on any write.
+    pub fn put_master_raw(&self, body: &str) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.etag_seq += 1;
+        let e = g.etag_seq;
+        g.master = Some((body.to_string(), e));
+    }
+
+    /// Plants a heartbeat document with any body (tests of corrupt ones).
+    pub fn put_monitor_raw(&self, id: &str, expires_at_ms: i64, body: &str) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.monitors
+            .insert(id.to_string(), (expires_at_ms, body.to_string()));
     }
 
     fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Inner>> {
@@ -85,15 +104,35 @@ impl Store for MemStore {
         !self.no_delete_feed
     }
 
+    fn stats(&self) -> StoreStats {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        StoreStats {
+            invalid_monitor_docs: g.invalid_monitor_docs,
+            ..StoreStats::default()
+        }
+    }
+
     async fn upsert_monitor(&self, doc: &MonitorDoc) -> StoreResult<()> {
-        self.lock()?.monitors.insert(doc.id.clone(), doc.clone());
+        let body = serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.lock()?
+            .monitors
+            .insert(doc.id.clone(), (doc.expires_at_ms, body));
         Ok(())
     }
 
     async fn list_monitors(&self, now_ms: i64) -> StoreResult<Vec<MonitorDoc>> {
         let mut g = self.lock()?;
-        g.monitors.retain(|_, m| m.expires_at_ms > now_ms);
-        Ok(g.monitors.values().cloned().collect())
+        g.monitors.retain(|_, (exp, _)| *exp > now_ms);
+        let mut out = Vec::new();
+        let mut invalid = 0;
+        for (_, body) in g.monitors.values() {
+            match MonitorDoc::decode(body) {
+                Ok(m) => out.push(m),
+                Err(_) => invalid += 1,
+            }
+        }
+        g.invalid_monitor_docs += invalid;
+        Ok(out)
     }
 
     async fn delete_monitor(&self, id: &str) -> StoreResult<bool> {
@@ -101,10 +140,15 @@ impl Store for MemStore {
     }
 
     async fn read_master(&self) -> StoreResult<Option<Versioned<MasterDoc>>> {
-        Ok(self.lock()?.master.as_ref().map(|(d, e)| Versioned {
-            value: d.clone(),
-            etag: Etag(e.to_string()),
-        }))
+        let g = self.lock()?;
+        let Some((body, e)) = g.master.as_ref() else {
+            return Ok(None);
+        };
+        let etag = Etag(e.to_string());
+        match MasterDoc::decode(body) {
+            Ok(value) => Ok(Some(Versioned { value, etag })),
+            Err(reason) => Err(StoreError::CorruptMaster { etag, reason }),
+        }
     }
 
     async fn write_master(&self, doc: &MasterDoc, expected: Option<&Etag>) -> StoreResult<Etag> {
@@ -119,7 +163,10 @@ impl Store for MemStore {
         }
         g.etag_seq += 1;
         let e = g.etag_seq;
-        g.master = Some((doc.clone(), e));
+        g.master = Some((
+            serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?,
+            e,
+        ));
         Ok(Etag(e.to_string()))
     }
 

@@ -77,6 +77,12 @@ pub enum StoreError {
     /// The continuation token is unknown or too old: re-list from scratch.
     #[error("change feed continuation is no longer valid: {0}")]
     ContinuationExpired(String),
+    /// The master document exists but does not decode (garbage, a wrong
+    /// type, a schema this build does not know). `etag` names the stored
+    /// version so that a repair can replace it by compare-and-swap; `reason`
+    /// names the field and the problem, never a value.
+    #[error("{reason}")]
+    CorruptMaster { etag: Etag, reason: String },
 }
 
 impl StoreError {
@@ -98,6 +104,9 @@ pub struct StoreStats {
     pub retries_unavailable: u64,
     /// Request units charged, in thousandths (Cosmos DB's `x-ms-request-charge`).
     pub request_charge_milli: u64,
+    /// Heartbeat documents skipped by `list_monitors` because they did not
+    /// decode (each also logged once per document id).
+    pub invalid_monitor_docs: u64,
 }
 
 /// The bucket of a stored cluster body, read without decoding the rest; for
@@ -131,12 +140,16 @@ pub trait Store: Send + Sync + 'static {
     /// Creates or replaces a monitor's heartbeat document.
     async fn upsert_monitor(&self, doc: &MonitorDoc) -> StoreResult<()>;
     /// Monitors whose `expires_at_ms` is after `now_ms`, sorted by id.
+    /// Documents that do not decode are skipped and counted
+    /// ([`StoreStats::invalid_monitor_docs`]), never an error of the call.
     async fn list_monitors(&self, now_ms: i64) -> StoreResult<Vec<MonitorDoc>>;
     /// Returns whether a document was deleted.
     async fn delete_monitor(&self, id: &str) -> StoreResult<bool>;
 
     // --- master document ---
 
+    /// The master document; one that does not decode (see
+    /// [`MasterDoc::decode`]) is [`StoreError::CorruptMaster`] with its etag.
     async fn read_master(&self) -> StoreResult<Option<Versioned<MasterDoc>>>;
     /// `expected: None` creates the document ([`StoreError::Conflict`] if it
     /// exists); `Some(etag)` replaces it only if its etag still matches

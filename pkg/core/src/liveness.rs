@@ -1,0 +1,474 @@
+//! Liveness, the lease and clock offsets from *observed* time.
+//!
+//! Monitors never compare their wall clock with another host's timestamps
+//! to decide who is alive or who holds the lease (a clock that runs ahead
+//! would declare everyone dead and take the whole fleet). As client-go's
+//! leader election does, a monitor remembers when *it* saw a peer's
+//! heartbeat (or the master document) change, on its own clock, and
+//! treats the peer as dead (the lease as expired) a TTL after that.
+//!
+//! The same observations bound each peer's clock offset: a heartbeat that
+//! changed between two lists was written between them, so
+//! `offset = heartbeatAtMs - write time` lies in a known interval. A monitor
+//! whose clock is off from more than half of the fleet by more than
+//! `--max-clock-offset` takes no lease and no bucket (CockroachDB refuses to
+//! serve past its maximum offset for the same reason).
+//!
+//! Everything here is pure: times are passed in, in this monitor's clock.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::model::MonitorDoc;
+
+/// How many offset samples of a peer are intersected.
+const OFFSET_SAMPLES: usize = 8;
+
+/// Timings of the observer, in milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct ObserveTiming {
+    pub heartbeat_ttl_ms: i64,
+    pub lease_ttl_ms: i64,
+    pub max_offset_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+struct Peer {
+    heartbeat_at_ms: i64,
+    /// When this monitor saw the heartbeat change (its own clock), or the
+    /// presumption made at first sight.
+    changed_at_ms: i64,
+    /// The last heartbeat was written after this time (this monitor's clock),
+    /// when known: the list before the one that saw the change.
+    written_after_ms: Option<i64>,
+    /// Intervals `[lo, hi]` that each contain the peer's clock minus ours.
+    offsets: VecDeque<(i64, i64)>,
+    draining: bool,
+    clock_ok: bool,
+    present: bool,
+}
+
+impl Peer {
+    /// The intersection of the samples: the peer's offset lies in it.
+    fn offset_bounds(&self) -> Option<(i64, i64)> {
+        let mut it = self.offsets.iter();
+        let first = *it.next()?;
+        Some(it.fold(first, |(lo, hi), (l, h)| (lo.max(*l), hi.min(*h))))
+    }
+}
+
+/// What this monitor concludes about its own clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockVerdict {
+    /// Not enough observations yet: take no bucket until there are.
+    Pending,
+    /// Within bounds of the majority (or no peer to compare with).
+    Ok,
+    /// Off from more than half of the fleet by more than the maximum.
+    Skewed,
+}
+
+/// Clock offset of this monitor from the fleet (positive: this clock is
+/// ahead), as far as the observations tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockState {
+    pub verdict: ClockVerdict,
+    /// Best estimate (median over the fleet, this monitor included as 0).
+    pub offset_ms: i64,
+    /// Peers with an offset sample, and how many are surely beyond the maximum.
+    pub peers_measured: usize,
+    pub peers_beyond: usize,
+}
+
+/// The observations of one monitor.
+#[derive(Clone, Debug, Default)]
+pub struct Observer {
+    peers: BTreeMap<String, Peer>,
+    /// Start of the previous list (this monitor's clock).
+    prev_list_ms: Option<i64>,
+    first_list_ms: Option<i64>,
+    /// Etag of the master document and when it was last seen to change.
+    master: Option<(String, i64)>,
+}
+
+impl Observer {
+    /// Records one list of heartbeat documents, read between `started_ms`
+    /// and `done_ms`. `me` is skipped (its own clock is the reference).
+    pub fn observe_list(
+        &mut self,
+        me: &str,
+        started_ms: i64,
+        done_ms: i64,
+        docs: &[MonitorDoc],
+        t: ObserveTiming,
+    ) {
+        let prev = self.prev_list_ms;
+        self.first_list_ms.get_or_insert(started_ms);
+        for p in self.peers.values_mut() {
+            p.present = false;
+        }
+        for d in docs.iter().filter(|d| d.id != me) {
+            match self.peers.get_mut(&d.id) {
+                Some(p) => {
+                    p.present = true;
+                    p.draining = d.draining;
+                    p.clock_ok = d.clock_ok;
+                    if p.heartbeat_at_ms != d.heartbeat_at_ms {
+                        p.heartbeat_at_ms = d.heartbeat_at_ms;
+                        p.changed_at_ms = done_ms;
+                        p.written_after_ms = prev;
+                        if let Some(prev) = prev {
+                            push_sample(p, d.heartbeat_at_ms - done_ms, d.heartbeat_at_ms - prev);
+                        }
+                    }
+                }
+                None => {
+                    // First sight. A document absent from the previous list
+                    // was written since it (when there was one).
+                    let presumed_live = d.expires_at_ms > done_ms - t.max_offset_ms;
+                    let mut p = Peer {
+                        heartbeat_at_ms: d.heartbeat_at_ms,
+                        changed_at_ms: if presumed_live {
+                            done_ms
+                        } else {
+                            done_ms - t.heartbeat_ttl_ms
+                        },
+                        written_after_ms: None,
+                        offsets: VecDeque::new(),
+                        draining: d.draining,
+                        clock_ok: d.clock_ok,
+                        present: true,
+                    };
+                    if let Some(prev) = prev {
+                        if presumed_live {
+                            p.written_after_ms = Some(prev);
+                            push_sample(
+                                &mut p,
+                                d.heartbeat_at_ms - done_ms,
+                                d.heartbeat_at_ms - prev,
+                            );
+                        }
+                    }
+                    self.peers.insert(d.id.clone(), p);
+                }
+            }
+        }
+        // Forget peers long gone (their documents deleted or expired).
+        let forget_before = done_ms - 10 * t.heartbeat_ttl_ms;
+        self.peers
+            .retain(|_, p| p.present || p.changed_at_ms >= forget_before);
+        self.prev_list_ms = Some(started_ms);
+    }
+
+    /// Records the master document's etag as read at `now_ms` (`None`: there
+    /// is none). Only versions that decode count as renewals.
+    pub fn observe_master(&mut self, etag: Option<&str>, now_ms: i64) {
+        match (etag, &self.master) {
+            (None, _) => self.master = None,
+            (Some(e), Some((have, _))) if have == e => {}
+            (Some(e), _) => self.master = Some((e.to_string(), now_ms)),
+        }
+    }
+
+    fn since(&self, changed_at_ms: i64, connected_since_ms: i64) -> i64 {
+        changed_at_ms.max(connected_since_ms)
+    }
+
+    /// Whether a peer is live at `now_ms`: its heartbeat changed within the
+    /// TTL, counted from when this monitor last (re)gained the store at the
+    /// latest, since a heartbeat nobody could write is no evidence of death.
+    pub fn is_live(
+        &self,
+        id: &str,
+        now_ms: i64,
+        connected_since_ms: i64,
+        t: ObserveTiming,
+    ) -> bool {
+        self.peers.get(id).is_some_and(|p| {
+            p.present
+                && now_ms - self.since(p.changed_at_ms, connected_since_ms) < t.heartbeat_ttl_ms
+        })
+    }
+
+    /// Live peers (this monitor not included), sorted.
+    pub fn live(&self, now_ms: i64, connected_since_ms: i64, t: ObserveTiming) -> Vec<&str> {
+        self.peers
+            .keys()
+            .filter(|id| self.is_live(id, now_ms, connected_since_ms, t))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Live peers that may receive buckets: not draining, clock within bounds.
+    pub fn eligible(
+        &self,
+        now_ms: i64,
+        connected_since_ms: i64,
+        t: ObserveTiming,
+    ) -> BTreeSet<&str> {
+        self.live(now_ms, connected_since_ms, t)
+            .into_iter()
+            .filter(|id| {
+                let p = &self.peers[*id];
+                !p.draining && p.clock_ok
+            })
+            .collect()
+    }
+
+    /// The last heartbeat write of each known peer happened after this time
+    /// (this monitor's clock), where the observations tell.
+    pub fn written_after(&self) -> BTreeMap<String, i64> {
+        self.peers
+            .iter()
+            .filter_map(|(id, p)| p.written_after_ms.map(|t| (id.clone(), t)))
+            .collect()
+    }
+
+    /// Who holds the lease, judged by observation: the named owner while the
+    /// master document keeps changing (every renewal writes it) within the
+    /// lease TTL, and while its heartbeat document exists. A document seen
+    /// for the first time is presumed renewed just now.
+    pub fn lease_holder<'a>(
+        &self,
+        owner: Option<&'a str>,
+        me: &str,
+        now_ms: i64,
+        connected_since_ms: i64,
+        t: ObserveTiming,
+    ) -> Option<&'a str> {
+        let owner = owner?;
+        if owner == me {
+            return Some(owner);
+        }
+        let (_, changed) = self.master.as_ref()?;
+        let renewed = now_ms - self.since(*changed, connected_since_ms) < t.lease_ttl_ms;
+        let exists = self.peers.get(owner).is_some_and(|p| p.present);
+        (renewed && exists).then_some(owner)
+    }
+
+    /// This monitor's clock against the fleet's.
+    pub fn clock(&self, now_ms: i64, connected_since_ms: i64, t: ObserveTiming) -> ClockState {
+        let live = self.live(now_ms, connected_since_ms, t);
+        let mut estimates = vec![0i64];
+        let (mut measured, mut beyond, mut unmeasured) = (0, 0, 0);
+        for id in &live {
+            match self.peers[*id].offset_bounds() {
+                Some((lo, hi)) => {
+                    measured += 1;
+                    estimates.push((lo + hi) / 2);
+                    if lo > t.max_offset_ms || hi < -t.max_offset_ms {
+                        beyond += 1;
+                    }
+                }
+                None => unmeasured += 1,
+            }
+        }
+        estimates.sort_unstable();
+        // The peers' offsets are theirs minus ours: the fleet's median clock
+        // minus ours. Report ours minus the fleet's.
+        let offset_ms = -estimates[estimates.len() / 2];
+        let waited = self
+            .first_list_ms
+            .is_some_and(|f| now_ms - f >= t.heartbeat_ttl_ms);
+        let verdict = if beyond * 2 > measured + 1 {
+            ClockVerdict::Skewed
+        } else if unmeasured > 0 && !waited || self.first_list_ms.is_none() {
+            ClockVerdict::Pending
+        } else {
+            ClockVerdict::Ok
+        };
+        ClockState {
+            verdict,
+            offset_ms,
+            peers_measured: measured,
+            peers_beyond: beyond,
+        }
+    }
+}
+
+fn push_sample(p: &mut Peer, lo: i64, hi: i64) {
+    p.offsets.push_back((lo, hi));
+    while p.offsets.len() > OFFSET_SAMPLES {
+        p.offsets.pop_front();
+    }
+    // A clock that jumped makes the samples disagree: keep the newest.
+    if let Some((lo, hi)) = p.offset_bounds() {
+        if lo > hi {
+            let last = *p.offsets.back().expect("just pushed");
+            p.offsets.clear();
+            p.offsets.push_back(last);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T: ObserveTiming = ObserveTiming {
+        heartbeat_ttl_ms: 10_000,
+        lease_ttl_ms: 10_000,
+        max_offset_ms: 1_000,
+    };
+
+    fn doc(id: &str, hb: i64, ttl: i64) -> MonitorDoc {
+        MonitorDoc {
+            id: id.into(),
+            hostname: String::new(),
+            version: String::new(),
+            started_at: chrono::DateTime::UNIX_EPOCH,
+            admin_url: String::new(),
+            draining: false,
+            expires_at_ms: hb + ttl,
+            heartbeat_at_ms: hb,
+            clock_ok: true,
+            clock_offset_ms: 0,
+            stats: Default::default(),
+        }
+    }
+
+    /// Three monitors heartbeating every 2 s with the given clock offsets
+    /// (ms, true clock + offset), observed by monitor 0 for `secs` seconds;
+    /// each pass lists 30 ms after its own phase.
+    fn run(offsets: [i64; 3], phases: [i64; 3], secs: i64, observer: usize) -> (Observer, i64) {
+        let mut o = Observer::default();
+        let me = format!("m{observer}");
+        let mut last = [i64::MIN; 3];
+        let mut real = 0;
+        while real <= secs * 1000 {
+            for (i, off) in offsets.iter().enumerate() {
+                if (real - phases[i]).rem_euclid(2000) == 0 && real >= phases[i] {
+                    last[i] = real + off;
+                }
+            }
+            if (real - phases[observer] - 30).rem_euclid(2000) == 0 && real > phases[observer] {
+                let docs: Vec<MonitorDoc> = (0..3)
+                    .filter(|i| last[*i] != i64::MIN)
+                    .map(|i| doc(&format!("m{i}"), last[i], 10_000))
+                    .collect();
+                let now = real + offsets[observer];
+                o.observe_list(&me, now, now + 5, &docs, T);
+            }
+            real += 10;
+        }
+        (o, real + offsets[observer])
+    }
+
+    #[test]
+    fn a_monitor_ahead_or_behind_of_two_peers_finds_itself_skewed() {
+        for skew in [15_000, -15_000, 3_500, -3_500] {
+            let (o, now) = run([skew, 0, 0], [0, 700, 1300], 20, 0);
+            let c = o.clock(now, 0, T);
+            assert_eq!(c.verdict, ClockVerdict::Skewed, "skew {skew}: {c:?}");
+            assert!((c.offset_ms - skew).abs() <= 2_100, "skew {skew}: {c:?}");
+            // The others see one peer beyond and one within: not them.
+            for me in [1, 2] {
+                let (o, now) = run([skew, 0, 0], [0, 700, 1300], 20, me);
+                let c = o.clock(now, 0, T);
+                assert_eq!(c.verdict, ClockVerdict::Ok, "skew {skew}, m{me}: {c:?}");
+                assert!(c.offset_ms.abs() <= 2_100, "skew {skew}, m{me}: {c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_skewed_peer_stays_live_by_observation() {
+        // m1 is 15 s behind: its expiresAtMs is in the past for m0, yet its
+        // heartbeat keeps changing, so it is live.
+        let (o, now) = run([0, -15_000, 0], [0, 700, 1300], 20, 0);
+        assert_eq!(o.live(now, 0, T), vec!["m1", "m2"]);
+        // m1 15 s ahead is no more live than it should be once it stops.
+        let (o, now) = run([0, 15_000, 0], [0, 700, 1300], 20, 0);
+        assert!(o.is_live("m1", now, 0, T));
+        assert!(!o.is_live("m1", now + 10_001, 0, T));
+    }
+
+    #[test]
+    fn first_sight_presumes_live_only_what_has_not_expired() {
+        let mut o = Observer::default();
+        let docs = [doc("fresh", 1_000, 10_000), doc("ghost", -60_000, 10_000)];
+        o.observe_list("me", 2_000, 2_010, &docs, T);
+        assert_eq!(o.live(2_010, 0, T), vec!["fresh"]);
+        assert!(
+            !o.is_live("fresh", 12_010, 0, T),
+            "no change for a TTL: dead"
+        );
+        // A ghost that starts heartbeating again is live.
+        let docs = [doc("fresh", 1_000, 10_000), doc("ghost", 3_000, 10_000)];
+        o.observe_list("me", 4_000, 4_010, &docs, T);
+        assert!(o.is_live("ghost", 4_010, 0, T));
+    }
+
+    #[test]
+    fn a_store_outage_is_no_evidence_of_death() {
+        let mut o = Observer::default();
+        o.observe_list("me", 0, 10, &[doc("p", 0, 10_000)], T);
+        // 30 s without a change, but the store came back at 29 s.
+        assert!(!o.is_live("p", 30_000, 0, T));
+        assert!(o.is_live("p", 30_000, 29_000, T));
+        assert!(!o.is_live("p", 39_001, 29_000, T));
+    }
+
+    #[test]
+    fn the_lease_is_held_while_the_master_document_changes() {
+        let mut o = Observer::default();
+        o.observe_list("me", 0, 10, &[doc("boss", 0, 10_000)], T);
+        o.observe_master(Some("1"), 10);
+        // First sight: presumed renewed, whatever its leaseExpiresMs says.
+        assert_eq!(
+            o.lease_holder(Some("boss"), "me", 9_000, 0, T),
+            Some("boss")
+        );
+        assert_eq!(o.lease_holder(Some("boss"), "me", 10_010, 0, T), None);
+        o.observe_master(Some("2"), 9_500);
+        assert_eq!(
+            o.lease_holder(Some("boss"), "me", 19_000, 0, T),
+            Some("boss")
+        );
+        assert_eq!(o.lease_holder(None, "me", 9_600, 0, T), None);
+        assert_eq!(o.lease_holder(Some("me"), "me", 99_999, 0, T), Some("me"));
+        // An owner whose heartbeat document is gone holds nothing.
+        o.observe_list("me", 9_700, 9_710, &[], T);
+        assert_eq!(o.lease_holder(Some("boss"), "me", 9_800, 0, T), None);
+    }
+
+    #[test]
+    fn a_lone_monitor_or_a_pair_is_never_skewed() {
+        let o = Observer::default();
+        assert_eq!(o.clock(0, 0, T).verdict, ClockVerdict::Pending);
+        let mut o = Observer::default();
+        o.observe_list("me", 0, 10, &[], T);
+        assert_eq!(o.clock(10, 0, T).verdict, ClockVerdict::Ok);
+        // Two monitors 15 s apart: neither can tell which clock is wrong.
+        let mut o = Observer::default();
+        for k in 0..10 {
+            let now = k * 2_000;
+            o.observe_list(
+                "me",
+                now,
+                now + 5,
+                &[doc("p", now - 1_000 + 15_000, 10_000)],
+                T,
+            );
+        }
+        assert_eq!(o.clock(20_000, 0, T).verdict, ClockVerdict::Ok);
+    }
+
+    proptest! {
+        /// Whatever the phases and pass durations, a peer's true offset
+        /// always lies in its sample bounds, so a monitor within the
+        /// maximum is never judged skewed.
+        #[test]
+        fn bounds_contain_the_true_offset(
+            off1 in -900i64..900, off2 in -900i64..900,
+            p1 in 0i64..2000, p2 in 0i64..2000, p0 in 0i64..2000,
+        ) {
+            let (o, now) = run([0, off1, off2], [p0 / 10 * 10, p1 / 10 * 10, p2 / 10 * 10], 30, 0);
+            for (id, off) in [("m1", off1), ("m2", off2)] {
+                let (lo, hi) = o.peers[id].offset_bounds().unwrap();
+                prop_assert!(lo <= off && off <= hi, "{id}: {off} not in [{lo}, {hi}]");
+            }
+            prop_assert_eq!(o.clock(now, 0, T).verdict, ClockVerdict::Ok);
+        }
+    }
+}
