@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs beyond the Rust toolchain, only when missing:
-# Debian packages (node/npm, patch, chromium) and the local Cosmos DB endpoint's npm
-# package with the project's patch. Safe to run again; quiet when all is there.
+# Debian packages (node/npm, patch, chromium, faketime, python3) and the local
+# Cosmos DB endpoint's npm package with the project's patch. Safe to run
+# again; quiet when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,10 @@ command -v patch >/dev/null || need+=(patch)
 command -v flock >/dev/null || need+=(util-linux)
 # The status page e2e test renders it in headless Chromium.
 command -v chromium >/dev/null || need+=(chromium)
+# The chaos suite runs a monitor under libfaketime (a skewed wall clock)
+# and corrupts the SQLite store from python3's sqlite3 module.
+[[ -e /usr/lib/$(uname -m)-linux-gnu/faketime/libfaketime.so.1 ]] || need+=(faketime)
+command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
   echo "install-test-deps: installing ${need[*]} from Debian" >&2
   sudo_=""

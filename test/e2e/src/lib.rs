@@ -670,3 +670,223 @@ pub fn closest_pair(
     }
     best
 }
+
+impl Monitors {
+    /// Starts one monitor like `start`, with extra environment (e.g.
+    /// `LD_PRELOAD`/`FAKETIME`) and extra arguments after the shared ones.
+    pub fn start_with(&mut self, id: &str, env: &[(&str, &str)], extra_args: &[&str]) {
+        let mut cmd = Command::new(bin("clustermon"));
+        cmd.args([
+            "run",
+            "--store",
+            &self.store,
+            "--statsd",
+            &self.statsd,
+            "--id",
+            id,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(&self.extra)
+        .args(extra_args)
+        .env("RUST_LOG", &self.log)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null());
+        let p = Proc::spawn(id, &mut cmd, &self.dir);
+        self.procs.insert(id.to_string(), p);
+    }
+}
+
+/// The admin URL a monitor logged at start-up (`admin API listening
+/// admin=HOST:PORT`), for monitors `clustermon status` does not list.
+pub fn admin_url_from_log(p: &Proc) -> Option<String> {
+    let log = p.log_text();
+    let line = log.lines().find(|l| l.contains("admin API listening"))?;
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))?;
+    Some(format!("http://{addr}"))
+}
+
+const SQLITE_PY: &str = "import json,sqlite3,sys
+c=sqlite3.connect(sys.argv[1],timeout=30,isolation_level=None)
+print(json.dumps(c.execute(sys.argv[2],json.loads(sys.argv[3])).fetchall()))";
+
+/// Runs one SQL statement with `params` on a SQLite file from another
+/// process (python3's sqlite3); the rows as a JSON array of arrays.
+pub fn sqlite_exec_with(db: &Path, sql: &str, params: &[Value]) -> Result<Value, String> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(SQLITE_PY)
+        .arg(db)
+        .arg(sql)
+        .arg(Value::Array(params.to_vec()).to_string())
+        .output()
+        .map_err(|e| format!("run python3: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// `sqlite_exec_with` without parameters.
+pub fn sqlite_exec(db: &Path, sql: &str) -> Result<Value, String> {
+    sqlite_exec_with(db, sql, &[])
+}
+
+/// Another process holding `BEGIN EXCLUSIVE` on a SQLite file for a fixed
+/// time (killed on drop, which releases the lock).
+pub struct SqliteLock {
+    pub proc: Proc,
+    /// When the lock was taken (the process said so).
+    pub locked_at: Instant,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl SqliteLock {
+    /// Takes the lock (waiting up to 30 s for other writers) and returns
+    /// once it is held; it is released `secs` seconds later.
+    pub fn hold(dir: &Path, db: &Path, secs: u64) -> Self {
+        let py = "import sqlite3,sys,time
+c=sqlite3.connect(sys.argv[1],timeout=30,isolation_level=None)
+c.execute('BEGIN EXCLUSIVE')
+print('locked',flush=True)
+time.sleep(float(sys.argv[2]))
+c.execute('COMMIT')
+print('released',flush=True)";
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c")
+            .arg(py)
+            .arg(db)
+            .arg(secs.to_string())
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn("sqlite-lock", &mut cmd, dir);
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(35));
+        assert_eq!(
+            first.as_deref().ok(),
+            Some("locked"),
+            "the SQLite lock was not taken: {}",
+            proc.log_text()
+        );
+        Self {
+            proc,
+            locked_at: Instant::now(),
+            lines,
+        }
+    }
+
+    /// Waits for the lock's release (up to `limit`); its time.
+    pub fn wait_released(&mut self, limit: Duration) -> Instant {
+        let l = self.lines.recv_timeout(limit);
+        assert_eq!(
+            l.as_deref().ok(),
+            Some("released"),
+            "the SQLite lock was not released in {limit:?}: {}",
+            self.proc.log_text()
+        );
+        let at = Instant::now();
+        self.proc.wait_exit(Duration::from_secs(5));
+        at
+    }
+}
+
+/// Values of a metric (parsed as numbers) per `monitor` tag.
+pub fn metric_values(statsd: &Statsd, name: &str) -> BTreeMap<String, Vec<f64>> {
+    let mut m: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for l in statsd.lines().iter().filter(|l| l.name == name) {
+        if let (Some(mon), Ok(v)) = (l.tag("monitor"), l.value.parse::<f64>()) {
+            m.entry(mon.to_string()).or_default().push(v);
+        }
+    }
+    m
+}
+
+/// Collects failed assertions so that one run reports every measured
+/// figure; `finish` panics with all of them.
+#[derive(Default)]
+pub struct Verdict(pub Vec<String>);
+
+impl Verdict {
+    /// Prints `msg` and records it as a failure unless `ok`.
+    pub fn check(&mut self, ok: bool, msg: impl Into<String>) {
+        let msg = msg.into();
+        eprintln!("{} {msg}", if ok { "ok:  " } else { "FAIL:" });
+        if !ok {
+            self.0.push(msg);
+        }
+    }
+    pub fn finish(self, what: &str) {
+        assert!(
+            self.0.is_empty(),
+            "{what}: {} failed assertion(s):\n  {}",
+            self.0.len(),
+            self.0.join("\n  ")
+        );
+    }
+}
+
+/// Polls `GET URL/healthz/ready` of every monitor until each has answered
+/// `code` once, up to `limit` after `since`. Per monitor: how long after
+/// `since` it answered `code`, and the body; Err: the last answer of those
+/// that did not.
+pub fn poll_ready(
+    urls: &BTreeMap<String, String>,
+    code: u16,
+    since: Instant,
+    limit: Duration,
+) -> Result<BTreeMap<String, (Duration, String)>, BTreeMap<String, String>> {
+    let mut got = BTreeMap::new();
+    let mut last = BTreeMap::new();
+    loop {
+        for (id, u) in urls {
+            if got.contains_key(id) {
+                continue;
+            }
+            match http_get(&format!("{u}/healthz/ready")) {
+                Ok((c, b)) if c == code => {
+                    got.insert(id.clone(), (since.elapsed(), b));
+                }
+                Ok((c, b)) => {
+                    last.insert(id.clone(), format!("{c} {}", b.trim()));
+                }
+                Err(e) => {
+                    last.insert(id.clone(), format!("error {e}"));
+                }
+            }
+        }
+        if got.len() == urls.len() {
+            return Ok(got);
+        }
+        if since.elapsed() >= limit {
+            last.retain(|id, _| !got.contains_key(id));
+            return Err(last);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `f` until it returns true or `limit` passes; whether it did.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}

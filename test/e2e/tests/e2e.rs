@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use clustermon_e2e::*;
 
+#[path = "chaos/mod.rs"]
+mod chaos;
+
 const INTERVAL: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const HEARTBEAT_TTL: Duration = Duration::from_secs(10);

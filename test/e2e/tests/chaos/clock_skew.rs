@@ -1,0 +1,500 @@
+//! Clock skew and process pauses (issue 10). A monitor whose wall clock is
+//! off by more than the heartbeat TTL (libfaketime, monotonic time left
+//! alone) takes no share of the buckets and never the lease, says so in
+//! readiness and in `monitor.clock.offset_ms`; the others keep an exact
+//! cadence. A monitor stopped (SIGSTOP) past its TTL is replaced, and when
+//! it wakes up it refreshes its view before checking again: no duplicate.
+
+use super::super::*;
+use std::path::Path;
+
+/// Debian's libfaketime (hack/install-test-deps.sh installs it), in the
+/// multiarch directory of this machine.
+fn faketime_lib() -> String {
+    let dir = match std::env::consts::ARCH {
+        "aarch64" => "aarch64-linux-gnu",
+        _ => "x86_64-linux-gnu",
+    };
+    format!("/usr/lib/{dir}/faketime/libfaketime.so.1")
+}
+/// How long the bucket table is watched once the good monitors are balanced.
+const WATCH: Duration = Duration::from_secs(40);
+
+fn up_for(s: &Setup, id: &str, limit: Duration) -> String {
+    let p = s.mons.procs.get(id).expect("started");
+    wait_until(&format!("{id} logs its admin URL"), limit, || {
+        admin_url_from_log(p)
+    })
+}
+
+fn skewed_monitor_takes_no_share(name: &str, offset: &str, skewed_first: bool) {
+    let lib = faketime_lib();
+    assert!(
+        Path::new(&lib).exists(),
+        "{lib} missing: run hack/install-test-deps.sh"
+    );
+    let what = format!("m3 at FAKETIME={offset}");
+    let mut s = setup(name, &["--plain-http"]);
+    let mut v = Verdict::default();
+    let store = s.store.clone();
+    let env = [
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME", offset),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("FAKETIME_NO_CACHE", "1"),
+    ];
+    let mut t_skew = None;
+    if skewed_first {
+        s.mons.start_with("m3", &env, &[]);
+        t_skew = Some(Instant::now());
+        up_for(&s, "m3", Duration::from_secs(15));
+        // Let it run alone for a few passes (it may take everything).
+        wait_until("m3's self metrics", Duration::from_secs(10), || {
+            s.statsd
+                .lines()
+                .iter()
+                .any(|l| l.tag("monitor") == Some("m3"))
+                .then_some(())
+        });
+        // Alone, it may take the lease and every bucket: wait for that (or
+        // three passes, if it rightly takes nothing on its own).
+        wait_for(3 * HEARTBEAT, || {
+            buckets(&store).is_some_and(|o| loads(&o).contains_key("m3"))
+        });
+        eprintln!(
+            "{what}: alone for {:?}: loads {:?}, master {:?}",
+            t_skew.unwrap().elapsed(),
+            buckets(&store).map(|o| loads(&o)),
+            master(&store)
+        );
+    }
+    let t_good = Instant::now();
+    s.mons.start("m1");
+    s.mons.start("m2");
+    // Started first, the skewed monitor may hold a lease that looks valid
+    // for up to TTL + its offset: allow that on top of the usual 15 s.
+    let bound_bal = if skewed_first {
+        Duration::from_secs(15) + LEASE_TTL + Duration::from_secs(15)
+    } else {
+        Duration::from_secs(15)
+    };
+    let bal = wait_for(bound_bal, || {
+        buckets(&store).is_some_and(|o| balanced(&o, &["m1", "m2"]))
+    });
+    let took = t_good.elapsed();
+    v.check(
+        bal,
+        format!(
+            "{what}: m1, m2 balanced {took:?} after they started (bound {bound_bal:?}): {:?}",
+            buckets(&store).map(|o| loads(&o))
+        ),
+    );
+    let t_bal = Instant::now();
+    if !skewed_first {
+        s.mons.start_with("m3", &env, &[]);
+        t_skew = Some(Instant::now());
+    }
+    let t3 = t_skew.unwrap();
+    let url3 = up_for(&s, "m3", Duration::from_secs(15));
+
+    // Watch the table every ~500 ms.
+    // Started first, the skewed monitor checked on its own (shifted) grid
+    // until the good two took over at `t_bal`: the transfer itself may cost
+    // a gap or a near pair (one pass for it to notice, plus an interval).
+    // Started last, it must disturb nothing from `t_bal` on.
+    let t_settle = if skewed_first {
+        t_bal + INTERVAL + 2 * HEARTBEAT + SLACK
+    } else {
+        t_bal
+    };
+    let end = t_settle + WATCH;
+    let settle3 = t3 + Duration::from_secs(10);
+    let mut max_load = (0usize, String::new(), Duration::ZERO);
+    let mut m3_owned: Option<String> = None;
+    let mut m3_master: Option<Duration> = None;
+    let mut samples = 0;
+    let mut ready3: Option<(u16, String)> = None;
+    while Instant::now() < end {
+        let at = Instant::now();
+        if let Some(o) = buckets(&store) {
+            samples += 1;
+            let l = loads(&o);
+            for (m, n) in &l {
+                if *n > max_load.0 {
+                    max_load = (*n, m.clone(), at - t_bal);
+                }
+            }
+            if at >= settle3 && l.contains_key("m3") && m3_owned.is_none() {
+                m3_owned = Some(format!(
+                    "{} buckets {:?} after m3 started",
+                    l["m3"],
+                    at - t3
+                ));
+            }
+        }
+        if at >= settle3 {
+            if master(&store).as_deref() == Some("m3") && m3_master.is_none() {
+                m3_master = Some(at - t3);
+            }
+            if let Ok((c, b)) = http_get(&format!("{url3}/healthz/ready")) {
+                ready3 = Some((c, b.trim().to_string()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "{what}: {samples} table samples over {WATCH:?}; largest load {} ({}, {:?} after the good two were balanced)",
+        max_load.0, max_load.1, max_load.2
+    );
+    v.check(
+        max_load.0 <= 128,
+        format!(
+            "{what}: largest load {} by {} {:?} after m1, m2 were balanced (bound 128)",
+            max_load.0, max_load.1, max_load.2
+        ),
+    );
+    v.check(
+        m3_owned.is_none(),
+        format!("{what}: m3 owns no bucket once up for 10 s: {m3_owned:?}"),
+    );
+    v.check(
+        m3_master.is_none(),
+        format!("{what}: m3 never holds the lease once up for 10 s: held {m3_master:?} after it started"),
+    );
+    let ready_ok = ready3
+        .as_ref()
+        .is_some_and(|(c, b)| *c == 503 && b.to_lowercase().contains("clock"));
+    v.check(
+        ready_ok,
+        format!("{what}: m3's /healthz/ready is 503 naming its clock: {ready3:?}"),
+    );
+    let offsets = metric_values(&s.statsd, "monitor.clock.offset_ms");
+    let worst3 = offsets
+        .get("m3")
+        .map(|vs| vs.iter().fold(0f64, |a, x| a.max(x.abs())))
+        .unwrap_or(0.0);
+    eprintln!(
+        "{what}: monitor.clock.offset_ms max |value| per monitor: {:?}",
+        offsets
+            .iter()
+            .map(|(m, vs)| (m.clone(), vs.iter().fold(0f64, |a, x| a.max(x.abs()))))
+            .collect::<Vec<_>>()
+    );
+    v.check(
+        worst3 >= 10_000.0,
+        format!("{what}: m3's monitor.clock.offset_ms reached {worst3} (bound >= 10000)"),
+    );
+
+    // The good two over the watched window.
+    let all = wait_for(INTERVAL + SLACK, || {
+        let t = s.statsd.check_times();
+        s.ids
+            .iter()
+            .all(|id| t.get(id).and_then(|v| v.last()).is_some_and(|x| *x >= end))
+    });
+    v.check(
+        all,
+        format!("{what}: every cluster checked after the window"),
+    );
+    let times = s.statsd.check_times();
+    let (gap, id) = worst_gap(&times, &s.ids, t_settle, end);
+    let bound = INTERVAL + Duration::from_secs(2);
+    v.check(
+        gap <= bound,
+        format!("{what}: worst gap over {WATCH:?} from {:?} after m1, m2 were balanced {gap:?} ({id}), bound {bound:?}", t_settle - t_bal),
+    );
+    let bound_dup = INTERVAL - Duration::from_secs(1);
+    match closest_pair(&times, t_settle, end) {
+        Some((d, id)) => v.check(
+            d >= bound_dup,
+            format!(
+                "{what}: closest two checks of one cluster {d:?} ({id}), bound >= {bound_dup:?}"
+            ),
+        ),
+        None => v.check(
+            false,
+            format!("{what}: no cluster checked twice in {WATCH:?}"),
+        ),
+    }
+    for (id, p) in &s.mons.procs {
+        v.check(
+            !p.log_text().contains("panicked"),
+            format!("{what}: {id} did not panic"),
+        );
+    }
+    v.finish(name);
+    drop(s.dir);
+}
+
+#[test]
+fn a_monitor_ahead_by_more_than_the_ttl_takes_no_share() {
+    skewed_monitor_takes_no_share("chaos-clock-ahead", "+15s", false);
+}
+
+#[test]
+fn a_monitor_behind_by_more_than_the_ttl_takes_no_share() {
+    skewed_monitor_takes_no_share("chaos-clock-behind", "-15s", true);
+}
+
+#[test]
+fn a_monitor_ahead_by_more_than_the_ttl_started_first_gives_up_its_share() {
+    skewed_monitor_takes_no_share("chaos-clock-ahead-first", "+15s", true);
+}
+
+fn warm_up(s: &mut Setup) {
+    let settled = start_three(s);
+    wait_checked(
+        s,
+        &s.ids,
+        settled - INTERVAL,
+        1,
+        INTERVAL + SLACK,
+        "warm-up",
+    );
+}
+
+/// Waits until every cluster has a check at or after `t` (up to an interval
+/// + slack after it); Err names those that have none.
+fn all_checked_after(s: &Setup, t: Instant) -> Result<(), String> {
+    let limit = t.saturating_duration_since(Instant::now()) + INTERVAL + SLACK;
+    let checked = |times: &std::collections::BTreeMap<String, Vec<Instant>>, id: &String| {
+        times
+            .get(id)
+            .and_then(|v| v.last())
+            .is_some_and(|x| *x >= t)
+    };
+    if wait_for(limit, || {
+        let times = s.statsd.check_times();
+        s.ids.iter().all(|id| checked(&times, id))
+    }) {
+        return Ok(());
+    }
+    let times = s.statsd.check_times();
+    let missing: Vec<String> = s
+        .ids
+        .iter()
+        .filter(|id| !checked(&times, id))
+        .map(|id| match times.get(id).and_then(|v| v.last()) {
+            Some(l) => format!(
+                "{id} (last checked {:?} before)",
+                t.saturating_duration_since(*l)
+            ),
+            None => format!("{id} (never checked)"),
+        })
+        .collect();
+    Err(format!(
+        "{} clusters not checked within {:?} after: {:?}",
+        missing.len(),
+        INTERVAL + SLACK,
+        &missing[..missing.len().min(5)]
+    ))
+}
+
+#[test]
+fn a_paused_master_is_replaced_and_does_not_double_check() {
+    const PAUSE: Duration = Duration::from_secs(25);
+    let mut s = setup("chaos-pause-master", &["--plain-http"]);
+    let mut v = Verdict::default();
+    warm_up(&mut s);
+    let store = s.store.clone();
+    let paused = master(&store).expect("a master");
+    eprintln!(
+        "paused master: {paused} (monitor.master gauges {:?})",
+        s.statsd.last_self_gauge("monitor.master")
+    );
+    let all3 = ["m1", "m2", "m3"];
+    let rest: Vec<&str> = all3.into_iter().filter(|m| *m != paused).collect();
+    s.mons.get(&paused).signal("STOP");
+    let t_stop = Instant::now();
+
+    let bound_m = LEASE_TTL + HEARTBEAT + SLACK;
+    let mut new_master = None;
+    let got = wait_for(bound_m + SLACK, || {
+        new_master = master(&store).filter(|m| *m != paused);
+        new_master.is_some()
+    });
+    let took = t_stop.elapsed();
+    v.check(
+        got && took <= bound_m,
+        format!("paused master: new master {new_master:?} after {took:?} (bound {bound_m:?})"),
+    );
+    let bound_b = HEARTBEAT_TTL + 2 * HEARTBEAT + SLACK;
+    let got = wait_for((bound_b + SLACK).saturating_sub(t_stop.elapsed()), || {
+        buckets(&store).is_some_and(|o| balanced(&o, &rest))
+    });
+    let took = t_stop.elapsed();
+    v.check(
+        got && took <= bound_b,
+        format!("paused master: {paused}'s buckets re-owned by {rest:?} after {took:?} (bound {bound_b:?})"),
+    );
+
+    // A pause of fixed length.
+    std::thread::sleep((t_stop + PAUSE).saturating_duration_since(Instant::now()));
+    s.mons.get(&paused).signal("CONT");
+    let t_cont = Instant::now();
+    eprintln!("paused master: SIGCONT after {:?}", t_cont - t_stop);
+
+    let bound_r = Duration::from_secs(15) + SLACK;
+    let got = wait_for(bound_r, || {
+        buckets(&store).is_some_and(|o| balanced(&o, &all3))
+    });
+    let took = t_cont.elapsed();
+    v.check(
+        got && took <= bound_r,
+        format!("paused master: {paused} rejoined, balanced over 3, {took:?} after SIGCONT (bound {bound_r:?}): {:?}", buckets(&store).map(|o| loads(&o))),
+    );
+
+    let dup_to = t_cont + Duration::from_secs(30);
+    let r = all_checked_after(&s, dup_to);
+    v.check(
+        r.is_ok(),
+        format!("paused master: every cluster checked 30 s after SIGCONT: {r:?}"),
+    );
+    let times = s.statsd.check_times();
+    let bound_dup = INTERVAL - Duration::from_secs(1);
+    match closest_pair(&times, t_cont, dup_to) {
+        Some((d, id)) => v.check(
+            d >= bound_dup,
+            format!("paused master: closest two checks of one cluster from SIGCONT to +30 s {d:?} ({id}), bound >= {bound_dup:?}"),
+        ),
+        None => v.check(false, "paused master: no cluster checked twice after SIGCONT"),
+    }
+    let (gap, id) = worst_gap(&times, &s.ids, t_stop, dup_to);
+    let bound_gap = INTERVAL + HEARTBEAT_TTL + 2 * HEARTBEAT + SLACK;
+    v.check(
+        gap <= bound_gap,
+        format!("paused master: worst gap from SIGSTOP to 30 s after SIGCONT {gap:?} ({id}), bound {bound_gap:?} (a crash's)"),
+    );
+    let alive = s
+        .mons
+        .get(&paused)
+        .child
+        .try_wait()
+        .ok()
+        .flatten()
+        .is_none();
+    v.check(
+        alive,
+        format!("paused master: {paused} still running after SIGCONT"),
+    );
+    v.finish("a_paused_master_is_replaced_and_does_not_double_check");
+    drop(s.dir);
+}
+
+#[test]
+fn a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check() {
+    const PAUSE: Duration = Duration::from_secs(5);
+    let mut s = setup("chaos-pause-member", &["--plain-http"]);
+    let mut v = Verdict::default();
+    warm_up(&mut s);
+    let store = s.store.clone();
+    let m0 = master(&store).expect("a master");
+    let paused = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != m0)
+        .unwrap()
+        .to_string();
+    let before = buckets(&store).expect("bucket table");
+    s.mons.get(&paused).signal("STOP");
+    let t_stop = Instant::now();
+    let mut changed: Option<String> = None;
+    let mut cont_at = None;
+    let end = t_stop + PAUSE + 2 * INTERVAL;
+    let mut samples = 0;
+    while Instant::now() < end {
+        if cont_at.is_none() && Instant::now() >= t_stop + PAUSE {
+            s.mons.get(&paused).signal("CONT");
+            cont_at = Some(Instant::now());
+        }
+        match buckets(&store) {
+            Some(o) if o == before => {}
+            Some(o) => {
+                changed.get_or_insert(format!(
+                    "after {:?}: loads {:?}",
+                    t_stop.elapsed(),
+                    loads(&o)
+                ));
+            }
+            None => {}
+        }
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let t_cont = cont_at.expect("SIGCONT sent");
+    eprintln!(
+        "paused member {paused}: SIGCONT after {:?}",
+        t_cont - t_stop
+    );
+    v.check(
+        changed.is_none(),
+        format!("paused member: bucket table unchanged over {samples} samples from SIGSTOP to 2 intervals after SIGCONT: {changed:?}"),
+    );
+    let r = all_checked_after(&s, end);
+    v.check(
+        r.is_ok(),
+        format!("paused member: every cluster checked after the window: {r:?}"),
+    );
+    let times = s.statsd.check_times();
+    // Nobody took over, so nothing is checked by two monitors. The paused
+    // monitor itself runs what fell due in the pause at once when it is
+    // less than half an interval late (else skips it as late), then its
+    // next slot: two checks of a cluster can come half an interval apart,
+    // never closer (the bench's definition of a duplicate).
+    let bound_dup = INTERVAL / 2;
+    match closest_pair(&times, t_stop, end) {
+        Some((d, id)) => v.check(
+            d >= bound_dup,
+            format!(
+                "paused member: closest two checks of one cluster from SIGSTOP to 2 intervals after SIGCONT {d:?} ({id}), bound >= {bound_dup:?}; {} clusters with a pair under the bound; {id} checked at {:?} s after SIGSTOP (SIGCONT at {:.2} s)",
+                near_pairs(&times, t_stop, end, bound_dup),
+                since(&times, &id, t_stop),
+                (t_cont - t_stop).as_secs_f64()
+            ),
+        ),
+        None => v.check(false, "paused member: no cluster checked twice in the window"),
+    }
+    let (gap, id) = worst_gap(&times, &s.ids, t_stop, end);
+    eprintln!(
+        "paused member: worst gap {gap:?} ({id}, checked at {:?} s after SIGSTOP) (not asserted: a check due in the pause is run late, or skipped when more than half an interval late)",
+        since(&times, &id, t_stop)
+    );
+    v.finish("a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check");
+    drop(s.dir);
+}
+
+/// Check times of `id` in seconds after `t0` (negative: before).
+fn since(
+    times: &std::collections::BTreeMap<String, Vec<Instant>>,
+    id: &str,
+    t0: Instant,
+) -> Vec<String> {
+    times
+        .get(id)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|t| {
+            if *t >= t0 {
+                format!("{:.2}", (*t - t0).as_secs_f64())
+            } else {
+                format!("-{:.2}", (t0 - *t).as_secs_f64())
+            }
+        })
+        .collect()
+}
+
+/// How many clusters have two checks closer than `bound` within `[from, to]`.
+fn near_pairs(
+    times: &std::collections::BTreeMap<String, Vec<Instant>>,
+    from: Instant,
+    to: Instant,
+    bound: Duration,
+) -> usize {
+    times
+        .values()
+        .filter(|ts| {
+            ts.windows(2)
+                .any(|w| w[0] >= from && w[1] <= to && w[1] - w[0] < bound)
+        })
+        .count()
+}

@@ -1,0 +1,233 @@
+//! Store outages (issue 10): the store stops answering writes (another
+//! process holds `BEGIN EXCLUSIVE` on the SQLite file) or answers 503 to
+//! everything (the Cosmos endpoint) for a minute. docs/monitoring.md's
+//! guarantee: nothing moves, no gap, no duplicate; readiness says which
+//! store call fails and recovers within a pass of the store's return.
+
+use super::super::*;
+use std::path::PathBuf;
+
+const OUTAGE: Duration = Duration::from_secs(60);
+
+/// A store fault of fixed length.
+trait Fault {
+    /// Starts the fault; when it took effect.
+    fn begin(&mut self) -> Instant;
+    /// Blocks until the fault is over; when it ended.
+    fn end(&mut self) -> Instant;
+}
+
+/// Another process holds `BEGIN EXCLUSIVE` on the SQLite file.
+struct SqliteLocked {
+    dir: PathBuf,
+    db: PathBuf,
+    held: Option<SqliteLock>,
+}
+
+impl Fault for SqliteLocked {
+    fn begin(&mut self) -> Instant {
+        let l = SqliteLock::hold(&self.dir, &self.db, OUTAGE.as_secs());
+        let at = l.locked_at;
+        self.held = Some(l);
+        at
+    }
+    fn end(&mut self) -> Instant {
+        self.held
+            .as_mut()
+            .expect("locked")
+            .wait_released(OUTAGE + Duration::from_secs(10))
+    }
+}
+
+/// The Cosmos endpoint answers 503 to every request.
+struct CosmosDown<'a> {
+    emu: &'a CosmosEmulator,
+    outage: Duration,
+    since: Option<Instant>,
+}
+
+impl Fault for CosmosDown<'_> {
+    fn begin(&mut self) -> Instant {
+        self.emu
+            .set_faults(serde_json::json!({"unavailable": true, "kinds": null}));
+        let at = Instant::now();
+        self.since = Some(at);
+        at
+    }
+    fn end(&mut self) -> Instant {
+        // A fault of fixed length: sleeping for it is the point.
+        let until = self.since.expect("begun") + self.outage;
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        self.emu
+            .set_faults(serde_json::json!({"unavailable": false}));
+        Instant::now()
+    }
+}
+
+/// Assertions (a)-(e) of issue 10 for one outage of `outage`, on three
+/// balanced monitors that have checked every cluster once.
+fn outage_never_stops_the_checks(s: &Setup, fault: &mut dyn Fault, outage: Duration, what: &str) {
+    let mut v = Verdict::default();
+    let urls = admin_urls(&s.store);
+    assert_eq!(urls.len(), 3, "{what}: admin URLs of m1..m3: {urls:?}");
+    if let Err(last) = poll_ready(&urls, 200, Instant::now(), SLACK) {
+        panic!("{what}: not every monitor ready before the outage: {last:?}");
+    }
+    let before = buckets(&s.store).expect("bucket table before the outage");
+    let skipped0 = s.statsd.counter_sum("monitor.checks.skipped", &[]);
+
+    let t_down = fault.begin();
+    eprintln!("{what}: outage begins ({outage:?})");
+
+    // (d) readiness: 503 within two heartbeat intervals, naming the call.
+    let bound_down = 2 * HEARTBEAT + SLACK;
+    match poll_ready(&urls, 503, t_down, bound_down) {
+        Ok(got) => {
+            for (id, (took, body)) in got {
+                let body = body.trim().to_string();
+                v.check(
+                    took <= bound_down,
+                    format!("{what}: {id} not ready (503) after {took:?} (bound {bound_down:?}): {body:?}"),
+                );
+                let lower = body.to_lowercase();
+                let names_call = ["heartbeat", "write", "upsert"]
+                    .iter()
+                    .any(|w| lower.contains(w));
+                v.check(
+                    lower.contains("store") && names_call,
+                    format!("{what}: {id}'s 503 body names the store and the failing call (heartbeat/write/upsert): {body:?}"),
+                );
+            }
+        }
+        Err(last) => v.check(
+            false,
+            format!("{what}: not every monitor answered 503 within {bound_down:?} of the outage; last answers: {last:?}"),
+        ),
+    }
+
+    let t_up = fault.end();
+    eprintln!("{what}: outage ends after {:?}", t_up - t_down);
+
+    // (d) ready again within one pass.
+    let bound_up = HEARTBEAT + SLACK;
+    match poll_ready(&urls, 200, t_up, bound_up) {
+        Ok(got) => {
+            for (id, (took, _)) in got {
+                v.check(
+                    took <= bound_up,
+                    format!("{what}: {id} ready again {took:?} after the store returned (bound {bound_up:?})"),
+                );
+            }
+        }
+        Err(last) => v.check(
+            false,
+            format!("{what}: not every monitor ready again within {bound_up:?} of the store's return; last answers: {last:?}"),
+        ),
+    }
+
+    // (b) no check skipped during the outage (read once its metrics arrived).
+    let skipped = s.statsd.counter_sum("monitor.checks.skipped", &[]) - skipped0;
+    v.check(
+        skipped == 0,
+        format!("{what}: monitor.checks.skipped counted {skipped} during the outage (bound 0)"),
+    );
+
+    // (a) and (c): wait for every cluster to be checked after both windows.
+    let gap_to = t_up + 2 * INTERVAL;
+    let dup_to = t_up + Duration::from_secs(30);
+    let last_needed = gap_to.max(dup_to);
+    let limit = last_needed.saturating_duration_since(Instant::now()) + INTERVAL + SLACK;
+    let all_checked = wait_for(limit, || {
+        let t = s.statsd.check_times();
+        s.ids.iter().all(|id| {
+            t.get(id)
+                .is_some_and(|v| v.last().is_some_and(|x| *x >= last_needed))
+        })
+    });
+    v.check(
+        all_checked,
+        format!("{what}: every cluster checked again 30 s after the outage"),
+    );
+    let times = s.statsd.check_times();
+    let (gap, id) = worst_gap(&times, &s.ids, t_down, gap_to);
+    let bound_gap = INTERVAL + Duration::from_secs(1);
+    v.check(
+        gap <= bound_gap,
+        format!("{what}: worst gap from the outage to 2 intervals after it {gap:?} ({id}), bound {bound_gap:?}"),
+    );
+    let bound_dup = INTERVAL - Duration::from_secs(1);
+    match closest_pair(&times, t_down, dup_to) {
+        Some((d, id)) => v.check(
+            d >= bound_dup,
+            format!("{what}: closest two checks of one cluster from the outage to 30 s after it {d:?} ({id}), bound >= {bound_dup:?}"),
+        ),
+        None => v.check(false, format!("{what}: no two checks of any cluster in the outage window")),
+    }
+    let skipped_all = s.statsd.counter_sum("monitor.checks.skipped", &[]) - skipped0;
+    eprintln!("{what}: monitor.checks.skipped up to 30 s after the outage: {skipped_all}");
+
+    // (e) nothing moved.
+    let after = buckets(&s.store);
+    match after {
+        Some(after) => {
+            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+            v.check(
+                moved == 0,
+                format!("{what}: {moved} buckets moved by the outage (bound 0): loads before {:?}, after {:?}", loads(&before), loads(&after)),
+            );
+        }
+        None => v.check(
+            false,
+            format!("{what}: bucket table unreadable after the outage"),
+        ),
+    }
+    for (id, p) in &s.mons.procs {
+        let log = p.log_text();
+        v.check(
+            !log.contains("panicked"),
+            format!("{what}: {id} did not panic"),
+        );
+    }
+    v.finish(what);
+}
+
+fn warm_up(s: &mut Setup) {
+    let settled = start_three(s);
+    wait_checked(
+        s,
+        &s.ids,
+        settled - INTERVAL,
+        1,
+        INTERVAL + SLACK,
+        "warm-up",
+    );
+}
+
+#[test]
+fn a_locked_sqlite_store_never_stops_the_checks() {
+    let mut s = setup("chaos-sqlite-locked", &["--plain-http"]);
+    warm_up(&mut s);
+    let mut fault = SqliteLocked {
+        dir: s.dir.path().to_path_buf(),
+        db: s.dir.path().join("store.db"),
+        held: None,
+    };
+    outage_never_stops_the_checks(&s, &mut fault, OUTAGE, "sqlite locked");
+    drop(fault);
+    drop(s.dir);
+}
+
+#[test]
+fn a_stopped_cosmos_endpoint_never_stops_the_checks() {
+    let mut s = setup_on("chaos-cosmos-down", Backend::Cosmos, &["--plain-http"], &[]);
+    warm_up(&mut s);
+    let emu = s.cosmos.as_ref().expect("cosmos");
+    let mut fault = CosmosDown {
+        emu,
+        outage: OUTAGE,
+        since: None,
+    };
+    outage_never_stops_the_checks(&s, &mut fault, OUTAGE, "cosmos unavailable");
+    eprintln!("cosmos emulator requests: {}", emu.stats());
+    drop(s.dir);
+}
