@@ -4,8 +4,9 @@ start-up, and side by side with Prometheus + blackbox_exporter.
 
 Everything runs on 127.0.0.1 against hack/fleetsim with the release
 binaries. Each scenario runs --runs times (default 3); the table printed at
-the end holds medians, and target/bench/results.json holds every run and
-the medians: {"machine", "date", "commands", "scenarios": {name: [median
+the end holds medians of speed figures and the worst run of correctness
+figures (missed, duplicates, skipped, gaps), and target/bench/results.json
+holds every run and those summaries, with each scenario's provenance: {"machine", "date", "commands", "scenarios": {name: [median
 rows]}, "runs": {name: [all rows]}, "targets": [...]}.
 
   hack/bench/bench.py [--runs 3] [--only throughput,memory,...] [--quick]
@@ -113,6 +114,9 @@ class Statsd:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.checks = []
+        # (arrival unix ms, metric, reason or "") of the self counters that
+        # explain a miss: checks started, metrics dropped, checks skipped.
+        self.counters = []
         self.lock = threading.Lock()
         self.stop = False
         self.t = threading.Thread(target=self.loop, daemon=True)
@@ -125,16 +129,37 @@ class Statsd:
             except socket.timeout:
                 continue
             now = time.time() * 1000
-            got = []
+            got, counted = [], []
             for line in data.decode(errors="replace").split("\n"):
                 if line.startswith("apiserver.healthz.code:"):
                     i = line.find("resourceId:")
                     if i >= 0:
                         rid = line[i + 11:].split(",", 1)[0].split("|", 1)[0]
                         got.append((now, rid))
-            if got:
+                elif line.startswith(("monitor.checks.started:", "monitor.metrics.dropped:",
+                                      "monitor.checks.skipped:")):
+                    name, _, rest = line.partition(":")
+                    try:
+                        n = int(rest.split("|", 1)[0])
+                    except ValueError:
+                        continue
+                    j = rest.find("reason:")
+                    reason = rest[j + 7:].split(",", 1)[0] if j >= 0 else ""
+                    counted.append((now, name, reason, n))
+            if got or counted:
                 with self.lock:
                     self.checks.extend(got)
+                    self.counters.extend(counted)
+
+    def counted(self, t_from, t_to):
+        """Self counters summed over a window: {"metric[:reason]": n}."""
+        out = {}
+        with self.lock:
+            for t, name, reason, n in self.counters:
+                if t_from <= t <= t_to:
+                    k = f"{name}:{reason}" if reason else name
+                    out[k] = out.get(k, 0) + n
+        return out
 
     def since(self, t_ms):
         with self.lock:
@@ -430,6 +455,10 @@ def failover(a, tmp):
             t_end = time.time() * 1000 - 2000
             gap, missed, late, dup = gaps_and_misses(statsd.since(t_ev - 2 * interval_ms), ids,
                                                      interval_ms, t_ev, t_end, reowned)
+            # What the monitors say they did against what arrived: a check
+            # started but never seen is a lost metric, not a missed check.
+            c = statsd.counted(t_ev, t_end + 2000)
+            arrived = sum(1 for t, _ in statsd.since(t_ev) if t <= t_end + 2000)
             row = {
                 "event": event,
                 "reowned_s": round((reowned - t_ev) / 1000, 2),
@@ -437,6 +466,10 @@ def failover(a, tmp):
                 "missed_checks": missed,
                 "missed_after_reowned": late,
                 "duplicate_checks": dup,
+                "started_checks": c.get("monitor.checks.started", 0),
+                "arrived_checks": arrived,
+                "skipped_checks": sum(v for k, v in c.items() if k.startswith("monitor.checks.skipped")),
+                "dropped_metrics": sum(v for k, v in c.items() if k.startswith("monitor.metrics.dropped")),
                 "clusters": n,
                 "interval_s": interval_ms / 1000,
             }
@@ -495,7 +528,18 @@ SCENARIOS = {
 }
 
 
+# Correctness figures: a table shows the worst run, never a median (one run
+# that misses a check is a miss).
+WORST = ("missed", "duplicate", "skipped", "max_gap")
+
+
+def is_correctness(k):
+    return any(k.startswith(w) or f"_{w}" in k for w in WORST)
+
+
 def medians(runs, keys):
+    """Per group of rows: speed figures as medians, correctness figures
+    (missed, duplicated, skipped, gaps) as the worst run."""
     groups = {}
     for run in runs:
         for row in run:
@@ -505,7 +549,12 @@ def medians(runs, keys):
         m = {}
         for k, v in rows[0].items():
             nums = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
-            m[k] = v if k in keys or len(nums) != len(rows) else round(statistics.median(nums), 3)
+            if k in keys or len(nums) != len(rows):
+                m[k] = v
+            elif is_correctness(k):
+                m[k] = max(nums)
+            else:
+                m[k] = round(statistics.median(nums), 3)
         m["runs"] = len(rows)
         out.append(m)
     return out
@@ -572,7 +621,15 @@ def main():
         "command": " ".join(sys.argv),
         "scenarios": prev.get("scenarios", {}),
         "runs": prev.get("runs", {}),
+        # Each scenario keeps the commit, date and command that produced it,
+        # also when merged with an older file.
+        "provenance": prev.get("provenance", {}),
     }
+    try:
+        commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
     for name in a.only.split(","):
         fn, keys = SCENARIOS[name]
         all_runs = []
@@ -588,10 +645,13 @@ def main():
             all_runs = [[r] for r in all_runs[0]]
         results["runs"][name] = all_runs
         results["scenarios"][name] = medians(all_runs, keys)
+        results["provenance"][name] = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"),
+                                       "command": " ".join(sys.argv), "runs": len(all_runs)}
         results["targets"] = targets(results["scenarios"])
         with open(a.out, "w") as f:
             json.dump(results, f, indent=1)
-    print(f"\nmedians of {a.runs} runs ({results['machine']}, {results['date']}):")
+    print(f"\nmedians of {a.runs} runs; missed, duplicates, skipped and gaps: the worst run "
+          f"({results['machine']}, {results['date']}):")
     for name, rows in results["scenarios"].items():
         print(f"\n## {name}")
         if rows:

@@ -106,25 +106,37 @@ pub fn decide_due(f: &DueFacts) -> DueDecision {
 /// first check is a catch-up. `fresh`: a cluster that became checkable after
 /// start-up (checked at once). A cluster of a bucket taken from a dead owner
 /// (no `prev`, `handoff_at_ms` marks since when checks may have been
-/// missed) whose latest due time fell after that mark is caught up at once,
-/// so a crash costs at most the failover time, not one interval more.
+/// missed) whose latest due time fell after that mark is caught up, so a
+/// crash costs at most the failover time, not one interval more:
+/// - catch-ups are spread over `spread_ms` by phase (a dead owner's buckets
+///   bring thousands at once: their checks, and their metric lines, come
+///   as a ramp, not a burst that overflows the metric queue);
+/// - only a missed check less than half an interval late is caught up; an
+///   older one is lost anyway, and catching it up would push the next grid
+///   slot out (a second miss): the cluster then waits for its next slot.
 pub fn first_due(
     now_ms: i64,
     phase: i64,
     interval_ms: i64,
+    spread_ms: i64,
     fresh: bool,
     bucket: &BucketAssignment,
     me: &str,
 ) -> (i64, bool) {
     let next = next_due(now_ms, phase, interval_ms);
     let last_due = next - interval_ms;
-    let catch_up = !fresh
-        && bucket.prev.is_none()
+    if fresh {
+        return (now_ms, false);
+    }
+    let at = now_ms + phase % spread_ms.max(1);
+    let catch_up = bucket.prev.is_none()
         && bucket.handoff_at_ms != 0
         && bucket.owner.as_deref() == Some(me)
-        && last_due >= bucket.handoff_at_ms;
-    if fresh || catch_up {
-        (now_ms, catch_up)
+        && last_due >= bucket.handoff_at_ms
+        && at - last_due <= interval_ms / 2
+        && at < next;
+    if catch_up {
+        (at, true)
     } else {
         (next, false)
     }
@@ -350,6 +362,7 @@ impl Scheduler {
             now_ms,
             phase,
             self.interval_ms,
+            ms(self.d.refresh_timeout),
             fresh,
             self.view.bucket(e.bucket),
             &self.d.me,
@@ -998,21 +1011,29 @@ mod decision_tests {
         /// slot; a catch-up only for a bucket taken from a dead owner whose
         /// last due time fell after the mark.
         #[test]
-        fn first_due_props(now in 0i64..1_000_000, phase in 0i64..60_000, interval in 1_000i64..60_000, fresh: bool, mark in 0i64..1_000_000, prev: bool, mine: bool) {
+        fn first_due_props(now in 0i64..1_000_000, phase in 0i64..60_000, interval in 1_000i64..60_000, spread in 1i64..5_000, fresh: bool, mark in 0i64..1_000_000, prev: bool, mine: bool) {
             let phase = phase % interval;
             let b = BucketAssignment {
                 owner: Some(if mine { "me" } else { "other" }.into()),
                 prev: prev.then(|| "old".to_string()),
                 handoff_at_ms: mark,
             };
-            let (due, catch_up) = first_due(now, phase, interval, fresh, &b, "me");
-            if fresh || catch_up {
+            let (due, catch_up) = first_due(now, phase, interval, spread, fresh, &b, "me");
+            let next = next_due(now, phase, interval);
+            if fresh {
                 prop_assert_eq!(due, now);
+            } else if catch_up {
+                prop_assert!(due >= now && due < now + spread && due < next);
             } else {
-                prop_assert_eq!(due, next_due(now, phase, interval));
+                prop_assert_eq!(due, next);
             }
             if catch_up {
-                prop_assert!(!fresh && !prev && mine && mark != 0 && next_due(now, phase, interval) - interval >= mark);
+                let last_due = next - interval;
+                prop_assert!(!fresh && !prev && mine && mark != 0 && last_due >= mark);
+                // The missed check is less than half an interval late, so
+                // the next grid slot stays: one catch-up, no second miss.
+                prop_assert!(due - last_due <= interval / 2);
+                prop_assert_eq!(due_after(due, due, true, phase, interval), next);
             }
             // The check after it is on the grid and never more than one
             // interval (a catch-up: half to one and a half) later.
