@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt unit e2e demo clean deps emulator-test bench
+.PHONY: all build test lint fmt unit e2e demo clean deps emulator-test bench check-deps
 
 all: build
 
@@ -12,9 +12,26 @@ build:
 fmt:
 	$(CARGO) fmt --all
 
-lint:
+lint: check-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# "Only store crates know their database" (ARCHITECTURE.md): the core's
+# normal dependencies hold no database client and no Cosmos SDK. Reads the
+# lock file only; compiles nothing.
+CORE_FORBIDDEN_DEPS := rusqlite libsqlite3-sys postgres tokio-postgres postgres-types sqlx sqlx-core azure_core azure_data_cosmos azure_data_cosmos_driver azure_identity typespec_client_core
+check-deps:
+	@deps=$$($(CARGO) tree -p clustermon-core -e normal --prefix none --format '{p}' | awk '{print $$1}' | sort -u) || exit 1; \
+	bad=$$(for d in $(CORE_FORBIDDEN_DEPS); do grep -qx "$$d" <<<"$$deps" && echo "$$d"; done); \
+	if [ -n "$$bad" ]; then \
+		echo "clustermon-core must not depend on a database client or the Cosmos SDK; found:" $$bad; \
+		echo "(see: cargo tree -p clustermon-core -e normal -i <crate>)"; exit 1; \
+	fi; echo "check-deps: clustermon-core links no database client and no Cosmos SDK"
+	@# TLS is rustls with ring only: aws-lc-rs (a C build) must not come back
+	@# through a dependency's default features (ARCHITECTURE.md, Libraries).
+	@if $(CARGO) tree --workspace -e normal,build -i aws-lc-sys >/dev/null 2>&1; then \
+		echo "aws-lc-sys is built again; find what turns it on: cargo tree -e features -i aws-lc-rs"; exit 1; \
+	fi; echo "check-deps: no aws-lc-sys"
 
 unit: deps
 	$(CARGO) test --workspace --exclude clustermon-e2e

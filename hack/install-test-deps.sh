@@ -17,6 +17,10 @@ command -v chromium >/dev/null || need+=(chromium)
 # and corrupts the SQLite store from python3's sqlite3 module.
 [[ -e /usr/lib/$(uname -m)-linux-gnu/faketime/libfaketime.so.1 ]] || need+=(faketime)
 command -v python3 >/dev/null || need+=(python3)
+# The PostgreSQL store's tests start a private server (hack/postgres/start.sh).
+command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# The alerts e2e tests post to a real Alertmanager.
+[[ -x /usr/bin/prometheus-alertmanager ]] || need+=(prometheus-alertmanager)
 if ((${#need[@]})); then
   echo "install-test-deps: installing ${need[*]} from Debian" >&2
   sudo_=""

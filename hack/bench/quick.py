@@ -31,6 +31,28 @@ def free_udp_port():
     return port
 
 
+def duration_s(text):
+    """Seconds in a humantime-style duration as clustermon's flags take it:
+    500ms, 10s, 1m, 1h30m, 1.5s."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    total, num, i = 0.0, "", 0
+    text = text.strip()
+    while i < len(text):
+        c = text[i]
+        if c.isdigit() or c == ".":
+            num += c
+            i += 1
+            continue
+        unit = "ms" if text.startswith("ms", i) else c
+        if unit not in units or not num:
+            raise ValueError(f"not a duration: {text!r}")
+        total += float(num) * units[unit]
+        num, i = "", i + len(unit)
+    if num:
+        raise ValueError(f"not a duration (unit missing): {text!r}")
+    return total
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--clusters", type=int, default=2000)
@@ -65,7 +87,7 @@ def main():
                 return json.load(r)
 
         # Warm up for one interval, then measure.
-        interval_s = float(a.interval.rstrip("s"))
+        interval_s = duration_s(a.interval)
         time.sleep(interval_s + 3)
         c0, s0, f0, t0 = cpu_s(mon.pid), stats(), cpu_s(sim.pid), time.monotonic()
         time.sleep(a.seconds)

@@ -4,12 +4,20 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clustermon_core::config::defaults;
 use clustermon_core::metrics::Target;
 
 use crate::StoreUrl;
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 2s, 5m)"))
+}
+
+/// A default of `config::defaults` as flag text ("2s", "1m"), so that the
+/// engine and the flags share one definition and `--help` shows it. Leaks a
+/// few bytes per flag, once per parser built.
+fn human(d: Duration) -> &'static str {
+    Box::leak(humantime::format_duration(d).to_string().into_boxed_str())
 }
 
 #[derive(Parser, Debug)]
@@ -122,13 +130,15 @@ pub struct CheckArgs {
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
     /// Create what the store needs (Cosmos DB: the database and its three
-    /// containers, key auth), leaving what exists as it is.
+    /// containers, key auth; PostgreSQL: the tables and the schema version),
+    /// leaving what exists as it is.
     Init(StoreArg),
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct StoreArg {
-    /// Store URL: sqlite:PATH or cosmos://ACCOUNT_HOST[:PORT]/DATABASE.
+    /// Store URL: sqlite:PATH, cosmos://ACCOUNT_HOST[:PORT]/DATABASE or
+    /// postgres://USER@HOST[:PORT]/DATABASE[?sslmode=disable|require|verify-full&sslrootcert=CA_FILE].
     #[arg(long, env = "CLUSTERMON_STORE", value_parser = StoreUrl::parse)]
     pub store: StoreUrl,
     #[command(flatten)]
@@ -168,31 +178,31 @@ pub struct RunArgs {
     /// This monitor's id (default: HOSTNAME-RANDOM, new on every start).
     #[arg(long, env = "CLUSTERMON_ID")]
     pub id: Option<String>,
-    #[arg(long, default_value = "2s", value_parser = duration, env = "CLUSTERMON_HEARTBEAT_INTERVAL")]
+    #[arg(long, default_value = human(defaults::HEARTBEAT_INTERVAL), value_parser = duration, env = "CLUSTERMON_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Duration,
-    #[arg(long, default_value = "10s", value_parser = duration, env = "CLUSTERMON_HEARTBEAT_TTL")]
+    #[arg(long, default_value = human(defaults::HEARTBEAT_TTL), value_parser = duration, env = "CLUSTERMON_HEARTBEAT_TTL")]
     pub heartbeat_ttl: Duration,
-    #[arg(long, default_value = "10s", value_parser = duration, env = "CLUSTERMON_LEASE_TTL")]
+    #[arg(long, default_value = human(defaults::LEASE_TTL), value_parser = duration, env = "CLUSTERMON_LEASE_TTL")]
     pub lease_ttl: Duration,
-    #[arg(long, default_value = "2s", value_parser = duration, env = "CLUSTERMON_FEED_INTERVAL")]
+    #[arg(long, default_value = human(defaults::FEED_INTERVAL), value_parser = duration, env = "CLUSTERMON_FEED_INTERVAL")]
     pub feed_interval: Duration,
     /// Stores whose change feed has no deletes (Cosmos DB): how often a
     /// monitor re-lists its buckets to drop deleted clusters; 0 turns it off.
-    #[arg(long, default_value = "10m", value_parser = duration, env = "CLUSTERMON_RELIST_INTERVAL")]
+    #[arg(long, default_value = human(defaults::RELIST_INTERVAL), value_parser = duration, env = "CLUSTERMON_RELIST_INTERVAL")]
     pub relist_interval: Duration,
     /// How often each cluster is checked.
-    #[arg(long, default_value = "1m", value_parser = duration, env = "CLUSTERMON_INTERVAL")]
+    #[arg(long, default_value = human(defaults::INTERVAL), value_parser = duration, env = "CLUSTERMON_INTERVAL")]
     pub interval: Duration,
-    #[arg(long, default_value_t = 2000, env = "CLUSTERMON_MAX_CONCURRENT_CHECKS")]
+    #[arg(long, default_value_t = defaults::MAX_CONCURRENT_CHECKS, env = "CLUSTERMON_MAX_CONCURRENT_CHECKS")]
     pub max_concurrent_checks: usize,
-    #[arg(long, default_value = "30s", value_parser = duration, env = "CLUSTERMON_CHECK_TIMEOUT")]
+    #[arg(long, default_value = human(defaults::CHECK_TIMEOUT), value_parser = duration, env = "CLUSTERMON_CHECK_TIMEOUT")]
     pub check_timeout: Duration,
     /// On SIGTERM/SIGINT: time to hand over and finish in-flight checks.
-    #[arg(long, default_value = "10s", value_parser = duration, env = "CLUSTERMON_SHUTDOWN_GRACE")]
+    #[arg(long, default_value = human(defaults::SHUTDOWN_GRACE), value_parser = duration, env = "CLUSTERMON_SHUTDOWN_GRACE")]
     pub shutdown_grace: Duration,
     /// Beyond this distance from the fleet's clock (measured from the peers'
     /// heartbeats) a monitor is not ready and takes no bucket and no lease.
-    #[arg(long, default_value = "1s", value_parser = duration, env = "CLUSTERMON_MAX_CLOCK_OFFSET")]
+    #[arg(long, default_value = human(defaults::MAX_CLOCK_OFFSET), value_parser = duration, env = "CLUSTERMON_MAX_CLOCK_OFFSET")]
     pub max_clock_offset: Duration,
     #[command(flatten)]
     pub secrets: SecretsArg,
@@ -211,6 +221,24 @@ pub struct RunArgs {
     /// http://LISTEN, or http://HOSTNAME:PORT when listening on all addresses).
     #[arg(long, env = "CLUSTERMON_ADMIN_ADVERTISE")]
     pub admin_advertise: Option<String>,
+    /// Alertmanager to post alerts to (v2 API); repeatable: every URL gets
+    /// every alert. None: no alerts.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CLUSTERMON_ALERTMANAGER_URL",
+        value_delimiter = ','
+    )]
+    pub alertmanager_url: Vec<String>,
+    /// Consecutive failing checks before an alert fires.
+    #[arg(long, default_value_t = defaults::ALERT_AFTER, env = "CLUSTERMON_ALERT_AFTER")]
+    pub alert_after: u32,
+    /// File with a bearer token for the Alertmanagers.
+    #[arg(long, value_name = "FILE", env = "CLUSTERMON_ALERTMANAGER_TOKEN_FILE")]
+    pub alertmanager_token_file: Option<std::path::PathBuf>,
+    /// Static labels on every alert: NAME=VALUE,...
+    #[arg(long, value_name = "NAME=VALUE,...", value_delimiter = ',', value_parser = clustermon_core::alerts::parse_label, env = "CLUSTERMON_ALERT_LABELS")]
+    pub alert_labels: Vec<(String, String)>,
     /// What a check runs: full (API server, then every collector) or healthz.
     #[arg(
         long,
@@ -224,7 +252,7 @@ pub struct RunArgs {
         long,
         value_delimiter = ',',
         env = "CLUSTERMON_MONITORED_NAMESPACES",
-        default_value = "kube-system,openshift-apiserver,openshift-etcd,openshift-kube-apiserver,openshift-kube-controller-manager,openshift-kube-scheduler,openshift-ingress,openshift-dns,openshift-sdn,openshift-ovn-kubernetes,openshift-machine-api,openshift-machine-config-operator,openshift-monitoring"
+        default_values_t = clustermon_core::check::collect::DEFAULT_NAMESPACES.iter().map(|n| n.to_string())
     )]
     pub monitored_namespaces: Vec<String>,
     /// Collectors run at once inside one check (1..=8). 1 runs them in turn
@@ -390,6 +418,38 @@ mod tests {
         assert_eq!(r.check_timeout, Duration::from_secs(30));
         assert_eq!(r.shutdown_grace, Duration::from_secs(10));
         assert_eq!(r.relist_interval, Duration::from_secs(600));
+    }
+
+    /// The flags' defaults are the engine's: `run` with no timing flag
+    /// configures what `EngineConfig::new` does.
+    #[test]
+    fn run_defaults_are_the_engine_defaults() {
+        let cli = parse(&[
+            "run",
+            "--store",
+            "sqlite:/tmp/x.db",
+            "--statsd",
+            "udp:127.0.0.1:8125",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        let e = clustermon_core::config::EngineConfig::new("m1");
+        assert_eq!(r.heartbeat_interval, e.heartbeat_interval);
+        assert_eq!(r.heartbeat_ttl, e.heartbeat_ttl);
+        assert_eq!(r.lease_ttl, e.lease_ttl);
+        assert_eq!(r.feed_interval, e.feed_interval);
+        assert_eq!(r.interval, e.interval);
+        assert_eq!(r.max_concurrent_checks, e.max_concurrent_checks);
+        assert_eq!(r.check_timeout, e.check_timeout);
+        assert_eq!(r.shutdown_grace, e.shutdown_grace);
+        assert_eq!(r.relist_interval, e.relist_interval);
+        assert_eq!(r.max_clock_offset, e.max_clock_offset);
+        assert_eq!(
+            r.monitored_namespaces,
+            clustermon_core::check::collect::DEFAULT_NAMESPACES
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clustermon_core::admin::api::{CheckAnswer, CollectorAnswer, DrainAnswer, ErrorAnswer};
 use clustermon_core::check::collect::KubeChecker;
 use clustermon_core::clock::Clock;
 use clustermon_core::config::EngineConfig;
@@ -29,6 +30,12 @@ pub enum CmdError {
     Usage(String),
     /// The operation failed: exit code 1.
     Failed(String),
+    /// Stdout was closed (the reader of a pipe went away, as `| head` does):
+    /// the end of the output, not a failure. Exit code 0, nothing printed:
+    /// the command did what was asked until its reader stopped reading, and
+    /// `set -o pipefail` scripts that cut the output keep working (the shell's
+    /// 141 would mean a death by SIGPIPE, which std turns off in Rust programs).
+    StdoutClosed,
 }
 
 impl CmdError {
@@ -36,23 +43,57 @@ impl CmdError {
         match self {
             CmdError::Usage(_) => 2,
             CmdError::Failed(_) => 1,
+            CmdError::StdoutClosed => 0,
         }
     }
     pub fn message(&self) -> &str {
         match self {
             CmdError::Usage(m) | CmdError::Failed(m) => m,
+            CmdError::StdoutClosed => "",
         }
     }
+}
+
+/// Writes command output to stdout. A closed stdout (EPIPE) ends the
+/// command as [`CmdError::StdoutClosed`]; any other write error fails it.
+/// (`println!` panics on both.)
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<(), CmdError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CmdError::StdoutClosed),
+        Err(e) => Err(CmdError::Failed(format!("writing to stdout: {e}"))),
+    }
+}
+
+/// `println!` for command output, through [`write_stdout`]; returns from the
+/// enclosing function on a closed stdout.
+macro_rules! out {
+    () => {
+        write_stdout(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        write_stdout(format_args!("{}\n", format_args!($($arg)*)))?
+    };
 }
 
 fn failed(e: impl std::fmt::Display) -> CmdError {
     CmdError::Failed(e.to_string())
 }
 
+fn usage(e: impl std::fmt::Display) -> CmdError {
+    CmdError::Usage(e.to_string())
+}
+
+/// Opens the store: a bad flag or file exits 2, a store that does not answer 1.
 async fn store(arg: &crate::cli::StoreArg) -> Result<Arc<dyn Store>, CmdError> {
     open_store_url(&arg.store, &arg.cosmos)
         .await
-        .map_err(CmdError::Usage)
+        .map_err(|e| match e {
+            crate::OpenStoreError::Input(m) => CmdError::Usage(m),
+            crate::OpenStoreError::Store(m) => CmdError::Failed(m),
+        })
 }
 
 fn secrets_key(arg: &SecretsArg) -> Result<Option<SecretsKey>, CmdError> {
@@ -95,15 +136,35 @@ pub async fn run(
     cfg.check_timeout = args.check_timeout;
     cfg.shutdown_grace = args.shutdown_grace;
     cfg.max_clock_offset = args.max_clock_offset;
-    cfg.validate().map_err(CmdError::Usage)?;
+    if !args.alertmanager_url.is_empty() {
+        let token = match &args.alertmanager_token_file {
+            Some(f) => Some(read_file(f, "--alertmanager-token-file")?),
+            None => None,
+        };
+        cfg.alerts = Some(
+            clustermon_core::alerts::AlertConfig::new(
+                args.alertmanager_url.clone(),
+                args.alert_after,
+                token,
+                args.alert_labels.clone(),
+            )
+            .map_err(usage)?,
+        );
+    }
+    cfg.validate().map_err(usage)?;
 
     // The admin API: refuse a reachable listener without a token, bind
     // before anything else starts so a taken port fails fast.
     let token = match &args.admin_token_file {
-        Some(f) => Some(
-            clustermon_core::admin::Token::new(&read_file(f, "--admin-token-file")?)
-                .map_err(|e| CmdError::Usage(format!("--admin-token-file {}: {e}", f.display())))?,
-        ),
+        Some(f) => {
+            let text = read_file(f, "--admin-token-file")?;
+            let token = clustermon_core::admin::Token::new(&text)
+                .map_err(|e| CmdError::Usage(format!("--admin-token-file {}: {e}", f.display())))?;
+            // The same token authenticates this monitor's pushed
+            // assignments to its peers (every monitor has the same file).
+            cfg.admin_token = Some(clustermon_core::model::Secret::new(text.trim()));
+            Some(token)
+        }
         None if !args.admin_listen.ip().is_loopback() => {
             return Err(CmdError::Usage(format!(
                 "--admin-listen {} is not a loopback address: give --admin-token-file so that drain and check-now need a token",
@@ -146,8 +207,8 @@ pub async fn run(
         Collectors::Healthz => KubeChecker::healthz_only(key, clock),
     };
     let cfg_admin_url = cfg.admin_url.clone();
-    let engine = Engine::new(cfg, store.clone(), Arc::new(checker), metrics, clock)
-        .map_err(CmdError::Usage)?;
+    let engine =
+        Engine::new(cfg, store.clone(), Arc::new(checker), metrics, clock).map_err(usage)?;
     tracing::info!(
         monitor = %id,
         store = store.kind(),
@@ -188,7 +249,7 @@ async fn read_fleet(store: &dyn Store) -> Result<(FleetStatus, Vec<Option<String
 }
 
 fn print_json(v: &impl Serialize) -> Result<(), CmdError> {
-    println!("{}", serde_json::to_string_pretty(v).map_err(failed)?);
+    out!("{}", serde_json::to_string_pretty(v).map_err(failed)?);
     Ok(())
 }
 
@@ -199,19 +260,20 @@ pub async fn status(args: ReadArgs) -> Result<(), CmdError> {
         return print_json(&s);
     }
     match &s.master {
-        Some(m) => println!(
+        Some(m) => out!(
             "master:      {} (lease expires in {:.1}s)",
-            m.id, m.lease_expires_in_s
+            m.id,
+            m.lease_expires_in_s
         ),
-        None => println!("master:      none (lease free or expired)"),
+        None => out!("master:      none (lease free or expired)"),
     }
     let rate: f64 = s.monitors.iter().map(|m| m.checks_per_s).sum();
-    println!("checks/s:    {rate:.1}");
-    println!("generation:  {}", s.generation);
-    println!("clusters:    {}", s.clusters);
-    println!("unassigned:  {} buckets", s.unassigned_buckets);
-    println!();
-    println!(
+    out!("checks/s:    {rate:.1}");
+    out!("generation:  {}", s.generation);
+    out!("clusters:    {}", s.clusters);
+    out!("unassigned:  {} buckets", s.unassigned_buckets);
+    out!();
+    out!(
         "{:<28} {:<20} {:<10} {:>9} {:<5} {:>7} {:>9} {:>8} {:>7}  DRAINING",
         "MONITOR",
         "HOSTNAME",
@@ -224,7 +286,7 @@ pub async fn status(args: ReadArgs) -> Result<(), CmdError> {
         "FAILING"
     );
     for m in &s.monitors {
-        println!(
+        out!(
             "{:<28} {:<20} {:<10} {:>8.1}s {:<5} {:>7} {:>9.1} {:>8} {:>7}  {}",
             m.id,
             m.hostname,
@@ -239,7 +301,7 @@ pub async fn status(args: ReadArgs) -> Result<(), CmdError> {
         );
     }
     if s.monitors.is_empty() {
-        println!("(no live monitors)");
+        out!("(no live monitors)");
     }
     Ok(())
 }
@@ -272,7 +334,7 @@ pub async fn buckets(args: ReadArgs) -> Result<(), CmdError> {
                 }
             })
             .collect();
-        println!("{owner:<28} {n:>3}  {}", list.join(","));
+        out!("{owner:<28} {n:>3}  {}", list.join(","));
     }
     Ok(())
 }
@@ -335,7 +397,7 @@ pub async fn cluster_put(args: PutArgs) -> Result<(), CmdError> {
     }
     let store = store(&args.store).await?;
     store.put_cluster(&doc).await.map_err(failed)?;
-    println!("cluster {} stored in bucket {}", doc.id, doc.bucket);
+    out!("cluster {} stored in bucket {}", doc.id, doc.bucket);
     Ok(())
 }
 
@@ -362,11 +424,11 @@ struct ClusterView {
 /// must be its key (a document's own id is a value of the document, and is
 /// not shown when it differs).
 fn decode_stored(r: &RawCluster) -> Result<ClusterDoc, String> {
-    let d = ClusterDoc::decode(&r.body)?;
-    if d.id != r.id {
+    let doc = ClusterDoc::decode(&r.body)?;
+    if doc.id != r.id {
         return Err("document id does not match its key".into());
     }
-    Ok(d)
+    Ok(doc)
 }
 
 pub async fn cluster_list(args: ListArgs) -> Result<(), CmdError> {
@@ -377,15 +439,15 @@ pub async fn cluster_list(args: ListArgs) -> Result<(), CmdError> {
     let views: Vec<ClusterView> = raws
         .into_iter()
         .map(|r| match decode_stored(&r) {
-            Ok(d) => {
-                let sealed = d.encrypted_credentials.as_deref().map(|s| match &key {
-                    Some(k) => match k.open(&d.id, s) {
+            Ok(doc) => {
+                let sealed = doc.encrypted_credentials.as_deref().map(|s| match &key {
+                    Some(k) => match k.open(&doc.id, s) {
                         Ok(_) => "sealed",
                         Err(_) => "sealed (does not open with this key)",
                     },
                     None => "sealed",
                 });
-                let c = &d.credentials;
+                let c = &doc.credentials;
                 let present = [
                     ("caBundle", c.ca_bundle.is_some()),
                     ("token", c.token.is_some()),
@@ -394,17 +456,17 @@ pub async fn cluster_list(args: ListArgs) -> Result<(), CmdError> {
                     ("insecureSkipTLSVerify", c.insecure_skip_tls_verify),
                 ];
                 ClusterView {
-                    id: d.id,
-                    bucket: Some(d.bucket),
-                    state: Some(d.provisioning_state),
-                    api_server: Some(d.api_server),
+                    id: doc.id,
+                    bucket: Some(doc.bucket),
+                    state: Some(doc.provisioning_state),
+                    api_server: Some(doc.api_server),
                     credentials: present
                         .iter()
                         .filter(|p| p.1)
                         .map(|p| p.0)
                         .chain(sealed)
                         .collect(),
-                    labels: d.labels,
+                    labels: doc.labels,
                     invalid: None,
                 }
             }
@@ -422,17 +484,20 @@ pub async fn cluster_list(args: ListArgs) -> Result<(), CmdError> {
     if args.output == Output::Json {
         return print_json(&views);
     }
-    println!(
+    out!(
         "{:<36} {:>6} {:<10} {:<48} LABELS",
-        "ID", "BUCKET", "STATE", "API SERVER"
+        "ID",
+        "BUCKET",
+        "STATE",
+        "API SERVER"
     );
     for v in &views {
         if let Some(reason) = &v.invalid {
-            println!("{:<36} {:>6} {:<10} {reason}", v.id, "-", "INVALID");
+            out!("{:<36} {:>6} {:<10} {reason}", v.id, "-", "INVALID");
             continue;
         }
         let labels: Vec<String> = v.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        out!(
             "{:<36} {:>6} {:<10} {:<48} {}",
             v.id,
             v.bucket.unwrap_or_default(),
@@ -447,7 +512,7 @@ pub async fn cluster_list(args: ListArgs) -> Result<(), CmdError> {
 pub async fn cluster_delete(args: DeleteArgs) -> Result<(), CmdError> {
     let store = store(&args.store).await?;
     if store.delete_cluster(&args.id).await.map_err(failed)? {
-        println!("cluster {} deleted", args.id);
+        out!("cluster {} deleted", args.id);
         Ok(())
     } else {
         Err(CmdError::Failed(format!(
@@ -463,7 +528,7 @@ pub async fn store_init(args: crate::cli::StoreArg) -> Result<(), CmdError> {
         crate::StoreUrl::Sqlite(_) => {
             // Opening creates the file and its tables.
             store(&args).await?;
-            println!("sqlite store ready");
+            out!("sqlite store ready");
         }
         crate::StoreUrl::Cosmos(u) => {
             let cfg = args.cosmos.config(u).map_err(CmdError::Usage)?;
@@ -471,10 +536,22 @@ pub async fn store_init(args: crate::cli::StoreArg) -> Result<(), CmdError> {
                 .await
                 .map_err(failed)?;
             if created.is_empty() {
-                println!("cosmos store {u}: database and containers already exist");
+                out!("cosmos store {u}: database and containers already exist");
             }
             for c in created {
-                println!("created {c}");
+                out!("created {c}");
+            }
+        }
+        crate::StoreUrl::Postgres(u) => {
+            let cfg = args.cosmos.postgres_config(u).map_err(CmdError::Usage)?;
+            let created = clustermon_store_postgres::PostgresStore::init(&cfg)
+                .await
+                .map_err(failed)?;
+            let v = clustermon_store_postgres::SCHEMA_VERSION;
+            if created {
+                out!("postgres store {u}: created the schema (version {v})");
+            } else {
+                out!("postgres store {u}: schema version {v} already exists");
             }
         }
     }
@@ -498,7 +575,8 @@ fn admin_token(arg: &crate::cli::AdminTokenArg) -> Result<Option<String>, CmdErr
         .transpose()
 }
 
-/// Sends a request to a monitor's admin API; the answer as JSON.
+/// Sends a request to a monitor's admin API; the status and the body's
+/// JSON (a string when the body is not JSON).
 async fn admin_call(
     method: reqwest::Method,
     url: &str,
@@ -537,16 +615,34 @@ fn monitor_url<'a>(
     Ok(&m.admin_url)
 }
 
-/// One line per collector of a check result (as the admin API answers it).
-fn print_collectors(check: &serde_json::Value, indent: &str) {
-    for c in check["collectors"].as_array().into_iter().flatten() {
-        println!(
+/// A success answer of the admin API as its type (`admin::api`).
+fn admin_answer<T: serde::de::DeserializeOwned>(
+    what: &str,
+    v: serde_json::Value,
+) -> Result<T, CmdError> {
+    serde_json::from_value(v)
+        .map_err(|e| CmdError::Failed(format!("{what}: the monitor's answer does not decode: {e}")))
+}
+
+/// An error answer of the admin API in one line: its `error`, else the body.
+fn admin_error(v: &serde_json::Value) -> String {
+    match serde_json::from_value::<ErrorAnswer>(v.clone()) {
+        Ok(e) => e.error,
+        Err(_) => v.to_string(),
+    }
+}
+
+/// One line per collector of a check result.
+fn print_collectors(collectors: &[CollectorAnswer], indent: &str) -> Result<(), CmdError> {
+    for c in collectors {
+        out!(
             "{indent}{:<18} {:>5} ms  {}",
-            c["name"].as_str().unwrap_or(""),
-            c["duration_ms"],
-            c["error"].as_str().unwrap_or("ok")
+            c.name,
+            c.duration_ms,
+            c.error.as_deref().unwrap_or("ok")
         );
     }
+    Ok(())
 }
 
 /// `clustermon explain CLUSTER_ID`.
@@ -592,10 +688,10 @@ pub async fn explain(args: crate::cli::ExplainArgs) -> Result<(), CmdError> {
         return print_json(&e);
     }
     let or_dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
-    println!("cluster:     {}", e.id);
-    println!("bucket:      {}", or_dash(e.bucket.map(|b| b.to_string())));
-    println!("state:       {}", or_dash(e.state.clone()));
-    println!(
+    out!("cluster:     {}", e.id);
+    out!("bucket:      {}", or_dash(e.bucket.map(|b| b.to_string())));
+    out!("state:       {}", or_dash(e.state.clone()));
+    out!(
         "owner:       {} ({})",
         or_dash(e.owner.clone()),
         match (
@@ -622,25 +718,29 @@ pub async fn explain(args: crate::cli::ExplainArgs) -> Result<(), CmdError> {
             })
             .unwrap_or_else(|| ms.to_string())
     };
-    match &e.last_check {
-        Some(l) => println!(
+    let last = e
+        .last_check
+        .clone()
+        .and_then(|l| serde_json::from_value::<CheckAnswer>(l).ok());
+    match &last {
+        Some(l) => out!(
             "last check:  {} {} ({})",
-            l["started_ms"].as_i64().map(fmt_ms).unwrap_or_default(),
-            if l["ok"] == true { "ok" } else { "FAILED" },
-            l["summary"].as_str().unwrap_or("")
+            fmt_ms(l.started_ms),
+            if l.ok { "ok" } else { "FAILED" },
+            l.summary
         ),
-        None => println!("last check:  -"),
+        None => out!("last check:  -"),
     }
-    if let Some(l) = &e.last_check {
-        print_collectors(l, "             ");
+    if let Some(l) = &last {
+        print_collectors(&l.collectors, "             ")?;
     }
-    println!("next due:    {}", or_dash(e.next_due.map(fmt_ms)));
-    println!("checked:     {}", if e.checked { "yes" } else { "NO" });
+    out!("next due:    {}", or_dash(e.next_due.map(fmt_ms)));
+    out!("checked:     {}", if e.checked { "yes" } else { "NO" });
     if let Some(r) = &e.reason {
-        println!("reason:      {r}");
+        out!("reason:      {r}");
     }
     if let Some(n) = note {
-        println!("note:        {n}");
+        out!("note:        {n}");
     }
     Ok(())
 }
@@ -661,13 +761,16 @@ pub async fn drain(args: crate::cli::DrainArgs) -> Result<(), CmdError> {
     .map_err(CmdError::Failed)?;
     if code != 200 {
         return Err(CmdError::Failed(format!(
-            "drain {}: {code}: {v}",
-            args.monitor_id
+            "drain {}: {code}: {}",
+            args.monitor_id,
+            admin_error(&v)
         )));
     }
-    println!(
+    let answer: DrainAnswer = admin_answer("drain", v)?;
+    out!(
         "monitor {} is draining; handoff at {}",
-        args.monitor_id, v["handoff_at_ms"]
+        args.monitor_id,
+        answer.handoff_at_ms
     );
     if !args.wait {
         return Ok(());
@@ -684,7 +787,7 @@ pub async fn drain(args: crate::cli::DrainArgs) -> Result<(), CmdError> {
                 .filter(|b| b.involves(me, now))
                 .count();
             if busy == 0 {
-                println!("monitor {me} owns no bucket and hands none over");
+                out!("monitor {me} owns no bucket and hands none over");
                 return Ok(());
             }
         }
@@ -729,20 +832,22 @@ pub async fn check(args: crate::cli::CheckArgs) -> Result<(), CmdError> {
     .map_err(CmdError::Failed)?;
     if code != 200 {
         return Err(CmdError::Failed(format!(
-            "check {id} on {owner}: {code}: {v}"
+            "check {id} on {owner}: {code}: {}",
+            admin_error(&v)
         )));
     }
+    let answer: CheckAnswer = admin_answer("check", v)?;
     if args.read.output == Output::Json {
-        return print_json(&v);
+        return print_json(&answer);
     }
-    println!(
+    out!(
         "{id} checked by {owner} in {} ms: {} ({})",
-        v["duration_ms"],
-        if v["ok"] == true { "ok" } else { "FAILED" },
-        v["summary"].as_str().unwrap_or("")
+        answer.duration_ms,
+        if answer.ok { "ok" } else { "FAILED" },
+        answer.summary
     );
-    print_collectors(&v, "  ");
-    if v["ok"] != true {
+    print_collectors(&answer.collectors, "  ")?;
+    if !answer.ok {
         return Err(CmdError::Failed(format!("{id}: the check failed")));
     }
     Ok(())

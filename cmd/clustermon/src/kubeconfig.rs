@@ -134,12 +134,13 @@ fn opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D:
 }
 
 /// Decodes a kubeconfig through the core's decoder: YAML is parsed to a
-/// YAML value (its syntax errors reduced to a position: serde_yaml's
+/// YAML value (serde_norway, the maintained fork of the deprecated
+/// serde_yaml; its syntax errors reduced to a position: its
 /// messages may quote content), converted to JSON, then decoded by
 /// `clustermon_core::decode`, whose errors name fields, never values.
 fn decode(text: &str) -> Result<Kubeconfig, String> {
     let invalid = |what: String| format!("kubeconfig is not valid: {what}");
-    let y: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+    let y: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
         invalid(match e.location() {
             Some(l) => format!("syntax error at line {} column {}", l.line(), l.column()),
             None => "syntax error".into(),
@@ -152,9 +153,9 @@ fn decode(text: &str) -> Result<Kubeconfig, String> {
 /// YAML value to JSON value. Scalar map keys become their text (as
 /// kubectl's YAML-to-JSON does); other keys and non-finite numbers are
 /// refused, tags dropped. The messages quote nothing.
-fn yaml_to_json(y: serde_yaml::Value, depth: usize) -> Result<serde_json::Value, &'static str> {
+fn yaml_to_json(y: serde_norway::Value, depth: usize) -> Result<serde_json::Value, &'static str> {
     use serde_json::Value as J;
-    use serde_yaml::Value as Y;
+    use serde_norway::Value as Y;
     if depth > 128 {
         return Err("nested too deeply");
     }
@@ -459,7 +460,7 @@ users:
                 .replace("/0/", "[0].")
                 .replace("/0", "[0]")
                 .replace('/', ".");
-            for text in [serde_yaml::to_string(&kc).unwrap(), kc.to_string()] {
+            for text in [serde_norway::to_string(&kc).unwrap(), kc.to_string()] {
                 let e = parse(&text, Path::new("."), None).unwrap_err();
                 assert!(!e.contains("cnry"), "{f}={v}: {e}");
                 assert!(!e.contains("eyJhbGci"), "{f}={v}: {e}");
@@ -578,7 +579,7 @@ users:
         fn check(v: &Value) -> Result<(), TestCaseError> {
             let mut all = Vec::new();
             strings(v, &mut all);
-            for text in [serde_yaml::to_string(v).unwrap(), v.to_string()] {
+            for text in [serde_norway::to_string(v).unwrap(), v.to_string()] {
                 // The import as a whole never panics.
                 let _ = parse(&text, Path::new("/nonexistent"), None);
                 if let Err(e) = decode(&text) {
@@ -608,7 +609,7 @@ users:
 
             #[test]
             fn kubeconfig_import_broken_text_never_echoes(v in mutated(), cut in any::<prop::sample::Index>()) {
-                let text = serde_yaml::to_string(&v).unwrap();
+                let text = serde_norway::to_string(&v).unwrap();
                 let at = cut.index(text.len() + 1);
                 let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
                 if let Err(e) = decode(&text[..at]) {

@@ -17,6 +17,7 @@ use clustermon_store_cosmos::{CosmosAuth, CosmosConfig, CosmosUrl};
 pub enum StoreUrl {
     Sqlite(PathBuf),
     Cosmos(CosmosUrl),
+    Postgres(clustermon_store_postgres::PostgresUrl),
 }
 
 impl StoreUrl {
@@ -31,8 +32,11 @@ impl StoreUrl {
         if s.starts_with("cosmos://") {
             return CosmosUrl::parse(s).map(StoreUrl::Cosmos);
         }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return clustermon_store_postgres::PostgresUrl::parse(s).map(StoreUrl::Postgres);
+        }
         Err(format!(
-            "unsupported store URL {s:?}: expected sqlite:PATH or cosmos://ACCOUNT_HOST[:PORT]/DATABASE"
+            "unsupported store URL {s:?}: expected sqlite:PATH, cosmos://ACCOUNT_HOST[:PORT]/DATABASE or postgres://USER@HOST[:PORT]/DATABASE"
         ))
     }
 }
@@ -62,6 +66,11 @@ pub struct CosmosArgs {
     /// Preferred Azure region for requests (the SDK orders the others by proximity).
     #[arg(long, default_value = "East US", env = "CLUSTERMON_COSMOS_REGION")]
     pub cosmos_region: String,
+    /// PostgreSQL password, in a file (a postgres:// store); PGPASSWORD
+    /// otherwise. Never printed. (Here so that every command and tool taking
+    /// the store flags gets it.)
+    #[arg(long, env = "CLUSTERMON_POSTGRES_PASSWORD_FILE", value_name = "FILE")]
+    pub postgres_password_file: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, clap::ValueEnum, PartialEq, Eq)]
@@ -107,19 +116,69 @@ impl CosmosArgs {
     }
 }
 
-/// Opens the store a URL names. The error is one line, fit for stderr.
-pub async fn open_store(url: &str, cosmos: &CosmosArgs) -> Result<Arc<dyn Store>, String> {
-    open_store_url(&StoreUrl::parse(url)?, cosmos).await
-}
-
-fn one_line(e: StoreError) -> String {
-    match e {
-        StoreError::Invalid(m) => m,
-        other => other.to_string(),
+impl CosmosArgs {
+    /// The PostgreSQL configuration for `url`: the password from
+    /// `--postgres-password-file`, else `PGPASSWORD`, else none (trust or
+    /// certificate auth). Errors never include the password.
+    pub fn postgres_config(
+        &self,
+        url: &clustermon_store_postgres::PostgresUrl,
+    ) -> Result<clustermon_store_postgres::PostgresConfig, String> {
+        let password = match &self.postgres_password_file {
+            Some(f) => {
+                let p = std::fs::read_to_string(f)
+                    .map_err(|e| format!("--postgres-password-file {}: {e}", f.display()))?;
+                let p = p.trim_end_matches(['\n', '\r']).to_string();
+                if p.is_empty() {
+                    return Err(format!("--postgres-password-file {} is empty", f.display()));
+                }
+                Some(p)
+            }
+            None => std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()),
+        };
+        Ok(clustermon_store_postgres::PostgresConfig::new(
+            url.clone(),
+            password,
+        ))
     }
 }
 
-pub async fn open_store_url(url: &StoreUrl, cosmos: &CosmosArgs) -> Result<Arc<dyn Store>, String> {
+/// Opens the store a URL names. The error is one line, fit for stderr.
+pub async fn open_store(url: &str, cosmos: &CosmosArgs) -> Result<Arc<dyn Store>, String> {
+    open_store_url(&StoreUrl::parse(url)?, cosmos)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Why a store did not open, in one line: the input named something that
+/// cannot work (the command line exits 2), or the store did not answer or
+/// refused (exit 1: a network or service failure, worth retrying).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenStoreError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Store(String),
+}
+
+/// Errors of the flags and files (a bad path, an empty key file).
+impl From<String> for OpenStoreError {
+    fn from(m: String) -> Self {
+        OpenStoreError::Input(m)
+    }
+}
+
+fn one_line(e: StoreError) -> OpenStoreError {
+    match e {
+        StoreError::Invalid(m) => OpenStoreError::Input(m),
+        other => OpenStoreError::Store(other.to_string()),
+    }
+}
+
+pub async fn open_store_url(
+    url: &StoreUrl,
+    cosmos: &CosmosArgs,
+) -> Result<Arc<dyn Store>, OpenStoreError> {
     match url {
         StoreUrl::Sqlite(path) => {
             let path = path.clone();
@@ -127,13 +186,20 @@ pub async fn open_store_url(url: &StoreUrl, cosmos: &CosmosArgs) -> Result<Arc<d
                 clustermon_store_sqlite::SqliteStore::open(path)
             })
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| OpenStoreError::Store(e.to_string()))?
             .map_err(one_line)?;
             Ok(Arc::new(store))
         }
         StoreUrl::Cosmos(u) => {
             let cfg = cosmos.config(u)?;
             let store = clustermon_store_cosmos::CosmosStore::connect(&cfg)
+                .await
+                .map_err(one_line)?;
+            Ok(Arc::new(store))
+        }
+        StoreUrl::Postgres(u) => {
+            let cfg = cosmos.postgres_config(u)?;
+            let store = clustermon_store_postgres::PostgresStore::connect(&cfg)
                 .await
                 .map_err(one_line)?;
             Ok(Arc::new(store))
@@ -168,6 +234,13 @@ mod tests {
             .unwrap_err()
             .contains("database"));
         assert!(StoreUrl::parse("postgres://x")
+            .unwrap_err()
+            .contains("postgres://USER@HOST"));
+        assert!(matches!(
+            StoreUrl::parse("postgresql://mon@db:5433/cm?sslmode=require").unwrap(),
+            StoreUrl::Postgres(_)
+        ));
+        assert!(StoreUrl::parse("mysql://x")
             .unwrap_err()
             .contains("unsupported store URL"));
     }

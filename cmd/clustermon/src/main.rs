@@ -37,6 +37,8 @@ fn main() -> ExitCode {
     };
     match rt.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A closed stdout (`| head`) is the end of the output: exit 0.
+        Err(CmdError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clustermon: {}", e.message());
             ExitCode::from(e.exit_code() as u8)

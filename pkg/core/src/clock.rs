@@ -16,6 +16,8 @@ pub struct Clock {
 
 impl Clock {
     /// Anchors tokio's monotonic time to the system clock once.
+    // The one read of the system clock; everything else derives from it.
+    #[allow(clippy::disallowed_methods)]
     pub fn system() -> Self {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -34,6 +36,11 @@ impl Clock {
 
     pub fn now_ms(&self) -> i64 {
         self.base_ms + self.base.elapsed().as_millis() as i64
+    }
+
+    /// [`Self::now_ms`] as a UTC date-time (for documents that carry one).
+    pub fn now_utc(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_millis(self.now_ms()).unwrap_or_default()
     }
 
     /// The tokio instant at which this clock will read `ms`.

@@ -3,6 +3,43 @@
 
 use std::time::Duration;
 
+/// The default timings and sizes: the one definition, read by
+/// [`EngineConfig::new`] and by the command line's flag defaults.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+    pub const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+    pub const LEASE_TTL: Duration = Duration::from_secs(10);
+    pub const FEED_INTERVAL: Duration = Duration::from_secs(2);
+    pub const INTERVAL: Duration = Duration::from_secs(60);
+    pub const MAX_CONCURRENT_CHECKS: usize = 2000;
+    pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+    pub const FEED_PAGE_SIZE: usize = 1000;
+    pub const RELIST_INTERVAL: Duration = Duration::from_secs(600);
+    pub const MAX_CLOCK_OFFSET: Duration = Duration::from_secs(1);
+    /// Consecutive failing checks before an alert fires (`--alert-after`).
+    pub const ALERT_AFTER: u32 = 3;
+}
+
+/// Why an [`EngineConfig`] cannot work; the message names the flag.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--id: {0}")]
+    Id(String),
+    #[error("{flag} must be at least 10ms")]
+    TooShort { flag: &'static str },
+    #[error("{flag} must be at least twice --heartbeat-interval")]
+    TtlTooShort { flag: &'static str },
+    #[error("--max-concurrent-checks must be at least 1")]
+    NoWorkers,
+    #[error("--relist-interval must be 0 (off) or at least --feed-interval")]
+    RelistTooShort,
+    #[error("feed page size must be at least 1")]
+    EmptyFeedPage,
+}
+
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub id: String,
@@ -26,6 +63,11 @@ pub struct EngineConfig {
     /// Beyond this distance from the fleet's clock a monitor takes no lease
     /// and no bucket (see `liveness`).
     pub max_clock_offset: Duration,
+    /// Alerts to Alertmanager (`crate::alerts`); `None`: off.
+    pub alerts: Option<crate::alerts::AlertConfig>,
+    /// The admin token of the fleet (the same `--admin-token-file` on every
+    /// monitor), sent with pushed assignments to peers' `POST /admin/sync`.
+    pub admin_token: Option<crate::model::Secret>,
 }
 
 impl EngineConfig {
@@ -34,24 +76,26 @@ impl EngineConfig {
             id: id.into(),
             hostname: String::new(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            heartbeat_interval: Duration::from_secs(2),
-            heartbeat_ttl: Duration::from_secs(10),
-            lease_ttl: Duration::from_secs(10),
-            feed_interval: Duration::from_secs(2),
-            interval: Duration::from_secs(60),
-            max_concurrent_checks: 2000,
-            check_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(10),
-            feed_page_size: 1000,
-            relist_interval: Duration::from_secs(600),
+            heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
+            heartbeat_ttl: defaults::HEARTBEAT_TTL,
+            lease_ttl: defaults::LEASE_TTL,
+            feed_interval: defaults::FEED_INTERVAL,
+            interval: defaults::INTERVAL,
+            max_concurrent_checks: defaults::MAX_CONCURRENT_CHECKS,
+            check_timeout: defaults::CHECK_TIMEOUT,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
+            feed_page_size: defaults::FEED_PAGE_SIZE,
+            relist_interval: defaults::RELIST_INTERVAL,
             admin_url: String::new(),
-            max_clock_offset: Duration::from_secs(1),
+            max_clock_offset: defaults::MAX_CLOCK_OFFSET,
+            alerts: None,
+            admin_token: None,
         }
     }
 
     /// Rejects timings that cannot work together, with the reason.
-    pub fn validate(&self) -> Result<(), String> {
-        crate::model::validate_id(&self.id).map_err(|e| format!("--id: {e}"))?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::model::validate_id(&self.id).map_err(ConfigError::Id)?;
         let nonzero = [
             ("--heartbeat-interval", self.heartbeat_interval),
             ("--heartbeat-ttl", self.heartbeat_ttl),
@@ -63,23 +107,27 @@ impl EngineConfig {
         ];
         for (name, d) in nonzero {
             if d < Duration::from_millis(10) {
-                return Err(format!("{name} must be at least 10ms"));
+                return Err(ConfigError::TooShort { flag: name });
             }
         }
         if self.heartbeat_ttl < self.heartbeat_interval * 2 {
-            return Err("--heartbeat-ttl must be at least twice --heartbeat-interval".into());
+            return Err(ConfigError::TtlTooShort {
+                flag: "--heartbeat-ttl",
+            });
         }
         if self.lease_ttl < self.heartbeat_interval * 2 {
-            return Err("--lease-ttl must be at least twice --heartbeat-interval".into());
+            return Err(ConfigError::TtlTooShort {
+                flag: "--lease-ttl",
+            });
         }
         if self.max_concurrent_checks == 0 {
-            return Err("--max-concurrent-checks must be at least 1".into());
+            return Err(ConfigError::NoWorkers);
         }
         if !self.relist_interval.is_zero() && self.relist_interval < self.feed_interval {
-            return Err("--relist-interval must be 0 (off) or at least --feed-interval".into());
+            return Err(ConfigError::RelistTooShort);
         }
         if self.feed_page_size == 0 {
-            return Err("feed page size must be at least 1".into());
+            return Err(ConfigError::EmptyFeedPage);
         }
         Ok(())
     }
@@ -87,15 +135,20 @@ impl EngineConfig {
     /// A monitor whose membership loop has not finished a pass for this long
     /// was stalled (a paused process, a frozen VM): its scheduler refreshes
     /// the assignment before it starts another check. A loop that keeps
-    /// failing against a store that is down still finishes its passes
-    /// (each store call is bounded by one heartbeat interval and the three
-    /// reads of a pass run at once), so an outage never triggers it.
+    /// failing against a store that is down still finishes its passes: a
+    /// pass runs its three reads (heartbeat, monitors, master) at once,
+    /// bounded by one heartbeat interval, then at most one master write,
+    /// bounded by another. With the defaults those two intervals (4 s) stay
+    /// below `heartbeat_ttl / 2` (5 s), so an outage never triggers it; a
+    /// TTL under four heartbeat intervals (validation allows two) can.
     pub fn stalled_after(&self) -> Duration {
         self.heartbeat_ttl / 2
     }
 
-    /// How long a moving bucket stays with its previous owner: both monitors
-    /// read the new table within one heartbeat interval, so two leave slack.
+    /// How long a moving bucket stays with its previous owner: the new table
+    /// is written at the end of the master's pass and every monitor reads it
+    /// in its next pass, which starts within one heartbeat interval and
+    /// whose reads are bounded by one more: two intervals.
     pub fn handoff(&self) -> Duration {
         self.heartbeat_interval * 2
     }
@@ -110,10 +163,14 @@ mod tests {
         assert!(EngineConfig::new("m1").validate().is_ok());
         let mut c = EngineConfig::new("m1");
         c.heartbeat_ttl = Duration::from_secs(3);
-        assert!(c.validate().unwrap_err().contains("--heartbeat-ttl"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--heartbeat-ttl"));
         let mut c = EngineConfig::new("m,1");
         c.id = "m,1".into();
-        assert!(c.validate().unwrap_err().contains("--id"));
+        assert!(c.validate().unwrap_err().to_string().contains("--id"));
         let mut c = EngineConfig::new("m1");
         c.max_concurrent_checks = 0;
         assert!(c.validate().is_err());

@@ -4,7 +4,7 @@
 //!
 //! # Invariant: a decode error never carries a value of the input
 //!
-//! serde's own messages do: serde_json and serde_yaml print the offending
+//! serde's own messages do: serde_json and the YAML parser print the offending
 //! value in `invalid type: string "eyJhbGciOi...", expected ...`, in
 //! `invalid value: ...`, in ``unknown variant `X` ``, and custom
 //! `Error::custom` messages (chrono's, for one) may quote anything. A
@@ -30,7 +30,7 @@
 //! YAML (the kubeconfig import, in the command line) is parsed to a YAML
 //! value, converted to a JSON value (map keys become strings) and decoded by
 //! [`json_value`], so its only own errors are syntax errors, which the
-//! importer reduces to a position (serde_yaml's messages may quote content).
+//! importer reduces to a position (the YAML parser's messages may quote content).
 
 use std::fmt;
 

@@ -3,6 +3,7 @@
 //! shutdown. All I/O with the store happens here and in the feed; every
 //! decision is delegated to the pure functions of `balance` and `schedule`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -68,12 +69,49 @@ pub struct EngineHandles {
     pub pass_done_ms: Arc<AtomicI64>,
     pub health: Arc<std::sync::Mutex<Health>>,
     pub max_clock_offset: Duration,
+    /// The last probe of each peer's admin endpoint.
+    pub probes: Arc<std::sync::Mutex<BTreeMap<String, ProbeRecord>>>,
+    /// Asks the membership loop for a pass now (a pushed assignment).
+    sync: mpsc::Sender<RefreshRequest>,
     pub draining: Arc<AtomicBool>,
     pub stats: Arc<SchedStats>,
     pub last_checks: Arc<DashMap<Arc<str>, LastCheck>>,
     metrics: Metrics,
     cmds: mpsc::Sender<Cmd>,
     check_now: mpsc::Sender<CheckNowRequest>,
+}
+
+/// The outcome of one probe of a peer's admin endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeOutcome {
+    /// It answered: the process runs (its heartbeat may be late).
+    Alive,
+    /// Connection refused: the process is gone, its buckets move at once.
+    Refused,
+    /// No answer in time: proves nothing (a paused process's kernel still
+    /// accepts connections); the heartbeat TTL decides.
+    Timeout,
+    /// Any other failure (DNS, reset, an error status): proves nothing.
+    Error,
+}
+
+impl ProbeOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProbeRecord {
+    pub outcome: ProbeOutcome,
+    pub at_ms: i64,
+    pub url: String,
 }
 
 /// Why a check-now did not run.
@@ -109,7 +147,7 @@ impl EngineHandles {
             health
                 .store_failures
                 .iter()
-                .map(|(op, e)| format!("{op}: {e}"))
+                .map(|(call, e)| format!("{call}: {e}"))
                 .collect::<Vec<_>>()
                 .join("; ")
         };
@@ -183,6 +221,14 @@ impl EngineHandles {
             .map_err(|_| "the monitor is stopping".to_string())?
     }
 
+    /// A pushed assignment: the lease holder changed this monitor's buckets
+    /// and asks it to read the table now rather than at its next pass. A
+    /// hint only: when it is lost the next pass reads the change anyway.
+    pub fn sync_now(&self) -> bool {
+        let (tx, _rx) = oneshot::channel();
+        self.sync.try_send(tx).is_ok()
+    }
+
     /// Checks a cluster now through the scheduler's pool: it takes a
     /// worker permit, never overlaps a check of the same cluster, emits the
     /// same metrics and records the result as a scheduled check does.
@@ -218,6 +264,8 @@ pub struct Engine {
     handles: EngineHandles,
     cmd_rx: mpsc::Receiver<Cmd>,
     check_now_rx: mpsc::Receiver<CheckNowRequest>,
+    refresh_tx: mpsc::Sender<RefreshRequest>,
+    refresh_rx: mpsc::Receiver<RefreshRequest>,
 }
 
 impl Engine {
@@ -227,12 +275,13 @@ impl Engine {
         checker: Arc<dyn Checker>,
         metrics: Metrics,
         clock: Clock,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::config::ConfigError> {
         cfg.validate()?;
         let (reflector, map, events) = Reflector::new(metrics.clone(), clock, 4096);
         let (assignment_tx, assignment) = watch::channel(Arc::new(Assignment::empty()));
         let (cmds, cmd_rx) = mpsc::channel::<Cmd>(4);
         let (check_now, check_now_rx) = mpsc::channel::<CheckNowRequest>(16);
+        let (refresh_tx, refresh_rx) = mpsc::channel::<RefreshRequest>(16);
         let handles = EngineHandles {
             me: cfg.id.as_str().into(),
             version: cfg.version.clone(),
@@ -248,6 +297,8 @@ impl Engine {
             pass_done_ms: Arc::new(AtomicI64::new(0)),
             health: Arc::default(),
             max_clock_offset: cfg.max_clock_offset,
+            probes: Arc::default(),
+            sync: refresh_tx.clone(),
             draining: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(SchedStats::default()),
             last_checks: Arc::new(DashMap::new()),
@@ -267,6 +318,8 @@ impl Engine {
             handles,
             cmd_rx,
             check_now_rx,
+            refresh_tx,
+            refresh_rx,
         })
     }
 
@@ -291,6 +344,8 @@ impl Engine {
             handles,
             cmd_rx,
             check_now_rx,
+            refresh_tx,
+            refresh_rx,
         } = self;
         let me: Arc<str> = cfg.id.as_str().into();
         let tracker = TaskTracker::new();
@@ -329,7 +384,6 @@ impl Engine {
                 .abort_handle(),
         );
 
-        let (refresh_tx, refresh_rx) = mpsc::channel::<RefreshRequest>(16);
         let cmd_tx = handles.cmds.clone();
         let member = MembershipLoop {
             cfg: cfg.clone(),
@@ -337,7 +391,7 @@ impl Engine {
             metrics: metrics.clone(),
             clock,
             me: me.clone(),
-            started_at: Utc::now(),
+            started_at: clock.now_utc(),
             assignment_tx,
             h: handles.clone(),
             rate: RateWindow::default(),
@@ -349,6 +403,7 @@ impl Engine {
             master_invalid_logged: false,
             corrupt_since_ms: None,
             clock_state: None,
+            http: peer_client(cfg.heartbeat_interval),
         };
         guard.0.push(
             tracker
@@ -356,6 +411,22 @@ impl Engine {
                 .abort_handle(),
         );
 
+        // Alerts (`--alertmanager-url`): fed by the scheduler, never waited on.
+        let alerts_stop = CancellationToken::new();
+        let alerts = cfg.alerts.clone().map(|a| {
+            let (tx, task) = crate::alerts::AlertTask::new(
+                a,
+                &cfg,
+                clock,
+                metrics.clone(),
+                handles.map.clone(),
+                handles.assignment.clone(),
+            );
+            guard
+                .0
+                .push(tracker.spawn(task.run(alerts_stop.clone())).abort_handle());
+            tx
+        });
         let sched = Scheduler::new(SchedulerDeps {
             me: me.clone(),
             interval: cfg.interval,
@@ -375,6 +446,7 @@ impl Engine {
             metrics: metrics.clone(),
             stats: handles.stats.clone(),
             last_checks: handles.last_checks.clone(),
+            alerts,
         });
         let mut sched_task = tracker.spawn(sched.run(stop_starting.clone(), abort.clone()));
         guard.0.push(sched_task.abort_handle());
@@ -418,6 +490,7 @@ impl Engine {
         // 3. Delete the heartbeat, stop following the feed.
         member_stop.cancel();
         feed_stop.cancel();
+        alerts_stop.cancel(); // sends what the last checks raised, bounded
         tracker.wait().await;
         tracing::info!("monitor stopped");
     }
@@ -486,6 +559,60 @@ struct MembershipLoop {
     /// Since when (clock ms) the master document has been corrupt.
     corrupt_since_ms: Option<i64>,
     clock_state: Option<ClockState>,
+    /// Probes and pushed assignments to peers' admin APIs.
+    http: Option<reqwest::Client>,
+}
+
+/// How long a peer probe or a sync notice may take: a quarter of a
+/// heartbeat interval (500 ms by default), so a pass stays within its bound.
+fn peer_timeout(heartbeat_interval: Duration) -> Duration {
+    (heartbeat_interval / 4).max(Duration::from_millis(50))
+}
+
+fn peer_client(heartbeat_interval: Duration) -> Option<reqwest::Client> {
+    let t = peer_timeout(heartbeat_interval);
+    match reqwest::Client::builder()
+        .connect_timeout(t)
+        .timeout(t)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()
+    {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "no HTTP client for peer probes; failover waits for the heartbeat TTL");
+            None
+        }
+    }
+}
+
+/// Whether an error chain holds a refused connection.
+fn refused(e: &reqwest::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        src = err.source();
+    }
+    false
+}
+
+async fn probe(client: &reqwest::Client, url: &str) -> ProbeOutcome {
+    match client
+        .get(format!("{}/healthz/live", url.trim_end_matches('/')))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => ProbeOutcome::Alive,
+        Ok(_) => ProbeOutcome::Error,
+        Err(e) if refused(&e) => ProbeOutcome::Refused,
+        Err(e) if e.is_timeout() => ProbeOutcome::Timeout,
+        Err(_) => ProbeOutcome::Error,
+    }
 }
 
 /// What one pass read from the store.
@@ -504,6 +631,10 @@ impl MembershipLoop {
     ) {
         let mut tick = tokio::time::interval(self.cfg.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Between passes, peers are probed twice as often as they beat: a
+        // refused probe starts a pass at once (failover in about a second).
+        let mut probe_tick = tokio::time::interval(self.cfg.heartbeat_interval / 2);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -520,10 +651,16 @@ impl MembershipLoop {
                     let _ = tx.send(());
                 }
                 _ = tick.tick() => self.pass().await,
+                _ = probe_tick.tick() => {
+                    if self.probe_round().await {
+                        self.pass().await;
+                        tick.reset();
+                    }
+                }
             }
         }
         match self
-            .op("delete_monitor", self.store.delete_monitor(&self.me))
+            .store_call("delete_monitor", self.store.delete_monitor(&self.me))
             .await
         {
             Ok(_) => tracing::info!("heartbeat deleted"),
@@ -555,7 +692,11 @@ impl MembershipLoop {
     }
 
     /// A store call bounded by one heartbeat interval, failures counted.
-    async fn op<T>(&self, name: &str, f: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    async fn store_call<T>(
+        &self,
+        name: &str,
+        f: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
         let r = match timeout(self.cfg.heartbeat_interval, f).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable(format!("{name} timed out"))),
@@ -607,12 +748,12 @@ impl MembershipLoop {
     async fn read_all(&mut self, now_ms: i64) -> PassReads {
         let doc = self.heartbeat_doc(now_ms);
         let (heartbeat, live, master) = tokio::join!(
-            self.op("heartbeat", self.store.upsert_monitor(&doc)),
-            self.op(
+            self.store_call("heartbeat", self.store.upsert_monitor(&doc)),
+            self.store_call(
                 "list_monitors",
                 self.store.list_monitors(now_ms - LIST_HORIZON_MS)
             ),
-            self.op("read_master", self.store.read_master()),
+            self.store_call("read_master", self.store.read_master()),
         );
         PassReads {
             heartbeat,
@@ -691,6 +832,8 @@ impl MembershipLoop {
             }
         };
 
+        self.probe_quiet_peers(started, now, base.as_ref(), connected_since)
+            .await;
         let mut clock = self.observer.clock(now, connected_since, t);
         // A verdict once given is not withdrawn because a new peer is not
         // measured yet.
@@ -741,7 +884,7 @@ impl MembershipLoop {
                 MasterAction::Follow => {}
                 MasterAction::Write(doc) => {
                     match self
-                        .op(
+                        .store_call(
                             "write_master",
                             self.store.write_master(&doc, expected.as_ref()),
                         )
@@ -749,6 +892,8 @@ impl MembershipLoop {
                     {
                         Ok(etag) => {
                             self.observer.observe_master(Some(&etag.0), now);
+                            let before = self.h.assignment.borrow().buckets.clone();
+                            self.push_assignment(&before, &doc.buckets).await;
                             if corrupt {
                                 self.metrics.self_count(names::MASTER_REPAIRED, 1, &[]);
                                 tracing::warn!(
@@ -788,6 +933,188 @@ impl MembershipLoop {
         self.finish_pass(reads.heartbeat.is_ok(), live_n);
     }
 
+    /// Peer probes. The lease holder probes every peer whose heartbeat did
+    /// not change in this pass; the others probe the lease holder when the
+    /// master document did not change. A refused connection proves the
+    /// process gone: it is dead at once (its buckets move in this pass, the
+    /// lease is free), not a TTL later. A timeout or any other failure
+    /// proves nothing: the TTL decides. Only while the store answers (a
+    /// silence nobody could write is no evidence).
+    async fn probe_quiet_peers(
+        &mut self,
+        started: i64,
+        now: i64,
+        base: Option<&MasterDoc>,
+        connected_since: i64,
+    ) {
+        let Some(client) = self.http.clone() else {
+            return;
+        };
+        if self.connected_since_ms.is_none() {
+            return;
+        }
+        let t = self.observe_timing();
+        let quiet_ms = now - started;
+        let owner = base.and_then(|d| d.lease_owner.as_deref());
+        let targets: Vec<(String, String)> = if owner == Some(&*self.me) {
+            self.observer.quiet_peers(now, quiet_ms, connected_since, t)
+        } else {
+            match owner {
+                Some(o)
+                    if self.observer.master_quiet(now, quiet_ms)
+                        && self.observer.is_live(o, now, connected_since, t) =>
+                {
+                    self.observer
+                        .admin_url(o)
+                        .map(|u| vec![(o.to_string(), u.to_string())])
+                        .unwrap_or_default()
+                }
+                _ => Vec::new(),
+            }
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let results = futures::future::join_all(targets.into_iter().map(|(id, url)| {
+            let client = &client;
+            async move {
+                let outcome = probe(client, &url).await;
+                (id, url, outcome)
+            }
+        }))
+        .await;
+        self.record_probes(results);
+    }
+
+    /// A probe round between passes: the lease holder probes every live
+    /// peer, the others the lease holder. Answers whether one was refused
+    /// (a pass should run now).
+    async fn probe_round(&mut self) -> bool {
+        let Some(client) = self.http.clone() else {
+            return false;
+        };
+        let Some(connected_since) = self.connected_since_ms else {
+            return false;
+        };
+        if self.draining() {
+            return false;
+        }
+        let now = self.clock.now_ms();
+        let t = self.observe_timing();
+        let owner = self
+            .last_valid_master
+            .as_ref()
+            .and_then(|d| d.lease_owner.clone());
+        let targets: Vec<(String, String)> = if owner.as_deref() == Some(&*self.me) {
+            self.observer.quiet_peers(now, -1, connected_since, t)
+        } else {
+            owner
+                .filter(|o| self.observer.is_live(o, now, connected_since, t))
+                .and_then(|o| {
+                    self.observer
+                        .admin_url(&o)
+                        .map(|u| vec![(o.clone(), u.to_string())])
+                })
+                .unwrap_or_default()
+        };
+        if targets.is_empty() {
+            return false;
+        }
+        let results = futures::future::join_all(targets.into_iter().map(|(id, url)| {
+            let client = &client;
+            async move {
+                let outcome = probe(client, &url).await;
+                (id, url, outcome)
+            }
+        }))
+        .await;
+        self.record_probes(results)
+    }
+
+    /// Counts and records probe outcomes; a refused one marks the peer gone.
+    /// Answers whether one was refused.
+    fn record_probes(&mut self, results: Vec<(String, String, ProbeOutcome)>) -> bool {
+        let at_ms = self.clock.now_ms();
+        let mut any_refused = false;
+        for (id, url, outcome) in results {
+            self.metrics
+                .self_count(names::PEER_PROBES, 1, &[("outcome", outcome.as_str())]);
+            if outcome == ProbeOutcome::Refused {
+                tracing::warn!(monitor = %id, url = %url, "a peer refused its probe: the process is gone; its buckets move now");
+                self.observer.mark_gone(&id);
+                any_refused = true;
+            }
+            self.h
+                .probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    id,
+                    ProbeRecord {
+                        outcome,
+                        at_ms,
+                        url,
+                    },
+                );
+        }
+        any_refused
+    }
+
+    /// Pushed assignments: tells the monitors whose buckets changed
+    /// between `before` and `after` to read the table now (`POST
+    /// /admin/sync`). A hint: a lost notice only means the next pass reads
+    /// the change.
+    async fn push_assignment(
+        &self,
+        before: &[crate::model::BucketAssignment],
+        after: &[crate::model::BucketAssignment],
+    ) {
+        let Some(client) = &self.http else {
+            return;
+        };
+        let mut who: std::collections::BTreeSet<&str> = Default::default();
+        for (a, b) in before.iter().zip(after) {
+            if a.owner != b.owner || a.prev != b.prev {
+                who.extend(
+                    [a.owner.as_deref(), b.owner.as_deref(), b.prev.as_deref()]
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+        }
+        who.remove(&*self.me);
+        let targets: Vec<(&str, &str)> = who
+            .into_iter()
+            .filter_map(|id| self.observer.admin_url(id).map(|u| (id, u)))
+            .collect();
+        let token = self
+            .cfg
+            .admin_token
+            .as_ref()
+            .map(|t| t.expose().to_string());
+        let results = futures::future::join_all(targets.iter().map(|(_, url)| {
+            let mut req = client.post(format!("{}/admin/sync", url.trim_end_matches('/')));
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            }
+            async move {
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => "ok",
+                    Ok(_) => "refused",
+                    Err(_) => "failed",
+                }
+            }
+        }))
+        .await;
+        for ((id, _), result) in targets.iter().zip(results) {
+            self.metrics
+                .self_count(names::SYNC_SENT, 1, &[("result", result)]);
+            if result != "ok" {
+                tracing::debug!(monitor = %id, result, "assignment push not taken; the next pass reads it");
+            }
+        }
+    }
+
     fn finish_pass(&mut self, hb_ok: bool, live: Option<usize>) {
         self.h
             .pass_done_ms
@@ -807,7 +1134,7 @@ impl MembershipLoop {
         next.lease_owner = None;
         next.lease_expires_ms = 0;
         if self
-            .op("write_master", self.store.write_master(&next, Some(etag)))
+            .store_call("write_master", self.store.write_master(&next, Some(etag)))
             .await
             .is_ok()
         {
@@ -855,7 +1182,11 @@ impl MembershipLoop {
         };
         match table {
             Some(doc) if now - connected_since < ms(self.cfg.heartbeat_ttl) => {
-                members.presume_owners_alive(&doc.buckets)
+                let mut m = members.presume_owners_alive(&doc.buckets);
+                // A refused probe is evidence enough.
+                m.live.retain(|id| !self.observer.is_gone(id));
+                m.eligible.retain(|id| !self.observer.is_gone(id));
+                m
             }
             _ => members,
         }
@@ -926,11 +1257,12 @@ impl MembershipLoop {
                 .max()
                 .unwrap_or(now);
             match self
-                .op("write_master", self.store.write_master(&doc, Some(&etag)))
+                .store_call("write_master", self.store.write_master(&doc, Some(&etag)))
                 .await
             {
                 Ok(_) => {
                     tracing::info!(generation = doc.generation, "released buckets and lease");
+                    self.push_assignment(&base.buckets, &doc.buckets).await;
                     self.publish(doc, now);
                     return Ok(handoff);
                 }
@@ -1068,14 +1400,39 @@ impl MembershipLoop {
     }
 }
 
-/// Waits until `f` holds, polling; for tests and tools. Returns false at the deadline.
-pub async fn wait_for(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A refused connection is the only probe outcome that proves a peer
+    /// gone; a listener that accepts but never answers (a paused process:
+    /// its kernel still accepts) is a timeout, which proves nothing.
+    #[tokio::test]
+    async fn probes_tell_a_gone_process_from_a_paused_one() {
+        let client = peer_client(Duration::from_millis(800)).unwrap();
+        // Gone: a port nobody listens on.
+        let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = format!("http://{}", free.local_addr().unwrap());
+        drop(free);
+        assert_eq!(probe(&client, &gone).await, ProbeOutcome::Refused);
+        // Paused: accepted by the kernel's backlog, never answered.
+        let paused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let paused_url = format!("http://{}", paused.local_addr().unwrap());
+        assert_eq!(probe(&client, &paused_url).await, ProbeOutcome::Timeout);
+        // Alive.
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_url = format!("http://{}", live.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut s, _) = live.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlive\n")
+                .await
+                .unwrap();
+        });
+        assert_eq!(probe(&client, &live_url).await, ProbeOutcome::Alive);
+        server.await.unwrap();
+        drop(paused);
     }
-    f()
 }

@@ -3,7 +3,7 @@
 //! them to a [`ClusterMap`], whose clones are read-only views.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,7 +117,6 @@ struct MapInner {
     invalid: DashMap<Arc<str>, Box<str>>,
     replay_done: AtomicBool,
     caught_up_at_ms: AtomicI64,
-    changes_applied: AtomicU64,
 }
 
 /// Read-only view of the cluster map; cheap to clone.
@@ -149,9 +148,6 @@ impl ClusterMap {
     /// Clock time of the last read that reached the end of the feed (0: never).
     pub fn caught_up_at_ms(&self) -> i64 {
         self.inner.caught_up_at_ms.load(Ordering::Acquire)
-    }
-    pub fn changes_applied(&self) -> u64 {
-        self.inner.changes_applied.load(Ordering::Relaxed)
     }
     /// Visits every entry (a consistent view per shard, not a snapshot).
     pub fn for_each(&self, mut f: impl FnMut(&Arc<ClusterEntry>)) {
@@ -218,7 +214,7 @@ pub fn watch(
     page_size: usize,
     relist: Option<Relist>,
 ) -> impl Stream<Item = FeedEvent> {
-    struct St {
+    struct WatchState {
         store: Arc<dyn Store>,
         cont: Option<String>,
         wait: bool,
@@ -227,8 +223,12 @@ pub fn watch(
         read_at: Option<Instant>,
         relist: Option<Relist>,
         relist_at: Option<Instant>,
+        /// The store's push wake-up, if it has one.
+        notify: Option<tokio::sync::watch::Receiver<u64>>,
     }
-    let st = St {
+    let notify = store.feed_notifications();
+    let st = WatchState {
+        notify,
         store,
         cont: from,
         wait: false,
@@ -239,11 +239,18 @@ pub fn watch(
     };
     futures::stream::unfold(st, move |mut st| async move {
         if st.wait {
-            // Back off on repeated failures, up to 8 intervals.
+            // Back off on repeated failures, up to 8 intervals, plus up to a
+            // quarter interval of jitter, so monitors that failed together
+            // (a store outage) do not retry together.
             let factor = 1u32 << st.failures.min(3);
+            let jitter = if st.failures == 0 {
+                Duration::ZERO
+            } else {
+                interval.mul_f64(rand::random::<f64>() * 0.25)
+            };
             let read_at = *st
                 .read_at
-                .get_or_insert_with(|| Instant::now() + interval * factor);
+                .get_or_insert_with(|| Instant::now() + interval * factor + jitter);
             if let (Some(r), Some(at)) = (&st.relist, st.relist_at) {
                 if at < read_at {
                     tokio::time::sleep_until(at).await;
@@ -265,7 +272,14 @@ pub fn watch(
                     return Some((ev, st));
                 }
             }
-            tokio::time::sleep_until(read_at).await;
+            match st.notify.as_mut() {
+                // A push wakes the read early, but never during a failure back-off.
+                Some(rx) if st.failures == 0 => tokio::select! {
+                    _ = tokio::time::sleep_until(read_at) => {}
+                    r = rx.changed() => if r.is_err() { st.notify = None },
+                },
+                _ => tokio::time::sleep_until(read_at).await,
+            }
             st.read_at = None;
         }
         let ev = match st.store.read_feed(st.cont.as_deref(), page_size).await {
@@ -363,10 +377,6 @@ impl Reflector {
                 }
                 if n > 0 {
                     self.metrics.self_count(names::FEED_CHANGES, n, &[]);
-                    self.map
-                        .inner
-                        .changes_applied
-                        .fetch_add(n, Ordering::Relaxed);
                 }
                 if page.caught_up {
                     if let Some(seen) = self.resync.take() {
@@ -717,5 +727,87 @@ mod tests {
             .iter()
             .any(|(k, v)| &**k == "team" && &**v == "a_b_c"));
         assert!(matches!(e.credentials, CredentialSource::None));
+    }
+
+    /// A store with a push wake-up (as PostgreSQL's NOTIFY): the MemStore
+    /// plus a counter the test moves by hand.
+    use crate::store::StoreResult;
+    struct Pushing(MemStore, tokio::sync::watch::Sender<u64>);
+
+    #[async_trait::async_trait]
+    impl Store for Pushing {
+        fn kind(&self) -> &'static str {
+            "pushing"
+        }
+        fn feed_notifications(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+            Some(self.1.subscribe())
+        }
+        async fn upsert_monitor(&self, d: &crate::model::MonitorDoc) -> StoreResult<()> {
+            self.0.upsert_monitor(d).await
+        }
+        async fn list_monitors(&self, now: i64) -> StoreResult<Vec<crate::model::MonitorDoc>> {
+            self.0.list_monitors(now).await
+        }
+        async fn delete_monitor(&self, id: &str) -> StoreResult<bool> {
+            self.0.delete_monitor(id).await
+        }
+        async fn read_master(
+            &self,
+        ) -> StoreResult<Option<crate::store::Versioned<crate::model::MasterDoc>>> {
+            self.0.read_master().await
+        }
+        async fn write_master(
+            &self,
+            d: &crate::model::MasterDoc,
+            e: Option<&crate::store::Etag>,
+        ) -> StoreResult<crate::store::Etag> {
+            self.0.write_master(d, e).await
+        }
+        async fn put_cluster(&self, d: &ClusterDoc) -> StoreResult<()> {
+            self.0.put_cluster(d).await
+        }
+        async fn delete_cluster(&self, id: &str) -> StoreResult<bool> {
+            self.0.delete_cluster(id).await
+        }
+        async fn get_cluster(&self, id: &str) -> StoreResult<Option<crate::store::RawCluster>> {
+            self.0.get_cluster(id).await
+        }
+        async fn list_clusters(&self) -> StoreResult<Vec<crate::store::RawCluster>> {
+            self.0.list_clusters().await
+        }
+        async fn count_clusters(&self) -> StoreResult<u64> {
+            self.0.count_clusters().await
+        }
+        async fn read_feed(&self, c: Option<&str>, max: usize) -> StoreResult<FeedPage> {
+            self.0.read_feed(c, max).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_wakes_the_feed_before_its_interval_and_polling_stays() {
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let store = Arc::new(Pushing(MemStore::new(), tx));
+        let (mut r, map, _rx) = reflector();
+        let interval = Duration::from_secs(60);
+        let mut feed = Box::pin(watch(store.clone(), None, interval, 10, None));
+        drain(&mut feed, &mut r).await;
+
+        let t0 = Instant::now();
+        store.0.put_cluster(&cluster("a", 1)).await.unwrap();
+        store.1.send_modify(|v| *v += 1);
+        drain(&mut feed, &mut r).await;
+        assert!(map.get("a").is_some());
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "woken by the push, took {:?}",
+            t0.elapsed()
+        );
+
+        // Without a push (the channel is down), the interval still reads.
+        let t1 = Instant::now();
+        store.0.put_cluster(&cluster("b", 2)).await.unwrap();
+        drain(&mut feed, &mut r).await;
+        assert!(map.get("b").is_some());
+        assert_eq!(t1.elapsed(), interval, "polling is the fallback");
     }
 }

@@ -45,6 +45,13 @@ struct Peer {
     draining: bool,
     clock_ok: bool,
     present: bool,
+    admin_url: String,
+    /// A probe of its admin endpoint was refused since the last change: the
+    /// process is gone (a paused one still accepts connections).
+    gone: bool,
+    /// Expired when first seen and unchanged since: a leftover document,
+    /// not live whatever happened to the store.
+    stale_at_first_sight: bool,
 }
 
 impl Peer {
@@ -112,7 +119,10 @@ impl Observer {
                     p.present = true;
                     p.draining = d.draining;
                     p.clock_ok = d.clock_ok;
+                    p.admin_url.clone_from(&d.admin_url);
                     if p.heartbeat_at_ms != d.heartbeat_at_ms {
+                        p.gone = false;
+                        p.stale_at_first_sight = false;
                         p.heartbeat_at_ms = d.heartbeat_at_ms;
                         p.changed_at_ms = done_ms;
                         p.written_after_ms = prev;
@@ -137,6 +147,9 @@ impl Observer {
                         draining: d.draining,
                         clock_ok: d.clock_ok,
                         present: true,
+                        admin_url: d.admin_url.clone(),
+                        gone: false,
+                        stale_at_first_sight: !presumed_live,
                     };
                     if let Some(prev) = prev {
                         if presumed_live {
@@ -185,6 +198,8 @@ impl Observer {
     ) -> bool {
         self.peers.get(id).is_some_and(|p| {
             p.present
+                && !p.gone
+                && !p.stale_at_first_sight
                 && now_ms - self.since(p.changed_at_ms, connected_since_ms) < t.heartbeat_ttl_ms
         })
     }
@@ -214,6 +229,57 @@ impl Observer {
             .collect()
     }
 
+    /// Live peers whose heartbeat has not changed for `quiet_ms` (one pass
+    /// or more: an expected change is missing), with their admin URLs: the
+    /// ones worth probing. A refused probe proves the process gone; a
+    /// timeout proves nothing (a paused process's kernel still accepts).
+    pub fn quiet_peers(
+        &self,
+        now_ms: i64,
+        quiet_ms: i64,
+        connected_since_ms: i64,
+        t: ObserveTiming,
+    ) -> Vec<(String, String)> {
+        self.peers
+            .iter()
+            .filter(|(id, p)| {
+                !p.admin_url.is_empty()
+                    && self.is_live(id, now_ms, connected_since_ms, t)
+                    && now_ms - p.changed_at_ms > quiet_ms
+            })
+            .map(|(id, p)| (id.clone(), p.admin_url.clone()))
+            .collect()
+    }
+
+    /// The master document has not changed for `quiet_ms`: its holder's
+    /// renewals stopped, or are late.
+    pub fn master_quiet(&self, now_ms: i64, quiet_ms: i64) -> bool {
+        self.master
+            .as_ref()
+            .is_some_and(|(_, changed)| now_ms - changed > quiet_ms)
+    }
+
+    /// The admin URL a peer advertises, if any.
+    pub fn admin_url(&self, id: &str) -> Option<&str> {
+        self.peers
+            .get(id)
+            .map(|p| p.admin_url.as_str())
+            .filter(|u| !u.is_empty())
+    }
+
+    /// Whether a probe proved the peer gone (since its last change).
+    pub fn is_gone(&self, id: &str) -> bool {
+        self.peers.get(id).is_some_and(|p| p.gone)
+    }
+
+    /// A probe of the peer's admin endpoint was refused: it is dead now,
+    /// until its heartbeat changes again.
+    pub fn mark_gone(&mut self, id: &str) {
+        if let Some(p) = self.peers.get_mut(id) {
+            p.gone = true;
+        }
+    }
+
     /// The last heartbeat write of each known peer happened after this time
     /// (this monitor's clock), where the observations tell.
     pub fn written_after(&self) -> BTreeMap<String, i64> {
@@ -241,7 +307,7 @@ impl Observer {
         }
         let (_, changed) = self.master.as_ref()?;
         let renewed = now_ms - self.since(*changed, connected_since_ms) < t.lease_ttl_ms;
-        let exists = self.peers.get(owner).is_some_and(|p| p.present);
+        let exists = self.peers.get(owner).is_some_and(|p| p.present && !p.gone);
         (renewed && exists).then_some(owner)
     }
 
@@ -452,6 +518,36 @@ mod tests {
             );
         }
         assert_eq!(o.clock(20_000, 0, T).verdict, ClockVerdict::Ok);
+    }
+
+    #[test]
+    fn a_refused_probe_kills_a_quiet_peer_until_it_beats_again() {
+        let mut o = Observer::default();
+        let mut d = doc("p", 0, 10_000);
+        d.admin_url = "http://127.0.0.1:1".into();
+        o.observe_list("me", 0, 10, std::slice::from_ref(&d), T);
+        o.observe_master(Some("1"), 10);
+        assert!(
+            o.quiet_peers(1_000, 2_500, 0, T).is_empty(),
+            "not quiet yet"
+        );
+        let quiet = o.quiet_peers(3_000, 2_500, 0, T);
+        assert_eq!(
+            quiet,
+            vec![("p".to_string(), "http://127.0.0.1:1".to_string())]
+        );
+        assert!(o.master_quiet(3_000, 2_500));
+        o.mark_gone("p");
+        assert!(!o.is_live("p", 3_000, 0, T));
+        assert_eq!(
+            o.lease_holder(Some("p"), "me", 3_000, 0, T),
+            None,
+            "a gone holder holds nothing"
+        );
+        // It beats again (a restart with the same id): live.
+        d.heartbeat_at_ms = 4_000;
+        o.observe_list("me", 4_000, 4_010, &[d], T);
+        assert!(o.is_live("p", 4_010, 0, T));
     }
 
     proptest! {

@@ -242,6 +242,8 @@ pub struct SchedulerDeps {
     pub metrics: Metrics,
     pub stats: Arc<SchedStats>,
     pub last_checks: Arc<DashMap<Arc<str>, LastCheck>>,
+    /// Finished checks of owned clusters for the alert task (`crate::alerts`).
+    pub alerts: Option<mpsc::Sender<crate::alerts::AlertInput>>,
 }
 
 struct Slot {
@@ -362,7 +364,8 @@ impl Scheduler {
             now_ms,
             phase,
             self.interval_ms,
-            ms(self.d.refresh_timeout),
+            // Catch-ups ramp over half a heartbeat interval.
+            ms(self.d.refresh_timeout) / 2,
             fresh,
             self.view.bucket(e.bucket),
             &self.d.me,
@@ -602,7 +605,8 @@ impl Scheduler {
                 if let Some(w) = self.waiters.remove(&id) {
                     let _ = w.send(CheckNowAnswer::Done(last.clone()));
                 }
-                if self.d.map.get(&id).is_some() {
+                if let Some(entry) = self.d.map.get(&id) {
+                    self.alert(entry, &last);
                     self.d.last_checks.insert(id, last);
                 }
             }
@@ -614,6 +618,29 @@ impl Scheduler {
                     self.running.clear();
                 }
             }
+        }
+    }
+}
+
+impl Scheduler {
+    /// Forwards a finished check to the alert task when this monitor owned
+    /// the cluster at the check's start. Never waits: a full queue drops it,
+    /// counted (`monitor.alerts.dropped`, reason input_full).
+    fn alert(&self, entry: Arc<ClusterEntry>, last: &LastCheck) {
+        let Some(tx) = &self.d.alerts else { return };
+        let owner = self.view.bucket(entry.bucket).owner_at(last.started_ms);
+        if !entry.state.is_checkable() || owner != Some(&*self.d.me) {
+            return;
+        }
+        let input = crate::alerts::AlertInput {
+            entry,
+            report: last.report.clone(),
+            at_ms: self.d.clock.now_ms(),
+        };
+        if tx.try_send(input).is_err() {
+            self.d
+                .metrics
+                .self_count(names::ALERTS_DROPPED, 1, &[("reason", "input_full")]);
         }
     }
 }
@@ -773,6 +800,7 @@ mod scheduler_tests {
             metrics,
             stats: Arc::new(SchedStats::default()),
             last_checks: Arc::new(DashMap::new()),
+            alerts: None,
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn(sched.run(stop.clone(), stop.clone()));

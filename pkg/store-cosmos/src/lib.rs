@@ -133,6 +133,10 @@ pub struct CosmosStore {
 }
 
 async fn client(cfg: &CosmosConfig) -> Result<CosmosClient, StoreError> {
+    // The SDK's reqwest is built without a crypto provider of its own (no
+    // aws-lc-rs, see Cargo.toml): rustls's process default is `ring`. An
+    // error means one is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let endpoint: AccountEndpoint = cfg
         .url
         .endpoint()

@@ -135,7 +135,7 @@ async fn live_heartbeats_are_listed_and_charges_counted() {
     let cfg = config(&ep, &format!("ttl-{}", std::process::id()));
     CosmosStore::init(&cfg).await.unwrap();
     let s = CosmosStore::connect(&cfg).await.unwrap();
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = clustermon_core::clock::Clock::system().now_ms();
     let mut m = contract::monitor("short", now + 1);
     m.heartbeat_at_ms = now;
     s.upsert_monitor(&m).await.unwrap();

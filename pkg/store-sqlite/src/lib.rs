@@ -14,7 +14,7 @@
 //!   writer, even one holding `BEGIN EXCLUSIVE`).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,7 +61,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
-    path: PathBuf,
     invalid_monitor_docs: AtomicU64,
     /// Invalid heartbeat documents already logged (once per id).
     invalid_logged: Arc<Mutex<HashSet<String>>>,
@@ -105,14 +104,9 @@ impl SqliteStore {
         Ok(Self {
             writer: Arc::new(Mutex::new(conn)),
             reader: Arc::new(Mutex::new(reader)),
-            path,
             invalid_monitor_docs: AtomicU64::new(0),
             invalid_logged: Arc::default(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Runs `f` on the writing connection.

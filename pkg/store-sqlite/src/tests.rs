@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -193,7 +194,7 @@ async fn a_held_write_lock_never_blocks_reads() {
     s.write_master(&MasterDoc::empty(), None).await.unwrap();
     let locker = Connection::open(&path).unwrap();
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     assert!(s.read_master().await.unwrap().is_some());
     assert_eq!(s.list_clusters().await.unwrap().len(), 1);
     assert!(s.read_feed(None, 10).await.unwrap().caught_up);
@@ -202,7 +203,7 @@ async fn a_held_write_lock_never_blocks_reads() {
         "reads waited {:?}",
         t0.elapsed()
     );
-    let t1 = std::time::Instant::now();
+    let t1 = tokio::time::Instant::now();
     let err = s
         .upsert_monitor(&contract::monitor("m", 1))
         .await

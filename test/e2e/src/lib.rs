@@ -3,6 +3,9 @@
 //! UDP statsd receiver recording every line with its arrival time. Every
 //! wait has a deadline; every child process is killed when its guard drops.
 
+// The e2e harness times real processes: std's clock is the right one here.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
@@ -15,6 +18,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod postgres;
+pub use postgres::PostgresServer;
 
 /// `target/debug` (or wherever this test binary was built).
 pub fn bin_dir() -> PathBuf {

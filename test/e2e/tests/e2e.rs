@@ -1,8 +1,11 @@
-//! End-to-end scenarios of the core engine (issue 2): three monitors, 300
+//! End-to-end behaviours of the core engine: three monitors, 300
 //! simulated clusters, a 10s interval, real processes on one SQLite file.
 //! Bounds come from the flags' defaults: heartbeat 2s, heartbeat TTL 10s,
 //! lease TTL 10s, feed 2s. `SLACK` absorbs process start-up and UDP
 //! delivery on a loaded 2-core CI machine; each assertion names its bound.
+
+// The e2e harness times real processes: std's clock is the right one here.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +13,9 @@ use clustermon_e2e::*;
 
 #[path = "chaos/mod.rs"]
 mod chaos;
+
+#[path = "alerts/mod.rs"]
+mod alerts;
 
 const INTERVAL: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -22,6 +28,7 @@ const CLUSTERS: usize = 300;
 struct Setup {
     mons: Monitors,
     cosmos: Option<CosmosEmulator>,
+    postgres: Option<PostgresServer>,
     dir: TempDir,
     store: String,
     statsd: Statsd,
@@ -33,6 +40,7 @@ struct Setup {
 enum Backend {
     Sqlite,
     Cosmos,
+    Postgres,
 }
 
 fn setup(name: &str, fleet_args: &[&str]) -> Setup {
@@ -41,6 +49,7 @@ fn setup(name: &str, fleet_args: &[&str]) -> Setup {
 
 fn setup_on(name: &str, backend: Backend, fleet_args: &[&str], mon_args: &[&str]) -> Setup {
     let dir = TempDir::new(name);
+    let mut postgres = None;
     let (store, cosmos) = match backend {
         Backend::Sqlite => (
             format!("sqlite:{}", dir.path().join("store.db").display()),
@@ -49,6 +58,12 @@ fn setup_on(name: &str, backend: Backend, fleet_args: &[&str], mon_args: &[&str]
         Backend::Cosmos => {
             let emu = CosmosEmulator::start(dir.path(), name);
             (emu.store.clone(), Some(emu))
+        }
+        Backend::Postgres => {
+            let pg = PostgresServer::start(dir.path());
+            let store = pg.store.clone();
+            postgres = Some(pg);
+            (store, None)
         }
     };
     let statsd = Statsd::start();
@@ -68,6 +83,7 @@ fn setup_on(name: &str, backend: Backend, fleet_args: &[&str], mon_args: &[&str]
     Setup {
         mons,
         cosmos,
+        postgres,
         dir,
         store,
         statsd,
@@ -90,7 +106,7 @@ fn start_three(s: &mut Setup) -> Instant {
         || buckets(&store).filter(|o| balanced(o, &["m1", "m2", "m3"])),
     );
     let owned_after = t0.elapsed();
-    eprintln!("scenario 1: balanced after {owned_after:?}");
+    eprintln!("start: balanced after {owned_after:?}");
     assert!(master(&store).is_some(), "status names a master");
     wait_until(
         "exactly one monitor reports monitor.master=1",
@@ -160,9 +176,9 @@ fn assert_no_double_of(s: &Setup, ids: &[String], from: Instant, to: Instant, wh
     }
 }
 
-/// Scenario 2: every cluster checked within one interval of `settled`,
+/// Every cluster checked within one interval of `settled`,
 /// then `rounds` more times, each exactly once per interval.
-fn scenario_2(s: &Setup, settled: Instant, rounds: usize, what: &str) {
+fn each_cluster_checked_once_per_interval(s: &Setup, settled: Instant, rounds: usize, what: &str) {
     wait_checked(
         s,
         &s.ids,
@@ -184,8 +200,8 @@ fn scenario_2(s: &Setup, settled: Instant, rounds: usize, what: &str) {
     assert_no_double(s, settled, end, what);
 }
 
-/// Scenario 6: a new cluster is checked within feed interval + 1s of its creation.
-fn scenario_6(s: &Setup, what: &str) {
+/// A new cluster is checked within feed interval + 1s of its creation.
+fn a_new_cluster_is_checked_within_a_feed_interval(s: &Setup, what: &str) {
     let target = s.fleet.clusters()[7]["url"].as_str().unwrap().to_string();
     let t_put = Instant::now();
     let (code, _, err) = clustermon(&[
@@ -214,11 +230,15 @@ fn scenario_6(s: &Setup, what: &str) {
     assert!(delay <= FEED + Duration::from_secs(1) + Duration::from_millis(500));
 }
 
-/// Scenario 3: a non-master crashes; the survivors own its buckets within
+/// A non-master crashes; the survivors own its buckets within
 /// TTL + two passes, and `ids` stay covered (a caught-up check is followed
 /// by its grid slot at least half an interval later: up to 1.5 intervals).
 /// Returns the master, the survivors and the bound.
-fn scenario_3(s: &mut Setup, ids: &[String], what: &str) -> (String, Vec<&'static str>, Duration) {
+fn a_crashed_member_is_replaced_without_a_gap(
+    s: &mut Setup,
+    ids: &[String],
+    what: &str,
+) -> (String, Vec<&'static str>, Duration) {
     let master0 = master(&s.store).expect("a master");
     let victim = ["m1", "m2", "m3"]
         .into_iter()
@@ -229,17 +249,17 @@ fn scenario_3(s: &mut Setup, ids: &[String], what: &str) -> (String, Vec<&'stati
         .into_iter()
         .filter(|m| *m != victim)
         .collect();
-    let bound3 = HEARTBEAT_TTL + 2 * HEARTBEAT;
+    let bound_member_crash = HEARTBEAT_TTL + 2 * HEARTBEAT;
     let t_kill = Instant::now();
     s.mons.get(&victim).crash();
     let store = s.store.clone();
     wait_until(
         &format!("{what}: survivors own every bucket"),
-        bound3 + SLACK,
+        bound_member_crash + SLACK,
         || buckets(&store).filter(|o| balanced(o, &survivors)),
     );
     let took = t_kill.elapsed();
-    eprintln!("{what}: {victim}'s buckets re-owned after {took:?} (bound {bound3:?})");
+    eprintln!("{what}: {victim}'s buckets re-owned after {took:?} (bound {bound_member_crash:?})");
     wait_checked(
         s,
         ids,
@@ -249,21 +269,30 @@ fn scenario_3(s: &mut Setup, ids: &[String], what: &str) -> (String, Vec<&'stati
         &format!("{what}: checks after the crash"),
     );
     let end = Instant::now() - SLACK;
-    assert_coverage(s, ids, t_kill, end, INTERVAL + bound3 + SLACK, what);
-    (master0, survivors, bound3)
+    assert_coverage(
+        s,
+        ids,
+        t_kill,
+        end,
+        INTERVAL + bound_member_crash + SLACK,
+        what,
+    );
+    (master0, survivors, bound_member_crash)
 }
 
 fn others(ids: &[String], but: &str) -> Vec<String> {
     ids.iter().filter(|i| *i != but).cloned().collect()
 }
 
-/// Scenarios 1, 2, 6 and 7 on a plain-http fleet.
+/// Three monitors share the fleet (balanced, each cluster once per
+/// interval), follow the feed (a new cluster is checked, a deleted one no
+/// longer), and a fourth joins with no gap and no duplicate; plain-http fleet.
 #[test]
 fn share_schedule_feed_and_join() {
     let mut s = setup("share", &["--plain-http"]);
     let settled = start_three(&mut s);
-    scenario_2(&s, settled, 3, "scenario 2");
-    scenario_6(&s, "scenario 6");
+    each_cluster_checked_once_per_interval(&s, settled, 3, "schedule");
+    a_new_cluster_is_checked_within_a_feed_interval(&s, "new cluster");
 
     // ... and a deleted one is no longer checked after feed interval + 1s.
     let gone = s.ids[10].clone();
@@ -290,7 +319,7 @@ fn share_schedule_feed_and_join() {
         "deleted cluster still checked at {late:?} after the delete"
     );
 
-    // 7. a fourth monitor joins: at most ceil(256/4) buckets move, without a
+    // A fourth monitor joins: at most ceil(256/4) buckets move, without a
     // gap or a duplicate check.
     let before = buckets(&s.store).unwrap();
     let t_join = Instant::now();
@@ -301,7 +330,7 @@ fn share_schedule_feed_and_join() {
     });
     let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
     eprintln!(
-        "scenario 7: {moved} buckets moved, balanced after {:?}",
+        "join: {moved} buckets moved, balanced after {:?}",
         t_join.elapsed()
     );
     assert!(moved <= 64, "{moved} buckets moved on a join (bound 64)");
@@ -316,12 +345,14 @@ fn share_schedule_feed_and_join() {
     let end = Instant::now() - SLACK;
     let mut live = rest.clone();
     live.push("e2e-new".into());
-    assert_coverage(&s, &live, t_join, end, INTERVAL + SLACK, "scenario 7");
-    assert_no_double(&s, t_join, end, "scenario 7");
+    assert_coverage(&s, &live, t_join, end, INTERVAL + SLACK, "join");
+    assert_no_double(&s, t_join, end, "join");
     drop(s.dir);
 }
 
-/// Scenarios 3 and 4: kill -9 a member, then the master (TLS fleet, full checks).
+/// kill -9 a member: the survivors take its buckets within the heartbeat
+/// TTL; then the master: a new master within the lease TTL (TLS fleet,
+/// full checks).
 #[test]
 fn crash_of_a_member_then_of_the_master() {
     let mut s = setup("crash", &[]);
@@ -335,11 +366,12 @@ fn crash_of_a_member_then_of_the_master() {
         "warm-up",
     );
     let ids = s.ids.clone();
-    let (master0, survivors, bound3) = scenario_3(&mut s, &ids, "scenario 3");
+    let (master0, survivors, bound_member_crash) =
+        a_crashed_member_is_replaced_without_a_gap(&mut s, &ids, "member crash");
     let store = s.store.clone();
 
-    // 4. the master crashes: a new master within lease TTL + one pass.
-    let bound4 = LEASE_TTL + HEARTBEAT;
+    // The master crashes: a new master within lease TTL + one pass.
+    let bound_master_crash = LEASE_TTL + HEARTBEAT;
     let t_kill = Instant::now();
     s.mons.get(&master0).crash();
     let last: Vec<&str> = survivors
@@ -347,11 +379,11 @@ fn crash_of_a_member_then_of_the_master() {
         .copied()
         .filter(|m| *m != master0)
         .collect();
-    let new_master = wait_until("a new master", bound4 + SLACK, || {
+    let new_master = wait_until("a new master", bound_master_crash + SLACK, || {
         master(&store).filter(|m| *m != master0)
     });
     let took = t_kill.elapsed();
-    eprintln!("scenario 4: {new_master} is master after {took:?} (bound {bound4:?})");
+    eprintln!("master crash: {new_master} is master after {took:?} (bound {bound_master_crash:?})");
     assert_eq!(vec![new_master.as_str()], last);
     wait_until(
         "the survivor owns every bucket",
@@ -372,13 +404,13 @@ fn crash_of_a_member_then_of_the_master() {
         &s.ids,
         t_kill,
         end,
-        INTERVAL + bound3 + SLACK,
-        "scenario 4",
+        INTERVAL + bound_member_crash + SLACK,
+        "master crash",
     );
     drop(s.dir);
 }
 
-/// Scenario 5: SIGTERM the master: exit 0 within the grace period, buckets
+/// SIGTERM the master: exit 0 within the grace period, buckets
 /// move within two heartbeat intervals, no gap and no duplicate.
 #[test]
 fn graceful_stop_hands_over() {
@@ -421,7 +453,7 @@ fn graceful_stop_hands_over() {
     let (status, exit_after) = exited.unwrap();
     let moved_after = moved_at.unwrap();
     eprintln!(
-        "scenario 5: buckets moved after {moved_after:?}, exit {status} after {exit_after:?}"
+        "graceful stop: buckets moved after {moved_after:?}, exit {status} after {exit_after:?}"
     );
     assert!(
         status.success(),
@@ -453,15 +485,15 @@ fn graceful_stop_hands_over() {
         t_term,
         end,
         INTERVAL + 2 * HEARTBEAT + SLACK,
-        "scenario 5",
+        "graceful stop",
     );
-    assert_no_double(&s, t_term - INTERVAL, end, "scenario 5");
+    assert_no_double(&s, t_term - INTERVAL, end, "graceful stop");
     let new_master = master(&s.store).expect("a master after the handoff");
     assert!(stay.contains(&new_master.as_str()));
     drop(s.dir);
 }
 
-// ---- cluster checks (issue 3) ----
+// ---- cluster checks: faults as metrics, bounded memory ----
 
 /// Fault metrics: a healthy cluster emits none of these.
 const FAULT_METRICS: &[&str] = &[
@@ -990,9 +1022,10 @@ fn a_huge_cluster_is_checked_in_bounded_memory() {
     );
 }
 
-/// Issue 4 on the Cosmos DB store (the local emulator): scenarios 1, 2 and 6,
-/// a deleted document's cluster dropped by the re-list (the feed carries no
-/// deletes), 30% of requests throttled for two intervals, then scenario 3.
+/// The Cosmos DB store (the local emulator): the fleet shared and scheduled,
+/// a new cluster checked, a deleted document's cluster dropped by the re-list
+/// (the feed carries no deletes), 30% of requests throttled for two
+/// intervals, then a member crash with no gap.
 #[test]
 fn cosmos_store_share_feed_relist_throttling_and_crash() {
     const RELIST: Duration = Duration::from_secs(5);
@@ -1003,8 +1036,8 @@ fn cosmos_store_share_feed_relist_throttling_and_crash() {
         &["--relist-interval", "5s"],
     );
     let settled = start_three(&mut s);
-    scenario_2(&s, settled, 2, "cosmos scenario 2");
-    scenario_6(&s, "cosmos scenario 6");
+    each_cluster_checked_once_per_interval(&s, settled, 2, "cosmos schedule");
+    a_new_cluster_is_checked_within_a_feed_interval(&s, "cosmos new cluster");
 
     // A delete is not in the feed: the re-list finds it within its interval.
     let gone = s.ids[10].clone();
@@ -1081,7 +1114,8 @@ fn cosmos_store_share_feed_relist_throttling_and_crash() {
     assert_coverage(&s, &rest, t_thr, end, INTERVAL + SLACK, "cosmos throttled");
     assert_no_double(&s, t_thr, end, "cosmos throttled");
 
-    let (_, survivors, _) = scenario_3(&mut s, &rest, "cosmos scenario 3");
+    let (_, survivors, _) =
+        a_crashed_member_is_replaced_without_a_gap(&mut s, &rest, "cosmos member crash");
     let emu = s.cosmos.as_ref().expect("cosmos");
     eprintln!("cosmos emulator requests: {}", emu.stats());
 
@@ -1128,7 +1162,7 @@ fn cosmos_store_share_feed_relist_throttling_and_crash() {
     drop(s.dir);
 }
 
-/// Issue 5: explain (unassigned, owned, Creating, missing), the admin token,
+/// Operator tooling: explain (unassigned, owned, Creating, missing), the admin token,
 /// check-now, the status page in headless Chromium, and `drain --wait`
 /// during checks: no cluster with a gap, none checked twice.
 #[test]

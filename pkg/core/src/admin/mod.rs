@@ -26,6 +26,10 @@ use crate::engine::{CheckNowError, EngineHandles};
 use crate::schedule::{next_due, phase_ms, LastCheck};
 use crate::status::{bucket_owners, fleet_status};
 
+pub mod api;
+
+use api::{CheckAnswer, DrainAnswer, ErrorAnswer};
+
 const PAGE: &str = include_str!("page.html");
 /// Connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNS: usize = 64;
@@ -36,11 +40,16 @@ type Resp = Response<Full<Bytes>>;
 #[derive(Clone)]
 pub struct Token(Arc<str>);
 
+/// A token too short to be one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the admin token must be at least 16 characters")]
+pub struct TokenTooShort;
+
 impl Token {
-    pub fn new(t: &str) -> Result<Self, String> {
+    pub fn new(t: &str) -> Result<Self, TokenTooShort> {
         let t = t.trim();
         if t.len() < 16 {
-            return Err("the admin token must be at least 16 characters".into());
+            return Err(TokenTooShort);
         }
         Ok(Self(t.into()))
     }
@@ -50,12 +59,10 @@ impl Token {
         let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
             return false;
         };
-        let (a, b) = (given.trim().as_bytes(), self.0.as_bytes());
-        let mut diff = a.len() ^ b.len();
-        for (i, x) in b.iter().enumerate() {
-            diff |= usize::from(x ^ a.get(i).copied().unwrap_or(0));
-        }
-        diff == 0
+        // `subtle` compares in constant time for equal lengths (a length
+        // difference is answered at once: the token's length is no secret).
+        use subtle::ConstantTimeEq;
+        given.trim().as_bytes().ct_eq(self.0.as_bytes()).into()
     }
 }
 
@@ -195,10 +202,13 @@ async fn handle(req: Request<Incoming>, h: &EngineHandles, token: Option<&Token>
         (Method::GET, ["debug", "assignment"]) => json_resp(StatusCode::OK, &assignment_debug(h)),
         (Method::GET, ["api", "status"]) => match api_status(h).await {
             Ok(v) => json_resp(StatusCode::OK, &v),
-            Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": e})),
+            Err(e) => json_resp(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &ErrorAnswer { id: None, error: e },
+            ),
         },
         (Method::POST, ["admin", "check", id]) => match h.check_now(id).await {
-            Ok(last) => json_resp(StatusCode::OK, &check_json(id, &last)),
+            Ok(last) => json_resp(StatusCode::OK, &CheckAnswer::new(id, &last)),
             Err(e) => {
                 let status = match e {
                     CheckNowError::Unknown => StatusCode::NOT_FOUND,
@@ -207,15 +217,40 @@ async fn handle(req: Request<Incoming>, h: &EngineHandles, token: Option<&Token>
                         StatusCode::SERVICE_UNAVAILABLE
                     }
                 };
-                json_resp(status, &json!({"id": id, "error": e.to_string()}))
+                let answer = ErrorAnswer {
+                    id: Some(id.to_string()),
+                    error: e.to_string(),
+                };
+                json_resp(status, &answer)
             }
         },
+        // A pushed assignment from the lease holder: read the table now.
+        (Method::POST, ["admin", "sync"]) => {
+            if h.sync_now() {
+                json_resp(
+                    StatusCode::ACCEPTED,
+                    &json!({"monitor": &*h.me, "sync": true}),
+                )
+            } else {
+                json_resp(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"monitor": &*h.me, "sync": false, "error": "a pass is already queued or the monitor is stopping"}),
+                )
+            }
+        }
         (Method::POST, ["admin", "drain"]) => match h.drain().await {
             Ok(handoff_at_ms) => json_resp(
                 StatusCode::OK,
-                &json!({"monitor": &*h.me, "draining": true, "handoff_at_ms": handoff_at_ms}),
+                &DrainAnswer {
+                    monitor: h.me.to_string(),
+                    draining: true,
+                    handoff_at_ms,
+                },
             ),
-            Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": e})),
+            Err(e) => json_resp(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &ErrorAnswer { id: None, error: e },
+            ),
         },
         (_, ["admin", ..]) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -223,14 +258,7 @@ async fn handle(req: Request<Incoming>, h: &EngineHandles, token: Option<&Token>
 }
 
 fn check_json(id: &str, last: &LastCheck) -> Value {
-    json!({
-        "id": id,
-        "started_ms": last.started_ms,
-        "duration_ms": last.duration_ms,
-        "ok": last.report.ok,
-        "summary": last.report.summary,
-        "collectors": last.report.collectors,
-    })
+    serde_json::to_value(CheckAnswer::new(id, last)).unwrap_or(Value::Null)
 }
 
 /// What this monitor knows of one cluster.
@@ -295,6 +323,7 @@ pub fn assignment_debug(h: &EngineHandles) -> Value {
         "owned": owned,
         "handing_over": handing_over,
         "owners": view.buckets.iter().map(|b| b.owner.clone()).collect::<Vec<_>>(),
+        "probes": h.probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     })
 }
 
@@ -333,6 +362,7 @@ async fn api_status(h: &EngineHandles) -> Result<Value, String> {
     let not_ready = h.not_ready();
     Ok(json!({
         "self": {"id": &*h.me, "version": h.version, "ready": not_ready.is_empty(), "not_ready": not_ready},
+        "probes": h.probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "generated_at_ms": now,
         "fleet": fleet,
         "buckets": owners,

@@ -1,5 +1,6 @@
 //! The Kubernetes/OpenShift check: the API server first (healthz, then
-//! readyz when unhealthy), then the other collectors concurrently. Each
+//! readyz when unhealthy), then the other collectors: one at a time on one
+//! connection by default, up to `--collector-concurrency` at once. Each
 //! collector is timed, its errors counted, its panics contained; only
 //! unexpected conditions are emitted, so a healthy cluster emits little.
 
@@ -23,9 +24,22 @@ use crate::secrets::SecretsKey;
 pub struct Emit<'a> {
     pub metrics: &'a Metrics,
     pub cluster: &'a ClusterEntry,
+    /// Failing conditions for alerts, returned in `CheckReport::conditions`.
+    pub found: Mutex<Vec<super::Condition>>,
 }
 
 impl Emit<'_> {
+    /// Notes a failing condition for alerts (at most `MAX_CONDITIONS`).
+    pub fn alert(&self, name: &'static str, labels: &[(&'static str, &str)], summary: String) {
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        if found.len() < super::MAX_CONDITIONS {
+            found.push(super::Condition {
+                name,
+                labels: labels.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+                summary,
+            });
+        }
+    }
     pub fn gauge(&self, name: &str, value: u64, extra: &[(&str, &str)]) {
         self.metrics
             .gauge(name, value, &self.cluster.tags_with(extra));
@@ -44,7 +58,7 @@ impl Emit<'_> {
             self.gauge(name, 1, &tags);
         }
     }
-    pub fn gauge_i(&self, name: &str, value: i64, extra: &[(&str, &str)]) {
+    pub fn gauge_clamped(&self, name: &str, value: i64, extra: &[(&str, &str)]) {
         // statsd gauges here are unsigned; negative values (expired) clamp to 0
         // and are reported by the tag `expired:true`.
         self.metrics
@@ -142,6 +156,7 @@ impl Checker for KubeChecker {
         let emit = Emit {
             metrics: ctx.metrics,
             cluster: ctx.cluster,
+            found: Mutex::default(),
         };
         let report = self.run(&ctx, &emit).await;
         emit.metrics.timer_ms(
@@ -216,6 +231,7 @@ impl KubeChecker {
                 ok: false,
                 summary: why,
                 collectors: outcomes.into_boxed_slice(),
+                conditions: Vec::new(),
             };
         }
         let probe = Probe {
@@ -253,6 +269,7 @@ impl KubeChecker {
                 format!("healthz 200; {}", failures.join("; "))
             },
             collectors: outcomes.into_boxed_slice(),
+            conditions: std::mem::take(&mut *emit.found.lock().unwrap_or_else(|p| p.into_inner())),
         }
     }
 }
@@ -270,7 +287,7 @@ async fn run_collector(
         Ok(r) => r,
         Err(_) => {
             tracing::error!(cluster = %emit.cluster.id, collector = c.name(), "collector panicked");
-            Err(KubeError::Decode("collector panicked".into()))
+            Err(KubeError::Panicked)
         }
     };
     let duration_ms = timing(emit, c.name(), t);
@@ -295,6 +312,26 @@ fn timing(emit: &Emit<'_>, collector: &str, since: Instant) -> u32 {
         &emit.cluster.tags_with(&[("collector", collector)]),
     );
     ms.min(u64::from(u32::MAX)) as u32
+}
+
+/// One alert for an object whose conditions include unexpected ones, the
+/// summary naming them (`node w1: Ready=False`).
+fn alert_conditions(
+    emit: &Emit<'_>,
+    name: &'static str,
+    labels: &[(&'static str, &str)],
+    what: &str,
+    conditions: &[Condition],
+    unexpected: impl Fn(&Condition) -> bool,
+) {
+    let bad: Vec<String> = conditions
+        .iter()
+        .filter(|c| unexpected(c))
+        .map(|c| format!("{}={}", c.type_, c.status))
+        .collect();
+    if !bad.is_empty() {
+        emit.alert(name, labels, format!("{what}: {}", bad.join(", ")));
+    }
 }
 
 /// `/readyz?verbose` lines look like `[-]etcd failed: reason withheld`.
@@ -555,6 +592,9 @@ pub fn waiting_reason_unexpected(reason: &str) -> bool {
 
 pub const RESTART_THRESHOLD: u64 = 10;
 
+/// A serving certificate that expires in fewer days raises an alert.
+pub const CERT_ALERT_DAYS: i64 = 14;
+
 // ---- collectors ----
 
 struct Certificate;
@@ -575,7 +615,14 @@ impl Collector for Certificate {
         }; // plain http
         let (days, subject) = super::tls::expiry(der, probe.now_unix).map_err(KubeError::Decode)?;
         let expired = if days < 0 { "true" } else { "false" };
-        emit.gauge_i(
+        if days < CERT_ALERT_DAYS {
+            emit.alert(
+                super::alertnames::CERTIFICATE_EXPIRING,
+                &[],
+                format!("API server certificate expires in {days} days"),
+            );
+        }
+        emit.gauge_clamped(
             names::CERT_EXPIRATION,
             days,
             &[("subject", &subject), ("expired", expired)],
@@ -627,6 +674,14 @@ impl Collector for Nodes {
                 node_condition_unexpected,
                 &[("nodeName", &n.metadata.name)],
             );
+            alert_conditions(
+                emit,
+                super::alertnames::NODE_NOT_READY,
+                &[("node", &n.metadata.name)],
+                &format!("node {}", n.metadata.name),
+                &n.status.conditions,
+                node_condition_unexpected,
+            );
         })
         .await?;
         for (role, n) in roles {
@@ -660,6 +715,14 @@ impl Collector for ClusterOperators {
                         &o.status.conditions,
                         operator_condition_unexpected,
                         &[("name", &o.metadata.name)],
+                    );
+                    alert_conditions(
+                        emit,
+                        super::alertnames::OPERATOR_DEGRADED,
+                        &[("operator", &o.metadata.name)],
+                        &format!("ClusterOperator {}", o.metadata.name),
+                        &o.status.conditions,
+                        operator_condition_unexpected,
                     );
                 },
             )
@@ -753,6 +816,16 @@ impl Collector for Pods {
                                     ("containername", &cs.name),
                                     ("reason", &w.reason),
                                 ],
+                            );
+                        }
+                        if cs.state.waiting.as_ref().is_some_and(|w| w.reason == "CrashLoopBackOff") {
+                            emit.alert(
+                                super::alertnames::POD_CRASHLOOPING,
+                                &[("namespace", namespace), ("pod", name)],
+                                format!(
+                                    "pod {namespace}/{name}: container {} in CrashLoopBackOff ({} restarts)",
+                                    cs.name, cs.restart_count
+                                ),
                             );
                         }
                         if cs.restart_count >= RESTART_THRESHOLD {

@@ -33,6 +33,10 @@ pub enum KubeError {
     Decode(String),
     #[error("response larger than {MAX_BODY} bytes")]
     TooLarge,
+    /// The collector itself panicked (contained, logged): a bug, not the
+    /// cluster's answer.
+    #[error("collector panicked")]
+    Panicked,
 }
 
 impl KubeError {
@@ -46,6 +50,7 @@ impl KubeError {
             KubeError::Status(_) => "status",
             KubeError::Decode(_) => "decode",
             KubeError::TooLarge => "too_large",
+            KubeError::Panicked => "panic",
         }
     }
 }
@@ -270,17 +275,16 @@ fn bearer(t: &Secret) -> Result<HeaderValue, KubeError> {
     Ok(v)
 }
 
-/// Percent-encodes a query value (continue tokens are base64-ish).
+/// Percent-encodes a query value (continue tokens are base64-ish): all
+/// but RFC 3986's unreserved characters.
 fn encode_query(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    const QUERY_VALUE: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 /// Test access to the list envelope.

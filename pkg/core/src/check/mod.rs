@@ -27,6 +27,46 @@ pub struct CheckReport {
     pub summary: String,
     /// Each collector that ran, in order (the API server first).
     pub collectors: Box<[CollectorOutcome]>,
+    /// Failing conditions the collectors found, for alerts (`crate::alerts`):
+    /// at most [`MAX_CONDITIONS`]. The API server's own state is read from
+    /// `collectors` (its outcome, or its absence on a failed check).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A failing condition a collector found: one alert per cluster and
+/// `(name, labels)`. Never carries a credential: names and states only.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Condition {
+    /// The alert name (`alertnames::*`).
+    pub name: &'static str,
+    /// The condition's own labels: node, operator, namespace and pod.
+    pub labels: Vec<(&'static str, String)>,
+    /// One line for humans.
+    pub summary: String,
+}
+
+/// Conditions kept per report; more (hundreds of NotReady nodes) are
+/// left out, so one cluster cannot flood Alertmanager.
+pub const MAX_CONDITIONS: usize = 64;
+
+/// The alert names of the conditions, and the collector that finds each.
+pub mod alertnames {
+    pub const API_SERVER_DOWN: &str = "ClusterApiServerDown";
+    pub const NODE_NOT_READY: &str = "ClusterNodeNotReady";
+    pub const OPERATOR_DEGRADED: &str = "ClusterOperatorDegraded";
+    pub const POD_CRASHLOOPING: &str = "ClusterPodCrashLooping";
+    pub const CERTIFICATE_EXPIRING: &str = "ClusterCertificateExpiring";
+
+    /// Every alert name with the collector whose outcome says whether the
+    /// condition was observed by a check.
+    pub const ALL: &[(&str, &str)] = &[
+        (API_SERVER_DOWN, "apiserver"),
+        (NODE_NOT_READY, "nodes"),
+        (OPERATOR_DEGRADED, "clusteroperators"),
+        (POD_CRASHLOOPING, "pods"),
+        (CERTIFICATE_EXPIRING, "certificate"),
+    ];
 }
 
 impl CheckReport {
@@ -35,6 +75,7 @@ impl CheckReport {
             ok: false,
             summary: summary.into(),
             collectors: Box::new([]),
+            conditions: Vec::new(),
         }
     }
 }

@@ -72,8 +72,14 @@ pub mod names {
     pub const CLOCK_OFFSET: &str = "monitor.clock.offset_ms";
     pub const CLOCK_SKEWED: &str = "monitor.clock.skewed";
     pub const STORE_HEALTHY: &str = "monitor.store.healthy";
+    pub const PEER_PROBES: &str = "monitor.peer.probes";
+    pub const SYNC_SENT: &str = "monitor.sync.sent";
     pub const METRICS_DROPPED: &str = "monitor.metrics.dropped";
     pub const LABELS_DROPPED: &str = "monitor.metrics.labels.dropped";
+    pub const ALERTS_SENT: &str = "monitor.alerts.sent";
+    pub const ALERTS_FAILED: &str = "monitor.alerts.failed";
+    pub const ALERTS_DROPPED: &str = "monitor.alerts.dropped";
+    pub const ALERTS_FIRING: &str = "monitor.alerts.firing";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,16 +88,6 @@ pub enum Kind {
     Counter,
     /// Milliseconds.
     Timer,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Gauge => "gauge",
-            Kind::Counter => "counter",
-            Kind::Timer => "timer (ms)",
-        }
-    }
 }
 
 pub struct MetricDef {
@@ -123,7 +119,7 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: POD_RESTARTS, kind: Gauge, tags: "resourceId, labels, name, namespace, containername", help: "Restart count of a container that restarted 10 times or more." },
         MetricDef { name: CERT_EXPIRATION, kind: Gauge, tags: "resourceId, labels, subject, expired", help: "Days until the API server's serving certificate (from the TLS handshake) expires; 0 with expired:true once it has." },
         MetricDef { name: COLLECTOR_DURATION, kind: Timer, tags: "resourceId, labels, collector", help: "Wall time of one collector (apiserver, readyz, certificate, version, nodes, clusteroperators, clusterversion, pods)." },
-        MetricDef { name: COLLECTOR_ERROR, kind: Counter, tags: "resourceId, labels, collector, error", help: "A collector failed; error is config, unreachable, timeout, unauthorized, status, decode or too_large. Collector credentials: the document's credentials could not be used." },
+        MetricDef { name: COLLECTOR_ERROR, kind: Counter, tags: "resourceId, labels, collector, error", help: "A collector failed; error is config, unreachable, timeout, unauthorized, status, decode, too_large or panic (the collector panicked). Collector credentials: the document's credentials could not be used." },
         MetricDef { name: CLUSTER_DURATION, kind: Timer, tags: "resourceId, labels", help: "Wall time of the full check of a cluster (all collectors)." },
         MetricDef { name: CLUSTER_INSECURE, kind: Counter, tags: "resourceId, labels", help: "A check ran with insecureSkipTLSVerify (certificate not verified); the first one per cluster is also logged." },
         MetricDef { name: HEARTBEAT, kind: Gauge, tags: "monitor", help: "1 on every pass whose heartbeat write succeeded." },
@@ -154,10 +150,16 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: HEARTBEATS_INVALID, kind: Counter, tags: "monitor", help: "Heartbeat documents skipped because they do not decode (each logged once per id); they never stop a pass." },
         MetricDef { name: CLOCK_OFFSET, kind: Gauge, tags: "monitor, direction", help: "Estimated distance in ms of this monitor's clock from the fleet's median clock (direction ahead or behind), measured from the peers' heartbeat writes as observed." },
         MetricDef { name: CLOCK_SKEWED, kind: Gauge, tags: "monitor", help: "1 while this monitor's clock is off by more than --max-clock-offset from more than half of the fleet: it takes no bucket and no lease." },
+        MetricDef { name: PEER_PROBES, kind: Counter, tags: "monitor, outcome", help: "Probes of a quiet peer's admin endpoint (GET /healthz/live) by the lease holder, or of the lease holder by the others: outcome alive, refused (the process is gone: its buckets move at once), timeout or error (proves nothing: the heartbeat TTL decides)." },
+        MetricDef { name: SYNC_SENT, kind: Counter, tags: "monitor, result", help: "Pushed assignments (POST /admin/sync) sent by the writer of a new bucket table to the monitors whose buckets changed: result ok, refused or failed (a lost notice only means the next pass reads the table)." },
         MetricDef { name: STORE_HEALTHY, kind: Gauge, tags: "monitor", help: "1 when every store call of the last pass succeeded, else 0 (the checks go on with the last assignment)." },
         MetricDef { name: MASTER_CONFLICTS, kind: Counter, tags: "monitor", help: "Master writes that lost a compare-and-swap race (HTTP 412 equivalent)." },
         MetricDef { name: METRICS_DROPPED, kind: Counter, tags: "monitor, reason", help: "Metrics lost: reason queue_full (emit queue full), send_failed (socket error), stale (older than one minute when it could be sent)." },
         MetricDef { name: LABELS_DROPPED, kind: Counter, tags: "monitor, reason", help: "Cluster labels left out of the metric tags, counted once per cluster document version (the cluster's metrics still go out): reason too_long (key over 64 or value over 128 bytes), too_many (beyond 16 labels or 400 bytes of label tags), invalid (empty key, a key clustermon's own tags use, or a key equal to another once sanitised)." },
+        MetricDef { name: ALERTS_SENT, kind: Counter, tags: "monitor", help: "Alerts (firing or resolved) accepted by an Alertmanager (--alertmanager-url), counted once per Alertmanager." },
+        MetricDef { name: ALERTS_FAILED, kind: Counter, tags: "monitor", help: "Alerts an Alertmanager did not accept after the last retry (error status, timeout, connection refused), or still queued when the shutdown flush ended; per Alertmanager." },
+        MetricDef { name: ALERTS_DROPPED, kind: Counter, tags: "monitor, reason", help: "Alerts lost before sending: reason queue_full (an Alertmanager's outbox of 10,000 alerts was full) or input_full (the alert task was 4,096 checks behind; the check itself went on)." },
+        MetricDef { name: ALERTS_FIRING, kind: Gauge, tags: "monitor", help: "Alerts this monitor holds firing (its own clusters), every heartbeat interval." },
     ]
 };
 
@@ -168,14 +170,6 @@ pub struct EmitStats {
     pub dropped_send: AtomicU64,
     pub dropped_stale: AtomicU64,
     pub sent: AtomicU64,
-}
-
-impl EmitStats {
-    pub fn dropped(&self) -> u64 {
-        self.dropped_full.load(Ordering::Relaxed)
-            + self.dropped_send.load(Ordering::Relaxed)
-            + self.dropped_stale.load(Ordering::Relaxed)
-    }
 }
 
 /// A metric line as cadence formatted it (DogStatsD), with its emit time.
@@ -217,7 +211,7 @@ pub struct Metrics {
     client: Arc<StatsdClient>,
     monitor: Arc<str>,
     stats: Arc<EmitStats>,
-    selfv: Arc<SelfValues>,
+    self_values: Arc<SelfValues>,
 }
 
 /// The self metrics' current values (gauges: last, counters: running sum),
@@ -282,7 +276,7 @@ impl Metrics {
                 client: Arc::new(client),
                 monitor: monitor.into(),
                 stats: stats.clone(),
-                selfv: Arc::default(),
+                self_values: Arc::default(),
             },
             Writer::new(rx, out, stats, clock),
         )
@@ -300,10 +294,6 @@ impl Metrics {
 
     pub fn stats(&self) -> &EmitStats {
         &self.stats
-    }
-
-    pub fn monitor(&self) -> &str {
-        &self.monitor
     }
 
     pub fn gauge(&self, name: &str, value: u64, tags: &[(&str, &str)]) {
@@ -333,7 +323,7 @@ impl Metrics {
     /// Self metric with the `monitor` tag.
     pub fn self_gauge(&self, name: &str, value: u64) {
         let tags = [("monitor", &*self.monitor)];
-        self.selfv.update(name, &tags, value as f64, false);
+        self.self_values.update(name, &tags, value as f64, false);
         self.gauge(name, value, &tags);
     }
 
@@ -342,7 +332,7 @@ impl Metrics {
         let mut tags = Vec::with_capacity(extra.len() + 1);
         tags.push(("monitor", &*self.monitor));
         tags.extend_from_slice(extra);
-        self.selfv.update(name, &tags, value as f64, false);
+        self.self_values.update(name, &tags, value as f64, false);
         self.gauge(name, value, &tags);
     }
 
@@ -351,7 +341,7 @@ impl Metrics {
         let mut tags = Vec::with_capacity(extra.len() + 1);
         tags.push(("monitor", &*self.monitor));
         tags.extend_from_slice(extra);
-        self.selfv.update(name, &tags, value as f64, true);
+        self.self_values.update(name, &tags, value as f64, true);
         self.count(name, value, &tags);
     }
 
@@ -359,7 +349,11 @@ impl Metrics {
     /// each with its HELP and TYPE from [`CATALOG`], counters as `_total`.
     pub fn prometheus(&self) -> String {
         use std::fmt::Write;
-        let values = self.selfv.values.lock().unwrap_or_else(|p| p.into_inner());
+        let values = self
+            .self_values
+            .values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         for def in CATALOG {
             let mut rows = values

@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use chrono::Utc;
-
 use super::*;
 use crate::model::{BucketAssignment, ClusterDoc, MasterDoc, MonitorDoc, ProvisioningState};
 
@@ -31,7 +29,9 @@ pub fn monitor(id: &str, expires_at_ms: i64) -> MonitorDoc {
         id: id.into(),
         hostname: "host".into(),
         version: "test".into(),
-        started_at: Utc::now(),
+        // Stores never read the clock: a fixed start, a TTL before expiry.
+        started_at: chrono::DateTime::from_timestamp_millis(expires_at_ms.saturating_sub(10_000))
+            .unwrap_or_default(),
         admin_url: String::new(),
         draining: false,
         expires_at_ms,

@@ -85,12 +85,6 @@ pub enum StoreError {
     CorruptMaster { etag: Etag, reason: String },
 }
 
-impl StoreError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
-    }
-}
-
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Cumulative counters a backend keeps about its own requests; the engine
@@ -133,6 +127,14 @@ pub trait Store: Send + Sync + 'static {
     /// Counters of this backend's own requests (retries, errors, request units).
     fn stats(&self) -> StoreStats {
         StoreStats::default()
+    }
+
+    /// A wake-up for the change feed: a counter that grows when the store
+    /// learns of new changes (PostgreSQL's `LISTEN`/`NOTIFY`). The feed reads
+    /// at once when it moves, and still polls at its interval (the fallback
+    /// while the push channel is down). `None` (the default): polling only.
+    fn feed_notifications(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 
     // --- monitors (heartbeats) ---

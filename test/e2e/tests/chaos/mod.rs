@@ -5,8 +5,10 @@
 
 mod clock_skew;
 mod corrupt_state;
+mod failover;
 mod fd_limit;
 mod hostile_documents;
 mod hostile_servers;
 mod metric_lines;
+mod postgres;
 mod store_outage;

@@ -7,10 +7,10 @@
 use super::super::*;
 use std::path::PathBuf;
 
-const OUTAGE: Duration = Duration::from_secs(60);
+pub(super) const OUTAGE: Duration = Duration::from_secs(60);
 
 /// A store fault of fixed length.
-trait Fault {
+pub(super) trait Fault {
     /// Starts the fault; when it took effect.
     fn begin(&mut self) -> Instant;
     /// Blocks until the fault is over; when it ended.
@@ -66,7 +66,12 @@ impl Fault for CosmosDown<'_> {
 
 /// Assertions (a)-(e) of issue 10 for one outage of `outage`, on three
 /// balanced monitors that have checked every cluster once.
-fn outage_never_stops_the_checks(s: &Setup, fault: &mut dyn Fault, outage: Duration, what: &str) {
+pub(super) fn outage_never_stops_the_checks(
+    s: &Setup,
+    fault: &mut dyn Fault,
+    outage: Duration,
+    what: &str,
+) {
     let mut v = Verdict::default();
     let urls = admin_urls(&s.store);
     assert_eq!(urls.len(), 3, "{what}: admin URLs of m1..m3: {urls:?}");
@@ -191,7 +196,7 @@ fn outage_never_stops_the_checks(s: &Setup, fault: &mut dyn Fault, outage: Durat
     v.finish(what);
 }
 
-fn warm_up(s: &mut Setup) {
+pub(super) fn warm_up(s: &mut Setup) {
     let settled = start_three(s);
     wait_checked(
         s,

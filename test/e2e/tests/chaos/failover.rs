@@ -1,0 +1,106 @@
+//! Crash failover in seconds: the lease holder probes a peer whose
+//! heartbeat is late (`GET /healthz/live`); a refused connection proves the
+//! process gone and its buckets move at once, pushed to the new owners
+//! (`POST /admin/sync`). The others probe a lease holder whose renewals are
+//! late the same way. A timeout proves nothing (a paused process still
+//! accepts connections): `a_paused_master_is_replaced_and_does_not_double_check`
+//! shows that SIGSTOP still waits for the TTL.
+
+use super::super::*;
+
+/// kill -9 of a member, then of the master: re-owned within 3 s (a pass to
+/// notice the late heartbeat, a probe, a write, a push) plus the harness's
+/// slack; every cluster checked again within an interval plus that.
+#[test]
+fn a_killed_monitor_is_replaced_within_seconds() {
+    let mut s = setup("fast-failover", &["--plain-http"]);
+    let settled = start_three(&mut s);
+    wait_checked(
+        &s,
+        &s.ids,
+        settled - INTERVAL,
+        1,
+        INTERVAL + SLACK,
+        "warm-up",
+    );
+    let store = s.store.clone();
+    let bound = Duration::from_secs(3);
+
+    // A member.
+    let master0 = master(&store).expect("a master");
+    let victim = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != master0)
+        .unwrap()
+        .to_string();
+    let rest: Vec<&str> = ["m1", "m2", "m3"]
+        .into_iter()
+        .filter(|m| *m != victim)
+        .collect();
+    let t_kill = Instant::now();
+    s.mons.get(&victim).crash();
+    wait_until("the member's buckets re-owned", bound + SLACK, || {
+        buckets(&store).filter(|o| balanced(o, &rest))
+    });
+    let took = t_kill.elapsed();
+    eprintln!("kill -9 of a member: re-owned after {took:?} (bound {bound:?} + slack {SLACK:?})");
+    wait_checked(
+        &s,
+        &s.ids,
+        Instant::now(),
+        1,
+        INTERVAL + SLACK,
+        "checks after the member's crash",
+    );
+    let end = Instant::now() - SLACK;
+    assert_coverage(
+        &s,
+        &s.ids,
+        t_kill,
+        end,
+        INTERVAL + bound + SLACK,
+        "member crash",
+    );
+
+    // The master.
+    let last: Vec<&str> = rest.iter().copied().filter(|m| *m != master0).collect();
+    let t_kill = Instant::now();
+    s.mons.get(&master0).crash();
+    let new_master = wait_until("a new master", bound + SLACK, || {
+        master(&store).filter(|m| *m != master0)
+    });
+    let took_master = t_kill.elapsed();
+    wait_until("the master's buckets re-owned", bound + SLACK, || {
+        buckets(&store).filter(|o| balanced(o, &last))
+    });
+    let took = t_kill.elapsed();
+    eprintln!(
+        "kill -9 of the master: {new_master} master after {took_master:?}, re-owned after {took:?} (bound {bound:?} + slack {SLACK:?})"
+    );
+    wait_checked(
+        &s,
+        &s.ids,
+        Instant::now(),
+        1,
+        INTERVAL + SLACK,
+        "checks after the master's crash",
+    );
+    let end = Instant::now() - SLACK;
+    assert_coverage(
+        &s,
+        &s.ids,
+        t_kill,
+        end,
+        INTERVAL + bound + SLACK,
+        "master crash",
+    );
+    let probes = s
+        .statsd
+        .counter_sum("monitor.peer.probes", &[("outcome", "refused")]);
+    assert!(probes >= 2, "two refused probes counted: {probes}");
+    let pushed = s
+        .statsd
+        .counter_sum("monitor.sync.sent", &[("result", "ok")]);
+    assert!(pushed >= 1, "pushed assignments counted: {pushed}");
+    drop(s.dir);
+}
