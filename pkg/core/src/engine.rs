@@ -393,7 +393,7 @@ impl Engine {
             me: me.clone(),
             started_at: clock.now_utc(),
             assignment_tx,
-            h: handles.clone(),
+            handles: handles.clone(),
             rate: RateWindow::default(),
             dropped_reported: [0; 3],
             store_reported: Default::default(),
@@ -501,8 +501,8 @@ struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        for h in &self.0 {
-            h.abort();
+        for task in &self.0 {
+            task.abort();
         }
     }
 }
@@ -542,7 +542,7 @@ struct MembershipLoop {
     me: Arc<str>,
     started_at: chrono::DateTime<Utc>,
     assignment_tx: watch::Sender<Arc<Assignment>>,
-    h: EngineHandles,
+    handles: EngineHandles,
     rate: RateWindow,
     dropped_reported: [u64; 3],
     /// Store counters already emitted.
@@ -671,7 +671,7 @@ impl MembershipLoop {
     }
 
     fn draining(&self) -> bool {
-        self.h.draining.load(Ordering::Acquire)
+        self.handles.draining.load(Ordering::Acquire)
     }
 
     fn timing(&self, now_ms: i64) -> PassTiming {
@@ -717,7 +717,7 @@ impl MembershipLoop {
     }
 
     fn heartbeat_doc(&mut self, now_ms: i64) -> MonitorDoc {
-        let view = self.h.assignment.borrow().clone();
+        let view = self.handles.assignment.borrow().clone();
         let clock = self.clock_state;
         MonitorDoc {
             id: self.me.to_string(),
@@ -732,12 +732,17 @@ impl MembershipLoop {
             clock_offset_ms: clock.map_or(0, |c| c.offset_ms),
             stats: MonitorStats {
                 buckets: balance::owned_count(&view.buckets, &self.me) as u32,
-                cache_size: self.h.map.len() as u64,
+                cache_size: self.handles.map.len() as u64,
                 checks_per_s: self
                     .rate
-                    .update(self.h.stats.started.load(Ordering::Relaxed)),
-                ready: self.h.not_ready().is_empty(),
-                failing: self.h.last_checks.iter().filter(|e| !e.report.ok).count() as u32,
+                    .update(self.handles.stats.started.load(Ordering::Relaxed)),
+                ready: self.handles.not_ready().is_empty(),
+                failing: self
+                    .handles
+                    .last_checks
+                    .iter()
+                    .filter(|e| !e.report.ok)
+                    .count() as u32,
             },
         }
     }
@@ -781,11 +786,15 @@ impl MembershipLoop {
         let ok = failures.is_empty();
         if ok {
             self.connected_since_ms.get_or_insert(done_ms);
-            self.h.store_ok_ms.store(done_ms, Ordering::Release);
+            self.handles.store_ok_ms.store(done_ms, Ordering::Release);
         } else {
             self.connected_since_ms = None;
         }
-        let mut health = self.h.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut health = self
+            .handles
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         health.store_failing_since_ms = match (ok, health.store_failing_since_ms) {
             (true, _) => None,
             (false, since) => Some(since.unwrap_or(done_ms)),
@@ -843,7 +852,7 @@ impl MembershipLoop {
             }
         }
         self.clock_state = Some(clock);
-        self.h
+        self.handles
             .health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -892,7 +901,7 @@ impl MembershipLoop {
                     {
                         Ok(etag) => {
                             self.observer.observe_master(Some(&etag.0), now);
-                            let before = self.h.assignment.borrow().buckets.clone();
+                            let before = self.handles.assignment.borrow().buckets.clone();
                             self.push_assignment(&before, &doc.buckets).await;
                             if corrupt {
                                 self.metrics.self_count(names::MASTER_REPAIRED, 1, &[]);
@@ -1044,7 +1053,7 @@ impl MembershipLoop {
                 self.observer.mark_gone(&id);
                 any_refused = true;
             }
-            self.h
+            self.handles
                 .probes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1116,7 +1125,7 @@ impl MembershipLoop {
     }
 
     fn finish_pass(&mut self, hb_ok: bool, live: Option<usize>) {
-        self.h
+        self.handles
             .pass_done_ms
             .store(self.clock.now_ms(), Ordering::Release);
         self.emit_self(hb_ok, live);
@@ -1153,7 +1162,7 @@ impl MembershipLoop {
             None => self.master_invalid_logged = false,
             _ => {}
         }
-        self.h
+        self.handles
             .health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1195,7 +1204,9 @@ impl MembershipLoop {
     /// Makes `doc` this monitor's view; wakes the scheduler only when the
     /// assignment itself changed.
     fn publish(&self, doc: MasterDoc, now_ms: i64) {
-        self.h.assignment_read_ms.store(now_ms, Ordering::Release);
+        self.handles
+            .assignment_read_ms
+            .store(now_ms, Ordering::Release);
         let me = &*self.me;
         self.assignment_tx.send_if_modified(|cur| {
             let changed = cur.generation != doc.generation || *cur.buckets != doc.buckets;
@@ -1225,7 +1236,7 @@ impl MembershipLoop {
 
     /// Marks this monitor draining and hands its buckets to the others.
     async fn leave(&mut self) -> Result<i64, String> {
-        self.h.draining.store(true, Ordering::Release);
+        self.handles.draining.store(true, Ordering::Release);
         for _ in 0..5 {
             let now = self.clock.now_ms();
             let reads = self.read_all(now).await;
@@ -1279,7 +1290,7 @@ impl MembershipLoop {
     fn emit_self(&mut self, hb_ok: bool, live: Option<usize>) {
         let m = &self.metrics;
         let now = self.clock.now_ms();
-        let view = self.h.assignment.borrow().clone();
+        let view = self.handles.assignment.borrow().clone();
         let is_master =
             view.lease_owner.as_deref() == Some(&*self.me) && view.lease_expires_ms > now;
         if hb_ok {
@@ -1287,7 +1298,7 @@ impl MembershipLoop {
         }
         m.self_gauge(names::MASTER, u64::from(is_master));
         let health = self
-            .h
+            .handles
             .health
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1320,18 +1331,18 @@ impl MembershipLoop {
             balance::owned_count(&view.buckets, &self.me) as u64,
         );
         m.self_gauge(names::GENERATION, view.generation);
-        let read = self.h.assignment_read_ms.load(Ordering::Acquire);
+        let read = self.handles.assignment_read_ms.load(Ordering::Acquire);
         if read > 0 {
             m.self_gauge(names::ASSIGNMENT_AGE, (now - read).max(0) as u64);
         }
-        m.self_gauge(names::CACHE_SIZE, self.h.map.len() as u64);
-        m.self_gauge(names::CACHE_INVALID, self.h.map.invalid_len() as u64);
+        m.self_gauge(names::CACHE_SIZE, self.handles.map.len() as u64);
+        m.self_gauge(names::CACHE_INVALID, self.handles.map.invalid_len() as u64);
         let mut cred_bytes = 0u64;
-        self.h
+        self.handles
             .map
             .for_each(|e| cred_bytes += e.credentials.cached_bytes() as u64);
         m.self_gauge(names::CACHE_CREDENTIAL_BYTES, cred_bytes);
-        let s = &self.h.stats;
+        let s = &self.handles.stats;
         m.self_gauge(
             names::CHECKS_INFLIGHT,
             s.inflight.load(Ordering::Relaxed) as u64,
@@ -1344,7 +1355,7 @@ impl MembershipLoop {
             names::SCHEDULE_LAG,
             s.max_lag_ms.swap(0, Ordering::Relaxed).max(0) as u64,
         );
-        let caught = self.h.map.caught_up_at_ms();
+        let caught = self.handles.map.caught_up_at_ms();
         if caught > 0 {
             m.self_gauge(names::FEED_LAG, (now - caught).max(0) as u64);
         }

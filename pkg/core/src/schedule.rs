@@ -254,7 +254,7 @@ struct Slot {
 }
 
 pub struct Scheduler {
-    d: SchedulerDeps,
+    deps: SchedulerDeps,
     interval_ms: i64,
     permits: Arc<Semaphore>,
     slots: HashMap<Arc<str>, Slot>,
@@ -270,11 +270,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(d: SchedulerDeps) -> Self {
-        let view = d.assignment.borrow().clone();
+    pub fn new(deps: SchedulerDeps) -> Self {
+        let view = deps.assignment.borrow().clone();
         Self {
-            interval_ms: ms(d.interval).max(1),
-            permits: Arc::new(Semaphore::new(d.max_concurrent)),
+            interval_ms: ms(deps.interval).max(1),
+            permits: Arc::new(Semaphore::new(deps.max_concurrent)),
             slots: HashMap::new(),
             heap: BinaryHeap::new(),
             running: HashSet::new(),
@@ -283,7 +283,7 @@ impl Scheduler {
             view,
             refreshed_for: None,
             waiters: HashMap::new(),
-            d,
+            deps,
         }
     }
 
@@ -295,19 +295,19 @@ impl Scheduler {
             let next_at = self
                 .heap
                 .peek()
-                .map(|Reverse((due, _, _))| self.d.clock.instant_at(*due));
+                .map(|Reverse((due, _, _))| self.deps.clock.instant_at(*due));
             tokio::select! {
                 biased;
                 _ = stop_starting.cancelled() => break,
                 Some(done) = self.checks.join_next(), if !self.checks.is_empty() => self.finished(done),
-                Some(req) = self.d.check_now.recv() => self.check_now(req),
-                ev = self.d.events.recv() => match ev {
+                Some(req) = self.deps.check_now.recv() => self.check_now(req),
+                ev = self.deps.events.recv() => match ev {
                     Some(ev) => self.on_event(ev),
                     None => break,
                 },
-                changed = self.d.assignment.changed() => {
+                changed = self.deps.assignment.changed() => {
                     if changed.is_err() { break }
-                    self.view = self.d.assignment.borrow_and_update().clone();
+                    self.view = self.deps.assignment.borrow_and_update().clone();
                     self.rescan();
                 }
                 _ = sleep_until_opt(next_at) => self.fire_due().await,
@@ -330,11 +330,11 @@ impl Scheduler {
                 },
             }
         }
-        self.d.stats.inflight.store(0, Ordering::Relaxed);
+        self.deps.stats.inflight.store(0, Ordering::Relaxed);
     }
 
     fn wanted(&self, e: &ClusterEntry, now_ms: i64) -> bool {
-        e.state.is_checkable() && self.view.bucket(e.bucket).involves(&self.d.me, now_ms)
+        e.state.is_checkable() && self.view.bucket(e.bucket).involves(&self.deps.me, now_ms)
     }
 
     fn schedule_at(&mut self, id: Arc<str>, due: i64, phase: i64) {
@@ -365,19 +365,19 @@ impl Scheduler {
             phase,
             self.interval_ms,
             // Catch-ups ramp over half a heartbeat interval.
-            ms(self.d.refresh_timeout) / 2,
+            ms(self.deps.refresh_timeout) / 2,
             fresh,
             self.view.bucket(e.bucket),
-            &self.d.me,
+            &self.deps.me,
         );
         self.schedule_slot(e.id.clone(), due, phase, catch_up);
     }
 
     /// Reconciles the timetable with the map and the current view.
     fn rescan(&mut self) {
-        let now = self.d.clock.now_ms();
+        let now = self.deps.clock.now_ms();
         let mut wanted: Vec<Arc<ClusterEntry>> = Vec::new();
-        self.d.map.for_each(|e| {
+        self.deps.map.for_each(|e| {
             if self.wanted(e, now) {
                 wanted.push(e.clone());
             }
@@ -388,7 +388,7 @@ impl Scheduler {
             self.ensure(e, now, false);
         }
         self.compact_heap();
-        self.d
+        self.deps
             .stats
             .scheduled
             .store(self.slots.len(), Ordering::Relaxed);
@@ -404,9 +404,9 @@ impl Scheduler {
     }
 
     fn on_event(&mut self, ev: ClusterEvent) {
-        let now = self.d.clock.now_ms();
+        let now = self.deps.clock.now_ms();
         match ev {
-            ClusterEvent::Changed { id, fresh } => match self.d.map.get(&id) {
+            ClusterEvent::Changed { id, fresh } => match self.deps.map.get(&id) {
                 Some(e) if self.wanted(&e, now) => self.ensure(&e, now, fresh),
                 _ => {
                     self.slots.remove(&id);
@@ -414,10 +414,10 @@ impl Scheduler {
             },
             ClusterEvent::Removed { id } => {
                 self.slots.remove(&id);
-                self.d.last_checks.remove(&id);
+                self.deps.last_checks.remove(&id);
             }
         }
-        self.d
+        self.deps
             .stats
             .scheduled
             .store(self.slots.len(), Ordering::Relaxed);
@@ -425,7 +425,7 @@ impl Scheduler {
 
     async fn fire_due(&mut self) {
         while let Some(Reverse((due, gen, _))) = self.heap.peek() {
-            let now = self.d.clock.now_ms();
+            let now = self.deps.clock.now_ms();
             if *due > now {
                 break;
             }
@@ -442,13 +442,13 @@ impl Scheduler {
                 self.heap.pop();
                 continue;
             }
-            let pass_done_ms = self.d.pass_done_ms.load(Ordering::Acquire);
+            let pass_done_ms = self.deps.pass_done_ms.load(Ordering::Acquire);
             let facts = DueFacts {
                 now_ms: now,
                 due_ms: due,
                 interval_ms: self.interval_ms,
                 pass_done_ms,
-                stalled_after_ms: ms(self.d.stalled_after),
+                stalled_after_ms: ms(self.deps.stalled_after),
                 refreshed_for: self.refreshed_for,
                 mine_at_due: false,
                 running: false,
@@ -462,7 +462,7 @@ impl Scheduler {
             let Reverse((_, _, id)) = self.heap.pop().expect("peeked");
             self.fire(id, due, now, facts);
         }
-        self.d
+        self.deps
             .stats
             .scheduled
             .store(self.slots.len(), Ordering::Relaxed);
@@ -473,17 +473,17 @@ impl Scheduler {
     async fn refresh_view(&mut self) {
         tracing::info!("the membership loop stalled (a paused process?): refreshing the assignment before the next check");
         let (tx, rx) = oneshot::channel();
-        if self.d.refresh.send(tx).await.is_ok() {
-            let _ = tokio::time::timeout(self.d.refresh_timeout, rx).await;
+        if self.deps.refresh.send(tx).await.is_ok() {
+            let _ = tokio::time::timeout(self.deps.refresh_timeout, rx).await;
         }
-        if self.d.assignment.has_changed().unwrap_or(false) {
-            self.view = self.d.assignment.borrow_and_update().clone();
+        if self.deps.assignment.has_changed().unwrap_or(false) {
+            self.view = self.deps.assignment.borrow_and_update().clone();
             self.rescan();
         }
     }
 
     fn fire(&mut self, id: Arc<str>, due: i64, now: i64, facts: DueFacts) {
-        let Some(entry) = self.d.map.get(&id) else {
+        let Some(entry) = self.deps.map.get(&id) else {
             self.slots.remove(&id);
             return;
         };
@@ -493,18 +493,18 @@ impl Scheduler {
             (slot.phase, slot.catch_up)
         };
         let next = due_after(due, now, catch_up, phase, self.interval_ms);
-        if entry.state.is_checkable() && a.involves(&self.d.me, next) {
+        if entry.state.is_checkable() && a.involves(&self.deps.me, next) {
             self.schedule_at(id.clone(), next, phase);
         } else {
             self.slots.remove(&id);
         }
         let decision = decide_due(&DueFacts {
-            mine_at_due: a.owner_at(due) == Some(&*self.d.me),
+            mine_at_due: a.owner_at(due) == Some(&*self.deps.me),
             running: self.running.contains(&id),
             ..facts
         });
         let skip = |reason: &str| {
-            self.d
+            self.deps
                 .metrics
                 .self_count(names::CHECKS_SKIPPED, 1, &[("reason", reason)])
         };
@@ -519,13 +519,13 @@ impl Scheduler {
             return;
         };
         let lag = now - due;
-        self.d.stats.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
+        self.deps.stats.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
         self.start(entry, permit);
     }
 
     /// An operator's check: same pool, same metrics, never two at once.
     fn check_now(&mut self, req: CheckNowRequest) {
-        let answer = match self.d.map.get(&req.id) {
+        let answer = match self.deps.map.get(&req.id) {
             None => CheckNowAnswer::Unknown,
             Some(e) if self.running.contains(&e.id) => CheckNowAnswer::Busy,
             Some(e) => match self.permits.clone().try_acquire_owned() {
@@ -543,15 +543,15 @@ impl Scheduler {
     /// Starts a check on the pool; `finished` collects it.
     fn start(&mut self, entry: Arc<ClusterEntry>, permit: tokio::sync::OwnedSemaphorePermit) {
         let id = entry.id.clone();
-        self.d.stats.started.fetch_add(1, Ordering::Relaxed);
-        self.d.stats.inflight.fetch_add(1, Ordering::Relaxed);
-        self.d.metrics.self_count(names::CHECKS_STARTED, 1, &[]);
+        self.deps.stats.started.fetch_add(1, Ordering::Relaxed);
+        self.deps.stats.inflight.fetch_add(1, Ordering::Relaxed);
+        self.deps.metrics.self_count(names::CHECKS_STARTED, 1, &[]);
         self.running.insert(id.clone());
 
-        let checker = self.d.checker.clone();
-        let metrics = self.d.metrics.clone();
-        let clock = self.d.clock;
-        let timeout = self.d.check_timeout;
+        let checker = self.deps.checker.clone();
+        let metrics = self.deps.metrics.clone();
+        let clock = self.deps.clock;
+        let timeout = self.deps.check_timeout;
         self.checks.spawn(async move {
             let _permit = permit;
             let started = Instant::now();
@@ -598,16 +598,16 @@ impl Scheduler {
     }
 
     fn finished(&mut self, done: Result<(Arc<str>, LastCheck), tokio::task::JoinError>) {
-        self.d.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.deps.stats.inflight.fetch_sub(1, Ordering::Relaxed);
         match done {
             Ok((id, last)) => {
                 self.running.remove(&id);
                 if let Some(w) = self.waiters.remove(&id) {
                     let _ = w.send(CheckNowAnswer::Done(last.clone()));
                 }
-                if let Some(entry) = self.d.map.get(&id) {
+                if let Some(entry) = self.deps.map.get(&id) {
                     self.alert(entry, &last);
-                    self.d.last_checks.insert(id, last);
+                    self.deps.last_checks.insert(id, last);
                 }
             }
             Err(e) => {
@@ -627,18 +627,18 @@ impl Scheduler {
     /// the cluster at the check's start. Never waits: a full queue drops it,
     /// counted (`monitor.alerts.dropped`, reason input_full).
     fn alert(&self, entry: Arc<ClusterEntry>, last: &LastCheck) {
-        let Some(tx) = &self.d.alerts else { return };
+        let Some(tx) = &self.deps.alerts else { return };
         let owner = self.view.bucket(entry.bucket).owner_at(last.started_ms);
-        if !entry.state.is_checkable() || owner != Some(&*self.d.me) {
+        if !entry.state.is_checkable() || owner != Some(&*self.deps.me) {
             return;
         }
         let input = crate::alerts::AlertInput {
             entry,
             report: last.report.clone(),
-            at_ms: self.d.clock.now_ms(),
+            at_ms: self.deps.clock.now_ms(),
         };
         if tx.try_send(input).is_err() {
-            self.d
+            self.deps
                 .metrics
                 .self_count(names::ALERTS_DROPPED, 1, &[("reason", "input_full")]);
         }

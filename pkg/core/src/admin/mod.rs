@@ -56,7 +56,7 @@ impl Token {
 
     /// Constant-time comparison with an `Authorization` header value.
     fn accepts(&self, header: Option<&str>) -> bool {
-        let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        let Some(given) = header.and_then(|engine| engine.strip_prefix("Bearer ")) else {
             return false;
         };
         // `subtle` compares in constant time for equal lengths (a length
@@ -76,13 +76,13 @@ impl std::fmt::Debug for Token {
 /// stops accepting and ends open connections.
 pub async fn serve(
     listener: TcpListener,
-    h: EngineHandles,
+    engine: EngineHandles,
     token: Option<Token>,
     stop: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNS));
     let mut conns = JoinSet::new();
-    let state = Arc::new((h, token));
+    let state = Arc::new((engine, token));
     loop {
         while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
@@ -150,7 +150,7 @@ fn text(status: StatusCode, body: impl Into<String>) -> Resp {
     respond(status, "text/plain; charset=utf-8", body.into())
 }
 
-async fn handle(req: Request<Incoming>, h: &EngineHandles, token: Option<&Token>) -> Resp {
+async fn handle(req: Request<Incoming>, engine: &EngineHandles, token: Option<&Token>) -> Resp {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -177,7 +177,7 @@ async fn handle(req: Request<Incoming>, h: &EngineHandles, token: Option<&Token>
         (Method::GET, [""]) => respond(StatusCode::OK, "text/html; charset=utf-8", PAGE),
         (Method::GET, ["healthz", "live"]) => text(StatusCode::OK, "ok\n"),
         (Method::GET, ["healthz", "ready"]) => {
-            let why = h.not_ready();
+            let why = engine.not_ready();
             if why.is_empty() {
                 text(StatusCode::OK, "ready\n")
             } else {
@@ -190,24 +190,26 @@ async fn handle(req: Request<Incoming>, h: &EngineHandles, token: Option<&Token>
         (Method::GET, ["metrics"]) => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            h.prometheus(),
+            engine.prometheus(),
         ),
-        (Method::GET, ["debug", "clusters", id]) => match cluster_debug(h, id) {
+        (Method::GET, ["debug", "clusters", id]) => match cluster_debug(engine, id) {
             Some(v) => json_resp(StatusCode::OK, &v),
             None => json_resp(
                 StatusCode::NOT_FOUND,
                 &json!({"id": id, "known": false, "reason": "no such cluster in this monitor's cache"}),
             ),
         },
-        (Method::GET, ["debug", "assignment"]) => json_resp(StatusCode::OK, &assignment_debug(h)),
-        (Method::GET, ["api", "status"]) => match api_status(h).await {
+        (Method::GET, ["debug", "assignment"]) => {
+            json_resp(StatusCode::OK, &assignment_debug(engine))
+        }
+        (Method::GET, ["api", "status"]) => match api_status(engine).await {
             Ok(v) => json_resp(StatusCode::OK, &v),
             Err(e) => json_resp(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &ErrorAnswer { id: None, error: e },
             ),
         },
-        (Method::POST, ["admin", "check", id]) => match h.check_now(id).await {
+        (Method::POST, ["admin", "check", id]) => match engine.check_now(id).await {
             Ok(last) => json_resp(StatusCode::OK, &CheckAnswer::new(id, &last)),
             Err(e) => {
                 let status = match e {
@@ -226,23 +228,23 @@ async fn handle(req: Request<Incoming>, h: &EngineHandles, token: Option<&Token>
         },
         // A pushed assignment from the lease holder: read the table now.
         (Method::POST, ["admin", "sync"]) => {
-            if h.sync_now() {
+            if engine.sync_now() {
                 json_resp(
                     StatusCode::ACCEPTED,
-                    &json!({"monitor": &*h.me, "sync": true}),
+                    &json!({"monitor": &*engine.me, "sync": true}),
                 )
             } else {
                 json_resp(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"monitor": &*h.me, "sync": false, "error": "a pass is already queued or the monitor is stopping"}),
+                    &json!({"monitor": &*engine.me, "sync": false, "error": "a pass is already queued or the monitor is stopping"}),
                 )
             }
         }
-        (Method::POST, ["admin", "drain"]) => match h.drain().await {
+        (Method::POST, ["admin", "drain"]) => match engine.drain().await {
             Ok(handoff_at_ms) => json_resp(
                 StatusCode::OK,
                 &DrainAnswer {
-                    monitor: h.me.to_string(),
+                    monitor: engine.me.to_string(),
                     draining: true,
                     handoff_at_ms,
                 },
@@ -262,24 +264,24 @@ fn check_json(id: &str, last: &LastCheck) -> Value {
 }
 
 /// What this monitor knows of one cluster.
-pub fn cluster_debug(h: &EngineHandles, id: &str) -> Option<Value> {
-    let now = h.clock.now_ms();
-    let entry = h.map.get(id);
-    let invalid = h.map.invalid_reason(id);
+pub fn cluster_debug(engine: &EngineHandles, id: &str) -> Option<Value> {
+    let now = engine.clock.now_ms();
+    let entry = engine.map.get(id);
+    let invalid = engine.map.invalid_reason(id);
     if entry.is_none() && invalid.is_none() {
         return None;
     }
-    let view = h.assignment.borrow().clone();
+    let view = engine.assignment.borrow().clone();
     let mut v = json!({
         "id": id,
         "known": entry.is_some(),
-        "monitor": &*h.me,
+        "monitor": &*engine.me,
         "invalid_reason": invalid,
         "generation": view.generation,
     });
     if let Some(e) = &entry {
         let b = view.bucket(e.bucket);
-        let interval = crate::clock::ms(h.interval);
+        let interval = crate::clock::ms(engine.interval);
         let due = next_due(now, phase_ms(id, interval), interval);
         v["bucket"] = json!(e.bucket);
         v["state"] = json!(e.state.as_str());
@@ -287,10 +289,10 @@ pub fn cluster_debug(h: &EngineHandles, id: &str) -> Option<Value> {
         v["owner"] = json!(b.owner);
         v["prev"] = json!(b.prev);
         v["handoff_at_ms"] = json!(b.handoff_at_ms);
-        v["owned"] = json!(b.involves(&h.me, now));
+        v["owned"] = json!(b.involves(&engine.me, now));
         v["checker_at_next_due"] = json!(b.owner_at(due));
         v["next_due_ms"] = json!(due);
-        v["last_check"] = h
+        v["last_check"] = engine
             .last_checks
             .get(id)
             .map(|l| check_json(id, &l))
@@ -299,10 +301,10 @@ pub fn cluster_debug(h: &EngineHandles, id: &str) -> Option<Value> {
     Some(v)
 }
 
-pub fn assignment_debug(h: &EngineHandles) -> Value {
-    let now = h.clock.now_ms();
-    let view = h.assignment.borrow().clone();
-    let me = &*h.me;
+pub fn assignment_debug(engine: &EngineHandles) -> Value {
+    let now = engine.clock.now_ms();
+    let view = engine.assignment.borrow().clone();
+    let me = &*engine.me;
     let owned: Vec<usize> = (0..view.buckets.len())
         .filter(|b| view.buckets[*b].owner.as_deref() == Some(me))
         .collect();
@@ -318,23 +320,23 @@ pub fn assignment_debug(h: &EngineHandles) -> Value {
         "generation": view.generation,
         "lease_owner": view.lease_owner,
         "lease_expires_ms": view.lease_expires_ms,
-        "read_at_ms": h.assignment_read_ms.load(Ordering::Acquire),
-        "draining": h.draining.load(Ordering::Acquire),
+        "read_at_ms": engine.assignment_read_ms.load(Ordering::Acquire),
+        "draining": engine.draining.load(Ordering::Acquire),
         "owned": owned,
         "handing_over": handing_over,
         "owners": view.buckets.iter().map(|b| b.owner.clone()).collect::<Vec<_>>(),
-        "probes": h.probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        "probes": engine.probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     })
 }
 
 /// The status page's data: the fleet as the store says now, plus what this
 /// monitor knows (readiness, its failing clusters).
-async fn api_status(h: &EngineHandles) -> Result<Value, String> {
-    let now = h.clock.now_ms();
-    let bound = h.heartbeat_interval.max(Duration::from_secs(1));
+async fn api_status(engine: &EngineHandles) -> Result<Value, String> {
+    let now = engine.clock.now_ms();
+    let bound = engine.heartbeat_interval.max(Duration::from_secs(1));
     let read = async {
-        let live = h.store.list_monitors(now).await?;
-        let master = h.store.read_master().await?;
+        let live = engine.store.list_monitors(now).await?;
+        let master = engine.store.read_master().await?;
         Ok::<_, crate::store::StoreError>((live, master))
     };
     let (live, master) = match tokio::time::timeout(bound, read).await {
@@ -343,13 +345,13 @@ async fn api_status(h: &EngineHandles) -> Result<Value, String> {
         Err(_) => return Err("store: no answer within a heartbeat interval".into()),
     };
     let master = master.map(|m| m.value);
-    let fleet = fleet_status(master.as_ref(), &live, h.map.len() as u64, now);
+    let fleet = fleet_status(master.as_ref(), &live, engine.map.len() as u64, now);
     let owners = bucket_owners(master.as_ref(), &live);
-    let failing: Vec<Value> = h
+    let failing: Vec<Value> = engine
         .failing()
         .into_iter()
         .map(|(id, last)| {
-            let bucket = h.map.get(&id).map(|e| e.bucket);
+            let bucket = engine.map.get(&id).map(|e| e.bucket);
             json!({
                 "id": &*id,
                 "bucket": bucket,
@@ -359,10 +361,10 @@ async fn api_status(h: &EngineHandles) -> Result<Value, String> {
             })
         })
         .collect();
-    let not_ready = h.not_ready();
+    let not_ready = engine.not_ready();
     Ok(json!({
-        "self": {"id": &*h.me, "version": h.version, "ready": not_ready.is_empty(), "not_ready": not_ready},
-        "probes": h.probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        "self": {"id": &*engine.me, "version": engine.version, "ready": not_ready.is_empty(), "not_ready": not_ready},
+        "probes": engine.probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "generated_at_ms": now,
         "fleet": fleet,
         "buckets": owners,
