@@ -910,7 +910,8 @@ impl MembershipLoop {
                                     from_valid = self.last_valid_master.is_some(),
                                     "repaired the master document: rewrote it from the last valid version this monitor saw"
                                 );
-                                self.set_master_invalid(None);
+                                // Readiness keeps naming the document until a pass reads a
+                                // valid version: a repair does not prove nobody writes it again.
                             } else if holder != Some(&*self.me) {
                                 tracing::info!(
                                     generation = doc.generation,

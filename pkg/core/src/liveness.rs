@@ -52,6 +52,8 @@ struct Peer {
     /// Expired when first seen and unchanged since: a leftover document,
     /// not live whatever happened to the store.
     stale_at_first_sight: bool,
+    /// Lists that showed this peer's document.
+    lists_seen: u32,
 }
 
 impl Peer {
@@ -113,6 +115,7 @@ impl Observer {
         for p in self.peers.values_mut() {
             p.present = false;
         }
+        let listed: BTreeSet<&str> = docs.iter().map(|d| d.id.as_str()).collect();
         for d in docs.iter().filter(|d| d.id != me) {
             match self.peers.get_mut(&d.id) {
                 Some(p) => {
@@ -150,6 +153,7 @@ impl Observer {
                         admin_url: d.admin_url.clone(),
                         gone: false,
                         stale_at_first_sight: !presumed_live,
+                        lists_seen: 0,
                     };
                     if let Some(prev) = prev {
                         if presumed_live {
@@ -163,6 +167,11 @@ impl Observer {
                     }
                     self.peers.insert(d.id.clone(), p);
                 }
+            }
+        }
+        for (id, p) in self.peers.iter_mut() {
+            if listed.contains(id.as_str()) {
+                p.lists_seen = p.lists_seen.saturating_add(1);
             }
         }
         // Forget peers long gone (their documents deleted or expired).
@@ -328,6 +337,17 @@ impl Observer {
                 None => unmeasured += 1,
             }
         }
+        // A peer whose document looked expired at first sight is not live,
+        // yet it may be a live peer whose clock is behind ours (or ours
+        // ahead): wait until it changed (measured) or stayed unchanged for
+        // two more lists (a leftover document) before giving a verdict.
+        unmeasured += self
+            .peers
+            .values()
+            .filter(|p| {
+                p.present && p.offsets.is_empty() && p.stale_at_first_sight && p.lists_seen < 3
+            })
+            .count();
         estimates.sort_unstable();
         // The peers' offsets are theirs minus ours: the fleet's median clock
         // minus ours. Report ours minus the fleet's.
@@ -435,6 +455,26 @@ mod tests {
                 assert!(c.offset_ms.abs() <= 2_100, "skew {skew}, m{me}: {c:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_monitor_far_ahead_waits_for_peers_that_look_expired() {
+        // Ours is 15 s ahead: both peers' documents look expired at first
+        // sight. No verdict until they change; then skewed.
+        let mut o = Observer::default();
+        let docs = |hb: i64| [doc("p1", hb, 10_000), doc("p2", hb + 300, 10_000)];
+        o.observe_list("me", 15_000, 15_010, &docs(0), T);
+        assert!(o.live(15_010, 15_010, T).is_empty());
+        assert_eq!(o.clock(15_010, 15_010, T).verdict, ClockVerdict::Pending);
+        o.observe_list("me", 17_000, 17_010, &docs(2_000), T);
+        assert_eq!(o.clock(17_010, 15_010, T).verdict, ClockVerdict::Skewed);
+        // Leftover documents that never change stop blocking after 3 lists.
+        let mut o = Observer::default();
+        for k in 0..3 {
+            let now = 15_000 + k * 2_000;
+            o.observe_list("me", now, now + 10, &docs(0), T);
+        }
+        assert_eq!(o.clock(19_010, 15_010, T).verdict, ClockVerdict::Ok);
     }
 
     #[test]

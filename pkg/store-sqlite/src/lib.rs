@@ -58,6 +58,9 @@ const MONITOR_ROW_RETENTION_MS: i64 = 3_600_000;
 /// pass asks again: calls never pile up behind a lock.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// How long opening the store waits for other processes' locks.
+const OPEN_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
@@ -85,7 +88,10 @@ impl SqliteStore {
             StoreError::Invalid(format!("cannot open sqlite store {}: {e}", path.display()))
         };
         let conn = Connection::open(&path).map_err(ctx)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
+        // Opening may switch the file to WAL and create the schema while
+        // other processes open it too: wait longer for their locks here
+        // than a call of a running monitor does.
+        conn.busy_timeout(OPEN_BUSY_TIMEOUT).map_err(ctx)?;
         // WAL: readers do not block the writer; several processes share the file.
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -99,6 +105,7 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous=NORMAL;")
             .map_err(ctx)?;
         conn.execute_batch(SCHEMA).map_err(ctx)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
         let reader = Connection::open(&path).map_err(ctx)?;
         reader.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
         Ok(Self {

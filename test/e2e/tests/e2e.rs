@@ -1141,7 +1141,10 @@ fn cosmos_store_share_feed_relist_throttling_and_crash() {
         t_down.elapsed(),
         body.trim()
     );
-    assert!(body.contains("store has not answered"), "{body}");
+    assert!(
+        body.contains("store unreachable") && body.contains("heartbeat write"),
+        "readiness names the store and the failing call: {body}"
+    );
     assert_eq!(
         http_get(&format!("{}/healthz/live", urls[survivors[0]]))
             .unwrap()
