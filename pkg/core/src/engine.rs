@@ -20,7 +20,7 @@ use crate::balance::{self, MasterAction, Membership, PassTiming};
 use crate::check::Checker;
 use crate::clock::{ms, Clock};
 use crate::config::EngineConfig;
-use crate::feed::{self, ClusterEvent, ClusterMap, Reflector};
+use crate::feed::{self, ClusterMap, Reflector};
 use crate::liveness::{ClockState, ClockVerdict, ObserveTiming, Observer};
 use crate::metrics::{names, Metrics};
 use crate::model::{MasterDoc, MonitorDoc, MonitorStats};
@@ -252,20 +252,18 @@ impl EngineHandles {
     }
 }
 
+/// The parts of a monitor, built and wired once by [`Engine::new`];
+/// [`Engine::run`] only starts them and stops them in order.
 pub struct Engine {
     cfg: EngineConfig,
-    store: Arc<dyn Store>,
-    checker: Arc<dyn Checker>,
-    metrics: Metrics,
-    clock: Clock,
-    reflector: Reflector,
-    events: mpsc::Receiver<ClusterEvent>,
-    assignment_tx: watch::Sender<Arc<Assignment>>,
     handles: EngineHandles,
+    reflector: Reflector,
+    feed: std::pin::Pin<Box<dyn futures::Stream<Item = feed::FeedEvent> + Send>>,
+    member: MembershipLoop,
     cmd_rx: mpsc::Receiver<Cmd>,
-    check_now_rx: mpsc::Receiver<CheckNowRequest>,
-    refresh_tx: mpsc::Sender<RefreshRequest>,
     refresh_rx: mpsc::Receiver<RefreshRequest>,
+    scheduler: Scheduler,
+    alerts: Option<crate::alerts::AlertTask>,
 }
 
 impl Engine {
@@ -306,54 +304,7 @@ impl Engine {
             cmds,
             check_now,
         };
-        Ok(Self {
-            cfg,
-            store,
-            checker,
-            metrics,
-            clock,
-            reflector,
-            events,
-            assignment_tx,
-            handles,
-            cmd_rx,
-            check_now_rx,
-            refresh_tx,
-            refresh_rx,
-        })
-    }
-
-    pub fn handles(&self) -> EngineHandles {
-        self.handles.clone()
-    }
-
-    /// Runs until `shutdown` completes, then leaves gracefully: hands its
-    /// buckets over with a timed handoff (checking until then), stops
-    /// starting checks, waits for in-flight ones, deletes its heartbeat.
-    /// Everything after `shutdown` fits in `shutdown_grace` plus a store call.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Engine {
-            cfg,
-            store,
-            checker,
-            metrics,
-            clock,
-            reflector,
-            events,
-            assignment_tx,
-            handles,
-            cmd_rx,
-            check_now_rx,
-            refresh_tx,
-            refresh_rx,
-        } = self;
         let me: Arc<str> = cfg.id.as_str().into();
-        let tracker = TaskTracker::new();
-        let feed_stop = CancellationToken::new();
-        let member_stop = CancellationToken::new();
-        let stop_starting = CancellationToken::new();
-        let abort = CancellationToken::new();
-
         let relist = (!store.feed_reports_deletes() && !cfg.relist_interval.is_zero()).then(|| {
             let view = handles.assignment.clone();
             let me = me.clone();
@@ -368,23 +319,13 @@ impl Engine {
                 }),
             }
         });
-        let feed = feed::watch(
+        let feed = Box::pin(feed::watch(
             store.clone(),
             None,
             cfg.feed_interval,
             cfg.feed_page_size,
             relist,
-        );
-        // Dropping this future (a crash in tests, an abort) stops every task
-        // it started: nothing outlives the engine.
-        let mut guard = AbortOnDrop(Vec::new());
-        guard.0.push(
-            tracker
-                .spawn(reflector.run(feed, feed_stop.clone()))
-                .abort_handle(),
-        );
-
-        let cmd_tx = handles.cmds.clone();
+        ));
         let member = MembershipLoop {
             cfg: cfg.clone(),
             store: store.clone(),
@@ -405,30 +346,23 @@ impl Engine {
             clock_state: None,
             http: peer_client(cfg.heartbeat_interval),
         };
-        guard.0.push(
-            tracker
-                .spawn(member.run(cmd_rx, refresh_rx, member_stop.clone()))
-                .abort_handle(),
-        );
-
         // Alerts (`--alertmanager-url`): fed by the scheduler, never waited on.
-        let alerts_stop = CancellationToken::new();
-        let alerts = cfg.alerts.clone().map(|a| {
-            let (tx, task) = crate::alerts::AlertTask::new(
-                a,
-                &cfg,
-                clock,
-                metrics.clone(),
-                handles.map.clone(),
-                handles.assignment.clone(),
-            );
-            guard
-                .0
-                .push(tracker.spawn(task.run(alerts_stop.clone())).abort_handle());
-            tx
-        });
-        let sched = Scheduler::new(SchedulerDeps {
-            me: me.clone(),
+        let (alerts_tx, alerts) = match cfg.alerts.clone() {
+            Some(a) => {
+                let (tx, task) = crate::alerts::AlertTask::new(
+                    a,
+                    &cfg,
+                    clock,
+                    metrics.clone(),
+                    handles.map.clone(),
+                    handles.assignment.clone(),
+                );
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
+        let scheduler = Scheduler::new(SchedulerDeps {
+            me,
             interval: cfg.interval,
             check_timeout: cfg.check_timeout,
             max_concurrent: cfg.max_concurrent_checks,
@@ -443,11 +377,72 @@ impl Engine {
             assignment_read_ms: handles.assignment_read_ms.clone(),
             refresh: refresh_tx,
             checker,
-            metrics: metrics.clone(),
+            metrics,
             stats: handles.stats.clone(),
             last_checks: handles.last_checks.clone(),
-            alerts,
+            alerts: alerts_tx,
         });
+        Ok(Self {
+            cfg,
+            handles,
+            reflector,
+            feed,
+            member,
+            cmd_rx,
+            refresh_rx,
+            scheduler,
+            alerts,
+        })
+    }
+
+    pub fn handles(&self) -> EngineHandles {
+        self.handles.clone()
+    }
+
+    /// Runs until `shutdown` completes, then leaves gracefully: hands its
+    /// buckets over with a timed handoff (checking until then), stops
+    /// starting checks, waits for in-flight ones, deletes its heartbeat.
+    /// Everything after `shutdown` fits in `shutdown_grace` plus a store call.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Engine {
+            cfg,
+            handles,
+            reflector,
+            feed,
+            member,
+            cmd_rx,
+            refresh_rx,
+            scheduler,
+            alerts,
+        } = self;
+        let clock = handles.clock;
+        let tracker = TaskTracker::new();
+        let feed_stop = CancellationToken::new();
+        let member_stop = CancellationToken::new();
+        let alerts_stop = CancellationToken::new();
+        let stop_starting = CancellationToken::new();
+        let abort = CancellationToken::new();
+
+        // Dropping this future (a crash in tests, an abort) stops every task
+        // it started: nothing outlives the engine.
+        let mut guard = AbortOnDrop(Vec::new());
+        guard.0.push(
+            tracker
+                .spawn(reflector.run(feed, feed_stop.clone()))
+                .abort_handle(),
+        );
+        let cmd_tx = handles.cmds.clone();
+        guard.0.push(
+            tracker
+                .spawn(member.run(cmd_rx, refresh_rx, member_stop.clone()))
+                .abort_handle(),
+        );
+        if let Some(task) = alerts {
+            guard
+                .0
+                .push(tracker.spawn(task.run(alerts_stop.clone())).abort_handle());
+        }
+        let sched = scheduler;
         let mut sched_task = tracker.spawn(sched.run(stop_starting.clone(), abort.clone()));
         guard.0.push(sched_task.abort_handle());
         tracker.close();
