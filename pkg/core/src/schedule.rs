@@ -602,12 +602,15 @@ impl Scheduler {
         match done {
             Ok((id, last)) => {
                 self.running.remove(&id);
-                if let Some(w) = self.waiters.remove(&id) {
-                    let _ = w.send(CheckNowAnswer::Done(last.clone()));
-                }
+                // Recorded before the operator hears back, so what they
+                // read next shows this check.
+                let waiter = self.waiters.remove(&id);
                 if let Some(entry) = self.deps.map.get(&id) {
                     self.alert(entry, &last);
-                    self.deps.last_checks.insert(id, last);
+                    self.deps.last_checks.insert(id, last.clone());
+                }
+                if let Some(w) = waiter {
+                    let _ = w.send(CheckNowAnswer::Done(last));
                 }
             }
             Err(e) => {
