@@ -132,17 +132,19 @@ impl EngineConfig {
         Ok(())
     }
 
-    /// A monitor whose membership loop has not finished a pass for this long
-    /// was stalled (a paused process, a frozen VM): its scheduler refreshes
-    /// the assignment before it starts another check. A loop that keeps
-    /// failing against a store that is down still finishes its passes: a
-    /// pass runs its three reads (heartbeat, monitors, master) at once,
-    /// bounded by one heartbeat interval, then at most one master write,
-    /// bounded by another. With the defaults those two intervals (4 s) stay
-    /// below `heartbeat_ttl / 2` (5 s), so an outage never triggers it; a
-    /// TTL under four heartbeat intervals (validation allows two) can.
+    /// A monitor whose membership loop has shown no activity (no pass
+    /// started or finished) for this long was stalled (a paused process, a
+    /// frozen VM): its scheduler refreshes the assignment before it starts
+    /// another check. Peers take a monitor's buckets only after its
+    /// heartbeat has been silent for the TTL as they observe it, so up to
+    /// TTL − one heartbeat interval (8 s by default) nothing can have moved.
+    /// A loop that keeps failing against a store that is down marks every
+    /// pass it starts and ends (each store call is bounded by one heartbeat
+    /// interval), so a slow or dead store never triggers it; the chaos suite
+    /// once caught a pass of about 5 s under a locked store and a loaded CI
+    /// machine against the earlier bound of half a TTL.
     pub fn stalled_after(&self) -> Duration {
-        self.heartbeat_ttl / 2
+        self.heartbeat_ttl.saturating_sub(self.heartbeat_interval)
     }
 
     /// How long a moving bucket stays with its previous owner: the new table

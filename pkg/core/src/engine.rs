@@ -799,6 +799,14 @@ impl MembershipLoop {
 
     async fn pass(&mut self) {
         let started = self.clock.now_ms();
+        // The loop is alive: a pass that then waits on a slow store is no
+        // stall. After a gap longer than the stall bound (this process was
+        // paused) the mark waits for the end of the pass, so the scheduler
+        // refreshes its view before trusting it again.
+        let last = self.handles.pass_done_ms.load(Ordering::Acquire);
+        if started - last <= ms(self.cfg.stalled_after()) {
+            self.handles.pass_done_ms.store(started, Ordering::Release);
+        }
         let reads = self.read_all(started).await;
         let now = self.clock.now_ms();
         self.record_store_health(&reads, now);
