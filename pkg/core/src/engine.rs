@@ -844,8 +844,13 @@ impl MembershipLoop {
             }
         };
 
-        self.probe_quiet_peers(started, now, base.as_ref(), connected_since)
-            .await;
+        // Peers (or the lease holder) silent during this pass are probed.
+        self.probe_peers(
+            base.as_ref().and_then(|d| d.lease_owner.as_deref()),
+            now,
+            now - started,
+        )
+        .await;
         let mut clock = self.observer.clock(now, connected_since, t);
         // A verdict once given is not withdrawn because a new peer is not
         // measured yet.
@@ -946,89 +951,34 @@ impl MembershipLoop {
         self.finish_pass(reads.heartbeat.is_ok(), live_n);
     }
 
-    /// Peer probes. The lease holder probes every peer whose heartbeat did
-    /// not change in this pass; the others probe the lease holder when the
-    /// master document did not change. A refused connection proves the
-    /// process gone: it is dead at once (its buckets move in this pass, the
-    /// lease is free), not a TTL later. A timeout or any other failure
-    /// proves nothing: the TTL decides. Only while the store answers (a
-    /// silence nobody could write is no evidence).
-    async fn probe_quiet_peers(
-        &mut self,
-        started: i64,
-        now: i64,
-        base: Option<&MasterDoc>,
-        connected_since: i64,
-    ) {
-        let Some(client) = self.http.clone() else {
-            return;
+    /// Peer probes. The lease holder probes the live peers whose heartbeat
+    /// has not changed for `quiet_ms` (-1: all of them); the others probe the
+    /// lease holder when the master document has not changed for as long. A
+    /// refused connection proves the process gone: it is dead at once (its
+    /// buckets move, the lease is free), not a TTL later. A timeout or any
+    /// other failure proves nothing: the TTL decides. Only while the store
+    /// answers (a silence nobody could write is no evidence). Answers
+    /// whether a probe was refused.
+    async fn probe_peers(&mut self, owner: Option<&str>, now: i64, quiet_ms: i64) -> bool {
+        let (Some(client), Some(connected_since)) = (self.http.clone(), self.connected_since_ms)
+        else {
+            return false;
         };
-        if self.connected_since_ms.is_none() {
-            return;
-        }
         let t = self.observe_timing();
-        let quiet_ms = now - started;
-        let owner = base.and_then(|d| d.lease_owner.as_deref());
-        let targets: Vec<(String, String)> = if owner == Some(&*self.me) {
-            self.observer.quiet_peers(now, quiet_ms, connected_since, t)
-        } else {
-            match owner {
-                Some(o)
-                    if self.observer.master_quiet(now, quiet_ms)
-                        && self.observer.is_live(o, now, connected_since, t) =>
-                {
-                    self.observer
-                        .admin_url(o)
-                        .map(|u| vec![(o.to_string(), u.to_string())])
-                        .unwrap_or_default()
-                }
-                _ => Vec::new(),
+        let targets: Vec<(String, String)> = match owner {
+            Some(o) if o == &*self.me => {
+                self.observer.quiet_peers(now, quiet_ms, connected_since, t)
             }
-        };
-        if targets.is_empty() {
-            return;
-        }
-        let results = futures::future::join_all(targets.into_iter().map(|(id, url)| {
-            let client = &client;
-            async move {
-                let outcome = probe(client, &url).await;
-                (id, url, outcome)
+            Some(o)
+                if self.observer.master_quiet(now, quiet_ms)
+                    && self.observer.is_live(o, now, connected_since, t) =>
+            {
+                self.observer
+                    .admin_url(o)
+                    .map(|u| vec![(o.to_string(), u.to_string())])
+                    .unwrap_or_default()
             }
-        }))
-        .await;
-        self.record_probes(results);
-    }
-
-    /// A probe round between passes: the lease holder probes every live
-    /// peer, the others the lease holder. Answers whether one was refused
-    /// (a pass should run now).
-    async fn probe_round(&mut self) -> bool {
-        let Some(client) = self.http.clone() else {
-            return false;
-        };
-        let Some(connected_since) = self.connected_since_ms else {
-            return false;
-        };
-        if self.draining() {
-            return false;
-        }
-        let now = self.clock.now_ms();
-        let t = self.observe_timing();
-        let owner = self
-            .last_valid_master
-            .as_ref()
-            .and_then(|d| d.lease_owner.clone());
-        let targets: Vec<(String, String)> = if owner.as_deref() == Some(&*self.me) {
-            self.observer.quiet_peers(now, -1, connected_since, t)
-        } else {
-            owner
-                .filter(|o| self.observer.is_live(o, now, connected_since, t))
-                .and_then(|o| {
-                    self.observer
-                        .admin_url(&o)
-                        .map(|u| vec![(o.clone(), u.to_string())])
-                })
-                .unwrap_or_default()
+            _ => Vec::new(),
         };
         if targets.is_empty() {
             return false;
@@ -1042,6 +992,20 @@ impl MembershipLoop {
         }))
         .await;
         self.record_probes(results)
+    }
+
+    /// A probe round between passes, of every live peer (or of the lease
+    /// holder). Answers whether one was refused (a pass should run now).
+    async fn probe_round(&mut self) -> bool {
+        if self.draining() {
+            return false;
+        }
+        let owner = self
+            .last_valid_master
+            .as_ref()
+            .and_then(|d| d.lease_owner.clone());
+        let now = self.clock.now_ms();
+        self.probe_peers(owner.as_deref(), now, -1).await
     }
 
     /// Counts and records probe outcomes; a refused one marks the peer gone.
