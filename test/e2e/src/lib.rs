@@ -584,23 +584,7 @@ impl Monitors {
     }
 
     pub fn start(&mut self, id: &str) {
-        let mut cmd = Command::new(bin("clustermon"));
-        cmd.args([
-            "run",
-            "--store",
-            &self.store,
-            "--statsd",
-            &self.statsd,
-            "--id",
-            id,
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(&self.extra)
-        .env("RUST_LOG", &self.log)
-        .stdout(Stdio::null());
-        let p = Proc::spawn(id, &mut cmd, &self.dir);
-        self.procs.insert(id.to_string(), p);
+        self.start_with(id, &[], &[]);
     }
 
     pub fn get(&mut self, id: &str) -> &mut Proc {
