@@ -180,6 +180,17 @@ pub trait Store: Send + Sync + 'static {
             .map(|c| c.id)
             .collect())
     }
+    /// The cluster documents of `buckets`, in any order: what a monitor
+    /// reads when it acquires buckets (it keeps no other cluster's
+    /// document). Backends answer it with a query by bucket.
+    async fn list_clusters_in(&self, buckets: &[u8]) -> StoreResult<Vec<RawCluster>> {
+        Ok(self
+            .list_clusters()
+            .await?
+            .into_iter()
+            .filter(|c| bucket_of(&c.body).is_some_and(|b| buckets.contains(&b)))
+            .collect())
+    }
     /// Changes after `continuation` (from the beginning when `None`), in
     /// commit order, at most `max` of them.
     async fn read_feed(&self, continuation: Option<&str>, max: usize) -> StoreResult<FeedPage>;
