@@ -22,6 +22,7 @@ where
     feed_resumes_from_continuation(fresh().await).await;
     feed_rejects_garbage_continuation(fresh().await).await;
     cluster_ids_by_bucket(fresh().await).await;
+    clusters_in_buckets(fresh().await).await;
 }
 
 pub fn monitor(id: &str, expires_at_ms: i64) -> MonitorDoc {
@@ -316,4 +317,111 @@ pub async fn cluster_ids_by_bucket(s: Arc<dyn Store>) {
     ids.sort();
     assert_eq!(ids, vec!["a"], "list_cluster_ids after a delete");
     assert!(s.list_cluster_ids(&[]).await.unwrap().is_empty());
+
+    // An update that moves a document to another bucket.
+    s.put_cluster(&cluster("a", 2)).await.unwrap();
+    assert!(
+        s.list_cluster_ids(&[1]).await.unwrap().is_empty(),
+        "list_cluster_ids: a moved document is gone from its old bucket"
+    );
+    let mut ids = s.list_cluster_ids(&[2]).await.unwrap();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec!["a", "b"],
+        "list_cluster_ids: a moved document is under its new bucket"
+    );
+}
+
+/// `list_clusters_in` as a map from id to decoded document; fails on a
+/// duplicate id or a body that does not decode.
+async fn docs_in(s: &dyn Store, buckets: &[u8]) -> BTreeMap<String, ClusterDoc> {
+    let mut out = BTreeMap::new();
+    for r in s.list_clusters_in(buckets).await.unwrap() {
+        let doc = ClusterDoc::decode(&r.body)
+            .unwrap_or_else(|e| panic!("list_clusters_in: {} does not decode: {e}", r.id));
+        assert_eq!(doc.id, r.id, "list_clusters_in: the id is the body's");
+        assert!(
+            out.insert(r.id.clone(), doc).is_none(),
+            "list_clusters_in({buckets:?}): {} listed twice",
+            r.id
+        );
+    }
+    out
+}
+
+fn by_id(docs: &[&ClusterDoc]) -> BTreeMap<String, ClusterDoc> {
+    docs.iter().map(|d| (d.id.clone(), (*d).clone())).collect()
+}
+
+pub async fn clusters_in_buckets(s: Arc<dyn Store>) {
+    let docs: Vec<ClusterDoc> = [
+        ("a", 1),
+        ("b", 2),
+        ("c", 1),
+        ("d", 255),
+        ("e", 1),
+        ("f", 0),
+    ]
+    .into_iter()
+    .map(|(id, b)| cluster(id, b))
+    .collect();
+    for d in &docs {
+        s.put_cluster(d).await.unwrap();
+    }
+    let [a, b, c, d, e, f] = [0, 1, 2, 3, 4, 5].map(|i| &docs[i]);
+    assert_eq!(
+        docs_in(&*s, &[1, 255]).await,
+        by_id(&[a, c, d, e]),
+        "list_clusters_in: the full documents of the buckets asked for, no other"
+    );
+    assert_eq!(
+        docs_in(&*s, &[0]).await,
+        by_id(&[f]),
+        "list_clusters_in: bucket 0"
+    );
+    assert_eq!(
+        docs_in(&*s, &[1, 1]).await,
+        by_id(&[a, c, e]),
+        "list_clusters_in: a bucket named twice lists its documents once"
+    );
+    assert!(
+        docs_in(&*s, &[7, 42]).await.is_empty(),
+        "list_clusters_in: buckets without documents"
+    );
+    assert!(
+        s.list_clusters_in(&[]).await.unwrap().is_empty(),
+        "list_clusters_in(&[]) is empty"
+    );
+
+    // A delete, an update in place and an update that moves a document.
+    assert!(s.delete_cluster("c").await.unwrap());
+    let mut a2 = a.clone();
+    a2.labels.insert("v".into(), "2".into());
+    a2.api_server = "http://127.0.0.1:2/a".into();
+    s.put_cluster(&a2).await.unwrap();
+    let mut e2 = e.clone();
+    e2.bucket = 3;
+    e2.labels.insert("moved".into(), "yes".into());
+    s.put_cluster(&e2).await.unwrap();
+    assert_eq!(
+        docs_in(&*s, &[1]).await,
+        by_id(&[&a2]),
+        "list_clusters_in after a delete, an update and a move: the latest bodies, \
+         no deleted document, no document that moved away"
+    );
+    assert_eq!(
+        docs_in(&*s, &[3]).await,
+        by_id(&[&e2]),
+        "list_clusters_in: a moved document under its new bucket, at its latest body"
+    );
+    assert_eq!(
+        docs_in(&*s, &[0, 1, 2, 3, 255]).await,
+        by_id(&[&a2, b, d, &e2, f]),
+        "list_clusters_in: every bucket at once"
+    );
+    assert!(
+        s.list_clusters_in(&[]).await.unwrap().is_empty(),
+        "list_clusters_in(&[]) is empty"
+    );
 }
