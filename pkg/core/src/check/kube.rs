@@ -1,13 +1,30 @@
 //! A small Kubernetes API client for one check: per-cluster TLS and
 //! authentication, bodies read with a size cap, lists paged with
 //! `limit`/`continue` so memory stays bounded whatever the cluster's size.
-//! The client (and every connection it opened) is dropped with the check.
+//!
+//! One check talks to one API server, so the client is hyper's bare HTTP/1
+//! connection over tokio-rustls: no pool shared between checks, no dispatch
+//! task, no redirect machinery. A connection is driven by the request that
+//! uses it (never spawned) and kept for the check's next request; the
+//! collectors that run side by side open at most one connection each.
+//! Everything is dropped with the check.
 
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::header::{HeaderValue, AUTHORIZATION};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, HOST, USER_AGENT};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::tls;
@@ -17,6 +34,10 @@ use crate::model::{Credentials, Secret};
 pub const MAX_BODY: usize = 8 << 20;
 /// Items per list page.
 pub const PAGE: usize = 100;
+/// Largest response head (status line and headers).
+const MAX_HEAD: usize = 64 << 10;
+/// Connections a check keeps open for its next requests.
+const MAX_IDLE: usize = 4;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum KubeError {
@@ -62,11 +83,37 @@ pub struct Response {
     pub peer_certificate: Option<Vec<u8>>,
 }
 
+/// What a check's connections are to: parsed once from the document's
+/// `apiServer`.
+struct Target {
+    /// Host to connect to (an IPv6 address without brackets).
+    host: Box<str>,
+    port: u16,
+    /// The `Host` header: the URL's authority.
+    authority: HeaderValue,
+    /// Path of the API server below the authority (no trailing `/`).
+    prefix: Box<str>,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+type Driver = http1::Connection<TokioIo<Box<dyn Io>>, Empty<Bytes>>;
+
+struct Conn {
+    sender: http1::SendRequest<Empty<Bytes>>,
+    /// `None` once the connection ended.
+    driver: Option<Driver>,
+    peer_certificate: Option<Vec<u8>>,
+}
+
 pub struct KubeClient {
-    http: reqwest::Client,
-    base: String,
+    target: Target,
     auth: Option<HeaderValue>,
     deadline: Instant,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Conn>>,
 }
 
 /// The names of the Kubernetes answers' schema (the list envelope and the
@@ -96,37 +143,8 @@ pub const KUBE_NAMES: &[&str] = &[
     "reason",
 ];
 
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// A short reason for a failed request: what failed (connect, request,
-/// body) and the innermost cause ("connection reset by peer"), without the
-/// URL or the intermediate layers that `chain` would list.
-fn reason(e: &reqwest::Error) -> String {
-    let what = if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "reading the body"
-    } else {
-        "request"
-    };
-    let mut root: &(dyn std::error::Error + 'static) = e;
-    while let Some(c) = root.source() {
-        root = c;
-    }
-    let mut why = root.to_string();
-    // reqwest's own message names the URL: " for url (https://…)".
-    if let Some(i) = why.find(" for url (") {
-        why.truncate(i);
-    }
+/// Cuts a cause to a short reason for a report.
+fn short(mut why: String) -> String {
     if why.len() > 120 {
         let mut cut = 120;
         while !why.is_char_boundary(cut) {
@@ -135,7 +153,82 @@ fn reason(e: &reqwest::Error) -> String {
         why.truncate(cut);
         why.push('…');
     }
-    format!("{what}: {why}")
+    why
+}
+
+/// A short reason for a failed request: what failed (connect, request,
+/// body) and the innermost cause ("connection reset by peer"), never the
+/// URL or the layers in between.
+fn reason(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut root = e;
+    while let Some(c) = root.source() {
+        root = c;
+    }
+    format!("{what}: {}", short(root.to_string()))
+}
+
+/// Runs `fut` while driving `driver` (the connection's I/O). A connection
+/// that ends (closed by the server after its answer, or failed) is dropped:
+/// `fut` then completes on what was delivered, or fails as closed.
+async fn driven<T>(driver: &mut Option<Driver>, fut: impl Future<Output = T>) -> T {
+    let mut fut = pin!(fut);
+    loop {
+        let Some(d) = driver.as_mut() else {
+            return fut.await;
+        };
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            _ = d => *driver = None,
+        }
+    }
+}
+
+/// Parses an `apiServer` URL: `http(s)://host[:port][/prefix]`.
+fn target(api_server: &str, creds: &Credentials) -> Result<Target, KubeError> {
+    let bad = |what: &str| KubeError::Config(format!("apiServer: {what}"));
+    let uri: hyper::Uri = api_server.parse().map_err(|_| bad("not a URL"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad("scheme must be http or https")),
+    };
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("user information is not allowed"));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    if uri.query().is_some() {
+        return Err(bad("a query is not allowed"));
+    }
+    let tls = if https {
+        let config = tls::client_config(creds, true).map_err(KubeError::Config)?;
+        let name = ServerName::try_from(host.to_string()).map_err(|_| bad("invalid host name"))?;
+        Some((Arc::new(config), name))
+    } else {
+        None
+    };
+    Ok(Target {
+        host: host.into(),
+        port,
+        authority: HeaderValue::from_str(authority.as_str()).map_err(|_| bad("invalid host"))?,
+        prefix: uri.path().trim_end_matches('/').into(),
+        tls,
+    })
+}
+
+/// How one request on one connection failed.
+enum Attempt {
+    /// A kept connection was closed before it took the request.
+    Stale(hyper::Error),
+    Failed(KubeError),
 }
 
 #[derive(Deserialize)]
@@ -158,79 +251,186 @@ impl KubeClient {
         creds: &Credentials,
         deadline: Instant,
     ) -> Result<Self, KubeError> {
-        let https = api_server.starts_with("https://");
-        let mut b = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            // Never follow a redirect: the request carries the cluster's
-            // credentials (a bearer header, a client certificate) and a
-            // hostile or compromised API server could send them elsewhere.
-            // A 3xx is the answer, and a failed check.
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .pool_max_idle_per_host(4)
-            .user_agent(concat!("clustermon/", env!("CARGO_PKG_VERSION")));
-        if https {
-            let config = tls::client_config(creds, true).map_err(KubeError::Config)?;
-            b = b.use_preconfigured_tls(config).tls_info(true);
-        }
-        let http = b.build().map_err(|e| KubeError::Config(chain(&e)))?;
+        Self::with_connect_timeout(api_server, creds, deadline, Duration::from_secs(5))
+    }
+
+    /// A client whose connections (TCP and the TLS handshake) must be up
+    /// within `connect_timeout`; every request ends by `deadline`.
+    pub fn with_connect_timeout(
+        api_server: &str,
+        creds: &Credentials,
+        deadline: Instant,
+        connect_timeout: Duration,
+    ) -> Result<Self, KubeError> {
         let auth = match &creds.token {
             Some(t) => Some(bearer(t)?),
             None => None,
         };
         Ok(Self {
-            http,
-            base: api_server.trim_end_matches('/').to_string(),
+            target: target(api_server, creds)?,
             auth,
             deadline,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
         })
     }
 
-    /// GET `path` (relative to the API server), body read up to [`MAX_BODY`].
-    pub async fn get(&self, path: &str) -> Result<Response, KubeError> {
-        let url = format!("{}{path}", self.base);
-        let fut = async {
-            let mut req = self.http.get(&url).header("Accept", "application/json");
-            if let Some(a) = &self.auth {
-                req = req.header(AUTHORIZATION, a.clone());
-            }
-            let mut resp = req
-                .send()
+    async fn connect(&self) -> Result<Conn, KubeError> {
+        let t = &self.target;
+        let up = async {
+            let tcp = TcpStream::connect((&*t.host, t.port))
                 .await
-                .map_err(|e| KubeError::Unreachable(reason(&e)))?;
+                .map_err(|e| KubeError::Unreachable(reason("connect", &e)))?;
+            let _ = tcp.set_nodelay(true);
+            let (io, peer_certificate): (Box<dyn Io>, _) = match &t.tls {
+                None => (Box::new(tcp), None),
+                Some((config, name)) => {
+                    let tls = tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| KubeError::Unreachable(reason("tls", &e)))?;
+                    let peer = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.to_vec());
+                    (Box::new(tls), peer)
+                }
+            };
+            let (sender, driver) = http1::Builder::new()
+                .max_header_size(MAX_HEAD)
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| KubeError::Unreachable(reason("connect", &e)))?;
+            Ok(Conn {
+                sender,
+                driver: Some(driver),
+                peer_certificate,
+            })
+        };
+        match tokio::time::timeout(self.connect_timeout, up).await {
+            Ok(r) => r,
+            Err(_) => Err(KubeError::Unreachable(format!(
+                "connect: not connected within {}",
+                humantime::format_duration(self.connect_timeout)
+            ))),
+        }
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(c) = idle.pop() {
+            if c.driver.is_some() && !c.sender.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, conn: Conn) {
+        if conn.driver.is_none() || conn.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    /// One request on `conn`: the head, then the body up to [`MAX_BODY`].
+    async fn exchange(&self, conn: &mut Conn, path: &str) -> Result<Response, Attempt> {
+        let mut req = hyper::Request::get(format!("{}{path}", self.target.prefix))
+            .header(HOST, self.target.authority.clone())
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .header(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("clustermon/", env!("CARGO_PKG_VERSION"))),
+            )
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| Attempt::Failed(KubeError::Config("invalid request path".into())))?;
+        if let Some(a) = &self.auth {
+            req.headers_mut().insert(AUTHORIZATION, a.clone());
+        }
+        let Conn {
+            sender,
+            driver,
+            peer_certificate,
+        } = conn;
+        driven(driver, async {
+            sender.ready().await.map_err(Attempt::Stale)?;
+            let resp = sender.send_request(req).await.map_err(|e| {
+                // Nothing of the request was answered on a kept
+                // connection the server had closed: safe to send again.
+                if e.is_canceled() || e.is_incomplete_message() {
+                    Attempt::Stale(e)
+                } else {
+                    Attempt::Failed(KubeError::Unreachable(reason("request", &e)))
+                }
+            })?;
             let status = resp.status().as_u16();
+            let mut body = resp.into_body();
             // A declared length over the cap is refused before any byte is
             // read; an undeclared one (chunked, endless) is capped below.
-            if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-                return Err(KubeError::TooLarge);
-            }
-            let peer_certificate = resp
-                .extensions()
-                .get::<reqwest::tls::TlsInfo>()
-                .and_then(|i| i.peer_certificate())
-                .map(<[u8]>::to_vec);
-            let mut body = Vec::new();
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .map_err(|e| KubeError::Unreachable(reason(&e)))?
+            if hyper::body::Body::size_hint(&body)
+                .exact()
+                .is_some_and(|n| n > MAX_BODY as u64)
             {
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(KubeError::TooLarge);
+                return Err(Attempt::Failed(KubeError::TooLarge));
+            }
+            let mut out = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| {
+                    Attempt::Failed(KubeError::Unreachable(reason("reading the body", &e)))
+                })?;
+                if let Ok(chunk) = frame.into_data() {
+                    if out.len() + chunk.len() > MAX_BODY {
+                        return Err(Attempt::Failed(KubeError::TooLarge));
+                    }
+                    out.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
             }
             Ok(Response {
                 status,
-                body,
-                peer_certificate,
+                body: out,
+                peer_certificate: peer_certificate.clone(),
             })
+        })
+        .await
+    }
+
+    /// GET `path` (relative to the API server), body read up to [`MAX_BODY`].
+    /// Redirects are never followed: the request carries the cluster's
+    /// credentials (a bearer header, a client certificate) and a hostile or
+    /// compromised API server could send them elsewhere. A 3xx is the answer.
+    pub async fn get(&self, path: &str) -> Result<Response, KubeError> {
+        let fut = async {
+            // A kept connection the server closed meanwhile is replaced
+            // once; a new connection's failure is the answer.
+            if let Some(mut conn) = self.take_idle() {
+                match self.exchange(&mut conn, path).await {
+                    Ok(r) => {
+                        self.give_back(conn);
+                        return Ok(r);
+                    }
+                    Err(Attempt::Failed(e)) => return Err(e),
+                    Err(Attempt::Stale(_)) => {}
+                }
+            }
+            let mut conn = self.connect().await?;
+            match self.exchange(&mut conn, path).await {
+                Ok(r) => {
+                    self.give_back(conn);
+                    Ok(r)
+                }
+                Err(Attempt::Failed(e)) => Err(e),
+                Err(Attempt::Stale(e)) => Err(KubeError::Unreachable(reason("request", &e))),
+            }
         };
         tokio::time::timeout_at(self.deadline, fut)
             .await
             .map_err(|_| KubeError::Timeout)?
     }
-
     /// GET and decode a 2xx JSON answer.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, KubeError> {
         let r = self.get(path).await?;
@@ -413,6 +613,181 @@ mod tests {
             ) {
                 all(&v)?;
             }
+        }
+    }
+
+    mod connections {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+        use tokio::time::Instant;
+
+        use super::super::*;
+
+        /// A server answering `{}` to each request; `close`: one answer per
+        /// connection, then it closes. Its URL (with a path prefix), the
+        /// connections it accepted and the request heads it read.
+        async fn server(close: bool) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/clusters/c1/", l.local_addr().unwrap());
+            let conns = Arc::new(AtomicUsize::new(0));
+            let heads = Arc::new(Mutex::new(Vec::new()));
+            let (c, h) = (conns.clone(), heads.clone());
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = l.accept().await {
+                    c.fetch_add(1, SeqCst);
+                    tokio::spawn(serve(tcp, close, h.clone()));
+                }
+            });
+            (url, conns, heads)
+        }
+
+        async fn serve(mut tcp: TcpStream, close: bool, heads: Arc<Mutex<Vec<String>>>) {
+            let mut buf = Vec::new();
+            let mut b = [0u8; 1024];
+            loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                    heads
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let answer: &[u8] = if close {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+                    };
+                    if tcp.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+                match tcp.read(&mut b).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&b[..n]),
+                }
+            }
+        }
+
+        fn creds() -> Credentials {
+            Credentials {
+                token: Some(Secret::new("t0ken")),
+                insecure_skip_tls_verify: true,
+                ..Default::default()
+            }
+        }
+
+        fn client(url: &str) -> KubeClient {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            KubeClient::new(url, &creds(), deadline).unwrap()
+        }
+
+        #[tokio::test]
+        async fn one_connection_serves_a_checks_requests_in_turn() {
+            let (url, conns, heads) = server(false).await;
+            let k = client(&url);
+            for path in ["/healthz", "/version", "/api/v1/nodes?limit=100"] {
+                let r = k.get(path).await.unwrap();
+                assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
+            }
+            assert_eq!(conns.load(SeqCst), 1, "kept alive between requests");
+            let heads = heads.lock().unwrap();
+            let host = url.trim_start_matches("http://").split('/').next().unwrap();
+            assert!(
+                heads[0].starts_with("GET /clusters/c1/healthz HTTP/1.1\r\n"),
+                "{}",
+                heads[0]
+            );
+            assert!(
+                heads[2].starts_with("GET /clusters/c1/api/v1/nodes?limit=100 "),
+                "{}",
+                heads[2]
+            );
+            for h in heads.iter() {
+                let h = h.to_ascii_lowercase();
+                assert!(h.contains(&format!("host: {host}\r\n")), "{h}");
+                assert!(h.contains("authorization: bearer t0ken\r\n"), "{h}");
+            }
+        }
+
+        #[tokio::test]
+        async fn a_connection_the_server_closes_is_replaced() {
+            let (url, conns, _) = server(true).await;
+            let k = client(&url);
+            for _ in 0..3 {
+                assert_eq!(k.get("/healthz").await.unwrap().status, 200);
+            }
+            assert_eq!(conns.load(SeqCst), 3);
+        }
+
+        #[tokio::test]
+        async fn collectors_side_by_side_open_one_connection_each_at_most() {
+            let (url, conns, heads) = server(false).await;
+            let k = client(&url);
+            for _ in 0..3 {
+                let all = futures::future::join_all((0..3).map(|_| k.get("/version"))).await;
+                assert!(all
+                    .iter()
+                    .all(|r| r.as_ref().is_ok_and(|r| r.status == 200)));
+            }
+            assert_eq!(heads.lock().unwrap().len(), 9);
+            let n = conns.load(SeqCst);
+            assert!((1..=3).contains(&n), "{n} connections for 3 side by side");
+        }
+
+        #[tokio::test]
+        async fn a_handshake_that_never_ends_fails_at_the_connect_timeout() {
+            // Accepts TCP and never answers the TLS hello: what a region
+            // whose servers hang looks like from here.
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("https://{}", l.local_addr().unwrap());
+            let held = tokio::spawn(async move {
+                let mut keep = Vec::new();
+                while let Ok((tcp, _)) = l.accept().await {
+                    keep.push(tcp);
+                }
+            });
+            let t = Instant::now();
+            let k = KubeClient::with_connect_timeout(
+                &url,
+                &creds(),
+                t + Duration::from_secs(30),
+                Duration::from_millis(300),
+            )
+            .unwrap();
+            let e = k.get("/healthz").await.err().unwrap();
+            assert_eq!(
+                e,
+                KubeError::Unreachable("connect: not connected within 300ms".into())
+            );
+            assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+            held.abort();
+        }
+
+        #[test]
+        fn api_server_urls() {
+            let c = Credentials::default();
+            let t = target("http://[::1]:8080/a/b/", &c).unwrap();
+            assert_eq!((&*t.host, t.port, &*t.prefix), ("::1", 8080, "/a/b"));
+            assert_eq!(t.authority, "[::1]:8080");
+            let t = target("http://api.example", &c).unwrap();
+            assert_eq!((&*t.host, t.port, &*t.prefix), ("api.example", 80, ""));
+            for (bad, why) in [
+                ("ftp://x", "scheme must be http or https"),
+                ("http://user:pw@x/", "user information is not allowed"),
+                ("http://x/?a=b", "a query is not allowed"),
+                ("not a url", "not a URL"),
+            ] {
+                let e = target(bad, &c).err().unwrap().to_string();
+                assert_eq!(e, format!("configuration: apiServer: {why}"), "{bad}");
+                assert!(!e.contains("pw"));
+            }
+            // https: the default port, and the CA rule of `tls`.
+            assert!(target("https://x", &c).is_err());
+            let t = target("https://x", &creds()).unwrap();
+            assert_eq!(t.port, 443);
         }
     }
 
