@@ -355,17 +355,10 @@ fn by_id(docs: &[&ClusterDoc]) -> BTreeMap<String, ClusterDoc> {
 }
 
 pub async fn clusters_in_buckets(s: Arc<dyn Store>) {
-    let docs: Vec<ClusterDoc> = [
-        ("a", 1),
-        ("b", 2),
-        ("c", 1),
-        ("d", 255),
-        ("e", 1),
-        ("f", 0),
-    ]
-    .into_iter()
-    .map(|(id, b)| cluster(id, b))
-    .collect();
+    let docs: Vec<ClusterDoc> = [("a", 1), ("b", 2), ("c", 1), ("d", 255), ("e", 1), ("f", 0)]
+        .into_iter()
+        .map(|(id, b)| cluster(id, b))
+        .collect();
     for d in &docs {
         s.put_cluster(d).await.unwrap();
     }
