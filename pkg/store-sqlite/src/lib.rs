@@ -8,6 +8,10 @@
 //!   write lock from the moment they take a number until they commit, so
 //!   `seq` order is commit order and a reader can never skip a change.
 //!   A delete leaves a tombstone row (`doc IS NULL`) so the feed carries it.
+//! - Each row keeps its document's bucket in an indexed column (`bucket`,
+//!   NULL for a tombstone or a body without a valid bucket), so the
+//!   documents of some buckets are one indexed query. Files made before the
+//!   column existed get it at open, back-filled from the documents.
 //! - rusqlite is blocking: every call runs on tokio's blocking pool, reads
 //!   on their own connection, so a write that waits for another process's
 //!   lock never holds up a read (in WAL mode readers are not blocked by a
@@ -22,7 +26,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use clustermon_core::model::{ClusterDoc, MasterDoc, MonitorDoc};
 use clustermon_core::store::{
-    Change, Etag, FeedPage, RawCluster, Store, StoreError, StoreResult, StoreStats, Versioned,
+    bucket_of, Change, Etag, FeedPage, RawCluster, Store, StoreError, StoreResult, StoreStats,
+    Versioned,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
@@ -40,7 +45,8 @@ CREATE TABLE IF NOT EXISTS master (
 CREATE TABLE IF NOT EXISTS clusters (
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
-    doc TEXT
+    doc TEXT,
+    bucket INTEGER
 );
 CREATE INDEX IF NOT EXISTS clusters_by_seq ON clusters(seq);
 CREATE TABLE IF NOT EXISTS meta (
@@ -48,6 +54,9 @@ CREATE TABLE IF NOT EXISTS meta (
     v INTEGER NOT NULL
 );
 ";
+
+/// After [`SCHEMA`] and [`add_bucket_column`]: the column exists in every file.
+const BUCKET_INDEX: &str = "CREATE INDEX IF NOT EXISTS clusters_by_bucket ON clusters(bucket);";
 
 /// Expired heartbeat rows are kept this long (for post-mortems), then purged.
 const MONITOR_ROW_RETENTION_MS: i64 = 3_600_000;
@@ -87,7 +96,7 @@ impl SqliteStore {
         let ctx = |e: rusqlite::Error| {
             StoreError::Invalid(format!("cannot open sqlite store {}: {e}", path.display()))
         };
-        let conn = Connection::open(&path).map_err(ctx)?;
+        let mut conn = Connection::open(&path).map_err(ctx)?;
         // Opening may switch the file to WAL and create the schema while
         // other processes open it too: wait longer for their locks here
         // than a call of a running monitor does.
@@ -105,6 +114,8 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous=NORMAL;")
             .map_err(ctx)?;
         conn.execute_batch(SCHEMA).map_err(ctx)?;
+        add_bucket_column(&mut conn).map_err(ctx)?;
+        conn.execute_batch(BUCKET_INDEX).map_err(ctx)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
         let reader = Connection::open(&path).map_err(ctx)?;
         reader.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
@@ -143,6 +154,69 @@ impl SqliteStore {
         .await
         .map_err(unavailable)?
     }
+}
+
+fn has_bucket_column(c: &Connection) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('clusters') WHERE name = 'bucket')",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Migrates a file made before the `bucket` column: adds it and fills it
+/// from the documents (`bucket_of`; NULL for a body without a valid bucket),
+/// in one write transaction. Several processes may open the file at once:
+/// the first to take the write lock migrates, the others find the column
+/// when they get the lock (they wait for it up to the open's busy timeout).
+/// The back-fill changes no `seq`: no document changed.
+fn add_bucket_column(c: &mut Connection) -> rusqlite::Result<()> {
+    if has_bucket_column(c)? {
+        return Ok(());
+    }
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if has_bucket_column(&tx)? {
+        return Ok(());
+    }
+    tx.execute_batch("ALTER TABLE clusters ADD COLUMN bucket INTEGER")?;
+    let found: Vec<(String, u8)> = {
+        let mut st = tx.prepare("SELECT id, doc FROM clusters WHERE doc IS NOT NULL")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut found = Vec::new();
+        for row in rows {
+            let (id, body) = row?;
+            if let Some(b) = bucket_of(&body) {
+                found.push((id, b));
+            }
+        }
+        found
+    };
+    {
+        let mut st = tx.prepare("UPDATE clusters SET bucket = ?2 WHERE id = ?1")?;
+        for (id, b) in &found {
+            st.execute(params![id, b])?;
+        }
+    }
+    tx.commit()?;
+    tracing::info!(
+        documents = found.len(),
+        "sqlite store: added the clusters' bucket column"
+    );
+    Ok(())
+}
+
+/// `SELECT id, doc` of the documents in `buckets`: the bucket numbers are
+/// written into the statement (they are integers, nothing to escape), so
+/// the planner sees an `IN` list over the `bucket` index.
+fn select_in(buckets: &[u8], cols: &str) -> String {
+    let mut b = buckets.to_vec();
+    b.sort_unstable();
+    b.dedup();
+    let list: Vec<String> = b.iter().map(u8::to_string).collect();
+    format!(
+        "SELECT {cols} FROM clusters WHERE bucket IN ({}) AND doc IS NOT NULL",
+        list.join(",")
+    )
 }
 
 fn next_seq(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
@@ -287,16 +361,17 @@ impl Store for SqliteStore {
     async fn put_cluster(&self, doc: &ClusterDoc) -> StoreResult<()> {
         doc.validate().map_err(StoreError::Invalid)?;
         let body = serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let id = doc.id.clone();
+        let (id, bucket) = (doc.id.clone(), doc.bucket);
         self.with(move |c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
             let seq = next_seq(&tx).map_err(map_err)?;
             tx.execute(
-                "INSERT INTO clusters(id, seq, doc) VALUES(?1, ?2, ?3)
-                 ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, doc = excluded.doc",
-                params![id, seq, body],
+                "INSERT INTO clusters(id, seq, doc, bucket) VALUES(?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE
+                 SET seq = excluded.seq, doc = excluded.doc, bucket = excluded.bucket",
+                params![id, seq, body, bucket],
             )
             .map_err(map_err)?;
             tx.commit().map_err(map_err)
@@ -320,7 +395,7 @@ impl Store for SqliteStore {
             if exists {
                 let seq = next_seq(&tx).map_err(map_err)?;
                 tx.execute(
-                    "UPDATE clusters SET seq = ?2, doc = NULL WHERE id = ?1",
+                    "UPDATE clusters SET seq = ?2, doc = NULL, bucket = NULL WHERE id = ?1",
                     params![id, seq],
                 )
                 .map_err(map_err)?;
@@ -374,6 +449,39 @@ impl Store for SqliteStore {
             )
             .map(|n| n as u64)
             .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn list_cluster_ids(&self, buckets: &[u8]) -> StoreResult<Vec<String>> {
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = select_in(buckets, "id");
+        self.read(move |c| {
+            let mut st = c.prepare(&sql).map_err(map_err)?;
+            let rows = st.query_map([], |r| r.get(0)).map_err(map_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn list_clusters_in(&self, buckets: &[u8]) -> StoreResult<Vec<RawCluster>> {
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = select_in(buckets, "id, doc");
+        self.read(move |c| {
+            let mut st = c.prepare(&sql).map_err(map_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(RawCluster {
+                        id: r.get(0)?,
+                        body: r.get(1)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(map_err)
         })
         .await
     }

@@ -267,3 +267,209 @@ async fn invalid_heartbeats_are_skipped_and_counted() {
     assert_eq!(live[0].id, "good");
     assert_eq!(s.stats().invalid_monitor_docs, 1);
 }
+
+/// The schema of files made before the `bucket` column.
+const SCHEMA_WITHOUT_BUCKET: &str = "
+CREATE TABLE monitors (id TEXT PRIMARY KEY, doc TEXT NOT NULL, expires_at_ms INTEGER NOT NULL);
+CREATE TABLE master (id TEXT PRIMARY KEY, doc TEXT NOT NULL, etag INTEGER NOT NULL);
+CREATE TABLE clusters (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, doc TEXT);
+CREATE INDEX clusters_by_seq ON clusters(seq);
+CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+";
+
+/// `(id, bucket column)` of every row, tombstones included.
+fn bucket_column(path: &std::path::Path) -> BTreeMap<String, Option<i64>> {
+    let c = Connection::open(path).unwrap();
+    let mut st = c.prepare("SELECT id, bucket FROM clusters").unwrap();
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+/// `(id, seq, doc)` of every row, in seq order.
+fn feed_rows(path: &std::path::Path) -> Vec<(String, i64, Option<String>)> {
+    let c = Connection::open(path).unwrap();
+    let mut st = c
+        .prepare("SELECT id, seq, doc FROM clusters ORDER BY seq")
+        .unwrap();
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+/// Child process body for `an_old_file_migrates_once_when_processes_open_it_at_once`.
+#[tokio::test]
+#[ignore = "child process of an_old_file_migrates_once_when_processes_open_it_at_once"]
+async fn migrate_child() {
+    let Ok(db) = std::env::var("CLUSTERMON_MIGRATE_DB") else {
+        return;
+    };
+    let s = SqliteStore::open(&db).unwrap();
+    // Read through the migrated column at once.
+    assert!(!s.list_cluster_ids(&[0]).await.unwrap().is_empty());
+}
+
+/// A file without the `bucket` column gets it at open, filled from the
+/// documents, while several processes open it at once; the feed is untouched.
+#[tokio::test]
+async fn an_old_file_migrates_once_when_processes_open_it_at_once() {
+    const N: usize = 3000;
+    let path = temp_db("migrate");
+    let mut want: BTreeMap<String, Option<i64>> = BTreeMap::new();
+    {
+        let mut c = Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        c.execute_batch(SCHEMA_WITHOUT_BUCKET).unwrap();
+        let tx = c.transaction().unwrap();
+        let mut seq = 0i64;
+        let mut row = |id: &str, doc: Option<String>, bucket: Option<i64>| {
+            seq += 1;
+            tx.execute(
+                "INSERT INTO clusters(id, seq, doc) VALUES(?1, ?2, ?3)",
+                params![id, seq, doc],
+            )
+            .unwrap();
+            want.insert(id.to_string(), bucket);
+        };
+        for i in 0..N {
+            let d = contract::cluster(&format!("c{i:05}"), (i % 256) as u8);
+            row(
+                &d.id,
+                Some(serde_json::to_string(&d).unwrap()),
+                Some((i % 256) as i64),
+            );
+        }
+        row("tombstone", None, None);
+        for (id, doc, bucket) in [
+            ("garbage", "SECRET-CANARY not json", None),
+            ("no-bucket", r#"{"id": "no-bucket"}"#, None),
+            ("too-big", r#"{"id": "too-big", "bucket": 256}"#, None),
+            ("negative", r#"{"id": "negative", "bucket": -1}"#, None),
+            ("string", r#"{"id": "string", "bucket": "3"}"#, None),
+            ("float", r#"{"id": "float", "bucket": 3.5}"#, None),
+            // Not a valid cluster document, but its bucket is readable:
+            // listed with it (the engine reports the invalid documents it reads).
+            ("partial", r#"{"id": "partial", "bucket": 9}"#, Some(9)),
+        ] {
+            row(id, Some(doc.to_string()), bucket);
+        }
+        tx.execute("INSERT INTO meta(k, v) VALUES('seq', ?1)", [seq])
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let feed_before = feed_rows(&path);
+
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "tests::migrate_child",
+                    "--ignored",
+                    "--test-threads=1",
+                    "--quiet",
+                ])
+                .env("CLUSTERMON_MIGRATE_DB", &path)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let s = SqliteStore::open(&path).unwrap();
+    for mut c in children {
+        assert!(
+            c.wait().unwrap().success(),
+            "a process failed to open the old file"
+        );
+    }
+
+    assert_eq!(bucket_column(&path), want, "the back-filled bucket column");
+    assert_eq!(
+        feed_rows(&path),
+        feed_before,
+        "the migration changes no document and no seq"
+    );
+    let mut ids = s.list_cluster_ids(&[0, 9]).await.unwrap();
+    ids.sort();
+    let mut expect: Vec<String> = (0..N)
+        .filter(|i| i % 256 == 0 || i % 256 == 9)
+        .map(|i| format!("c{i:05}"))
+        .chain(["partial".to_string()])
+        .collect();
+    expect.sort();
+    assert_eq!(ids, expect, "list_cluster_ids on a migrated file");
+    let got = s.list_clusters_in(&[3]).await.unwrap();
+    assert_eq!(
+        got.len(),
+        N.div_ceil(256),
+        "list_clusters_in on a migrated file"
+    );
+    for r in &got {
+        assert_eq!(
+            ClusterDoc::decode(&r.body).unwrap(),
+            contract::cluster(&r.id, 3)
+        );
+    }
+    // Writes after the migration keep the column.
+    s.put_cluster(&contract::cluster("c00003", 4))
+        .await
+        .unwrap();
+    assert!(s
+        .list_clusters_in(&[3])
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.id != "c00003"));
+    // Opening again does not migrate again (the column is there).
+    drop(s);
+    SqliteStore::open(&path).unwrap();
+    assert_eq!(bucket_column(&path)["c00003"], Some(4));
+}
+
+/// put_cluster sets the bucket column (and moves it), a delete clears it.
+#[tokio::test]
+async fn writes_keep_the_bucket_column() {
+    let path = temp_db("column");
+    let s = SqliteStore::open(&path).unwrap();
+    s.put_cluster(&contract::cluster("a", 7)).await.unwrap();
+    s.put_cluster(&contract::cluster("b", 255)).await.unwrap();
+    assert_eq!(
+        bucket_column(&path),
+        BTreeMap::from([("a".into(), Some(7)), ("b".into(), Some(255))])
+    );
+    s.put_cluster(&contract::cluster("a", 0)).await.unwrap();
+    s.delete_cluster("b").await.unwrap();
+    assert_eq!(
+        bucket_column(&path),
+        BTreeMap::from([("a".into(), Some(0)), ("b".into(), None)]),
+        "an update moves the column, a tombstone clears it"
+    );
+}
+
+/// The documents of some buckets are read through the bucket index, not a
+/// scan of every document.
+#[test]
+fn bucket_queries_use_the_index() {
+    let path = temp_db("plan");
+    drop(SqliteStore::open(&path).unwrap());
+    let c = Connection::open(&path).unwrap();
+    for cols in ["id", "id, doc"] {
+        let sql = select_in(&[3, 1, 3, 200], cols);
+        assert!(sql.contains("IN (1,3,200)"), "{sql}");
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("INDEX clusters_by_bucket")),
+            "{sql}: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|p| p.starts_with("SCAN")),
+            "{sql}: {plan:?}"
+        );
+    }
+}
