@@ -14,6 +14,11 @@
 //!   its number only after the first committed, `seq` order is commit order
 //!   and a reader never skips a change (a plain `SERIAL` would not give that).
 //!   A delete leaves a tombstone row (`doc IS NULL`), so the feed carries it.
+//! - Each row keeps its document's bucket in an indexed column (`bucket`,
+//!   NULL for a tombstone), so the documents of some buckets are one indexed
+//!   query. A schema of version 1 (before the column) is migrated by
+//!   [`PostgresStore::connect`] or [`PostgresStore::init`]: the column added
+//!   and back-filled from the documents, in one transaction.
 //! - Every cluster write `NOTIFY`s `clustermon_clusters` in its transaction;
 //!   a monitor's feed `LISTEN`s on a third connection and reads at once
 //!   ([`Store::feed_notifications`]). Polling at `--feed-interval` stays the
@@ -37,7 +42,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use clustermon_core::model::{ClusterDoc, MasterDoc, MonitorDoc};
 use clustermon_core::store::{
-    Change, Etag, FeedPage, RawCluster, Store, StoreError, StoreResult, StoreStats, Versioned,
+    bucket_of, Change, Etag, FeedPage, RawCluster, Store, StoreError, StoreResult, StoreStats,
+    Versioned,
 };
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -47,7 +53,9 @@ use tokio_postgres::{AsyncMessage, Client, Statement};
 pub use url::{PostgresConfig, PostgresUrl, SslMode};
 
 /// The schema this build reads and writes (`meta` row `schema`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added the clusters' `bucket` column: a build of version 1 would
+/// write documents without it, so it refuses this schema.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The channel cluster writes notify.
 pub const CHANNEL: &str = "clustermon_clusters";
@@ -70,9 +78,12 @@ CREATE TABLE IF NOT EXISTS master (
 CREATE TABLE IF NOT EXISTS clusters (
     id TEXT PRIMARY KEY,
     seq BIGINT NOT NULL,
-    doc TEXT
+    doc TEXT,
+    bucket SMALLINT
 );
 CREATE INDEX IF NOT EXISTS clusters_by_seq ON clusters(seq);
+ALTER TABLE clusters ADD COLUMN IF NOT EXISTS bucket SMALLINT;
+CREATE INDEX IF NOT EXISTS clusters_by_bucket ON clusters(bucket);
 INSERT INTO meta(k, v) VALUES ('seq', 0) ON CONFLICT (k) DO NOTHING;
 ";
 
@@ -81,7 +92,7 @@ const MONITOR_ROW_RETENTION_MS: i64 = 3_600_000;
 
 /// Every statement, prepared once per connection (one round trip per call).
 /// Ids sort as bytes (`COLLATE "C"`), as the contract's other stores sort them.
-const SQL: [&str; 13] = [
+const SQL: [&str; 15] = [
     // 0 upsert_monitor (with housekeeping)
     "WITH purge AS (DELETE FROM monitors WHERE expires_at_ms < $3::bigint - $4::bigint AND id <> $1)
      INSERT INTO monitors(id, doc, expires_at_ms) VALUES ($1, $2, $3)
@@ -98,13 +109,14 @@ const SQL: [&str; 13] = [
     "UPDATE master SET doc = $1, etag = etag + 1 WHERE id = 'master' AND etag = $2 RETURNING etag",
     // 6 put_cluster: the number under the counter's row lock, the row, the notification
     "WITH s AS (UPDATE meta SET v = v + 1 WHERE k = 'seq' RETURNING v),
-          w AS (INSERT INTO clusters(id, seq, doc) SELECT $1, v, $2 FROM s
-                ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, doc = excluded.doc
+          w AS (INSERT INTO clusters(id, seq, doc, bucket) SELECT $1, v, $2, $3 FROM s
+                ON CONFLICT (id) DO UPDATE
+                SET seq = excluded.seq, doc = excluded.doc, bucket = excluded.bucket
                 RETURNING seq)
      SELECT pg_notify('clustermon_clusters', seq::text) FROM w",
     // 7 delete_cluster: the counter first (the same lock order as a put), then the tombstone
     "WITH s AS (UPDATE meta SET v = v + 1 WHERE k = 'seq' RETURNING v),
-          d AS (UPDATE clusters SET seq = s.v, doc = NULL FROM s
+          d AS (UPDATE clusters SET seq = s.v, doc = NULL, bucket = NULL FROM s
                 WHERE clusters.id = $1 AND clusters.doc IS NOT NULL RETURNING clusters.seq)
      SELECT pg_notify('clustermon_clusters', seq::text) FROM d",
     // 8 get_cluster
@@ -117,6 +129,10 @@ const SQL: [&str; 13] = [
     "SELECT id, seq, doc FROM clusters WHERE seq > $1 ORDER BY seq LIMIT $2",
     // 12 schema version
     "SELECT v FROM meta WHERE k = 'schema'",
+    // 13 list_cluster_ids (the bucket index)
+    "SELECT id FROM clusters WHERE bucket = ANY($1) AND doc IS NOT NULL",
+    // 14 list_clusters_in (the bucket index)
+    "SELECT id, doc FROM clusters WHERE bucket = ANY($1) AND doc IS NOT NULL",
 ];
 
 const UPSERT_MONITOR: usize = 0;
@@ -131,6 +147,8 @@ const GET_CLUSTER: usize = 8;
 const LIST_CLUSTERS: usize = 9;
 const COUNT_CLUSTERS: usize = 10;
 const READ_FEED: usize = 11;
+const LIST_CLUSTER_IDS: usize = 13;
+const LIST_CLUSTERS_IN: usize = 14;
 
 /// One open connection and its prepared statements.
 struct Conn {
@@ -315,7 +333,95 @@ async fn check_schema(client: &Client, url: &PostgresUrl) -> StoreResult<()> {
             "postgres store {url} has schema version {v}, newer than this build's {SCHEMA_VERSION}: upgrade clustermon"
         )));
     }
+    if v < SCHEMA_VERSION {
+        return Err(StoreError::Invalid(format!(
+            "postgres store {url} has schema version {v}, older than this build's {SCHEMA_VERSION}: run `clustermon store init --store {url}`"
+        )));
+    }
     Ok(())
+}
+
+/// The init lock: concurrent inits and migrations run one at a time.
+const INIT_LOCK: &str = "SELECT pg_advisory_xact_lock(7276863)";
+
+/// Waits in a migration: for the init lock (another process may be
+/// migrating), and for the table lock `ALTER TABLE` takes. The connection's
+/// own `lock_timeout` (1.5 s) is for a running monitor's calls.
+const MIGRATION_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '60s'";
+
+/// Brings a schema of version `from` up to [`SCHEMA_VERSION`], in the
+/// caller's transaction (which holds the init lock and has run [`SCHEMA`],
+/// so every column exists).
+async fn migrate(tx: &tokio_postgres::Transaction<'_>, from: i64) -> StoreResult<()> {
+    if from < 2 {
+        let n = backfill_buckets(tx).await?;
+        tracing::info!(
+            documents = n,
+            "postgres store: back-filled the clusters' bucket column"
+        );
+    }
+    tx.execute(
+        "UPDATE meta SET v = $1 WHERE k = 'schema'",
+        &[&SCHEMA_VERSION],
+    )
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Rows read per round trip while back-filling, and updated per statement.
+const BACKFILL_BATCH: usize = 2000;
+
+/// Sets `bucket` from each stored document (`bucket_of`; NULL when the body
+/// has no valid bucket). `ALTER TABLE` in the same transaction holds the
+/// table's exclusive lock, so no document changes meanwhile. Returns the
+/// number of documents with a bucket.
+async fn backfill_buckets(tx: &tokio_postgres::Transaction<'_>) -> StoreResult<usize> {
+    let select = tx
+        .prepare("SELECT id, doc FROM clusters WHERE doc IS NOT NULL")
+        .await
+        .map_err(map_err)?;
+    let portal = tx
+        .bind(
+            &select,
+            &[] as &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        )
+        .await
+        .map_err(map_err)?;
+    let mut found: Vec<(String, i16)> = Vec::new();
+    loop {
+        let rows = tx
+            .query_portal(&portal, BACKFILL_BATCH as i32)
+            .await
+            .map_err(map_err)?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in rows {
+            let (id, doc): (String, String) = (
+                r.try_get(0).map_err(map_err)?,
+                r.try_get(1).map_err(map_err)?,
+            );
+            if let Some(b) = bucket_of(&doc) {
+                found.push((id, i16::from(b)));
+            }
+        }
+    }
+    let update = tx
+        .prepare(
+            "UPDATE clusters SET bucket = v.b
+             FROM unnest($1::text[], $2::smallint[]) AS v(id, b) WHERE clusters.id = v.id",
+        )
+        .await
+        .map_err(map_err)?;
+    for chunk in found.chunks(BACKFILL_BATCH) {
+        let (ids, buckets): (Vec<&str>, Vec<i16>) =
+            chunk.iter().map(|(id, b)| (id.as_str(), *b)).unzip();
+        tx.execute(&update, &[&ids, &buckets])
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(found.len())
 }
 
 impl PostgresStore {
@@ -331,12 +437,14 @@ impl PostgresStore {
             invalid_monitor_docs: AtomicU64::new(0),
             invalid_logged: Mutex::new(HashSet::new()),
         };
-        let conn = store.conn(&store.main).await.map_err(|e| match e {
+        let opening = |e| match e {
             StoreError::Unavailable(m) => {
                 StoreError::Invalid(format!("cannot open postgres store {}: {m}", cfg.url))
             }
             other => other,
-        })?;
+        };
+        Self::upgrade(cfg, &store.tls).await.map_err(opening)?;
+        let conn = store.conn(&store.main).await.map_err(opening)?;
         drop(conn);
         Ok(store)
     }
@@ -349,10 +457,11 @@ impl PostgresStore {
         let driver = tokio::spawn(conn);
         let res = async {
             let tx = client.transaction().await.map_err(map_err)?;
-            // Serialise concurrent inits.
-            tx.batch_execute("SELECT pg_advisory_xact_lock(7276863)")
+            // Serialise concurrent inits and migrations.
+            tx.batch_execute(MIGRATION_LOCK_TIMEOUT)
                 .await
                 .map_err(map_err)?;
+            tx.batch_execute(INIT_LOCK).await.map_err(map_err)?;
             tx.batch_execute(SCHEMA).await.map_err(map_err)?;
             let row = tx
                 .query_opt(SQL[12], &[])
@@ -366,6 +475,9 @@ impl PostgresStore {
                             "postgres store {} has schema version {v}, newer than this build's {SCHEMA_VERSION}: upgrade clustermon",
                             cfg.url
                         )));
+                    }
+                    if v < SCHEMA_VERSION {
+                        migrate(&tx, v).await?;
                     }
                     false
                 }
@@ -381,6 +493,52 @@ impl PostgresStore {
             };
             tx.commit().await.map_err(map_err)?;
             Ok(created)
+        }
+        .await;
+        drop(client);
+        let _ = driver.await;
+        res
+    }
+
+    /// Migrates a schema older than this build's (several processes may
+    /// connect at once: the init lock serialises them, and each re-reads the
+    /// version under it). A missing or newer schema is left to
+    /// [`check_schema`] to report.
+    async fn upgrade(cfg: &PostgresConfig, tls: &tls::Tls) -> StoreResult<()> {
+        let (mut client, conn) = open_raw(cfg, tls, "clustermon-migrate").await?;
+        let driver = tokio::spawn(conn);
+        let res = async {
+            let version = |row: Option<tokio_postgres::Row>| -> StoreResult<Option<i64>> {
+                row.map(|r| r.try_get::<_, i64>(0).map_err(map_err))
+                    .transpose()
+            };
+            let current = match client.query_opt(SQL[12], &[]).await {
+                Ok(row) => version(row)?,
+                Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => None,
+                Err(e) => return Err(map_err(e)),
+            };
+            if current.is_none_or(|v| v >= SCHEMA_VERSION) {
+                return Ok(());
+            }
+            let tx = client.transaction().await.map_err(map_err)?;
+            tx.batch_execute(MIGRATION_LOCK_TIMEOUT)
+                .await
+                .map_err(map_err)?;
+            tx.batch_execute(INIT_LOCK).await.map_err(map_err)?;
+            // Another process may have migrated while this one waited.
+            let Some(v) = version(tx.query_opt(SQL[12], &[]).await.map_err(map_err)?)? else {
+                return Ok(());
+            };
+            if v < SCHEMA_VERSION {
+                tx.batch_execute(SCHEMA).await.map_err(map_err)?;
+                migrate(&tx, v).await?;
+                tracing::info!(
+                    from = v,
+                    to = SCHEMA_VERSION,
+                    "postgres store: schema migrated"
+                );
+            }
+            tx.commit().await.map_err(map_err)
         }
         .await;
         drop(client);
@@ -624,9 +782,11 @@ impl Store for PostgresStore {
     async fn put_cluster(&self, doc: &ClusterDoc) -> StoreResult<()> {
         doc.validate().map_err(StoreError::Invalid)?;
         let body = serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let (id, body) = (doc.id.as_str(), body.as_str());
+        let (id, body, bucket) = (doc.id.as_str(), body.as_str(), i16::from(doc.bucket));
         self.call(&self.writes, self.point(), |c| async move {
-            c.client.query(&c.stmts[PUT_CLUSTER], &[&id, &body]).await
+            c.client
+                .query(&c.stmts[PUT_CLUSTER], &[&id, &body, &bucket])
+                .await
         })
         .await
         .map(|_| ())
@@ -674,6 +834,41 @@ impl Store for PostgresStore {
             })
             .await?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn list_cluster_ids(&self, buckets: &[u8]) -> StoreResult<Vec<String>> {
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let buckets: Vec<i16> = buckets.iter().map(|b| i16::from(*b)).collect();
+        let buckets = &buckets;
+        let rows = self
+            .call(&self.main, self.cfg.bulk_timeout, |c| async move {
+                c.client.query(&c.stmts[LIST_CLUSTER_IDS], &[buckets]).await
+            })
+            .await?;
+        rows.iter().map(|r| r.try_get(0).map_err(map_err)).collect()
+    }
+
+    async fn list_clusters_in(&self, buckets: &[u8]) -> StoreResult<Vec<RawCluster>> {
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let buckets: Vec<i16> = buckets.iter().map(|b| i16::from(*b)).collect();
+        let buckets = &buckets;
+        let rows = self
+            .call(&self.main, self.cfg.bulk_timeout, |c| async move {
+                c.client.query(&c.stmts[LIST_CLUSTERS_IN], &[buckets]).await
+            })
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RawCluster {
+                    id: r.try_get(0).map_err(map_err)?,
+                    body: r.try_get(1).map_err(map_err)?,
+                })
+            })
+            .collect()
     }
 
     async fn read_feed(&self, continuation: Option<&str>, max: usize) -> StoreResult<FeedPage> {

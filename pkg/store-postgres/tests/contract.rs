@@ -530,3 +530,212 @@ async fn a_frozen_server_times_calls_out_and_the_connection_is_replaced() {
     assert!(s.read_master().await.unwrap().is_none());
     eprintln!("thawed: next call answered in {:?}", t1.elapsed());
 }
+
+/// A plain client on `cfg`'s database (the test's own, not the store's).
+async fn client_on(cfg: &PostgresConfig) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    let u = &cfg.url;
+    let conn = format!(
+        "host={} port={} user={} dbname={}",
+        u.host, u.port, u.user, u.database
+    );
+    let (client, c) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let h = tokio::spawn(async move {
+        let _ = c.await;
+    });
+    (client, h)
+}
+
+/// `(id, bucket column)` of every row, tombstones included.
+async fn bucket_column(cfg: &PostgresConfig) -> BTreeMap<String, Option<i16>> {
+    let (client, _h) = client_on(cfg).await;
+    client
+        .query("SELECT id, bucket FROM clusters", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// The schema of version 1, before the `bucket` column.
+const SCHEMA_V1: &str = "
+CREATE TABLE meta (k TEXT PRIMARY KEY, v BIGINT NOT NULL);
+CREATE TABLE monitors (id TEXT PRIMARY KEY, doc TEXT NOT NULL, expires_at_ms BIGINT NOT NULL);
+CREATE TABLE master (id TEXT PRIMARY KEY, doc TEXT NOT NULL, etag BIGINT NOT NULL);
+CREATE TABLE clusters (id TEXT PRIMARY KEY, seq BIGINT NOT NULL, doc TEXT);
+CREATE INDEX clusters_by_seq ON clusters(seq);
+INSERT INTO meta(k, v) VALUES ('seq', 0), ('schema', 1);
+";
+
+/// A new database with the version 1 schema and documents: valid ones in
+/// every bucket, a tombstone, and bodies without a valid bucket. Returns
+/// its config and the bucket column the migration must produce.
+async fn v1_database(
+    server: &Server,
+    name: &str,
+    n: usize,
+) -> (PostgresConfig, BTreeMap<String, Option<i16>>) {
+    let db = format!("cm_{name}_{}", std::process::id());
+    server.sql(&format!("CREATE DATABASE {db}")).await;
+    let mut cfg = server.config();
+    cfg.url.database = db;
+    server.sql_on(&cfg, SCHEMA_V1).await;
+    let mut rows: Vec<(String, Option<String>, Option<i16>)> = (0..n)
+        .map(|i| {
+            let d = contract::cluster(&format!("c{i:05}"), (i % 256) as u8);
+            let body = serde_json::to_string(&d).unwrap();
+            (d.id, Some(body), Some((i % 256) as i16))
+        })
+        .collect();
+    rows.push(("tombstone".into(), None, None));
+    for (id, body, bucket) in [
+        ("garbage", "SECRET-CANARY not json", None),
+        ("too-big", r#"{"id": "too-big", "bucket": 256}"#, None),
+        ("negative", r#"{"id": "negative", "bucket": -1}"#, None),
+        ("string", r#"{"id": "string", "bucket": "3"}"#, None),
+        ("partial", r#"{"id": "partial", "bucket": 9}"#, Some(9)),
+    ] {
+        rows.push((id.into(), Some(body.into()), bucket));
+    }
+    let (client, _h) = client_on(&cfg).await;
+    for (seq, (id, body, _)) in rows.iter().enumerate() {
+        client
+            .execute(
+                "INSERT INTO clusters(id, seq, doc) VALUES ($1, $2, $3)",
+                &[id, &(seq as i64 + 1), body],
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .execute(
+            "UPDATE meta SET v = $1 WHERE k = 'seq'",
+            &[&(rows.len() as i64)],
+        )
+        .await
+        .unwrap();
+    let want = rows.into_iter().map(|(id, _, b)| (id, b)).collect();
+    (cfg, want)
+}
+
+async fn schema_version(cfg: &PostgresConfig) -> i64 {
+    let (client, _h) = client_on(cfg).await;
+    client
+        .query_one("SELECT v FROM meta WHERE k = 'schema'", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A version 1 schema is migrated when stores connect to it, several at
+/// once, and by `init`: the bucket column added and back-filled, the feed
+/// untouched.
+#[tokio::test]
+async fn a_version_1_schema_migrates_on_connect_and_init() {
+    const N: usize = 3000;
+    let server = Server::get("migrate");
+    let (cfg, want) = v1_database(&server, "v1connect", N).await;
+    let feed = |s: Arc<PostgresStore>| async move {
+        let p = s.read_feed(None, 10_000).await.unwrap();
+        (p.changes, p.continuation)
+    };
+    let stores = futures::future::join_all((0..4).map(|_| PostgresStore::connect(&cfg))).await;
+    let stores: Vec<Arc<PostgresStore>> = stores
+        .into_iter()
+        .map(|s| Arc::new(s.expect("connect migrates a version 1 schema")))
+        .collect();
+    assert_eq!(schema_version(&cfg).await, 2);
+    assert_eq!(bucket_column(&cfg).await, want, "the back-filled column");
+    let s = stores[0].clone();
+    let (changes, cont) = feed(s.clone()).await;
+    assert_eq!(changes.len(), N + 6, "the migration changes no seq");
+    assert_eq!(cont, (N + 6).to_string());
+    let mut ids = s.list_cluster_ids(&[0, 9]).await.unwrap();
+    ids.sort();
+    let mut expect: Vec<String> = (0..N)
+        .filter(|i| i % 256 == 0 || i % 256 == 9)
+        .map(|i| format!("c{i:05}"))
+        .chain(["partial".to_string()])
+        .collect();
+    expect.sort();
+    assert_eq!(ids, expect, "list_cluster_ids on a migrated schema");
+    let got = s.list_clusters_in(&[3]).await.unwrap();
+    assert_eq!(got.len(), N.div_ceil(256));
+    for r in &got {
+        assert_eq!(
+            clustermon_core::model::ClusterDoc::decode(&r.body).unwrap(),
+            contract::cluster(&r.id, 3)
+        );
+    }
+    s.put_cluster(&contract::cluster("c00003", 4))
+        .await
+        .unwrap();
+    assert!(s
+        .list_clusters_in(&[3])
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.id != "c00003"));
+    assert!(
+        !PostgresStore::init(&cfg).await.unwrap(),
+        "init after a migration"
+    );
+    assert_eq!(bucket_column(&cfg).await["c00003"], Some(4));
+
+    let (cfg, want) = v1_database(&server, "v1init", 300).await;
+    assert!(!PostgresStore::init(&cfg).await.unwrap(), "init migrates");
+    assert_eq!(schema_version(&cfg).await, 2);
+    assert_eq!(
+        bucket_column(&cfg).await,
+        want,
+        "the column back-filled by init"
+    );
+}
+
+/// put_cluster sets the bucket column (and moves it), a delete clears it,
+/// and the bucket queries can use its index.
+#[tokio::test]
+async fn writes_keep_the_bucket_column_and_queries_use_its_index() {
+    let server = Server::get("column");
+    let cfg = server.fresh_db().await;
+    let s = PostgresStore::connect(&cfg).await.unwrap();
+    s.put_cluster(&contract::cluster("a", 7)).await.unwrap();
+    s.put_cluster(&contract::cluster("b", 255)).await.unwrap();
+    assert_eq!(
+        bucket_column(&cfg).await,
+        BTreeMap::from([("a".into(), Some(7)), ("b".into(), Some(255))])
+    );
+    s.put_cluster(&contract::cluster("a", 0)).await.unwrap();
+    s.delete_cluster("b").await.unwrap();
+    assert_eq!(
+        bucket_column(&cfg).await,
+        BTreeMap::from([("a".into(), Some(0)), ("b".into(), None)]),
+        "an update moves the column, a tombstone clears it"
+    );
+    let (client, _h) = client_on(&cfg).await;
+    // A table this small is scanned; forbid that to see the index is usable.
+    client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
+    for cols in ["id", "id, doc"] {
+        let plan: Vec<String> = client
+            .query(
+                &format!(
+                    "EXPLAIN SELECT {cols} FROM clusters WHERE bucket = ANY($1) AND doc IS NOT NULL"
+                ),
+                &[&vec![1i16, 200]],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            plan.iter().any(|l| l.contains("clusters_by_bucket")),
+            "{plan:?}"
+        );
+    }
+}
