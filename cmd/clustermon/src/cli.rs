@@ -197,6 +197,20 @@ pub struct RunArgs {
     pub max_concurrent_checks: usize,
     #[arg(long, default_value = human(defaults::CHECK_TIMEOUT), value_parser = duration, env = "CLUSTERMON_CHECK_TIMEOUT")]
     pub check_timeout: Duration,
+    /// How long a check's connection (TCP connect and TLS handshake) may
+    /// take, within --check-timeout.
+    #[arg(long, default_value = human(defaults::CONNECT_TIMEOUT), value_parser = duration, env = "CLUSTERMON_CONNECT_TIMEOUT")]
+    pub connect_timeout: Duration,
+    /// Percent of --max-concurrent-checks that checks of hanging clusters
+    /// (whose last check used its whole timeout) may hold; the rest stays
+    /// free for clusters that answer.
+    #[arg(
+        long,
+        default_value_t = defaults::HANGING_SHARE_PCT,
+        value_parser = clap::value_parser!(u8).range(1..=100),
+        env = "CLUSTERMON_HANGING_SHARE"
+    )]
+    pub hanging_share: u8,
     /// On SIGTERM/SIGINT: time to hand over and finish in-flight checks.
     #[arg(long, default_value = human(defaults::SHUTDOWN_GRACE), value_parser = duration, env = "CLUSTERMON_SHUTDOWN_GRACE")]
     pub shutdown_grace: Duration,
@@ -443,6 +457,7 @@ mod tests {
         assert_eq!(r.interval, e.interval);
         assert_eq!(r.max_concurrent_checks, e.max_concurrent_checks);
         assert_eq!(r.check_timeout, e.check_timeout);
+        assert_eq!(r.hanging_share, e.hanging_share_pct);
         assert_eq!(r.shutdown_grace, e.shutdown_grace);
         assert_eq!(r.relist_interval, e.relist_interval);
         assert_eq!(r.max_clock_offset, e.max_clock_offset);

@@ -134,6 +134,12 @@ pub async fn run(
     cfg.interval = args.interval;
     cfg.max_concurrent_checks = args.max_concurrent_checks;
     cfg.check_timeout = args.check_timeout;
+    cfg.hanging_share_pct = args.hanging_share;
+    if args.connect_timeout.is_zero() {
+        return Err(CmdError::Usage(
+            "--connect-timeout must be more than 0".into(),
+        ));
+    }
     cfg.shutdown_grace = args.shutdown_grace;
     cfg.max_clock_offset = args.max_clock_offset;
     if !args.alertmanager_url.is_empty() {
@@ -205,7 +211,8 @@ pub async fn run(
         Collectors::Full => KubeChecker::standard(key, args.monitored_namespaces.clone(), clock)
             .with_concurrency(usize::from(args.collector_concurrency)),
         Collectors::Healthz => KubeChecker::healthz_only(key, clock),
-    };
+    }
+    .with_connect_timeout(args.connect_timeout.min(args.check_timeout));
     let cfg_admin_url = cfg.admin_url.clone();
     let engine =
         Engine::new(cfg, store.clone(), Arc::new(checker), metrics, clock).map_err(usage)?;

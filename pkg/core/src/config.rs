@@ -15,6 +15,10 @@ pub mod defaults {
     pub const INTERVAL: Duration = Duration::from_secs(60);
     pub const MAX_CONCURRENT_CHECKS: usize = 2000;
     pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+    /// TCP connect and TLS handshake of a check, within its timeout.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Percent of the pool that hanging clusters may hold.
+    pub const HANGING_SHARE_PCT: u8 = 50;
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
     pub const FEED_PAGE_SIZE: usize = 1000;
     pub const RELIST_INTERVAL: Duration = Duration::from_secs(600);
@@ -52,6 +56,9 @@ pub struct EngineConfig {
     pub interval: Duration,
     pub max_concurrent_checks: usize,
     pub check_timeout: Duration,
+    /// Percent of the pool that checks of hanging clusters (the last check
+    /// used its whole timeout) may hold: `schedule::hanging_permits`.
+    pub hanging_share_pct: u8,
     pub shutdown_grace: Duration,
     /// Changes read per change-feed request.
     pub feed_page_size: usize,
@@ -83,6 +90,7 @@ impl EngineConfig {
             interval: defaults::INTERVAL,
             max_concurrent_checks: defaults::MAX_CONCURRENT_CHECKS,
             check_timeout: defaults::CHECK_TIMEOUT,
+            hanging_share_pct: defaults::HANGING_SHARE_PCT,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             feed_page_size: defaults::FEED_PAGE_SIZE,
             relist_interval: defaults::RELIST_INTERVAL,

@@ -366,6 +366,7 @@ impl Engine {
             interval: cfg.interval,
             check_timeout: cfg.check_timeout,
             max_concurrent: cfg.max_concurrent_checks,
+            hanging_share_pct: cfg.hanging_share_pct,
             stalled_after: cfg.stalled_after(),
             refresh_timeout: cfg.heartbeat_interval,
             pass_done_ms: handles.pass_done_ms.clone(),
@@ -1314,6 +1315,14 @@ impl MembershipLoop {
         m.self_gauge(
             names::CHECKS_INFLIGHT,
             s.inflight.load(Ordering::Relaxed) as u64,
+        );
+        m.self_gauge(
+            names::CHECKS_INFLIGHT_HANGING,
+            s.inflight_hanging.load(Ordering::Relaxed) as u64,
+        );
+        m.self_gauge(
+            names::CHECKS_HANGING,
+            s.hanging.load(Ordering::Relaxed) as u64,
         );
         m.self_gauge(
             names::CHECKS_SCHEDULED,

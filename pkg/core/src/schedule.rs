@@ -102,6 +102,22 @@ pub fn decide_due(f: &DueFacts) -> DueDecision {
     DueDecision::Run
 }
 
+/// A check that used at least nine tenths of its timeout marks its cluster
+/// *hanging* (an API server that accepts and never answers, a network that
+/// drops packets) until a check of it ends sooner.
+pub fn is_hanging(duration_ms: u64, timeout_ms: u64) -> bool {
+    duration_ms.saturating_mul(10) >= timeout_ms.saturating_mul(9)
+}
+
+/// Worker permits hanging clusters may hold at once: `share_pct` percent of
+/// the pool, at least one. The rest of the pool is always open to the
+/// clusters that answer, so a region whose API servers hang (thousands of
+/// checks each holding a permit for the whole timeout) cannot make healthy
+/// clusters wait or be skipped.
+pub fn hanging_permits(pool: usize, share_pct: u8) -> usize {
+    (pool * usize::from(share_pct.min(100)) / 100).max(1)
+}
+
 /// When a cluster that enters the timetable is first due, and whether that
 /// first check is a catch-up. `fresh`: a cluster that became checkable after
 /// start-up (checked at once). A cluster of a bucket taken from a dead owner
@@ -192,6 +208,10 @@ pub struct LastCheck {
 pub struct SchedStats {
     pub started: AtomicU64,
     pub inflight: AtomicUsize,
+    /// Checks in flight of hanging clusters (within `inflight`).
+    pub inflight_hanging: AtomicUsize,
+    /// Clusters whose last check used nearly its whole timeout.
+    pub hanging: AtomicUsize,
     pub scheduled: AtomicUsize,
     pub max_lag_ms: AtomicI64,
 }
@@ -223,6 +243,8 @@ pub struct SchedulerDeps {
     pub interval: Duration,
     pub check_timeout: Duration,
     pub max_concurrent: usize,
+    /// Percent of the pool that hanging clusters may hold ([`is_hanging`]).
+    pub hanging_share_pct: u8,
     /// A membership loop that has not finished a pass for this long has
     /// stalled: the view is refreshed before the next check starts.
     pub stalled_after: Duration,
@@ -253,14 +275,26 @@ struct Slot {
     catch_up: bool,
 }
 
+/// A check's worker permit, and its hanging-share permit if the cluster is
+/// hanging: both given back when the check ends.
+struct Permits(
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
 pub struct Scheduler {
     deps: SchedulerDeps,
     interval_ms: i64,
     permits: Arc<Semaphore>,
+    /// The hanging clusters' share of the pool: a check of one takes a
+    /// permit here as well as one of `permits`.
+    hanging_permits: Arc<Semaphore>,
+    /// Clusters whose last check used (nearly) its whole timeout.
+    hanging: HashSet<Arc<str>>,
     slots: HashMap<Arc<str>, Slot>,
     heap: BinaryHeap<Reverse<(i64, u64, Arc<str>)>>,
     running: HashSet<Arc<str>>,
-    checks: JoinSet<(Arc<str>, LastCheck)>,
+    checks: JoinSet<(Arc<str>, LastCheck, bool)>,
     next_gen: u64,
     view: Arc<Assignment>,
     /// The `pass_done_ms` for which a refresh was asked (one per stall).
@@ -275,6 +309,11 @@ impl Scheduler {
         Self {
             interval_ms: ms(deps.interval).max(1),
             permits: Arc::new(Semaphore::new(deps.max_concurrent)),
+            hanging_permits: Arc::new(Semaphore::new(hanging_permits(
+                deps.max_concurrent,
+                deps.hanging_share_pct,
+            ))),
+            hanging: HashSet::new(),
             slots: HashMap::new(),
             heap: BinaryHeap::new(),
             running: HashSet::new(),
@@ -413,6 +452,7 @@ impl Scheduler {
                 }
             },
             ClusterEvent::Removed { id } => {
+                self.hanging.remove(&id);
                 self.slots.remove(&id);
                 self.deps.last_checks.remove(&id);
             }
@@ -514,13 +554,21 @@ impl Scheduler {
             DueDecision::SkipLate => return skip("late"),
             DueDecision::SkipStillRunning => return skip("still_running"),
         }
+        let hanging = if self.hanging.contains(&id) {
+            match self.hanging_permits.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => return skip("hanging_share"),
+            }
+        } else {
+            None
+        };
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             skip("pool_full");
             return;
         };
         let lag = now - due;
         self.deps.stats.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
-        self.start(entry, permit);
+        self.start(entry, Permits(permit, hanging));
     }
 
     /// An operator's check: same pool, same metrics, never two at once.
@@ -532,7 +580,7 @@ impl Scheduler {
                 Err(_) => CheckNowAnswer::PoolFull,
                 Ok(permit) => {
                     self.waiters.insert(e.id.clone(), req.reply);
-                    self.start(e, permit);
+                    self.start(e, Permits(permit, None));
                     return;
                 }
             },
@@ -541,10 +589,16 @@ impl Scheduler {
     }
 
     /// Starts a check on the pool; `finished` collects it.
-    fn start(&mut self, entry: Arc<ClusterEntry>, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn start(&mut self, entry: Arc<ClusterEntry>, permit: Permits) {
         let id = entry.id.clone();
         self.deps.stats.started.fetch_add(1, Ordering::Relaxed);
         self.deps.stats.inflight.fetch_add(1, Ordering::Relaxed);
+        if permit.1.is_some() {
+            self.deps
+                .stats
+                .inflight_hanging
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.deps.metrics.self_count(names::CHECKS_STARTED, 1, &[]);
         self.running.insert(id.clone());
 
@@ -553,6 +607,7 @@ impl Scheduler {
         let clock = self.deps.clock;
         let timeout = self.deps.check_timeout;
         self.checks.spawn(async move {
+            let was_hanging = permit.1.is_some();
             let _permit = permit;
             let started = Instant::now();
             let started_ms = clock.now_ms();
@@ -593,15 +648,31 @@ impl Scheduler {
                     duration_ms,
                     report,
                 },
+                was_hanging,
             )
         });
     }
 
-    fn finished(&mut self, done: Result<(Arc<str>, LastCheck), tokio::task::JoinError>) {
+    fn finished(&mut self, done: Result<(Arc<str>, LastCheck, bool), tokio::task::JoinError>) {
         self.deps.stats.inflight.fetch_sub(1, Ordering::Relaxed);
         match done {
-            Ok((id, last)) => {
+            Ok((id, last, was_hanging)) => {
+                if was_hanging {
+                    self.deps
+                        .stats
+                        .inflight_hanging
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
                 self.running.remove(&id);
+                if is_hanging(last.duration_ms, ms(self.deps.check_timeout) as u64) {
+                    self.hanging.insert(id.clone());
+                } else {
+                    self.hanging.remove(&id);
+                }
+                self.deps
+                    .stats
+                    .hanging
+                    .store(self.hanging.len(), Ordering::Relaxed);
                 // Recorded before the operator hears back, so what they
                 // read next shows this check.
                 let waiter = self.waiters.remove(&id);
@@ -709,6 +780,11 @@ mod scheduler_tests {
         took: Duration,
         log: Arc<Mutex<Vec<(String, i64)>>>,
         clock: Clock,
+        /// Clusters whose checks hang past the timeout, and how many of
+        /// them run now and at most.
+        hang: Vec<String>,
+        hanging_now: Arc<AtomicUsize>,
+        hanging_max: Arc<AtomicUsize>,
     }
 
     #[async_trait]
@@ -718,6 +794,19 @@ mod scheduler_tests {
                 .lock()
                 .unwrap()
                 .push((ctx.cluster.id.to_string(), self.clock.now_ms()));
+            if self.hang.iter().any(|h| **h == *ctx.cluster.id) {
+                // Cancelled by the scheduler's backstop at the deadline.
+                struct Gone(Arc<AtomicUsize>);
+                impl Drop for Gone {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let n = self.hanging_now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.hanging_max.fetch_max(n, Ordering::SeqCst);
+                let _gone = Gone(self.hanging_now.clone());
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
             tokio::time::sleep(self.took).await;
             CheckReport {
                 ok: true,
@@ -739,6 +828,7 @@ mod scheduler_tests {
         _assign: watch::Sender<Arc<Assignment>>,
         /// Kept alive so the scheduler's event channel stays open.
         _reflector: crate::feed::Reflector,
+        hanging_max: Arc<AtomicUsize>,
     }
 
     /// A scheduler owning every bucket, over `ids` (all checkable).
@@ -750,6 +840,20 @@ mod scheduler_tests {
         took: Duration,
         pass_done_ms: i64,
     ) -> Harness {
+        harness_with(ids, max_concurrent, took, pass_done_ms, &[], 50).await
+    }
+
+    /// `hang`: clusters whose checks never end (cut at the 30 s timeout);
+    /// `share`: the hanging clusters' percent of the pool.
+    async fn harness_with(
+        ids: &[&str],
+        max_concurrent: usize,
+        took: Duration,
+        pass_done_ms: i64,
+        hang: &[&str],
+        share: u8,
+    ) -> Harness {
+        let hanging_max = Arc::new(AtomicUsize::new(0));
         let clock = Clock::at(0);
         let (reflector, map, events_rx) =
             crate::feed::Reflector::new(Metrics::disabled(), clock, 64);
@@ -785,6 +889,7 @@ mod scheduler_tests {
             interval: Duration::from_secs(10),
             check_timeout: Duration::from_secs(30),
             max_concurrent,
+            hanging_share_pct: share,
             stalled_after: Duration::from_secs(5),
             refresh_timeout: Duration::from_secs(2),
             pass_done_ms: pass_done.clone(),
@@ -799,6 +904,9 @@ mod scheduler_tests {
                 took,
                 log: log.clone(),
                 clock,
+                hang: hang.iter().map(|h| h.to_string()).collect(),
+                hanging_now: Arc::new(AtomicUsize::new(0)),
+                hanging_max: hanging_max.clone(),
             }),
             metrics,
             stats: Arc::new(SchedStats::default()),
@@ -818,6 +926,7 @@ mod scheduler_tests {
             _events: events_tx,
             _assign: assign_tx,
             _reflector: reflector,
+            hanging_max,
         }
     }
 
@@ -841,6 +950,82 @@ mod scheduler_tests {
         assert!(skipped(&mut h, "still_running") >= 3);
         h.stop.cancel();
         h.task.await.unwrap();
+    }
+
+    /// Half of 20 clusters hang (a regional outage) at a 10 s interval with a
+    /// 30 s timeout, on a pool of 8: once their first checks have timed out,
+    /// hanging clusters hold at most their share (4) and every answering
+    /// cluster keeps its cadence. With the share at 100% they take the pool
+    /// and answering clusters are skipped.
+    #[tokio::test(start_paused = true)]
+    async fn hanging_clusters_hold_their_share_of_the_pool_only() {
+        let ids: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let hang: Vec<&str> = refs[..10].to_vec();
+        for (share, bounded) in [(50u8, true), (100, false)] {
+            let mut h = harness_with(
+                &refs,
+                8,
+                Duration::from_millis(20),
+                i64::MAX / 2,
+                &hang,
+                share,
+            )
+            .await;
+            // Warm-up: every hanging cluster's first check times out (≤ 31 s
+            // after its start, started within the first interval or two).
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let from = Clock::at(0).now_ms();
+            let _ = skipped(&mut h, "pool_full");
+            h.hanging_max.store(0, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let log = h.log.lock().unwrap().clone();
+            let lines: Vec<String> = std::iter::from_fn(|| h.metrics_rx.try_recv().ok())
+                .map(|q| q.line)
+                .collect();
+            let count = |reason: &str| {
+                let want = format!("monitor.checks.skipped:1|c|#monitor:me,reason:{reason}");
+                lines.iter().filter(|l| **l == want).count()
+            };
+            let (full, share_skips) = (count("pool_full"), count("hanging_share"));
+            let most = h.hanging_max.load(Ordering::SeqCst);
+            let healthy_runs = |id: &str| log.iter().filter(|(c, t)| c == id && *t >= from).count();
+            if bounded {
+                assert!(most <= 4, "hanging checks at once: {most} (share 4 of 8)");
+                assert_eq!(full, 0, "no answering cluster waits for a permit");
+                assert!(
+                    share_skips > 0,
+                    "hanging checks beyond the share are skipped"
+                );
+                for id in &refs[10..] {
+                    assert!(
+                        healthy_runs(id) >= 6,
+                        "{id}: {} checks in 60 s",
+                        healthy_runs(id)
+                    );
+                }
+            } else {
+                assert!(
+                    most > 4,
+                    "without the share hanging checks fill the pool: {most}"
+                );
+                assert!(full > 0, "and answering clusters are skipped");
+            }
+            h.stop.cancel();
+            h.task.await.unwrap();
+        }
+    }
+
+    #[test]
+    fn hanging_rule_and_share() {
+        assert!(is_hanging(30_000, 30_000));
+        assert!(is_hanging(27_000, 30_000));
+        assert!(!is_hanging(26_999, 30_000));
+        assert!(is_hanging(31_000, 30_000));
+        assert_eq!(hanging_permits(5000, 50), 2500);
+        assert_eq!(hanging_permits(1, 50), 1);
+        assert_eq!(hanging_permits(8, 100), 8);
+        assert_eq!(hanging_permits(8, 200), 8);
     }
 
     #[tokio::test(start_paused = true)]

@@ -89,6 +89,7 @@ pub struct KubeChecker {
     key: Option<SecretsKey>,
     collectors: Vec<Arc<dyn Collector>>,
     concurrency: usize,
+    connect_timeout: std::time::Duration,
     clock: Clock,
     insecure_logged: Mutex<HashSet<Arc<str>>>,
 }
@@ -99,6 +100,7 @@ impl KubeChecker {
             key,
             collectors,
             concurrency: 1,
+            connect_timeout: crate::config::defaults::CONNECT_TIMEOUT,
             clock,
             insecure_logged: Mutex::new(HashSet::new()),
         }
@@ -120,6 +122,14 @@ impl KubeChecker {
     /// How many collectors run at once inside one check (at least 1).
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long a connection (TCP and the TLS handshake) may take, within
+    /// the check's timeout: a server that drops packets fails the check
+    /// after this, not after the whole timeout.
+    pub fn with_connect_timeout(mut self, d: std::time::Duration) -> Self {
+        self.connect_timeout = d;
         self
     }
 
@@ -190,7 +200,12 @@ impl KubeChecker {
                 tracing::warn!(cluster = %e.id, "insecureSkipTLSVerify is set: the API server's certificate is not verified");
             }
         }
-        let kube = match KubeClient::new(&e.api_server, &creds, ctx.deadline) {
+        let kube = match KubeClient::with_connect_timeout(
+            &e.api_server,
+            &creds,
+            ctx.deadline,
+            self.connect_timeout,
+        ) {
             Ok(k) => k,
             Err(err) => {
                 collector_error(emit, "credentials", &err);

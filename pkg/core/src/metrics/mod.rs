@@ -52,6 +52,8 @@ pub mod names {
     pub const CACHE_INVALID: &str = "monitor.cache.invalid";
     pub const CACHE_CREDENTIAL_BYTES: &str = "monitor.cache.credentialbytes";
     pub const CHECKS_INFLIGHT: &str = "monitor.checks.inflight";
+    pub const CHECKS_INFLIGHT_HANGING: &str = "monitor.checks.inflight.hanging";
+    pub const CHECKS_HANGING: &str = "monitor.checks.hanging";
     pub const CHECKS_STARTED: &str = "monitor.checks.started";
     pub const CHECKS_SKIPPED: &str = "monitor.checks.skipped";
     pub const CHECKS_TIMEDOUT: &str = "monitor.checks.timedout";
@@ -132,9 +134,11 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: CACHE_INVALID, kind: Gauge, tags: "monitor", help: "Cluster documents currently skipped as invalid." },
         MetricDef { name: CACHE_CREDENTIAL_BYTES, kind: Gauge, tags: "monitor", help: "Bytes of credential material the cluster cache holds (sealed or plain CA bundles, certificates, keys, tokens), summed over its clusters." },
         MetricDef { name: CHECKS_INFLIGHT, kind: Gauge, tags: "monitor", help: "Checks running now." },
+        MetricDef { name: CHECKS_INFLIGHT_HANGING, kind: Gauge, tags: "monitor", help: "Checks running now of hanging clusters (within monitor.checks.inflight); at most --hanging-share of the pool." },
+        MetricDef { name: CHECKS_HANGING, kind: Gauge, tags: "monitor", help: "Clusters whose last check used at least nine tenths of --check-timeout (hanging): their checks share --hanging-share of the pool." },
         MetricDef { name: CHECKS_SCHEDULED, kind: Gauge, tags: "monitor", help: "Clusters this monitor schedules (owned buckets, checkable state)." },
         MetricDef { name: CHECKS_STARTED, kind: Counter, tags: "monitor", help: "Checks started." },
-        MetricDef { name: CHECKS_SKIPPED, kind: Counter, tags: "monitor, reason", help: "Due checks not started: reason pool_full (no worker free), still_running (previous check of the cluster not finished) or late (due more than half an interval ago)." },
+        MetricDef { name: CHECKS_SKIPPED, kind: Counter, tags: "monitor, reason", help: "Due checks not started: reason pool_full (no worker free), hanging_share (a hanging cluster's check while hanging clusters hold their share of the pool), still_running (previous check of the cluster not finished) or late (due more than half an interval ago)." },
         MetricDef { name: CHECKS_TIMEDOUT, kind: Counter, tags: "monitor", help: "Checks cancelled at --check-timeout." },
         MetricDef { name: SCHEDULE_LAG, kind: Gauge, tags: "monitor", help: "Largest delay in milliseconds between a check's due time and its start, over the last heartbeat interval." },
         MetricDef { name: FEED_LAG, kind: Gauge, tags: "monitor", help: "Milliseconds since the change feed was last read to its end." },
