@@ -622,6 +622,18 @@ impl Store for CosmosStore {
             .collect())
     }
 
+    async fn list_clusters_in(&self, buckets: &[u8]) -> StoreResult<Vec<RawCluster>> {
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The clusters container indexes `/bucket/?` (`indexing_policy`).
+        let q = Query::from("SELECT * FROM c WHERE ARRAY_CONTAINS(@buckets, c.bucket)")
+            .with_parameter("@buckets", buckets.to_vec())
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let docs = self.query(&self.clusters, "list_clusters_in", q).await?;
+        Ok(docs.into_iter().filter_map(to_raw).collect())
+    }
+
     async fn read_feed(&self, continuation: Option<&str>, max: usize) -> StoreResult<FeedPage> {
         let max = max.clamp(1, u32::MAX as usize);
         let r = self
