@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """clustermon benchmarks (`make bench`): throughput, memory, failover,
-start-up, and side by side with Prometheus + blackbox_exporter.
+start-up, side by side with Prometheus + blackbox_exporter, a regional
+outage (25% of the clusters hanging past the check timeout, 3 monitors) and
+the memory of monitors sharing one large store.
 
 Everything runs on 127.0.0.1 against hack/fleetsim with the release
 binaries. Each scenario runs --runs times (default 3); the table printed at
@@ -9,7 +11,7 @@ figures (missed, duplicates, skipped, gaps), and target/bench/results.json
 holds every run and those summaries, with each scenario's provenance: {"machine", "date", "commands", "scenarios": {name: [median
 rows]}, "runs": {name: [all rows]}, "targets": [...]}.
 
-  hack/bench/bench.py [--runs 3] [--only throughput,memory,...] [--quick]
+  hack/bench/bench.py [--runs 3] [--only throughput,memory,...] [--quick] [--out FILE]
 
 Stdlib only. fleetsim's own CPU is reported apart from the monitor's.
 """
@@ -519,12 +521,278 @@ def vs_blackbox(a, tmp):
     return [vb.run(BIN, clusters, 10.0, a.window * 2, tempfile.mkdtemp(dir=tmp))]
 
 
+# ---- regional outage and shared memory ----
+
+def prom_sum(url, name):
+    """Every series of a metric on a monitor's /metrics page: {labels: value}
+    (labels as the text between the braces, "" without)."""
+    _, body = http_code(f"{url}/metrics")
+    out = {}
+    for line in body.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, _, v = line.rpartition(" ")
+            labels = head[len(name):].strip("{}")
+            try:
+                out[labels] = float(v)
+            except ValueError:
+                pass
+    return out
+
+
+def by_label(series, label):
+    """{labels: value} -> {value of one label: summed value}."""
+    out = {}
+    for labels, v in series.items():
+        key = ""
+        for kv in labels.split(","):
+            k, _, val = kv.partition("=")
+            if k == label:
+                key = val.strip('"')
+        out[key] = out.get(key, 0) + v
+    return out
+
+
+def buckets_settled(store, live):
+    """All 256 buckets owned, only by live monitors, evenly (±1)."""
+    o = cli_json("buckets", "--store", store)
+    if not o or len(o) != 256 or any(x not in live for x in o):
+        return False
+    loads = [o.count(m) for m in live]
+    return max(loads) - min(loads) <= 1
+
+
+def late_misses(checks, ids, interval_ms, t_from, t_to, slack_ms):
+    """Due slots in [t_from, t_to) of the given clusters with no check
+    arriving from 0.5 s before to slack_ms after them."""
+    by = {}
+    for t, rid in checks:
+        by.setdefault(rid, []).append(t)
+    missed = 0
+    missed_ids = set()
+    for rid in ids:
+        ts = by.get(rid, [])
+        ph = fnv1a(rid) % interval_ms
+        d = t_from + (ph - t_from) % interval_ms
+        while d < t_to:
+            if not any(d - 500 <= t <= d + slack_ms for t in ts):
+                missed += 1
+                missed_ids.add(rid)
+            d += interval_ms
+    return missed, len(missed_ids)
+
+
+def fleet_requests(url):
+    try:
+        with urllib.request.urlopen(f"{url}/control/stats", timeout=10) as r:
+            return json.load(r)["requests"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def regional_outage(a, tmp):
+    """3 monitors, 25% of the clusters hanging past the 30 s check timeout:
+    healthy clusters' lag, skips and misses, in-flight checks, memory, CPU."""
+    n = a.outage_clusters or (50000 if not a.quick else 5000)
+    interval_ms = int((a.outage_interval or (60 if not a.quick else 40)) * 1000)
+    timeout_ms = 30000  # clustermon's default --check-timeout, not passed
+    n_mons = 3
+    hanging = n // 4
+    window = a.outage_window or interval_ms / 1000
+    slack_ms = min(5000, interval_ms // 2)
+    procs = Procs(tmp)
+    names = [f"o{i + 1}" for i in range(n_mons)]
+    statsds = {m: Statsd() for m in names}
+    store = f"sqlite:{tmp}/x.db"
+    try:
+        t = time.time()
+        sim, furl = start_fleet(procs, ["--clusters", str(n), "--register", store,
+                                        "--fault", f"slow={hanging}", "--slow-delay", "120s"], tmp)
+        register_s = time.time() - t
+        with urllib.request.urlopen(f"{furl}/control/clusters", timeout=60) as r:
+            docs = json.load(r)
+        hang = {c["id"] for c in docs if "slow" in c["faults"]}
+        healthy = [c["id"] for c in docs if c["id"] not in hang]
+        log(f"regional_outage: {n} clusters ({len(hang)} hanging) registered in {register_s:.0f}s; "
+            f"expected in flight per monitor: {len(hang) / n_mons * timeout_ms / interval_ms:.0f}")
+        if interval_ms <= timeout_ms:
+            log("regional_outage: interval ≤ check timeout: the hanging clusters' next checks are skipped "
+                "(still_running), and healthy_skipped counts them too")
+        mons = {m: monitor(procs, m, store, statsds[m].port,
+                           ["--interval", f"{interval_ms}ms", "--collectors", "healthz"]) for m in names}
+        urls = {m: admin_url(store, m, limit=120) for m in names}
+        for m in names:
+            wait(f"{m} ready", 300, lambda: http_code(f"{urls[m]}/healthz/ready")[0] == 200)
+        wait("256 buckets owned by the 3 monitors", 180, lambda: buckets_settled(store, names), step=0.5)
+        t_settled = time.time()
+        # One interval: every cluster's check has started once; one timeout
+        # more: the hanging checks started first are timing out as new ones
+        # start, so the in-flight count is at its steady state.
+        warm = interval_ms / 1000 + timeout_ms / 1000 + 2
+        log(f"regional_outage: settled; warming up {warm:.0f}s, then measuring {window:.0f}s")
+        time.sleep(warm)
+
+        def snap():
+            return {m: {"cpu": cpu_s(mons[m].pid),
+                        "skipped": by_label(prom_sum(urls[m], "clustermon_monitor_checks_skipped_total"), "reason"),
+                        "started": prom_value(urls[m], "clustermon_monitor_checks_started_total") or 0}
+                    for m in names}
+
+        s0, f0, r0 = snap(), cpu_s(sim.pid), fleet_requests(furl)
+        t0 = time.time() * 1000
+        polls = []  # (unix ms, {monitor: in flight})
+        while time.time() * 1000 < t0 + window * 1000:
+            tick = time.time()
+            polls.append((tick * 1000, {m: prom_value(urls[m], "clustermon_monitor_checks_inflight") or 0
+                                        for m in names}))
+            time.sleep(max(0.0, 1 - (time.time() - tick)))
+        t1 = time.time() * 1000
+        s1, f1, r1 = snap(), cpu_s(sim.pid), fleet_requests(furl)
+        # Checks due just before t1 may arrive up to slack_ms later.
+        time.sleep(slack_ms / 1000 + 1)
+        per_mon = {m: [c for c in statsds[m].since(t0) if c[0] < t1] for m in names}
+        late = [c for m in names for c in statsds[m].since(t0) if c[0] <= t1 + slack_ms]
+        hset = set(healthy)
+        got = sorted(c for m in names for c in per_mon[m] if c[1] in hset)
+        lag = lags_ms(got, interval_ms)
+        missed, missed_clusters = late_misses(late, healthy, interval_ms, t0, t1, slack_ms)
+        skipped = {}
+        for m in names:
+            for reason, v in s1[m]["skipped"].items():
+                d = v - s0[m]["skipped"].get(reason, 0)
+                if d:
+                    skipped[reason or "?"] = skipped.get(reason or "?", 0) + int(d)
+        # Per second: p99 lag of the healthy checks arriving in it, in-flight total.
+        series = []
+        for i in range(int((t1 - t0) // 1000)):
+            a_, b_ = t0 + i * 1000, t0 + (i + 1) * 1000
+            sec = [c for c in got if a_ <= c[0] < b_]
+            p99 = pct(lags_ms(sec, interval_ms), 99)
+            infl = [sum(p.values()) for tp, p in polls if a_ <= tp < b_]
+            series.append([i, round(p99, 1) if p99 is not None else None, int(infl[0]) if infl else None])
+        rows = []
+        answers = (r1 - r0) if r0 is not None and r1 is not None else 0
+        fleet = {
+            "monitor": "fleet",
+            "clusters": n,
+            "hanging": len(hang),
+            "monitors": n_mons,
+            "interval_ms": interval_ms,
+            "check_timeout_ms": timeout_ms,
+            "window_s": round((t1 - t0) / 1000, 1),
+            "healthy_checks": len(got),
+            "healthy_checks_per_s": round(len(got) / ((t1 - t0) / 1000), 1),
+            "healthy_lag_p50_ms": round(pct(lag, 50) or 0, 1),
+            "healthy_lag_p99_ms": round(pct(lag, 99) or 0, 1),
+            "healthy_skipped": sum(skipped.values()),
+            "skipped_by_reason": skipped,
+            "healthy_missed": missed,
+            "healthy_missed_clusters": missed_clusters,
+            "inflight_max": int(max((sum(p.values()) for _, p in polls), default=0)),
+            "inflight_expected": round(len(hang) * timeout_ms / interval_ms),
+            "fleetsim_cpu_s_per_1000": round((f1 - f0) / max(answers, 1) * 1000, 3),
+            "fleetsim_answers": answers,
+            "register_s": round(register_s, 1),
+            "settled_s_before_window": round(t0 / 1000 - t_settled, 1),
+            "series": series,
+        }
+        rows.append(fleet)
+        for m in names:
+            checks = len(per_mon[m])
+            cred = (prom_value(urls[m], "clustermon_monitor_cache_credentialbytes") or 0) / 2**20
+            rss = mem_kb(mons[m].pid, "VmRSS") / 1024
+            rows.append({
+                "monitor": m,
+                "buckets": int(prom_value(urls[m], "clustermon_monitor_buckets_owned") or 0),
+                "cached": int(prom_value(urls[m], "clustermon_monitor_cache_size") or 0),
+                "checks": checks,
+                "started": int(s1[m]["started"] - s0[m]["started"]),
+                "hanging_checks": sum(1 for c in per_mon[m] if c[1] in hang),
+                "inflight_max": int(max((p[m] for _, p in polls), default=0)),
+                "rss_mb": round(rss, 1),
+                "rss_peak_mb": round(mem_kb(mons[m].pid, "VmHWM") / 1024, 1),
+                "credential_mb": round(cred, 1),
+                "rss_limit_mb": round(60 + cred, 1),
+                "cpu_s_per_1000": round((s1[m]["cpu"] - s0[m]["cpu"]) / max(checks, 1) * 1000, 3),
+                "cpu_percent": round((s1[m]["cpu"] - s0[m]["cpu"]) / ((t1 - t0) / 1000) * 100, 1),
+            })
+        for r in rows:
+            log("regional_outage", json.dumps({k: v for k, v in r.items() if k != "series"}))
+        return rows
+    finally:
+        procs.stop_all()
+        for s in statsds.values():
+            s.close()
+
+
+def share_memory(a, tmp):
+    """6 monitors sharing one store of 300,000 clusters: what each holds."""
+    n = a.share_clusters or (300000 if not a.quick else 5000)
+    n_mons = 6 if not a.quick else 3
+    procs = Procs(tmp)
+    statsd = Statsd()
+    store = f"sqlite:{tmp}/share.db"
+    names = [f"s{i + 1}" for i in range(n_mons)]
+    try:
+        t = time.time()
+        # fleetsim stays up: the few checks due within the hour-long interval
+        # that fall in this scenario find their API server.
+        sim, _ = start_fleet(procs, ["--clusters", str(n), "--register", store], tmp)
+        register_s = time.time() - t
+        log(f"share_memory: {n} clusters registered in {register_s:.0f}s")
+        t = time.time()
+        mons = {m: monitor(procs, m, store, statsd.port, ["--interval", "3600s", "--collectors", "healthz"])
+                for m in names}
+        urls = {m: admin_url(store, m, limit=300) for m in names}
+        for m in names:
+            wait(f"{m} ready", 600, lambda: http_code(f"{urls[m]}/healthz/ready")[0] == 200)
+        ready_s = time.time() - t
+        wait(f"256 buckets owned by the {n_mons} monitors", 300, lambda: buckets_settled(store, names), step=0.5)
+        time.sleep(5)
+        owners = cli_json("buckets", "--store", store) or []
+        rows = []
+        for m in names:
+            cred = (prom_value(urls[m], "clustermon_monitor_cache_credentialbytes") or 0) / 2**20
+            rows.append({
+                "monitor": m,
+                "clusters": n,
+                "monitors": n_mons,
+                "buckets": owners.count(m),
+                "cached": int(prom_value(urls[m], "clustermon_monitor_cache_size") or 0),
+                "rss_mb": round(mem_kb(mons[m].pid, "VmRSS") / 1024, 1),
+                "rss_peak_mb": round(mem_kb(mons[m].pid, "VmHWM") / 1024, 1),
+                "credential_mb": round(cred, 1),
+                "rss_limit_mb": round(60 + cred, 1),
+            })
+        mon_rows = list(rows)
+        rows.insert(0, {
+            "monitor": "all",
+            "clusters": n,
+            "monitors": n_mons,
+            "buckets": sum(r["buckets"] for r in mon_rows),
+            "cached_total": sum(r["cached"] for r in mon_rows),
+            "rss_total_mb": round(sum(r["rss_mb"] for r in mon_rows), 1),
+            "rss_max_mb": max(r["rss_mb"] for r in mon_rows),
+            "credential_total_mb": round(sum(r["credential_mb"] for r in mon_rows), 1),
+            "over_limit_monitors": sum(1 for r in mon_rows if r["rss_mb"] > r["rss_limit_mb"]),
+            "register_s": round(register_s, 1),
+            "ready_s": round(ready_s, 1),
+        })
+        for r in rows:
+            log("share_memory", json.dumps(r))
+        return rows
+    finally:
+        procs.stop_all()
+        statsd.close()
+
+
 SCENARIOS = {
     "throughput": (throughput, ["profile", "offered_per_s"]),
     "memory": (memory, ["clusters"]),
     "failover": (failover, ["event"]),
     "startup": (startup, ["documents"]),
     "vs_blackbox": (vs_blackbox, []),
+    "regional_outage": (regional_outage, ["monitor"]),
+    "share_memory": (share_memory, ["monitor"]),
 }
 
 
@@ -592,6 +860,25 @@ def targets(sc):
                 f"{x['missed_checks']} missed, {x['duplicate_checks']} duplicates")
     for x in sc.get("startup", []):
         add("ready within 5 s with 50,000 documents", x["ready_s"] <= 5, f"{x['ready_s']} s")
+    for x in sc.get("regional_outage", []):
+        what = f"{x.get('hanging')} of {x.get('clusters')} clusters hanging, {x.get('interval_ms', 0) / 1000:g} s interval"
+        if x["monitor"] == "fleet":
+            add(f"regional outage ({what}): healthy p99 lag < 1 s", x["healthy_lag_p99_ms"] < 1000,
+                f"p99 {x['healthy_lag_p99_ms']} ms, p50 {x['healthy_lag_p50_ms']} ms")
+            add("... 0 skipped checks", x["healthy_skipped"] == 0,
+                f"{x['healthy_skipped']} skipped"
+                + "".join(f", {k} {v}" for k, v in sorted((x.get("skipped_by_reason") or {}).items()))
+                + " (counted over all clusters: the skip counter does not name the cluster)")
+            add("... 0 missed healthy checks", x["healthy_missed"] == 0,
+                f"{x['healthy_missed']} missed ({x.get('healthy_missed_clusters', 0)} clusters)")
+        else:
+            add(f"regional outage: {x['monitor']} RSS ≤ 60 MB + its credential MB", x["rss_mb"] <= x["rss_limit_mb"],
+                f"{x['rss_mb']} MB (limit {x['rss_limit_mb']} MB), {x['inflight_max']} in flight at most")
+    for x in sc.get("share_memory", []):
+        if x["monitor"] != "all":
+            add(f"shared store ({x['clusters']} clusters, {x['monitors']} monitors): {x['monitor']} RSS ≤ 60 MB + its credential MB",
+                x["rss_mb"] <= x["rss_limit_mb"],
+                f"{x['rss_mb']} MB (limit {x['rss_limit_mb']} MB), {x['cached']} cached, {x['buckets']} buckets")
     for x in sc.get("vs_blackbox", []):
         add("≤ half the CPU per probe of Prometheus + blackbox_exporter",
             x["clustermon_cpu_s_per_1000"] <= x["blackbox_cpu_s_per_1000"] / 2,
@@ -606,6 +893,15 @@ def main():
     ap.add_argument("--rates", default="500,1000,2000,5000")
     ap.add_argument("--window", type=float, default=10.0, help="seconds measured per throughput point")
     ap.add_argument("--quick", action="store_true", help="small sizes, to try the bench itself")
+    ap.add_argument("--outage-clusters", type=int, default=0,
+                    help="regional_outage: clusters (default 50,000; --quick 5,000)")
+    ap.add_argument("--outage-interval", type=float, default=0,
+                    help="regional_outage: check interval in seconds (default 60; --quick 40); "
+                         "the check timeout stays at clustermon's default 30 s")
+    ap.add_argument("--outage-window", type=float, default=0,
+                    help="regional_outage: seconds measured after the warm-up (default one interval)")
+    ap.add_argument("--share-clusters", type=int, default=0,
+                    help="share_memory: clusters (default 300,000; --quick 5,000)")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench", "results.json"))
     a = ap.parse_args()
     a.rates = [int(x) for x in a.rates.split(",")]
@@ -655,7 +951,11 @@ def main():
     for name, rows in results["scenarios"].items():
         print(f"\n## {name}")
         if rows:
-            cols = list(rows[0].keys())
+            # Every row's keys (the rows of a scenario may differ), without
+            # the lists and maps (time series) that only results.json keeps.
+            cols = []
+            for r in rows:
+                cols += [k for k, v in r.items() if k not in cols and not isinstance(v, (list, dict))]
             print(" | ".join(cols))
             for r in rows:
                 print(" | ".join(str(r.get(c, "")) for c in cols))
