@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Draws the throughput scenario of a benchmark results file as one PNG.
+"""Draws the throughput scenario of a benchmark results file as one PNG and,
+when the file has the regional_outage scenario, its time series as a second
+one, outage.png, in the same directory.
 
   python3 hack/bench/plot.py target/bench/results.json docs/performance.png
 
@@ -11,6 +13,12 @@ results.json: {"machine": ..., "date": ..., "scenarios": {"throughput": [
 Left panel: achieved vs offered checks/s, one line per profile, y = x dashed.
 Right panel: p99 lag (ms, log scale) vs offered checks/s, one line per
 profile, the 1000 ms target as a horizontal line.
+
+outage.png: from scenarios.regional_outage, the row {"monitor": "fleet",
+"series": [[t_s, p99_ms, inflight], ...]}: per second of the measured window,
+the p99 lag of the healthy clusters' checks arriving in it and the checks in
+flight over all monitors, with the 1000 ms target and the expected in-flight
+count (hanging × timeout ÷ interval).
 
 Needs matplotlib; when it is missing, installs it into a venv under
 target/bench/venv (python3 -m venv, then pip) and re-runs itself there.
@@ -61,13 +69,73 @@ def main():
     src, dst = sys.argv[1], sys.argv[2]
     with open(src) as f:
         results = json.load(f)
-    rows = (results.get("scenarios") or {}).get("throughput") or []
-    if not rows:
-        sys.exit(f"plot.py: {src} has no scenarios.throughput rows")
+    scenarios = results.get("scenarios") or {}
+    rows = scenarios.get("throughput") or []
+    outage = next((r for r in scenarios.get("regional_outage") or []
+                   if r.get("monitor") == "fleet" and r.get("series")), None)
+    if not rows and not outage:
+        sys.exit(f"plot.py: {src} has no scenarios.throughput rows and no regional_outage series")
 
     ensure_matplotlib()
     import matplotlib
     matplotlib.use("Agg")
+
+    if outage:
+        plot_outage(results, outage, os.path.join(os.path.dirname(os.path.abspath(dst)), "outage.png"))
+    if rows:
+        plot_throughput(results, rows, dst)
+    else:
+        print(f"plot.py: no throughput rows in {src}; {dst} not written", file=sys.stderr)
+
+
+def plot_outage(results, row, dst):
+    """Healthy clusters' p99 lag and the checks in flight (all monitors),
+    per second of the regional outage scenario's measured window."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    pts = [(num(t), num(p99), num(infl)) for t, p99, infl in row["series"]]
+    fig, (ax_lag, ax_in) = plt.subplots(2, 1, figsize=(12, 6.4), dpi=120, sharex=True)
+    lag = [(t, y) for t, y, _ in pts if t is not None and y is not None]
+    if lag:
+        ax_lag.plot(*zip(*lag), color="tab:blue", marker=".", linewidth=1, label="healthy checks: p99 lag")
+    ax_lag.axhline(LAG_TARGET_MS, color="red", linestyle=":", linewidth=1.5, label=f"target ({LAG_TARGET_MS} ms)")
+    # Log scale: lags of a few ms and the 1 s target on one axis.
+    ax_lag.set_yscale("log")
+    ys = [y for _, y in lag if y > 0] + [LAG_TARGET_MS]
+    ax_lag.set_ylim(min(ys) / 2, max(ys) * 3)
+    ax_lag.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_lag.set_ylabel("p99 lag (ms, log scale)")
+    ax_lag.set_title("Healthy clusters: p99 lag of the checks arriving in each second", fontsize=10)
+    ax_lag.grid(True, which="both", alpha=0.3)
+    ax_lag.legend(loc="upper right", fontsize=9)
+
+    infl = [(t, y) for t, _, y in pts if t is not None and y is not None]
+    if infl:
+        ax_in.plot(*zip(*infl), color="tab:orange", linewidth=1.5, label="checks in flight (all monitors)")
+    expected = num(row.get("inflight_expected"))
+    if expected:
+        ax_in.axhline(expected, color="grey", linestyle="--", linewidth=1,
+                      label=f"expected: hanging × timeout ÷ interval ({expected:g})")
+    ax_in.set_ylim(0, max([y for _, y in infl] + [expected or 0, 1]) * 1.2)
+    ax_in.set_ylabel("checks in flight")
+    ax_in.set_xlabel("seconds into the measured window")
+    ax_in.set_title("Checks in flight, sampled every second from each monitor's /metrics", fontsize=10)
+    ax_in.grid(True, alpha=0.3)
+    ax_in.legend(loc="lower right", fontsize=9)
+
+    desc = (f"{row.get('clusters')} clusters, {row.get('hanging')} hanging past the "
+            f"{num(row.get('check_timeout_ms') or 30000) / 1000:g} s check timeout, {row.get('monitors')} monitors, "
+            f"{num(row.get('interval_ms') or 0) / 1000:g} s interval")
+    subtitle = " · ".join(str(results[k]) for k in ("machine", "date") if results.get(k))
+    fig.suptitle(f"clustermon: regional outage ({desc})" + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    fig.savefig(dst)
+    print(f"wrote {dst}")
+
+
+def plot_throughput(results, rows, dst):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
