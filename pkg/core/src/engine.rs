@@ -192,6 +192,14 @@ impl EngineHandles {
         if !self.map.replay_done() {
             why.push("the initial change feed replay is not done".into());
         }
+        let (pending, since, read_once) = self.map.pending_buckets();
+        let hb = crate::clock::ms(self.heartbeat_interval);
+        if pending > 0 && (!read_once || now - since > hb) {
+            why.push(format!(
+                "{pending} buckets of this monitor's share not read yet (for {:.1}s)",
+                (now - since).max(0) as f64 / 1000.0
+            ));
+        }
         why
     }
 
@@ -275,8 +283,15 @@ impl Engine {
         clock: Clock,
     ) -> Result<Self, crate::config::ConfigError> {
         cfg.validate()?;
-        let (reflector, map, events) = Reflector::new(metrics.clone(), clock, 4096);
         let (assignment_tx, assignment) = watch::channel(Arc::new(Assignment::empty()));
+        let (reflector, map, events) = Reflector::new(metrics.clone(), clock, 4096);
+        let reflector = reflector.with_share(feed::Share {
+            me: cfg.id.as_str().into(),
+            view: assignment.clone(),
+            store: store.clone(),
+            tick: cfg.heartbeat_interval,
+            read_timeout: cfg.heartbeat_ttl,
+        });
         let (cmds, cmd_rx) = mpsc::channel::<Cmd>(4);
         let (check_now, check_now_rx) = mpsc::channel::<CheckNowRequest>(16);
         let (refresh_tx, refresh_rx) = mpsc::channel::<RefreshRequest>(16);
@@ -1305,6 +1320,10 @@ impl MembershipLoop {
             m.self_gauge(names::ASSIGNMENT_AGE, (now - read).max(0) as u64);
         }
         m.self_gauge(names::CACHE_SIZE, self.handles.map.len() as u64);
+        m.self_gauge(
+            names::BUCKETS_PENDING,
+            self.handles.map.pending_buckets().0 as u64,
+        );
         m.self_gauge(names::CACHE_INVALID, self.handles.map.invalid_len() as u64);
         let mut cred_bytes = 0u64;
         self.handles

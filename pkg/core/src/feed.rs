@@ -2,14 +2,14 @@
 //! `Stream` of feed events, [`Reflector`] is the single writer that applies
 //! them to a [`ClusterMap`], whose clones are read-only views.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,8 @@ use crate::clock::Clock;
 use crate::metrics::labels::{cluster_tags, LabelDrops};
 use crate::metrics::{names, Metrics};
 use crate::model::{ClusterDoc, Credentials, ProvisioningState};
-use crate::store::{Change, FeedPage, Store, StoreError};
+use crate::schedule::Assignment;
+use crate::store::{Change, FeedPage, RawCluster, Store, StoreError};
 
 /// What a check needs of a cluster, and nothing else (no raw document).
 pub struct ClusterEntry {
@@ -117,6 +118,13 @@ struct MapInner {
     invalid: DashMap<Arc<str>, Box<str>>,
     replay_done: AtomicBool,
     caught_up_at_ms: AtomicI64,
+    /// Buckets this monitor checks or will check whose documents have not
+    /// been read yet (`Share`).
+    pending_buckets: AtomicUsize,
+    /// When the oldest of those became wanted (0: none pending).
+    pending_since_ms: AtomicI64,
+    /// Whether a read of acquired buckets has completed.
+    buckets_read_once: AtomicBool,
 }
 
 /// Read-only view of the cluster map; cheap to clone.
@@ -144,6 +152,15 @@ impl ClusterMap {
     /// Whether the initial replay of the feed has reached its end.
     pub fn replay_done(&self) -> bool {
         self.inner.replay_done.load(Ordering::Acquire)
+    }
+    /// Buckets acquired whose documents are not read yet, since when, and
+    /// whether any read of acquired buckets has completed.
+    pub fn pending_buckets(&self) -> (usize, i64, bool) {
+        (
+            self.inner.pending_buckets.load(Ordering::Acquire),
+            self.inner.pending_since_ms.load(Ordering::Acquire),
+            self.inner.buckets_read_once.load(Ordering::Acquire),
+        )
     }
     /// Clock time of the last read that reached the end of the feed (0: never).
     pub fn caught_up_at_ms(&self) -> i64 {
@@ -307,6 +324,37 @@ pub fn watch(
     })
 }
 
+/// Which clusters a monitor keeps: those of the buckets it checks or will
+/// check (`BucketAssignment::involves`: owned, incoming with a handoff
+/// notice, or outgoing until the handoff), as the published assignment
+/// says. When a bucket becomes wanted its documents are read by one query
+/// (`Store::list_clusters_in`); when it stops being wanted they are
+/// dropped. Memory grows with the monitor's share, not with the fleet.
+pub struct Share {
+    pub me: Arc<str>,
+    pub view: watch::Receiver<Arc<Assignment>>,
+    pub store: Arc<dyn Store>,
+    /// How often ended handoffs are looked for and failed reads retried.
+    pub tick: Duration,
+    /// Bound on one read of acquired buckets.
+    pub read_timeout: Duration,
+}
+
+struct ShareState {
+    share: Share,
+    /// The buckets whose documents the map keeps (feed changes of other
+    /// buckets are dropped).
+    want: [bool; 256],
+    /// Wanted buckets whose documents are not read yet.
+    pending: BTreeSet<u8>,
+    /// No read before this (after a failed one).
+    retry_at: Option<Instant>,
+}
+
+/// Buckets read per query when a monitor acquires several at once (a
+/// start, a crash take-over): each query stays small and bounded.
+const READ_CHUNK: usize = 16;
+
 /// The single writer of a [`ClusterMap`].
 pub struct Reflector {
     map: ClusterMap,
@@ -315,6 +363,8 @@ pub struct Reflector {
     clock: Clock,
     /// During a restarted replay: ids seen so far.
     resync: Option<HashSet<Arc<str>>>,
+    /// `None`: keeps every cluster (tools, tests).
+    share: Option<ShareState>,
 }
 
 impl Reflector {
@@ -333,25 +383,188 @@ impl Reflector {
                 metrics,
                 clock,
                 resync: None,
+                share: None,
             },
             map,
             rx,
         )
     }
 
+    /// Keeps only the clusters of this monitor's share (see [`Share`]).
+    pub fn with_share(mut self, share: Share) -> Self {
+        self.share = Some(ShareState {
+            share,
+            want: [false; 256],
+            pending: BTreeSet::new(),
+            retry_at: None,
+        });
+        self
+    }
+
     /// Applies the stream until it ends or `stop` is cancelled.
     pub async fn run(mut self, feed: impl Stream<Item = FeedEvent>, stop: CancellationToken) {
         let mut feed = std::pin::pin!(feed);
+        let (mut view, tick) = match &self.share {
+            Some(s) => (Some(s.share.view.clone()), s.share.tick),
+            None => (None, Duration::from_secs(3600)),
+        };
+        let mut ticks = tokio::time::interval(tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let ev = tokio::select! {
                 _ = stop.cancelled() => return,
                 ev = feed.next() => ev,
+                r = async { view.as_mut().expect("guarded").changed().await }, if view.is_some() => {
+                    if r.is_err() {
+                        view = None;
+                    }
+                    if self.reconcile().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                _ = ticks.tick(), if self.share.is_some() => {
+                    if self.reconcile().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             let Some(ev) = ev else { return };
             if self.apply(ev).await.is_err() {
                 return; // the scheduler is gone: shutting down
             }
         }
+    }
+
+    /// Whether the map keeps the clusters of `bucket`.
+    fn keeps(&self, bucket: u8) -> bool {
+        self.share
+            .as_ref()
+            .is_none_or(|s| s.want[usize::from(bucket)])
+    }
+
+    /// Brings the kept buckets in line with the assignment: drops the
+    /// documents of buckets no longer wanted, reads those of new ones.
+    /// Errs only when the event receiver is gone.
+    pub async fn reconcile(&mut self) -> Result<(), ()> {
+        let Some(st) = self.share.as_mut() else {
+            return Ok(());
+        };
+        let now = self.clock.now_ms();
+        let view = st.share.view.borrow().clone();
+        let mut dropped = Vec::new();
+        for b in 0..=u8::MAX {
+            let i = usize::from(b);
+            let want = view.buckets[i].involves(&st.share.me, now);
+            if want && !st.want[i] {
+                st.pending.insert(b);
+            } else if !want && st.want[i] {
+                st.pending.remove(&b);
+                dropped.push(b);
+            }
+            st.want[i] = want;
+        }
+        let inner = self.map.inner.clone();
+        if !dropped.is_empty() {
+            let gone: Vec<Arc<str>> = inner
+                .clusters
+                .iter()
+                .filter(|e| dropped.contains(&e.bucket))
+                .map(|e| e.key().clone())
+                .collect();
+            tracing::debug!(
+                buckets = dropped.len(),
+                clusters = gone.len(),
+                "buckets no longer this monitor's: their documents dropped"
+            );
+            for id in gone {
+                inner.clusters.remove(&id);
+                self.events
+                    .send(ClusterEvent::Removed { id })
+                    .await
+                    .map_err(|_| ())?;
+            }
+        }
+        self.read_pending(now).await
+    }
+
+    /// Reads the documents of the wanted buckets not read yet, in one query.
+    async fn read_pending(&mut self, now: i64) -> Result<(), ()> {
+        let Some(st) = self.share.as_mut() else {
+            return Ok(());
+        };
+        let inner = self.map.inner.clone();
+        if st.pending.is_empty() {
+            inner.pending_buckets.store(0, Ordering::Release);
+            inner.pending_since_ms.store(0, Ordering::Release);
+            return Ok(());
+        }
+        if inner.pending_since_ms.load(Ordering::Acquire) == 0 {
+            inner.pending_since_ms.store(now, Ordering::Release);
+        }
+        inner
+            .pending_buckets
+            .store(st.pending.len(), Ordering::Release);
+        if st.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (mut read, mut clusters) = (0usize, 0usize);
+        loop {
+            let Some(st) = self.share.as_mut() else {
+                return Ok(());
+            };
+            let chunk: Vec<u8> = st.pending.iter().take(READ_CHUNK).copied().collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let answer = tokio::time::timeout(
+                st.share.read_timeout,
+                st.share.store.list_clusters_in(&chunk),
+            )
+            .await;
+            let docs: Vec<RawCluster> = match answer {
+                Ok(Ok(docs)) => docs,
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer in time".to_string(),
+                    };
+                    st.retry_at = Some(Instant::now() + st.share.tick);
+                    inner
+                        .pending_buckets
+                        .store(st.pending.len(), Ordering::Release);
+                    self.metrics
+                        .self_count(names::BUCKETS_READ, 1, &[("result", "failed")]);
+                    tracing::warn!(buckets = chunk.len(), error = %why, "reading the documents of acquired buckets failed; retrying");
+                    return Ok(());
+                }
+            };
+            st.retry_at = None;
+            for b in &chunk {
+                st.pending.remove(b);
+            }
+            inner
+                .pending_buckets
+                .store(st.pending.len(), Ordering::Release);
+            read += chunk.len();
+            clusters += docs.len();
+            for raw in docs {
+                self.apply_change(Change::Upsert(raw), false).await?;
+            }
+            self.metrics
+                .self_count(names::BUCKETS_READ, 1, &[("result", "ok")]);
+        }
+        tracing::info!(
+            buckets = read,
+            clusters,
+            took_ms = started.elapsed().as_millis() as u64,
+            "documents of acquired buckets read"
+        );
+        inner.pending_since_ms.store(0, Ordering::Release);
+        inner.buckets_read_once.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Applies one event. Errs only when the event receiver is gone.
@@ -373,7 +586,7 @@ impl Reflector {
             FeedEvent::Page(page) => {
                 let n = page.changes.len() as u64;
                 for change in page.changes {
-                    self.apply_change(change).await?;
+                    self.apply_change(change, true).await?;
                 }
                 if n > 0 {
                     self.metrics.self_count(names::FEED_CHANGES, n, &[]);
@@ -399,7 +612,9 @@ impl Reflector {
         Ok(())
     }
 
-    async fn apply_change(&mut self, change: Change) -> Result<(), ()> {
+    /// `from_feed`: a change the feed delivered (else a read of acquired
+    /// buckets, whose clusters are not new: never fresh).
+    async fn apply_change(&mut self, change: Change, from_feed: bool) -> Result<(), ()> {
         let inner = &self.map.inner;
         match change {
             Change::Upsert(raw) => {
@@ -408,6 +623,17 @@ impl Reflector {
                     seen.insert(id.clone());
                 }
                 match ClusterDoc::decode(&raw.body) {
+                    Ok(doc) if doc.id == raw.id && !self.keeps(doc.bucket) => {
+                        // Not this monitor's share (any more: moved to a
+                        // bucket it does not check).
+                        inner.invalid.remove(&id);
+                        if inner.clusters.remove(&id).is_some() {
+                            self.events
+                                .send(ClusterEvent::Removed { id })
+                                .await
+                                .map_err(|_| ())?;
+                        }
+                    }
                     Ok(doc) if doc.id == raw.id => {
                         inner.invalid.remove(&id);
                         let entry = Arc::new(ClusterEntry::from_doc(doc));
@@ -416,7 +642,17 @@ impl Reflector {
                         let prev_drops = prev.as_ref().map(|p| &p.label_drops);
                         entry.label_drops.report(&id, prev_drops, &self.metrics);
                         let was_checkable = prev.is_some_and(|p| p.state.is_checkable());
-                        let fresh = checkable && !was_checkable && self.map.replay_done();
+                        // A cluster of a bucket whose documents are not
+                        // read yet is not new either.
+                        let unread = self
+                            .share
+                            .as_ref()
+                            .is_some_and(|s| s.pending.contains(&entry.bucket));
+                        let fresh = checkable
+                            && !was_checkable
+                            && self.map.replay_done()
+                            && from_feed
+                            && !unread;
                         self.events
                             .send(ClusterEvent::Changed { id, fresh })
                             .await
@@ -613,6 +849,96 @@ mod tests {
         );
         assert!(map.invalid_reason("a").is_some());
         assert_eq!(map.invalid_len(), 2);
+    }
+
+    /// A monitor keeps the clusters of its share only: read by bucket when
+    /// acquired (also when the read first fails), kept through an outgoing
+    /// handoff, dropped after it, and feed changes of other buckets dropped.
+    #[tokio::test(start_paused = true)]
+    async fn the_map_keeps_this_monitors_share_only() {
+        use crate::model::BucketAssignment;
+        let store = Arc::new(MemStore::new());
+        for (id, b) in [("a1", 1), ("b1", 1), ("a2", 2), ("a3", 3)] {
+            store.put_cluster(&cluster(id, b)).await.unwrap();
+        }
+        let clock = Clock::at(0);
+        let view = |owned: &[(u8, BucketAssignment)]| {
+            let mut a = Assignment::empty();
+            let mut buckets = vec![BucketAssignment::owned_by("other"); 256];
+            for (b, x) in owned {
+                buckets[usize::from(*b)] = x.clone();
+            }
+            a.buckets = Arc::new(buckets);
+            Arc::new(a)
+        };
+        let (tx, rx_view) = watch::channel(Arc::new(Assignment::empty()));
+        let (r, map, mut rx) = Reflector::new(Metrics::disabled(), clock, 1024);
+        let mut r = r.with_share(Share {
+            me: "me".into(),
+            view: rx_view,
+            store: store.clone(),
+            tick: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(10),
+        });
+        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
+        drain(&mut feed, &mut r).await;
+        assert_eq!(map.len(), 0, "no bucket yet: nothing kept");
+        let ids = |map: &ClusterMap| {
+            let mut v = Vec::new();
+            map.for_each(|e| v.push(e.id.to_string()));
+            v.sort();
+            v
+        };
+
+        // Bucket 1 acquired, the store down at first: pending, retried.
+        store.set_available(false);
+        tx.send(view(&[(1, BucketAssignment::owned_by("me"))]))
+            .unwrap();
+        r.reconcile().await.unwrap();
+        assert_eq!(map.pending_buckets().0, 1);
+        assert!(map.is_empty());
+        store.set_available(true);
+        r.reconcile().await.unwrap();
+        assert_eq!(map.pending_buckets().0, 1, "no read before the retry time");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        r.reconcile().await.unwrap();
+        assert_eq!(map.pending_buckets(), (0, 0, true));
+        assert_eq!(ids(&map), ["a1", "b1"]);
+        let evs: Vec<ClusterEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(evs.len(), 2);
+        assert!(evs
+            .iter()
+            .all(|e| matches!(e, ClusterEvent::Changed { fresh: false, .. })));
+
+        // Feed changes: another bucket's new cluster is not kept; one of
+        // mine moved to another bucket is dropped.
+        store.put_cluster(&cluster("n3", 3)).await.unwrap();
+        store.put_cluster(&cluster("b1", 3)).await.unwrap();
+        drain(&mut feed, &mut r).await;
+        assert_eq!(ids(&map), ["a1"]);
+        let evs: Vec<ClusterEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(evs, vec![ClusterEvent::Removed { id: "b1".into() }]);
+
+        // Bucket 1 handed to "other" in 4 s, bucket 2 acquired: both kept
+        // until the handoff; then bucket 1 is dropped.
+        let handoff_at = clock.now_ms() + 4_000;
+        let outgoing = BucketAssignment {
+            owner: Some("other".into()),
+            prev: Some("me".into()),
+            handoff_at_ms: handoff_at,
+        };
+        tx.send(view(&[
+            (1, outgoing),
+            (2, BucketAssignment::owned_by("me")),
+        ]))
+        .unwrap();
+        r.reconcile().await.unwrap();
+        assert_eq!(ids(&map), ["a1", "a2"]);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        r.reconcile().await.unwrap();
+        assert_eq!(ids(&map), ["a2"]);
+        let evs: Vec<ClusterEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(evs.last(), Some(&ClusterEvent::Removed { id: "a1".into() }));
     }
 
     #[tokio::test(start_paused = true)]

@@ -61,6 +61,8 @@ pub mod names {
     pub const SCHEDULE_LAG: &str = "monitor.schedule.lag";
     pub const FEED_LAG: &str = "monitor.changefeed.lag";
     pub const FEED_CHANGES: &str = "monitor.changefeed.changes";
+    pub const BUCKETS_READ: &str = "monitor.buckets.read";
+    pub const BUCKETS_PENDING: &str = "monitor.buckets.pending";
     pub const FEED_INVALID: &str = "monitor.changefeed.invalid";
     pub const FEED_ERRORS: &str = "monitor.changefeed.errors";
     pub const FEED_RELIST_DROPPED: &str = "monitor.changefeed.relist.dropped";
@@ -142,6 +144,8 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: CHECKS_TIMEDOUT, kind: Counter, tags: "monitor", help: "Checks cancelled at --check-timeout." },
         MetricDef { name: SCHEDULE_LAG, kind: Gauge, tags: "monitor", help: "Largest delay in milliseconds between a check's due time and its start, over the last heartbeat interval." },
         MetricDef { name: FEED_LAG, kind: Gauge, tags: "monitor", help: "Milliseconds since the change feed was last read to its end." },
+        MetricDef { name: BUCKETS_READ, kind: Counter, tags: "monitor, result", help: "Reads of the documents of acquired buckets (one query per batch of buckets): result ok or failed (retried every heartbeat interval)." },
+        MetricDef { name: BUCKETS_PENDING, kind: Gauge, tags: "monitor", help: "Buckets this monitor checks or will check whose documents are not read yet." },
         MetricDef { name: FEED_CHANGES, kind: Counter, tags: "monitor", help: "Change-feed entries applied to the local map." },
         MetricDef { name: FEED_INVALID, kind: Counter, tags: "monitor", help: "Cluster documents skipped because they do not decode or validate." },
         MetricDef { name: FEED_ERRORS, kind: Counter, tags: "monitor", help: "Change-feed reads that failed (retried from the same continuation)." },
