@@ -194,7 +194,13 @@ impl EngineHandles {
         }
         let (pending, since, read_once) = self.map.pending_buckets();
         let hb = crate::clock::ms(self.heartbeat_interval);
-        if pending > 0 && (!read_once || now - since > hb) {
+        let involved = || {
+            let view = self.assignment.borrow();
+            view.buckets.iter().any(|b| b.involves(&self.me, now))
+        };
+        if !read_once && pending == 0 && involved() {
+            why.push("the documents of this monitor's share are not read yet".into());
+        } else if pending > 0 && (!read_once || now - since > hb) {
             why.push(format!(
                 "{pending} buckets of this monitor's share not read yet (for {:.1}s)",
                 (now - since).max(0) as f64 / 1000.0

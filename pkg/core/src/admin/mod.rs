@@ -196,7 +196,7 @@ async fn handle(req: Request<Incoming>, engine: &EngineHandles, token: Option<&T
             Some(v) => json_resp(StatusCode::OK, &v),
             None => json_resp(
                 StatusCode::NOT_FOUND,
-                &json!({"id": id, "known": false, "reason": "no such cluster in this monitor's cache"}),
+                &json!({"id": id, "known": false, "reason": "not in this monitor's cache: it keeps the clusters of its own buckets only (clustermon explain ID names the owner)"}),
             ),
         },
         (Method::GET, ["debug", "assignment"]) => {
