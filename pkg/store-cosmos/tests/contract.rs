@@ -154,25 +154,46 @@ async fn live_heartbeats_are_listed_and_charges_counted() {
 }
 
 /// A one-off measurement for docs/performance.md ("Bucket acquisition
-/// cost"): the request charge of `list_clusters_in` for one bucket of a
-/// 50,000-cluster fleet (195 documents), as this endpoint reports it.
-/// `cargo test -p clustermon-store-cosmos --test contract -- --ignored
-/// --nocapture bucket_query_charge`
+/// cost"): the request charge of `list_clusters_in` for one bucket of 195
+/// documents (a bucket of a 50,000-cluster fleet), as this endpoint reports
+/// it. The fleet is CLUSTERMON_CHARGE_FLEET clusters (default 50,000; the
+/// local endpoint answers a query over 50,000 documents too slowly for the
+/// SDK's timeout, and its modelled charge depends only on the documents
+/// returned). `cargo test -p clustermon-store-cosmos --test contract --
+/// --ignored --nocapture bucket_query_charge`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: writes 50,000 documents"]
 async fn bucket_query_charge_of_a_50000_cluster_fleet() {
     use futures::StreamExt;
-    const FLEET: usize = 50_000;
     const BUCKET: u8 = 200;
+    const IN_BUCKET: usize = 195;
+    let fleet: usize = std::env::var("CLUSTERMON_CHARGE_FLEET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000)
+        .max(IN_BUCKET);
+    // 195 documents in BUCKET, the rest spread over the other buckets.
+    let bucket = |i: usize| {
+        if i < IN_BUCKET {
+            BUCKET
+        } else {
+            let b = (i % 255) as u8;
+            if b >= BUCKET {
+                b + 1
+            } else {
+                b
+            }
+        }
+    };
     let ep = endpoint();
     let cfg = config(&ep, &format!("charge-{}", std::process::id()));
     CosmosStore::init(&cfg).await.unwrap();
     let s = Arc::new(CosmosStore::connect(&cfg).await.unwrap());
-    let mut puts = futures::stream::iter(0..FLEET)
+    let mut puts = futures::stream::iter(0..fleet)
         .map(|i| {
             let s = s.clone();
             async move {
-                s.put_cluster(&contract::cluster(&format!("c{i:06}"), (i % 256) as u8))
+                s.put_cluster(&contract::cluster(&format!("c{i:06}"), bucket(i)))
                     .await
             }
         })
@@ -180,11 +201,7 @@ async fn bucket_query_charge_of_a_50000_cluster_fleet() {
     while let Some(r) = puts.next().await {
         r.unwrap();
     }
-    let want = (0..FLEET).filter(|i| i % 256 == BUCKET as usize).count();
-    let body_bytes = {
-        let one = s.get_cluster("c000200").await.unwrap().unwrap();
-        one.body.len()
-    };
+    let body_bytes = s.get_cluster("c000000").await.unwrap().unwrap().body.len();
     for (what, run) in [("list_clusters_in", true), ("list_cluster_ids", false)] {
         let before = s.stats().request_charge_milli;
         let n = if run {
@@ -193,10 +210,10 @@ async fn bucket_query_charge_of_a_50000_cluster_fleet() {
             s.list_cluster_ids(&[BUCKET]).await.unwrap().len()
         };
         let charge = s.stats().request_charge_milli - before;
-        assert_eq!(n, want, "{what}: the documents of one bucket");
+        assert_eq!(n, IN_BUCKET, "{what}: the documents of one bucket");
         assert!(charge > 0, "{what}: the charge is counted");
         eprintln!(
-            "{what}: bucket {BUCKET} of {FLEET} clusters: {n} documents (~{body_bytes} bytes each), {:.2} RU",
+            "{what}: bucket {BUCKET} of {fleet} clusters: {n} documents (~{body_bytes} bytes each), {:.2} RU",
             charge as f64 / 1000.0
         );
     }
