@@ -56,7 +56,32 @@ CREATE TABLE IF NOT EXISTS meta (
 ";
 
 /// After [`SCHEMA`] and [`add_bucket_column`]: the column exists in every file.
-const BUCKET_INDEX: &str = "CREATE INDEX IF NOT EXISTS clusters_by_bucket ON clusters(bucket);";
+/// The triggers keep it right for writers that do not know it (an older
+/// binary on the same file, a script writing rows): a row inserted without
+/// a bucket, or whose document changed while its bucket did not, gets the
+/// document's `bucket` if it is an integer 0..=255 (what `bucket_of`
+/// accepts), else NULL. `put_cluster` sets the column itself.
+const BUCKET_INDEX: &str = "
+CREATE INDEX IF NOT EXISTS clusters_by_bucket ON clusters(bucket);
+CREATE TRIGGER IF NOT EXISTS clusters_bucket_on_insert AFTER INSERT ON clusters
+WHEN NEW.doc IS NOT NULL AND NEW.bucket IS NULL
+BEGIN
+    UPDATE clusters SET bucket = CASE
+        WHEN json_valid(NEW.doc) AND json_type(NEW.doc, '$.bucket') = 'integer'
+             AND json_extract(NEW.doc, '$.bucket') BETWEEN 0 AND 255
+        THEN json_extract(NEW.doc, '$.bucket') END
+    WHERE id = NEW.id;
+END;
+CREATE TRIGGER IF NOT EXISTS clusters_bucket_on_update AFTER UPDATE OF doc ON clusters
+WHEN NEW.doc IS NOT NULL AND NEW.bucket IS OLD.bucket AND NEW.doc IS NOT OLD.doc
+BEGIN
+    UPDATE clusters SET bucket = CASE
+        WHEN json_valid(NEW.doc) AND json_type(NEW.doc, '$.bucket') = 'integer'
+             AND json_extract(NEW.doc, '$.bucket') BETWEEN 0 AND 255
+        THEN json_extract(NEW.doc, '$.bucket') END
+    WHERE id = NEW.id;
+END;
+";
 
 /// Expired heartbeat rows are kept this long (for post-mortems), then purged.
 const MONITOR_ROW_RETENTION_MS: i64 = 3_600_000;

@@ -447,6 +447,56 @@ async fn writes_keep_the_bucket_column() {
     );
 }
 
+/// Rows written by something that does not know the column (a script, an
+/// older binary) get their bucket from the document, so a monitor that
+/// reads its buckets finds them; a body without a valid bucket gets NULL.
+#[tokio::test]
+async fn rows_written_without_the_column_get_their_bucket() {
+    let path = temp_db("outside");
+    let s = SqliteStore::open(&path).unwrap();
+    s.put_cluster(&contract::cluster("moved", 3)).await.unwrap();
+    let c = Connection::open(&path).unwrap();
+    let body = |id: &str, b: &str| {
+        let mut v = serde_json::to_value(contract::cluster(id, 0)).unwrap();
+        v["bucket"] = serde_json::from_str(b).unwrap();
+        v.to_string()
+    };
+    let put = "INSERT INTO clusters(id, seq, doc) VALUES(?1, 100, ?2)
+               ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, doc = excluded.doc";
+    c.execute(put, params!["new", body("new", "9")]).unwrap();
+    c.execute(put, params!["moved", body("moved", "200")])
+        .unwrap();
+    for (id, b) in [
+        ("str", "\"9\""),
+        ("big", "256"),
+        ("neg", "-1"),
+        ("frac", "3.5"),
+    ] {
+        c.execute(put, params![id, body(id, b)]).unwrap();
+    }
+    c.execute(put, params!["garbage", "{not json"]).unwrap();
+    let col = bucket_column(&path);
+    assert_eq!(col["new"], Some(9));
+    assert_eq!(
+        col["moved"],
+        Some(200),
+        "a document moved by an outside update"
+    );
+    for id in ["str", "big", "neg", "frac", "garbage"] {
+        assert_eq!(col[id], None, "{id}");
+    }
+    let mut ids: Vec<String> = s
+        .list_clusters_in(&[9, 200])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["moved", "new"]);
+    assert!(s.list_clusters_in(&[3]).await.unwrap().is_empty());
+}
+
 /// The documents of some buckets are read through the bucket index, not a
 /// scan of every document.
 #[test]
