@@ -12,8 +12,22 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 use crate::model::Credentials;
 
+/// ring's provider with TLS 1.3's AES-128-GCM-SHA256 first: the
+/// handshake's transcript hash and key schedule run on SHA-256, which CPUs
+/// compute in hardware (SHA-NI), where the default first suite's SHA-384
+/// does not (measured: 3.9% of a monitor's CPU in SHA-512 blocks on
+/// healthz checks). The server picks among the same suites; both are
+/// TLS 1.3's mandatory or recommended ones. Built once.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring::default_provider())
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let mut p = ring::default_provider();
+            p.cipher_suites
+                .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+            Arc::new(p)
+        })
+        .clone()
 }
 
 fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -140,6 +154,20 @@ mod tests {
             ..Default::default()
         };
         assert!(client_config(&insecure, true).is_ok());
+    }
+
+    #[test]
+    fn tls13_aes128_sha256_is_offered_first() {
+        let p = provider();
+        assert_eq!(
+            p.cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+        assert_eq!(
+            p.cipher_suites.len(),
+            ring::default_provider().cipher_suites.len()
+        );
+        assert!(Arc::ptr_eq(&p, &provider()), "built once");
     }
 
     #[test]
