@@ -372,13 +372,12 @@ impl KubeClient {
             let mut body = resp.into_body();
             // A declared length over the cap is refused before any byte is
             // read; an undeclared one (chunked, endless) is capped below.
-            if hyper::body::Body::size_hint(&body)
-                .exact()
-                .is_some_and(|n| n > MAX_BODY as u64)
-            {
+            let declared = hyper::body::Body::size_hint(&body).exact();
+            if declared.is_some_and(|n| n > MAX_BODY as u64) {
                 return Err(Attempt::Failed(KubeError::TooLarge));
             }
-            let mut out = Vec::new();
+            // A declared length is allocated once (not grown chunk by chunk).
+            let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| {
                     Attempt::Failed(KubeError::Unreachable(reason("reading the body", &e)))
