@@ -2,23 +2,17 @@
 //! authentication, bodies read with a size cap, lists paged with
 //! `limit`/`continue` so memory stays bounded whatever the cluster's size.
 //!
-//! One check talks to one API server, so the client is hyper's bare HTTP/1
-//! connection over tokio-rustls: no pool shared between checks, no dispatch
-//! task, no redirect machinery. A connection is driven by the request that
-//! uses it (never spawned) and kept for the check's next request; the
-//! collectors that run side by side open at most one connection each.
+//! One check talks to one API server, so a connection is the check's own:
+//! TCP and TLS (tokio-rustls) with the cluster's identity, then the small
+//! HTTP/1.1 exchange of [`super::h1`] (no pool shared between checks, no
+//! dispatch task, no redirect machinery). It is kept for the check's next
+//! request; collectors that run side by side open at most one each.
 //! Everything is dropped with the check.
 
-use std::future::Future;
-use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, HOST, USER_AGENT};
-use hyper_util::rt::TokioIo;
+use hyper::header::HeaderValue;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde::de::DeserializeOwned;
@@ -27,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::h1::{self, H1Error};
 use super::tls;
 use crate::model::{Credentials, Secret};
 
@@ -34,8 +29,6 @@ use crate::model::{Credentials, Secret};
 pub const MAX_BODY: usize = 8 << 20;
 /// Items per list page.
 pub const PAGE: usize = 100;
-/// Largest response head (status line and headers).
-const MAX_HEAD: usize = 64 << 10;
 /// Connections a check keeps open for its next requests.
 const MAX_IDLE: usize = 4;
 
@@ -90,7 +83,7 @@ struct Target {
     host: Box<str>,
     port: u16,
     /// The `Host` header: the URL's authority.
-    authority: HeaderValue,
+    authority: Box<str>,
     /// Path of the API server below the authority (no trailing `/`).
     prefix: Box<str>,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
@@ -99,12 +92,8 @@ struct Target {
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-type Driver = http1::Connection<TokioIo<Box<dyn Io>>, Empty<Bytes>>;
-
 struct Conn {
-    sender: http1::SendRequest<Empty<Bytes>>,
-    /// `None` once the connection ended.
-    driver: Option<Driver>,
+    h1: h1::Conn<Box<dyn Io>>,
     peer_certificate: Option<Vec<u8>>,
 }
 
@@ -167,23 +156,6 @@ fn reason(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
     format!("{what}: {}", short(root.to_string()))
 }
 
-/// Runs `fut` while driving `driver` (the connection's I/O). A connection
-/// that ends (closed by the server after its answer, or failed) is dropped:
-/// `fut` then completes on what was delivered, or fails as closed.
-async fn driven<T>(driver: &mut Option<Driver>, fut: impl Future<Output = T>) -> T {
-    let mut fut = pin!(fut);
-    loop {
-        let Some(d) = driver.as_mut() else {
-            return fut.await;
-        };
-        tokio::select! {
-            biased;
-            out = &mut fut => return out,
-            _ = d => *driver = None,
-        }
-    }
-}
-
 /// Parses an `apiServer` URL: `http(s)://host[:port][/prefix]`.
 fn target(api_server: &str, creds: &Credentials) -> Result<Target, KubeError> {
     let bad = |what: &str| KubeError::Config(format!("apiServer: {what}"));
@@ -218,17 +190,10 @@ fn target(api_server: &str, creds: &Credentials) -> Result<Target, KubeError> {
     Ok(Target {
         host: host.into(),
         port,
-        authority: HeaderValue::from_str(authority.as_str()).map_err(|_| bad("invalid host"))?,
+        authority: authority.as_str().into(),
         prefix: uri.path().trim_end_matches('/').into(),
         tls,
     })
-}
-
-/// How one request on one connection failed.
-enum Attempt {
-    /// A kept connection was closed before it took the request.
-    Stale(hyper::Error),
-    Failed(KubeError),
 }
 
 #[derive(Deserialize)]
@@ -282,31 +247,27 @@ impl KubeClient {
                 .await
                 .map_err(|e| KubeError::Unreachable(reason("connect", &e)))?;
             let _ = tcp.set_nodelay(true);
-            let (io, peer_certificate): (Box<dyn Io>, _) = match &t.tls {
-                None => (Box::new(tcp), None),
+            Ok(match &t.tls {
+                None => Conn {
+                    h1: h1::Conn::new(Box::new(tcp) as Box<dyn Io>),
+                    peer_certificate: None,
+                },
                 Some((config, name)) => {
                     let tls = tokio_rustls::TlsConnector::from(config.clone())
                         .connect(name.clone(), tcp)
                         .await
                         .map_err(|e| KubeError::Unreachable(reason("tls", &e)))?;
-                    let peer = tls
+                    let peer_certificate = tls
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| c.to_vec());
-                    (Box::new(tls), peer)
+                    Conn {
+                        h1: h1::Conn::new(Box::new(tls) as Box<dyn Io>),
+                        peer_certificate,
+                    }
                 }
-            };
-            let (sender, driver) = http1::Builder::new()
-                .max_header_size(MAX_HEAD)
-                .handshake(TokioIo::new(io))
-                .await
-                .map_err(|e| KubeError::Unreachable(reason("connect", &e)))?;
-            Ok(Conn {
-                sender,
-                driver: Some(driver),
-                peer_certificate,
             })
         };
         match tokio::time::timeout(self.connect_timeout, up).await {
@@ -319,83 +280,53 @@ impl KubeClient {
     }
 
     fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(c) = idle.pop() {
-            if c.driver.is_some() && !c.sender.is_closed() {
-                return Some(c);
-            }
-        }
-        None
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
     fn give_back(&self, conn: Conn) {
-        if conn.driver.is_none() || conn.sender.is_closed() {
-            return;
-        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
     }
 
-    /// One request on `conn`: the head, then the body up to [`MAX_BODY`].
-    async fn exchange(&self, conn: &mut Conn, path: &str) -> Result<Response, Attempt> {
-        let mut req = hyper::Request::get(format!("{}{path}", self.target.prefix))
-            .header(HOST, self.target.authority.clone())
-            .header(ACCEPT, HeaderValue::from_static("application/json"))
-            .header(
-                USER_AGENT,
-                HeaderValue::from_static(concat!("clustermon/", env!("CARGO_PKG_VERSION"))),
-            )
-            .body(Empty::<Bytes>::new())
-            .map_err(|_| Attempt::Failed(KubeError::Config("invalid request path".into())))?;
-        if let Some(a) = &self.auth {
-            req.headers_mut().insert(AUTHORIZATION, a.clone());
+    /// The request head of a GET of `path`.
+    fn head(&self, path: &str) -> Result<Vec<u8>, KubeError> {
+        // Paths are ours (continue tokens percent-encoded): a byte that
+        // would end the request line or a header is refused, not sent.
+        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(KubeError::Config("invalid request path".into()));
         }
-        let Conn {
-            sender,
-            driver,
-            peer_certificate,
-        } = conn;
-        driven(driver, async {
-            sender.ready().await.map_err(Attempt::Stale)?;
-            let resp = sender.send_request(req).await.map_err(|e| {
-                // Nothing of the request was answered on a kept
-                // connection the server had closed: safe to send again.
-                if e.is_canceled() || e.is_incomplete_message() {
-                    Attempt::Stale(e)
-                } else {
-                    Attempt::Failed(KubeError::Unreachable(reason("request", &e)))
-                }
-            })?;
-            let status = resp.status().as_u16();
-            let mut body = resp.into_body();
-            // A declared length over the cap is refused before any byte is
-            // read; an undeclared one (chunked, endless) is capped below.
-            let declared = hyper::body::Body::size_hint(&body).exact();
-            if declared.is_some_and(|n| n > MAX_BODY as u64) {
-                return Err(Attempt::Failed(KubeError::TooLarge));
-            }
-            // A declared length is allocated once (not grown chunk by chunk).
-            let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| {
-                    Attempt::Failed(KubeError::Unreachable(reason("reading the body", &e)))
-                })?;
-                if let Ok(chunk) = frame.into_data() {
-                    if out.len() + chunk.len() > MAX_BODY {
-                        return Err(Attempt::Failed(KubeError::TooLarge));
-                    }
-                    out.extend_from_slice(&chunk);
-                }
-            }
-            Ok(Response {
-                status,
-                body: out,
-                peer_certificate: peer_certificate.clone(),
-            })
-        })
-        .await
+        let t = &self.target;
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(b"GET ");
+        head.extend_from_slice(t.prefix.as_bytes());
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        head.extend_from_slice(t.authority.as_bytes());
+        head.extend_from_slice(b"\r\nAccept: application/json\r\nUser-Agent: clustermon/");
+        head.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+        head.extend_from_slice(b"\r\n");
+        if let Some(a) = &self.auth {
+            head.extend_from_slice(b"Authorization: ");
+            head.extend_from_slice(a.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        Ok(head)
+    }
+
+    /// One request on `conn`.
+    async fn exchange(conn: &mut Conn, head: &[u8]) -> Result<(Response, bool), H1Error> {
+        let a = conn.h1.exchange(head, MAX_BODY).await?;
+        Ok((
+            Response {
+                status: a.status,
+                body: a.body,
+                peer_certificate: conn.peer_certificate.clone(),
+            },
+            a.keep_alive,
+        ))
     }
 
     /// GET `path` (relative to the API server), body read up to [`MAX_BODY`].
@@ -403,33 +334,35 @@ impl KubeClient {
     /// credentials (a bearer header, a client certificate) and a hostile or
     /// compromised API server could send them elsewhere. A 3xx is the answer.
     pub async fn get(&self, path: &str) -> Result<Response, KubeError> {
+        let head = self.head(path)?;
         let fut = async {
             // A kept connection the server closed meanwhile is replaced
-            // once; a new connection's failure is the answer.
+            // once (a GET is safe to send again); a new connection's
+            // failure is the answer.
             if let Some(mut conn) = self.take_idle() {
-                match self.exchange(&mut conn, path).await {
-                    Ok(r) => {
-                        self.give_back(conn);
+                match Self::exchange(&mut conn, &head).await {
+                    Ok((r, keep)) => {
+                        if keep {
+                            self.give_back(conn);
+                        }
                         return Ok(r);
                     }
-                    Err(Attempt::Failed(e)) => return Err(e),
-                    Err(Attempt::Stale(_)) => {}
+                    Err(H1Error::Closed | H1Error::Io(_)) => {}
+                    Err(e) => return Err(h1_error(e)),
                 }
             }
             let mut conn = self.connect().await?;
-            match self.exchange(&mut conn, path).await {
-                Ok(r) => {
-                    self.give_back(conn);
-                    Ok(r)
-                }
-                Err(Attempt::Failed(e)) => Err(e),
-                Err(Attempt::Stale(e)) => Err(KubeError::Unreachable(reason("request", &e))),
+            let (r, keep) = Self::exchange(&mut conn, &head).await.map_err(h1_error)?;
+            if keep {
+                self.give_back(conn);
             }
+            Ok(r)
         };
         tokio::time::timeout_at(self.deadline, fut)
             .await
             .map_err(|_| KubeError::Timeout)?
     }
+
     /// GET and decode a 2xx JSON answer.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, KubeError> {
         let r = self.get(path).await?;
@@ -464,6 +397,14 @@ impl KubeClient {
         Err(KubeError::Decode(
             "list did not end after 100000 pages".into(),
         ))
+    }
+}
+
+fn h1_error(e: H1Error) -> KubeError {
+    match e {
+        H1Error::TooLarge => KubeError::TooLarge,
+        H1Error::Io(why) => KubeError::Unreachable(format!("request: {}", short(why))),
+        e => KubeError::Unreachable(format!("request: {e}")),
     }
 }
 
@@ -721,6 +662,33 @@ mod tests {
             assert_eq!(conns.load(SeqCst), 3);
         }
 
+        /// A server that closes a kept-alive connection after one answer
+        /// without saying so: the next request is sent again on a new one.
+        #[tokio::test]
+        async fn a_kept_connection_closed_silently_is_replaced_once() {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", l.local_addr().unwrap());
+            let conns = Arc::new(AtomicUsize::new(0));
+            let c = conns.clone();
+            tokio::spawn(async move {
+                while let Ok((mut tcp, _)) = l.accept().await {
+                    c.fetch_add(1, SeqCst);
+                    tokio::spawn(async move {
+                        let mut b = [0u8; 1024];
+                        let _ = tcp.read(&mut b).await;
+                        let _ = tcp
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                            .await;
+                    });
+                }
+            });
+            let k = client(&url);
+            for _ in 0..3 {
+                assert_eq!(k.get("/healthz").await.unwrap().status, 200);
+            }
+            assert_eq!(conns.load(SeqCst), 3);
+        }
+
         #[tokio::test]
         async fn collectors_side_by_side_open_one_connection_each_at_most() {
             let (url, conns, heads) = server(false).await;
@@ -770,7 +738,7 @@ mod tests {
             let c = Credentials::default();
             let t = target("http://[::1]:8080/a/b/", &c).unwrap();
             assert_eq!((&*t.host, t.port, &*t.prefix), ("::1", 8080, "/a/b"));
-            assert_eq!(t.authority, "[::1]:8080");
+            assert_eq!(&*t.authority, "[::1]:8080");
             let t = target("http://api.example", &c).unwrap();
             assert_eq!((&*t.host, t.port, &*t.prefix), ("api.example", 80, ""));
             for (bad, why) in [

@@ -4,6 +4,7 @@
 //! first, then the collectors.
 
 pub mod collect;
+pub mod h1;
 pub mod kube;
 pub mod tls;
 
