@@ -428,7 +428,7 @@ mod tests {
         assert_eq!(r.lease_ttl, Duration::from_secs(10));
         assert_eq!(r.feed_interval, Duration::from_secs(2));
         assert_eq!(r.interval, Duration::from_secs(60));
-        assert_eq!(r.max_concurrent_checks, 2000);
+        assert_eq!(r.max_concurrent_checks, 5000);
         assert_eq!(r.check_timeout, Duration::from_secs(30));
         assert_eq!(r.shutdown_grace, Duration::from_secs(10));
         assert_eq!(r.relist_interval, Duration::from_secs(600));

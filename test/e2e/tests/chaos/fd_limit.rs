@@ -1,7 +1,7 @@
 //! A low file-descriptor limit (issue 10): the monitor runs under
 //! `ulimit -n 512` against 1,000 API servers that never answer (fleetsim's
 //! `slow` fault), so every check holds its socket until `--check-timeout`.
-//! The default pool (2,000 checks x 1 socket + the reserve) does not fit:
+//! The default pool (5,000 checks x 1 socket + the reserve) does not fit:
 //! the monitor says so, runs a smaller pool, never runs out of file
 //! descriptors, and keeps serving its admin API and heartbeating.
 
