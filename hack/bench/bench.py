@@ -278,6 +278,7 @@ def throughput(a, tmp):
                     "lag_p50_ms": round(pct(lag, 50) or 0, 1),
                     "lag_p99_ms": round(pct(lag, 99) or 0, 1),
                     "cpu_s_per_1000_checks": round((c1 - c0) / max(n, 1) * 1000, 3),
+                    "checks_per_cpu_s": round(n / max(c1 - c0, 1e-9)),
                     "rss_peak_mb": round(mem_kb(mon.pid, "VmHWM") / 1024, 1),
                     "fleetsim_cpu_s_per_1000_checks": round((f1 - f0) / max(n, 1) * 1000, 3),
                     "monitor_cpu_percent": round((c1 - c0) / ((t1 - t0) / 1000) * 100, 1),
@@ -517,8 +518,10 @@ def startup(a, tmp):
 def vs_blackbox(a, tmp):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import vs_blackbox as vb
-    clusters = 2000 if not a.quick else 300
-    return [vb.run(BIN, clusters, 10.0, a.window * 2, tempfile.mkdtemp(dir=tmp))]
+    # 200 probes/s (2,000 clusters every 10 s) and 1,000/s (5,000 every 5 s).
+    rates = [(2000, 10.0), (5000, 5.0)] if not a.quick else [(300, 10.0)]
+    return [vb.run(BIN, clusters, interval, a.window * 2, tempfile.mkdtemp(dir=tmp))
+            for clusters, interval in rates]
 
 
 # ---- regional outage and shared memory ----
@@ -794,7 +797,7 @@ SCENARIOS = {
     "memory": (memory, ["clusters"]),
     "failover": (failover, ["event"]),
     "startup": (startup, ["documents"]),
-    "vs_blackbox": (vs_blackbox, []),
+    "vs_blackbox": (vs_blackbox, ["clusters"]),
     "regional_outage": (regional_outage, ["monitor"]),
     "share_memory": (share_memory, ["monitor"]),
 }
@@ -884,9 +887,19 @@ def targets(sc):
                 x["rss_mb"] <= x["rss_limit_mb"],
                 f"{x['rss_mb']} MB (limit {x['rss_limit_mb']} MB), {x['cached']} cached, {x['buckets']} buckets")
     for x in sc.get("vs_blackbox", []):
-        add("≤ half the CPU per probe of Prometheus + blackbox_exporter",
+        rate = f"{x.get('clusters')} clusters, {x.get('offered_per_s', '?')} probes/s"
+        add(f"≤ half the CPU per probe of Prometheus + blackbox_exporter ({rate})",
             x["clustermon_cpu_s_per_1000"] <= x["blackbox_cpu_s_per_1000"] / 2,
             f"{x['clustermon_cpu_s_per_1000']} vs {x['blackbox_cpu_s_per_1000']} CPU-s per 1000")
+        add(f"healthz: monitor CPU per probe ≤ fleetsim's per answer, same run ({rate})",
+            x["clustermon_cpu_s_per_1000"] <= x["fleetsim_cpu_s_per_1000_clustermon"],
+            f"{x['clustermon_cpu_s_per_1000']} vs {x['fleetsim_cpu_s_per_1000_clustermon']} CPU-s per 1000")
+    for x in sc.get("throughput", []):
+        if x["profile"] == "full" and x["achieved_per_s"] >= 0.97 * x["offered_per_s"]:
+            add(f"full profile: monitor CPU per check ≤ half of fleetsim's, same run ({x['offered_per_s']}/s)",
+                x["cpu_s_per_1000_checks"] <= x["fleetsim_cpu_s_per_1000_checks"] / 2,
+                f"{x['cpu_s_per_1000_checks']} vs {x['fleetsim_cpu_s_per_1000_checks']} CPU-s per 1000 "
+                f"({x.get('checks_per_cpu_s', '?')} checks per CPU-second)")
     return t
 
 
