@@ -33,5 +33,14 @@ fn bad_input_exits_2_and_an_unreachable_store_exits_1() {
         key.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // A PostgreSQL server where nothing listens: a network failure too.
+    let out = clustermon(&[
+        "status",
+        "--store",
+        "postgres://clustermon@127.0.0.1:1/clustermon?sslmode=disable",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open postgres store"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -437,9 +437,11 @@ impl PostgresStore {
             invalid_monitor_docs: AtomicU64::new(0),
             invalid_logged: Mutex::new(HashSet::new()),
         };
+        // A server that is down or refuses is unavailable (exit 1: try
+        // again), not bad input (exit 2): the URL may be right.
         let opening = |e| match e {
             StoreError::Unavailable(m) => {
-                StoreError::Invalid(format!("cannot open postgres store {}: {m}", cfg.url))
+                StoreError::Unavailable(format!("cannot open postgres store {}: {m}", cfg.url))
             }
             other => other,
         };
