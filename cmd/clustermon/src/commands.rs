@@ -135,6 +135,7 @@ pub async fn run(
     cfg.max_concurrent_checks = args.max_concurrent_checks;
     cfg.check_timeout = args.check_timeout;
     cfg.hanging_share_pct = args.hanging_share;
+    cfg.release_memory = Some(release_free_memory);
     if args.connect_timeout.is_zero() {
         return Err(CmdError::Usage(
             "--connect-timeout must be more than 0".into(),
@@ -858,4 +859,16 @@ pub async fn check(args: crate::cli::CheckArgs) -> Result<(), CmdError> {
         return Err(CmdError::Failed(format!("{id}: the check failed")));
     }
     Ok(())
+}
+
+/// Gives the allocator's free pages back to the system (glibc keeps them):
+/// called by the engine after it dropped the documents of buckets it no
+/// longer checks.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim walks the allocator's own free lists; it has no
+    // precondition.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli);
+    limit_malloc_arenas();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,6 +44,21 @@ fn main() -> ExitCode {
             eprintln!("clustermon: {}", e.message());
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+/// glibc gives each thread that allocates under contention an arena of its
+/// own (up to 8 per core), and memory freed in one is not reused by
+/// another: a monitor whose share shrinks keeps the pages of the documents
+/// it dropped. Two arenas are plenty for a runtime of one thread per core
+/// (measured: RSS, not throughput, is what grows with more). An environment
+/// `MALLOC_ARENA_MAX` wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before
+        // any thread but this one exists.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     }
 }
 

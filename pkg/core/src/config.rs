@@ -62,6 +62,10 @@ pub struct EngineConfig {
     /// Percent of the pool that checks of hanging clusters (the last check
     /// used its whole timeout) may hold: `schedule::hanging_permits`.
     pub hanging_share_pct: u8,
+    /// Called after the documents of buckets this monitor no longer checks
+    /// were dropped: gives the allocator's free pages back (the binary
+    /// knows its allocator; `None` does nothing).
+    pub release_memory: Option<fn()>,
     pub shutdown_grace: Duration,
     /// Changes read per change-feed request.
     pub feed_page_size: usize,
@@ -94,6 +98,7 @@ impl EngineConfig {
             max_concurrent_checks: defaults::MAX_CONCURRENT_CHECKS,
             check_timeout: defaults::CHECK_TIMEOUT,
             hanging_share_pct: defaults::HANGING_SHARE_PCT,
+            release_memory: None,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             feed_page_size: defaults::FEED_PAGE_SIZE,
             relist_interval: defaults::RELIST_INTERVAL,

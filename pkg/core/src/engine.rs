@@ -297,6 +297,7 @@ impl Engine {
             store: store.clone(),
             tick: cfg.heartbeat_interval,
             read_timeout: cfg.heartbeat_ttl,
+            release_memory: cfg.release_memory,
         });
         let (cmds, cmd_rx) = mpsc::channel::<Cmd>(4);
         let (check_now, check_now_rx) = mpsc::channel::<CheckNowRequest>(16);

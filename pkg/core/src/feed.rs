@@ -338,6 +338,8 @@ pub struct Share {
     pub tick: Duration,
     /// Bound on one read of acquired buckets.
     pub read_timeout: Duration,
+    /// Called after documents were dropped (`EngineConfig::release_memory`).
+    pub release_memory: Option<fn()>,
 }
 
 struct ShareState {
@@ -484,6 +486,9 @@ impl Reflector {
                     .send(ClusterEvent::Removed { id })
                     .await
                     .map_err(|_| ())?;
+            }
+            if let Some(release) = self.share.as_ref().and_then(|s| s.share.release_memory) {
+                release();
             }
         }
         self.read_pending(now).await
@@ -879,6 +884,7 @@ mod tests {
             store: store.clone(),
             tick: Duration::from_secs(2),
             read_timeout: Duration::from_secs(10),
+            release_memory: None,
         });
         let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
         drain(&mut feed, &mut r).await;
