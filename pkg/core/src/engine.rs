@@ -188,6 +188,8 @@ impl EngineHandles {
         }
         if self.assignment_read_ms.load(Ordering::Acquire) == 0 {
             why.push("the bucket assignment has not been read yet".into());
+        } else if self.assignment.borrow().generation == 0 {
+            why.push("no bucket table yet: a new fleet's first one is written a heartbeat interval after its first monitor starts".into());
         }
         if !self.map.replay_done() {
             why.push("the initial change feed replay is not done".into());
@@ -902,9 +904,22 @@ impl MembershipLoop {
         let wait_for_repair = corrupt
             && self.last_valid_master.is_none()
             && corrupt_since.is_some_and(|t0| now - t0 < ms(self.cfg.lease_ttl));
-        if let (false, true, false, Ok(_)) =
-            (self.draining(), clock_ok, wait_for_repair, &reads.live)
-        {
+        // A fleet's first start (no master document yet): wait one
+        // heartbeat interval after this monitor's first pass, so that the
+        // first table spreads the buckets over the monitors started with
+        // it, instead of giving them all to the first one, which would read
+        // every document only to drop most of them a pass later (and keep
+        // the pages: measured, 507 MB RSS for a sixth of 300,000 clusters).
+        let first_start = base.is_none()
+            && !corrupt
+            && now.saturating_sub(connected_since) < ms(self.cfg.heartbeat_interval);
+        if let (false, true, false, false, Ok(_)) = (
+            self.draining(),
+            clock_ok,
+            wait_for_repair,
+            first_start,
+            &reads.live,
+        ) {
             let owner = base.as_ref().and_then(|d| d.lease_owner.as_deref());
             let holder = self
                 .observer
