@@ -6,7 +6,7 @@
 //! timeout, and thousands do at once. hyper's connection keeps an 8 KiB
 //! write buffer, an 8 KiB read buffer and a dispatch channel (~8 KiB) per
 //! connection, 24 KiB before TLS; here a waiting connection holds what it
-//! has read (a read reserves 1 KiB at first) and nothing else. The head is
+//! has read (a read reserves 512 bytes at first) and nothing else. The head is
 //! parsed by `httparse` (hyper's own parser); everything here is bounded:
 //! the head ([`MAX_HEAD`]), the header count, the body (the caller's cap),
 //! chunk sizes and trailers.
@@ -17,8 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAX_HEAD: usize = 64 << 10;
 /// Most headers in a response head.
 const MAX_HEADERS: usize = 100;
-/// First read of a response; grown as the answer needs.
-const FIRST_READ: usize = 1024;
+/// First read of a response (an API server's healthz answer is ~400
+/// bytes); grown as the answer needs. Held while a check waits.
+const FIRST_READ: usize = 512;
 /// Largest read into the buffer at once.
 const MAX_READ: usize = 16 << 10;
 

@@ -351,7 +351,9 @@ impl KubeClient {
                     Err(e) => return Err(h1_error(e)),
                 }
             }
-            let mut conn = self.connect().await?;
+            // Boxed: a connect holds far more state than a wait for an
+            // answer, and a check that hangs waits for its whole timeout.
+            let mut conn = Box::pin(self.connect()).await?;
             let (r, keep) = Self::exchange(&mut conn, &head).await.map_err(h1_error)?;
             if keep {
                 self.give_back(conn);
