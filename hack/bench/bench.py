@@ -754,7 +754,13 @@ def share_memory(a, tmp):
             wait(f"{m} ready", 600, lambda: http_code(f"{urls[m]}/healthz/ready")[0] == 200)
         ready_s = time.time() - t
         wait(f"256 buckets owned by the {n_mons} monitors", 300, lambda: buckets_settled(store, names), step=0.5)
-        time.sleep(5)
+        # Handoffs of the buckets moved while the monitors joined end a few
+        # seconds later; the outgoing owner drops their documents then:
+        # measured once every cluster is held by exactly one monitor.
+        wait("every cluster cached by one monitor", 120,
+             lambda: sum(prom_value(urls[m], "clustermon_monitor_cache_size") or 0 for m in names) == n,
+             step=0.5)
+        time.sleep(2)
         owners = cli_json("buckets", "--store", store) or []
         rows = []
         for m in names:
