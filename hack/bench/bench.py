@@ -757,10 +757,20 @@ def share_memory(a, tmp):
         # Handoffs of the buckets moved while the monitors joined end a few
         # seconds later; the outgoing owner drops their documents then:
         # measured once every cluster is held by exactly one monitor.
-        wait("every cluster cached by one monitor", 120,
-             lambda: sum(prom_value(urls[m], "clustermon_monitor_cache_size") or 0 for m in names) == n,
-             step=0.5)
-        time.sleep(2)
+        # The sum also equals n for a moment while incoming owners read
+        # buckets whose outgoing owners still hold them: it must hold for
+        # longer than a handoff (4 s) plus a heartbeat interval.
+        held = {"since": None}
+
+        def one_holder():
+            ok = sum(prom_value(urls[m], "clustermon_monitor_cache_size") or 0 for m in names) == n
+            if not ok:
+                held["since"] = None
+                return False
+            held["since"] = held["since"] or time.time()
+            return time.time() - held["since"] >= 8
+
+        wait("every cluster cached by exactly one monitor for 8 s", 180, one_holder, step=0.5)
         owners = cli_json("buckets", "--store", store) or []
         rows = []
         for m in names:
