@@ -634,16 +634,10 @@ impl Reflector {
                     seen.insert(id.clone());
                 }
                 match ClusterDoc::decode(&raw.body) {
+                    // Not this monitor's share (any more: moved to a
+                    // bucket it does not check).
                     Ok(doc) if doc.id == raw.id && !self.keeps(doc.bucket) => {
-                        // Not this monitor's share (any more: moved to a
-                        // bucket it does not check).
-                        inner.invalid.remove(&id);
-                        if inner.clusters.remove(&id).is_some() {
-                            self.events
-                                .send(ClusterEvent::Removed { id })
-                                .await
-                                .map_err(|_| ())?;
-                        }
+                        self.forget(id).await?
                     }
                     Ok(doc) if doc.id == raw.id => {
                         inner.invalid.remove(&id);
@@ -674,16 +668,21 @@ impl Reflector {
                     Err(reason) => self.invalid(id, reason),
                 }
             }
-            Change::Delete { id } => {
-                let id: Arc<str> = id.into();
-                inner.invalid.remove(&id);
-                if inner.clusters.remove(&id).is_some() {
-                    self.events
-                        .send(ClusterEvent::Removed { id })
-                        .await
-                        .map_err(|_| ())?;
-                }
-            }
+            Change::Delete { id } => self.forget(id.into()).await?,
+        }
+        Ok(())
+    }
+
+    /// Drops a cluster (deleted, or not this monitor's): its entry, its
+    /// invalid reason, and tells the scheduler if it was held.
+    async fn forget(&self, id: Arc<str>) -> Result<(), ()> {
+        let inner = &self.map.inner;
+        inner.invalid.remove(&id);
+        if inner.clusters.remove(&id).is_some() {
+            self.events
+                .send(ClusterEvent::Removed { id })
+                .await
+                .map_err(|_| ())?;
         }
         Ok(())
     }

@@ -425,6 +425,23 @@ async fn backfill_buckets(tx: &tokio_postgres::Transaction<'_>) -> StoreResult<u
 }
 
 impl PostgresStore {
+    /// The rows of prepared statement `stmt` for `buckets` (`bucket = ANY($1)`).
+    async fn by_buckets(
+        &self,
+        stmt: usize,
+        buckets: &[u8],
+    ) -> StoreResult<Vec<tokio_postgres::Row>> {
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let buckets: Vec<i16> = buckets.iter().map(|b| i16::from(*b)).collect();
+        let buckets = &buckets;
+        self.call(&self.main, self.cfg.bulk_timeout, |c| async move {
+            c.client.query(&c.stmts[stmt], &[buckets]).await
+        })
+        .await
+    }
+
     /// Connects and checks the schema (created by [`PostgresStore::init`]).
     pub async fn connect(cfg: &PostgresConfig) -> StoreResult<Self> {
         let tls = tls::Tls::for_url(&cfg.url).map_err(StoreError::Invalid)?;
@@ -839,30 +856,12 @@ impl Store for PostgresStore {
     }
 
     async fn list_cluster_ids(&self, buckets: &[u8]) -> StoreResult<Vec<String>> {
-        if buckets.is_empty() {
-            return Ok(Vec::new());
-        }
-        let buckets: Vec<i16> = buckets.iter().map(|b| i16::from(*b)).collect();
-        let buckets = &buckets;
-        let rows = self
-            .call(&self.main, self.cfg.bulk_timeout, |c| async move {
-                c.client.query(&c.stmts[LIST_CLUSTER_IDS], &[buckets]).await
-            })
-            .await?;
+        let rows = self.by_buckets(LIST_CLUSTER_IDS, buckets).await?;
         rows.iter().map(|r| r.try_get(0).map_err(map_err)).collect()
     }
 
     async fn list_clusters_in(&self, buckets: &[u8]) -> StoreResult<Vec<RawCluster>> {
-        if buckets.is_empty() {
-            return Ok(Vec::new());
-        }
-        let buckets: Vec<i16> = buckets.iter().map(|b| i16::from(*b)).collect();
-        let buckets = &buckets;
-        let rows = self
-            .call(&self.main, self.cfg.bulk_timeout, |c| async move {
-                c.client.query(&c.stmts[LIST_CLUSTERS_IN], &[buckets]).await
-            })
-            .await?;
+        let rows = self.by_buckets(LIST_CLUSTERS_IN, buckets).await?;
         rows.iter()
             .map(|r| {
                 Ok(RawCluster {
