@@ -7,6 +7,7 @@ mod clock_skew;
 mod corrupt_state;
 mod failover;
 mod fd_limit;
+mod hanging_share;
 mod hostile_documents;
 mod hostile_servers;
 mod metric_lines;
