@@ -469,31 +469,26 @@ impl Reflector {
             }
             st.want[i] = want;
         }
-        let inner = self.map.inner.clone();
         if !dropped.is_empty() {
-            let gone: Vec<Arc<str>> = inner
-                .clusters
-                .iter()
-                .filter(|e| dropped.contains(&e.bucket))
-                .map(|e| e.key().clone())
-                .collect();
+            let gone = self.ids_where(|e| dropped.contains(&e.bucket));
             tracing::debug!(
                 buckets = dropped.len(),
                 clusters = gone.len(),
                 "buckets no longer this monitor's: their documents dropped"
             );
             for id in gone {
-                inner.clusters.remove(&id);
-                self.events
-                    .send(ClusterEvent::Removed { id })
-                    .await
-                    .map_err(|_| ())?;
+                self.remove(id).await?;
             }
-            if let Some(release) = self.share.as_ref().and_then(|s| s.share.release_memory) {
-                release();
-            }
+            self.release_memory();
         }
         self.read_pending(now).await
+    }
+
+    /// Gives freed pages back (`Share::release_memory`), after a drop or a read.
+    fn release_memory(&self) {
+        if let Some(release) = self.share.as_ref().and_then(|s| s.share.release_memory) {
+            release();
+        }
     }
 
     /// Reads the documents of the wanted buckets not read yet, in one query.
@@ -572,9 +567,7 @@ impl Reflector {
         inner.pending_since_ms.store(0, Ordering::Release);
         inner.buckets_read_once.store(true, Ordering::Release);
         // The answers were freed as they were applied: give their pages back.
-        if let Some(release) = self.share.as_ref().and_then(|s| s.share.release_memory) {
-            release();
-        }
+        self.release_memory();
         Ok(())
     }
 
@@ -676,15 +669,30 @@ impl Reflector {
     /// Drops a cluster (deleted, or not this monitor's): its entry, its
     /// invalid reason, and tells the scheduler if it was held.
     async fn forget(&self, id: Arc<str>) -> Result<(), ()> {
-        let inner = &self.map.inner;
-        inner.invalid.remove(&id);
-        if inner.clusters.remove(&id).is_some() {
+        self.map.inner.invalid.remove(&id);
+        self.remove(id).await
+    }
+
+    /// Removes a cluster's entry and tells the scheduler, if it was held.
+    async fn remove(&self, id: Arc<str>) -> Result<(), ()> {
+        if self.map.inner.clusters.remove(&id).is_some() {
             self.events
                 .send(ClusterEvent::Removed { id })
                 .await
                 .map_err(|_| ())?;
         }
         Ok(())
+    }
+
+    /// The ids of the held clusters that `f` selects.
+    fn ids_where(&self, f: impl Fn(&ClusterEntry) -> bool) -> Vec<Arc<str>> {
+        self.map
+            .inner
+            .clusters
+            .iter()
+            .filter(|e| f(e.value()))
+            .map(|e| e.key().clone())
+            .collect()
     }
 
     fn invalid(&self, id: Arc<str>, reason: String) {
@@ -700,41 +708,18 @@ impl Reflector {
 
     /// Drops the entries of `buckets` that a re-list did not find.
     async fn drop_deleted(&self, buckets: &[u8], present: &HashSet<String>) -> Result<(), ()> {
-        let gone: Vec<Arc<str>> = self
-            .map
-            .inner
-            .clusters
-            .iter()
-            .filter(|e| buckets.contains(&e.bucket) && !present.contains(&**e.key()))
-            .map(|e| e.key().clone())
-            .collect();
+        let gone = self.ids_where(|e| buckets.contains(&e.bucket) && !present.contains(&*e.id));
         for id in gone {
             tracing::info!(cluster = %id, "cluster document no longer in the store (found by the re-list); dropped");
             self.metrics.self_count(names::FEED_RELIST_DROPPED, 1, &[]);
-            self.map.inner.clusters.remove(&id);
-            self.events
-                .send(ClusterEvent::Removed { id })
-                .await
-                .map_err(|_| ())?;
+            self.remove(id).await?;
         }
         Ok(())
     }
 
     async fn drop_unseen(&self, seen: &HashSet<Arc<str>>) -> Result<(), ()> {
-        let gone: Vec<Arc<str>> = self
-            .map
-            .inner
-            .clusters
-            .iter()
-            .filter(|e| !seen.contains(e.key()))
-            .map(|e| e.key().clone())
-            .collect();
-        for id in gone {
-            self.map.inner.clusters.remove(&id);
-            self.events
-                .send(ClusterEvent::Removed { id })
-                .await
-                .map_err(|_| ())?;
+        for id in self.ids_where(|e| !seen.contains(&e.id)) {
+            self.remove(id).await?;
         }
         self.map.inner.invalid.retain(|id, _| seen.contains(id));
         Ok(())
