@@ -230,6 +230,14 @@ fn add_bucket_column(c: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A row of `SELECT id, doc`.
+fn raw_cluster(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawCluster> {
+    Ok(RawCluster {
+        id: r.get(0)?,
+        body: r.get(1)?,
+    })
+}
+
 /// `SELECT id, doc` of the documents in `buckets`: the bucket numbers are
 /// written into the statement (they are integers, nothing to escape), so
 /// the planner sees an `IN` list over the `bucket` index.
@@ -452,14 +460,7 @@ impl Store for SqliteStore {
             let mut st = c
                 .prepare_cached("SELECT id, doc FROM clusters WHERE doc IS NOT NULL ORDER BY id")
                 .map_err(map_err)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok(RawCluster {
-                        id: r.get(0)?,
-                        body: r.get(1)?,
-                    })
-                })
-                .map_err(map_err)?;
+            let rows = st.query_map([], raw_cluster).map_err(map_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(map_err)
         })
         .await
@@ -498,14 +499,7 @@ impl Store for SqliteStore {
         let sql = select_in(buckets, "id, doc");
         self.read(move |c| {
             let mut st = c.prepare(&sql).map_err(map_err)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok(RawCluster {
-                        id: r.get(0)?,
-                        body: r.get(1)?,
-                    })
-                })
-                .map_err(map_err)?;
+            let rows = st.query_map([], raw_cluster).map_err(map_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(map_err)
         })
         .await
