@@ -157,6 +157,13 @@ pub async fn run(
             )
             .map_err(usage)?,
         );
+    } else {
+        if !(1..=100).contains(&args.alert_after) {
+            return Err(usage("--alert-after must be between 1 and 100".into()));
+        }
+        cfg.alerts = Some(clustermon_core::alerts::AlertConfig::tracking(
+            args.alert_after,
+        ));
     }
     cfg.validate().map_err(usage)?;
 

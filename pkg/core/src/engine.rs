@@ -76,6 +76,10 @@ pub struct EngineHandles {
     pub draining: Arc<AtomicBool>,
     pub stats: Arc<SchedStats>,
     pub last_checks: Arc<DashMap<Arc<str>, LastCheck>>,
+    /// Every alert of this monitor's clusters (pending, firing, resolved).
+    pub alerts: crate::alerts::AlertBoard,
+    /// `--alertmanager-url` and its token: the status page reads silences.
+    pub alertmanagers: Vec<crate::alerts::sender::SendConfig>,
     metrics: Metrics,
     cmds: mpsc::Sender<Cmd>,
     check_now: mpsc::Sender<CheckNowRequest>,
@@ -279,7 +283,7 @@ pub struct Engine {
     cmd_rx: mpsc::Receiver<Cmd>,
     refresh_rx: mpsc::Receiver<RefreshRequest>,
     scheduler: Scheduler,
-    alerts: Option<crate::alerts::AlertTask>,
+    alerts: crate::alerts::AlertTask,
 }
 
 impl Engine {
@@ -304,7 +308,28 @@ impl Engine {
         let (cmds, cmd_rx) = mpsc::channel::<Cmd>(4);
         let (check_now, check_now_rx) = mpsc::channel::<CheckNowRequest>(16);
         let (refresh_tx, refresh_rx) = mpsc::channel::<RefreshRequest>(16);
+        // Alerts: tracked always (the status page shows them), sent to
+        // Alertmanager with `--alertmanager-url`; fed by the scheduler,
+        // never waited on.
+        let alert_cfg = cfg.alerts.clone().unwrap_or_else(|| {
+            crate::alerts::AlertConfig::tracking(crate::config::defaults::ALERT_AFTER)
+        });
+        let alertmanagers = alert_cfg
+            .urls
+            .iter()
+            .map(|u| crate::alerts::sender::SendConfig::new(u, alert_cfg.token.clone()))
+            .collect();
+        let (alerts_tx, alerts) = crate::alerts::AlertTask::new(
+            alert_cfg,
+            &cfg,
+            clock,
+            metrics.clone(),
+            map.clone(),
+            assignment.clone(),
+        );
         let handles = EngineHandles {
+            alerts: alerts.board(),
+            alertmanagers,
             me: cfg.id.as_str().into(),
             version: cfg.version.clone(),
             interval: cfg.interval,
@@ -370,21 +395,6 @@ impl Engine {
             clock_state: None,
             http: peer_client(cfg.heartbeat_interval),
         };
-        // Alerts (`--alertmanager-url`): fed by the scheduler, never waited on.
-        let (alerts_tx, alerts) = match cfg.alerts.clone() {
-            Some(a) => {
-                let (tx, task) = crate::alerts::AlertTask::new(
-                    a,
-                    &cfg,
-                    clock,
-                    metrics.clone(),
-                    handles.map.clone(),
-                    handles.assignment.clone(),
-                );
-                (Some(tx), Some(task))
-            }
-            None => (None, None),
-        };
         let scheduler = Scheduler::new(SchedulerDeps {
             me,
             interval: cfg.interval,
@@ -405,7 +415,7 @@ impl Engine {
             metrics,
             stats: handles.stats.clone(),
             last_checks: handles.last_checks.clone(),
-            alerts: alerts_tx,
+            alerts: Some(alerts_tx),
         });
         Ok(Self {
             cfg,
@@ -462,11 +472,11 @@ impl Engine {
                 .spawn(member.run(cmd_rx, refresh_rx, member_stop.clone()))
                 .abort_handle(),
         );
-        if let Some(task) = alerts {
-            guard
-                .0
-                .push(tracker.spawn(task.run(alerts_stop.clone())).abort_handle());
-        }
+        guard.0.push(
+            tracker
+                .spawn(alerts.run(alerts_stop.clone()))
+                .abort_handle(),
+        );
         let sched = scheduler;
         let mut sched_task = tracker.spawn(sched.run(stop_starting.clone(), abort.clone()));
         guard.0.push(sched_task.abort_handle());

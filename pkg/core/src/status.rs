@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::admin::api::{AlertAnswer, AlertState, FailingCluster, FleetFailing, MonitorReport};
+use crate::check::CheckReport;
 use crate::model::{MasterDoc, MonitorDoc};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -79,6 +81,257 @@ pub fn fleet_status(
             .collect(),
         unassigned_buckets: owners.iter().filter(|o| o.is_none()).count() as u32,
         clusters,
+    }
+}
+
+// ---- the fleet-wide view of failing clusters (pure) ----
+
+/// Removes an OS error number: "Connection refused (os error 111)".
+fn no_os_error(s: &str) -> &str {
+    match s.find(" (os error") {
+        Some(i) => &s[..i],
+        None => s,
+    }
+}
+
+/// "HTTP 403" and friends, said for humans.
+fn http_words(code: &str) -> String {
+    match code.parse::<u16>() {
+        Ok(401) => "credentials rejected (HTTP 401)".into(),
+        Ok(403) => "access denied to the monitor's credentials (HTTP 403)".into(),
+        Ok(c) => format!("HTTP {c}"),
+        Err(_) => format!("HTTP {code}"),
+    }
+}
+
+/// Why the TLS handshake failed, said for humans (rustls' words otherwise).
+fn tls_words(why: &str) -> String {
+    let w = no_os_error(why);
+    let l = w.to_ascii_lowercase();
+    let said = if l.contains("unknownissuer") || l.contains("unknown issuer") {
+        "the server's certificate is not signed by the cluster's CA"
+    } else if l.contains("expired") {
+        "the server's certificate has expired"
+    } else if l.contains("notvalidforname") || l.contains("not valid for name") {
+        "the server's certificate is not valid for the API server's name"
+    } else if l.contains("eof") || l.contains("close_notify") || l.contains("connection reset") {
+        "connection closed by the server"
+    } else {
+        return format!("TLS handshake failed: {w}");
+    };
+    format!("TLS handshake failed: {said}")
+}
+
+/// One error of the API server (a `KubeError`'s text), said for humans;
+/// `what` names the path asked (none: the collector's name says it).
+fn api_error_words(e: &str, what: Option<&str>) -> String {
+    let from = what.map_or(String::new(), |w| format!(" from {w}"));
+    let to = what.map_or(String::new(), |w| format!(" to {w}"));
+    if e == "timed out" {
+        return format!("no answer{from} within the check timeout");
+    }
+    if let Some(rest) = e.strip_prefix("unreachable: ") {
+        if let Some(w) = rest.strip_prefix("tls: ") {
+            return tls_words(w);
+        }
+        if let Some(w) = rest.strip_prefix("connect: ") {
+            if let Some(t) = w.strip_prefix("not connected within ") {
+                return format!("no TCP/TLS connection within {t} (connect timeout)");
+            }
+            let w = no_os_error(w);
+            if w.to_ascii_lowercase().contains("refused") {
+                return "connection refused: nothing listens at the API server's address".into();
+            }
+            return format!("cannot connect: {w}");
+        }
+        if let Some(w) = rest.strip_prefix("request: ") {
+            return format!("the request{to} failed: {}", no_os_error(w));
+        }
+        return format!("unreachable: {}", no_os_error(rest));
+    }
+    if let Some(code) = e.strip_prefix("HTTP ") {
+        return format!("{}{from}", http_words(code));
+    }
+    if let Some(w) = e.strip_prefix("configuration: ") {
+        return format!("unusable credentials or TLS settings ({w})");
+    }
+    if let Some(w) = e.strip_prefix("invalid response: ") {
+        return format!("unexpected answer{from}: {w}");
+    }
+    e.to_string()
+}
+
+/// The API server's outcome: "healthz 500" or a request error.
+fn healthz_words(e: &str, what: &str) -> String {
+    match e.strip_prefix("healthz ") {
+        Some(rest) => {
+            let (code, note) = rest.split_once(':').unwrap_or((rest, ""));
+            let mut l = format!("{} from /healthz", http_words(code.trim()));
+            if !note.is_empty() {
+                l.push_str(&format!(" ({})", note.trim()));
+            }
+            l
+        }
+        None => api_error_words(e, Some(what)),
+    }
+}
+
+/// The one line an SRE reads first about a failing check: what is wrong,
+/// in words ("TLS handshake failed: connection closed by the server",
+/// "HTTP 500 from /readyz", "API server certificate expires in 3 days").
+/// The raw summary stays in the details view.
+pub fn human_summary(report: &CheckReport) -> String {
+    let outcome = |name: &str| report.collectors.iter().find(|c| c.name == name);
+    match outcome("apiserver") {
+        None if !report.ok => {
+            // The check failed before or without the API server's outcome:
+            // a timeout, credentials that could not be opened, a panic.
+            return healthz_words(&report.summary, "the API server");
+        }
+        Some(api) if !api.ok => {
+            let mut line = healthz_words(api.error.as_deref().unwrap_or("failed"), "/healthz");
+            if let Some(r) = outcome("readyz").filter(|r| !r.ok) {
+                let re = r.error.as_deref().unwrap_or("failed");
+                let words = match re.strip_prefix("failing: ") {
+                    Some(checks) => format!("/readyz reports failing: {checks}"),
+                    None => api_error_words(re, Some("/readyz")),
+                };
+                line.push_str("; ");
+                line.push_str(&words);
+            }
+            return line;
+        }
+        _ => {}
+    }
+    if let Some(first) = report.conditions.first() {
+        let more = report.conditions.len() - 1;
+        return if more == 0 {
+            first.summary.clone()
+        } else {
+            format!("{} (and {more} more)", first.summary)
+        };
+    }
+    let failed: Vec<String> = report
+        .collectors
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| {
+            let e = c.error.as_deref().unwrap_or("failed");
+            match (c.name, e.strip_prefix("failing: ")) {
+                ("readyz", Some(checks)) => format!("/readyz reports failing: {checks}"),
+                _ => format!("cannot read {}: {}", c.name, api_error_words(e, None)),
+            }
+        })
+        .collect();
+    match failed.as_slice() {
+        [] if report.ok => "healthy".into(),
+        [] => report.summary.clone(),
+        [one] => one.clone(),
+        [first, rest @ ..] => format!("{first} (and {} more)", rest.len()),
+    }
+}
+
+/// A cluster's state from its alerts: the worst one wins; a failing check
+/// without any alert condition is `NotAlerting`. `silenced` says which
+/// (cluster, alertname) pairs Alertmanager holds under a silence.
+pub fn cluster_state(alerts: &[AlertAnswer]) -> AlertState {
+    let firing: Vec<&AlertAnswer> = alerts
+        .iter()
+        .filter(|a| matches!(a.state, AlertState::Firing | AlertState::Silenced))
+        .collect();
+    if !firing.is_empty() {
+        return if firing.iter().all(|a| a.state == AlertState::Silenced) {
+            AlertState::Silenced
+        } else {
+            AlertState::Firing
+        };
+    }
+    if alerts.iter().any(|a| a.state == AlertState::Pending) {
+        AlertState::Pending
+    } else {
+        AlertState::NotAlerting
+    }
+}
+
+/// Order on the page: firing, pending, silenced, not alerting; then the
+/// oldest series first, then the id.
+fn rank(s: AlertState) -> u8 {
+    match s {
+        AlertState::Firing => 0,
+        AlertState::Pending => 1,
+        AlertState::Silenced => 2,
+        AlertState::NotAlerting => 3,
+        AlertState::Resolved => 4,
+    }
+}
+
+pub fn sort_failing(v: &mut [FailingCluster]) {
+    let since = |c: &FailingCluster| {
+        c.alerts
+            .iter()
+            .map(|a| a.starts_ms)
+            .min()
+            .unwrap_or(c.last_check_ms)
+    };
+    v.sort_by(|a, b| {
+        rank(a.state)
+            .cmp(&rank(b.state))
+            .then(since(a).cmp(&since(b)))
+            .then(a.id.cmp(&b.id))
+    });
+}
+
+/// Merges the monitors' reports into one view: one entry per cluster (the
+/// latest check wins: during a handoff both monitors may report it), alerts
+/// that Alertmanager silences marked, worst first, at most `limit` listed.
+pub fn merge_reports(
+    reports: &[MonitorReport],
+    silenced: &std::collections::HashSet<(String, String)>,
+    limit: usize,
+) -> FleetFailing {
+    let mut by_id: std::collections::HashMap<&str, &FailingCluster> = Default::default();
+    for r in reports {
+        for c in &r.failing {
+            let e = by_id.entry(&c.id).or_insert(c);
+            if c.last_check_ms > e.last_check_ms {
+                *e = c;
+            }
+        }
+    }
+    let mut failing: Vec<FailingCluster> = by_id
+        .into_values()
+        .map(|c| {
+            let mut c = c.clone();
+            for a in &mut c.alerts {
+                if a.state == AlertState::Firing
+                    && silenced.contains(&(c.id.clone(), a.alertname.clone()))
+                {
+                    a.state = AlertState::Silenced;
+                }
+            }
+            c.state = cluster_state(&c.alerts);
+            c
+        })
+        .collect();
+    sort_failing(&mut failing);
+    let failing_total = reports
+        .iter()
+        .map(|r| r.failing_total)
+        .sum::<usize>()
+        .max(failing.len());
+    failing.truncate(limit);
+    let mut resolved: Vec<_> = reports
+        .iter()
+        .flat_map(|r| r.resolved.iter().cloned())
+        .collect();
+    resolved.sort_by_key(|r| std::cmp::Reverse(r.alert.ends_ms));
+    resolved.truncate(limit);
+    FleetFailing {
+        failing,
+        failing_total,
+        resolved,
+        monitors: Vec::new(),
+        silences: None,
     }
 }
 
@@ -319,5 +572,288 @@ mod explain_tests {
             r.reason.unwrap().contains("unassigned"),
             "no master document at all"
         );
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+    use crate::check::{CollectorOutcome, Condition};
+
+    fn outcome(name: &'static str, error: Option<&str>) -> CollectorOutcome {
+        CollectorOutcome {
+            name,
+            ok: error.is_none(),
+            duration_ms: 1,
+            error: error.map(Into::into),
+        }
+    }
+
+    fn report(summary: &str, collectors: Vec<CollectorOutcome>) -> CheckReport {
+        CheckReport {
+            ok: collectors.iter().all(|c| c.ok) && !collectors.is_empty(),
+            summary: summary.into(),
+            collectors: collectors.into_boxed_slice(),
+            conditions: Vec::new(),
+        }
+    }
+
+    /// The raw texts the checker produces (kube.rs, collect.rs), each with
+    /// the line a human reads instead.
+    #[test]
+    fn raw_check_errors_become_one_human_line() {
+        let cases: Vec<(CheckReport, &str)> = vec![
+            (
+                CheckReport::failed("timed out"),
+                "no answer from the API server within the check timeout",
+            ),
+            (
+                report(
+                    "x",
+                    vec![outcome(
+                        "apiserver",
+                        Some(
+                            "unreachable: tls: received corrupt message of type InvalidContentType",
+                        ),
+                    )],
+                ),
+                "TLS handshake failed: received corrupt message of type InvalidContentType",
+            ),
+            (
+                report(
+                    "x",
+                    vec![outcome(
+                        "apiserver",
+                        Some("unreachable: tls: tls handshake eof"),
+                    )],
+                ),
+                "TLS handshake failed: connection closed by the server",
+            ),
+            (
+                report(
+                    "x",
+                    vec![outcome(
+                        "apiserver",
+                        Some("unreachable: tls: invalid peer certificate: UnknownIssuer"),
+                    )],
+                ),
+                "TLS handshake failed: the server's certificate is not signed by the cluster's CA",
+            ),
+            (
+                report(
+                    "x",
+                    vec![outcome(
+                        "apiserver",
+                        Some("unreachable: connect: Connection refused (os error 111)"),
+                    )],
+                ),
+                "connection refused: nothing listens at the API server's address",
+            ),
+            (
+                report(
+                    "x",
+                    vec![outcome(
+                        "apiserver",
+                        Some("unreachable: connect: not connected within 5s"),
+                    )],
+                ),
+                "no TCP/TLS connection within 5s (connect timeout)",
+            ),
+            (
+                report(
+                    "x",
+                    vec![outcome(
+                        "apiserver",
+                        Some("unreachable: request: connection reset by peer (os error 104)"),
+                    )],
+                ),
+                "the request to /healthz failed: connection reset by peer",
+            ),
+            (
+                report(
+                    "healthz 500",
+                    vec![
+                        outcome("apiserver", Some("healthz 500")),
+                        outcome("readyz", Some("failing: etcd,poststarthook")),
+                    ],
+                ),
+                "HTTP 500 from /healthz; /readyz reports failing: etcd,poststarthook",
+            ),
+            (
+                report(
+                    "x",
+                    vec![
+                        outcome("apiserver", Some("healthz 503")),
+                        outcome("readyz", Some("HTTP 500")),
+                    ],
+                ),
+                "HTTP 503 from /healthz; HTTP 500 from /readyz",
+            ),
+            (
+                report(
+                    "x",
+                    vec![outcome(
+                        "apiserver",
+                        Some("healthz 302: redirect not followed"),
+                    )],
+                ),
+                "HTTP 302 from /healthz (redirect not followed)",
+            ),
+            (
+                report(
+                    "x",
+                    vec![
+                        outcome("apiserver", None),
+                        outcome("nodes", Some("HTTP 403")),
+                    ],
+                ),
+                "cannot read nodes: access denied to the monitor's credentials (HTTP 403)",
+            ),
+            (
+                report(
+                    "x",
+                    vec![
+                        outcome("apiserver", None),
+                        outcome("nodes", Some("timed out")),
+                        outcome("pods", Some("HTTP 500")),
+                    ],
+                ),
+                "cannot read nodes: no answer within the check timeout (and 1 more)",
+            ),
+            (
+                CheckReport::failed("configuration: caBundle: not PEM"),
+                "unusable credentials or TLS settings (caBundle: not PEM)",
+            ),
+        ];
+        for (r, want) in cases {
+            assert_eq!(human_summary(&r), want, "from {:?}", r.collectors);
+        }
+        let mut r = report(
+            "healthz 200",
+            vec![outcome("apiserver", None), outcome("certificate", None)],
+        );
+        r.conditions = vec![Condition {
+            name: crate::check::alertnames::CERTIFICATE_EXPIRING,
+            labels: Vec::new(),
+            summary: "API server certificate expires in 3 days".into(),
+        }];
+        assert_eq!(
+            human_summary(&r),
+            "API server certificate expires in 3 days"
+        );
+        r.conditions.push(r.conditions[0].clone());
+        assert_eq!(
+            human_summary(&r),
+            "API server certificate expires in 3 days (and 1 more)"
+        );
+    }
+
+    fn alert(name: &str, state: AlertState, starts_ms: i64) -> AlertAnswer {
+        AlertAnswer {
+            alertname: name.into(),
+            labels: Default::default(),
+            state,
+            failing_checks: 1,
+            starts_ms,
+            ends_ms: None,
+            summary: String::new(),
+        }
+    }
+
+    fn failing(id: &str, monitor: &str, last: i64, alerts: Vec<AlertAnswer>) -> FailingCluster {
+        FailingCluster {
+            id: id.into(),
+            bucket: Some(1),
+            monitor: monitor.into(),
+            last_check_ms: last,
+            state: cluster_state(&alerts),
+            summary: String::new(),
+            detail: String::new(),
+            collectors: Vec::new(),
+            alerts,
+        }
+    }
+
+    fn monitor_report(id: &str, failing: Vec<FailingCluster>) -> MonitorReport {
+        MonitorReport {
+            monitor: id.into(),
+            version: "v".into(),
+            generated_at_ms: 0,
+            ready: true,
+            not_ready: Vec::new(),
+            alert_after: 3,
+            probes: Vec::new(),
+            failing_total: failing.len(),
+            failing,
+            resolved: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_state_is_the_worst_alert_and_silences_count_only_when_all_are_silenced() {
+        use AlertState::*;
+        assert_eq!(cluster_state(&[]), NotAlerting);
+        assert_eq!(cluster_state(&[alert("A", Pending, 0)]), Pending);
+        assert_eq!(
+            cluster_state(&[alert("A", Pending, 0), alert("B", Firing, 0)]),
+            Firing
+        );
+        assert_eq!(
+            cluster_state(&[alert("A", Silenced, 0), alert("B", Firing, 0)]),
+            Firing
+        );
+        assert_eq!(
+            cluster_state(&[alert("A", Silenced, 0), alert("B", Pending, 0)]),
+            Silenced
+        );
+    }
+
+    #[test]
+    fn merged_reports_keep_the_latest_check_per_cluster_mark_silences_and_rank() {
+        use AlertState::*;
+        let m1 = monitor_report(
+            "m1",
+            vec![
+                failing("handed", "m1", 100, vec![alert("Down", Pending, 50)]),
+                failing("quiet", "m1", 100, vec![]),
+            ],
+        );
+        let m2 = monitor_report(
+            "m2",
+            vec![
+                failing("handed", "m2", 200, vec![alert("Down", Firing, 50)]),
+                failing("silent", "m2", 100, vec![alert("Down", Firing, 10)]),
+                failing("old", "m2", 100, vec![alert("Down", Firing, 5)]),
+            ],
+        );
+        let silenced = [("silent".to_string(), "Down".to_string())]
+            .into_iter()
+            .collect();
+        let v = merge_reports(&[m1, m2], &silenced, 10);
+        let got: Vec<(&str, &str, AlertState)> = v
+            .failing
+            .iter()
+            .map(|c| (c.id.as_str(), c.monitor.as_str(), c.state))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("old", "m2", Firing),
+                ("handed", "m2", Firing),
+                ("silent", "m2", Silenced),
+                ("quiet", "m1", NotAlerting),
+            ]
+        );
+        assert_eq!(v.failing_total, 5, "as the monitors counted them");
+        let v = merge_reports(&v_reports(), &Default::default(), 1);
+        assert_eq!(v.failing.len(), 1, "at most the limit listed");
+        assert_eq!(v.failing_total, 2);
+    }
+
+    fn v_reports() -> Vec<MonitorReport> {
+        vec![monitor_report(
+            "m1",
+            vec![failing("a", "m1", 1, vec![]), failing("b", "m1", 1, vec![])],
+        )]
     }
 }

@@ -70,6 +70,142 @@ pub struct ErrorAnswer {
     pub error: String,
 }
 
+/// Where a failing cluster stands with its alerts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    /// Failing, fewer than `--alert-after` consecutive checks.
+    Pending,
+    /// Firing, and Alertmanager holds every firing alert under a silence.
+    Silenced,
+    /// At least one alert fires (unsilenced).
+    Firing,
+    /// The check failed, but no alert condition is known to fail (a
+    /// collector could not run: nothing to alert on yet).
+    NotAlerting,
+    /// Fired, then seen clear by the monitor that sent it.
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Silenced => "silenced",
+            Self::Firing => "firing",
+            Self::NotAlerting => "not_alerting",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
+/// One alert of a cluster, as its monitor tracks it (`crate::alerts`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertAnswer {
+    pub alertname: String,
+    /// The condition's own labels (node, operator, namespace/pod).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub state: AlertState,
+    /// Consecutive failing checks, capped at `alert_after`.
+    pub failing_checks: u32,
+    /// The first failing check of the series.
+    pub starts_ms: i64,
+    /// When it was seen clear (resolved alerts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_ms: Option<i64>,
+    pub summary: String,
+}
+
+/// A cluster whose last check failed, with what a human needs first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailingCluster {
+    pub id: String,
+    #[serde(default)]
+    pub bucket: Option<u8>,
+    /// The monitor whose check this is.
+    pub monitor: String,
+    pub last_check_ms: i64,
+    /// The cluster's alert state: the worst of its alerts.
+    pub state: AlertState,
+    /// One line for humans ([`crate::status::human_summary`]).
+    pub summary: String,
+    /// The check's own summary, error chain included (the details view).
+    pub detail: String,
+    pub collectors: Vec<CollectorAnswer>,
+    #[serde(default)]
+    pub alerts: Vec<AlertAnswer>,
+}
+
+/// A cluster's alert that fired and was seen clear, kept for an hour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedAlert {
+    pub cluster: String,
+    pub monitor: String,
+    pub alert: AlertAnswer,
+}
+
+/// The last probe of a peer's admin endpoint (`GET /healthz/live`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeAnswer {
+    pub peer: String,
+    /// `alive`, `refused`, `timeout` or `error`.
+    pub outcome: String,
+    pub at_ms: i64,
+}
+
+/// `GET /api/monitor`: what one monitor knows of its own clusters, for the
+/// fleet-wide view that any monitor (or `clustermon status`) gathers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MonitorReport {
+    pub monitor: String,
+    pub version: String,
+    pub generated_at_ms: i64,
+    pub ready: bool,
+    #[serde(default)]
+    pub not_ready: Vec<String>,
+    /// Consecutive failing checks before an alert fires (`--alert-after`).
+    pub alert_after: u32,
+    pub probes: Vec<ProbeAnswer>,
+    /// Failing clusters: firing first, then pending, then the rest; at most
+    /// the `limit` asked for.
+    pub failing: Vec<FailingCluster>,
+    /// How many failing clusters there are, listed or not.
+    pub failing_total: usize,
+    pub resolved: Vec<ResolvedAlert>,
+}
+
+/// How asking one monitor for its report went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatherOutcome {
+    pub monitor: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub failing_total: usize,
+    #[serde(default)]
+    pub probes: Vec<ProbeAnswer>,
+}
+
+/// Every live monitor's failing clusters, merged: the fleet-wide view.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetFailing {
+    /// At most one entry per cluster (the latest check wins during a
+    /// handoff), worst state first.
+    pub failing: Vec<FailingCluster>,
+    /// Failing clusters the monitors reported in all, listed or not.
+    pub failing_total: usize,
+    pub resolved: Vec<ResolvedAlert>,
+    /// One per live monitor: whether its report came; a missing report
+    /// means the view lacks that monitor's clusters.
+    pub monitors: Vec<GatherOutcome>,
+    /// Whether Alertmanager's silences could be read (`None`: no
+    /// `--alertmanager-url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silences: Option<GatherOutcome>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

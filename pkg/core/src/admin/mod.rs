@@ -27,6 +27,7 @@ use crate::schedule::{next_due, phase_ms, LastCheck};
 use crate::status::{bucket_owners, fleet_status};
 
 pub mod api;
+pub mod fleet;
 
 use api::{CheckAnswer, DrainAnswer, ErrorAnswer};
 
@@ -82,7 +83,11 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNS));
     let mut conns = JoinSet::new();
-    let state = Arc::new((engine, token));
+    let state = Arc::new(State {
+        engine,
+        token,
+        client: fleet::client(),
+    });
     loop {
         while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
@@ -106,7 +111,7 @@ pub async fn serve(
             let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &state.0, state.1.as_ref()).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &state).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -150,7 +155,28 @@ fn text(status: StatusCode, body: impl Into<String>) -> Resp {
     respond(status, "text/plain; charset=utf-8", body.into())
 }
 
-async fn handle(req: Request<Incoming>, engine: &EngineHandles, token: Option<&Token>) -> Resp {
+/// What every connection shares.
+struct State {
+    engine: EngineHandles,
+    token: Option<Token>,
+    /// Asks peers and Alertmanager for the fleet-wide view (none: reqwest
+    /// could not start; the view then has this monitor's clusters only).
+    client: Option<reqwest::Client>,
+}
+
+/// `?limit=N` of a query, bounded; the default otherwise.
+fn limit_of(query: Option<&str>) -> usize {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("limit="))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(fleet::DEFAULT_LIMIT)
+        .clamp(1, fleet::MAX_LIMIT)
+}
+
+async fn handle(req: Request<Incoming>, state: &State) -> Resp {
+    let (engine, token) = (&state.engine, state.token.as_ref());
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -202,13 +228,19 @@ async fn handle(req: Request<Incoming>, engine: &EngineHandles, token: Option<&T
         (Method::GET, ["debug", "assignment"]) => {
             json_resp(StatusCode::OK, &assignment_debug(engine))
         }
-        (Method::GET, ["api", "status"]) => match api_status(engine).await {
-            Ok(v) => json_resp(StatusCode::OK, &v),
-            Err(e) => json_resp(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &ErrorAnswer { id: None, error: e },
-            ),
-        },
+        (Method::GET, ["api", "monitor"]) => json_resp(
+            StatusCode::OK,
+            &fleet::monitor_report(engine, limit_of(req.uri().query())),
+        ),
+        (Method::GET, ["api", "status"]) => {
+            match api_status(state, limit_of(req.uri().query())).await {
+                Ok(v) => json_resp(StatusCode::OK, &v),
+                Err(e) => json_resp(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &ErrorAnswer { id: None, error: e },
+                ),
+            }
+        }
         (Method::POST, ["admin", "check", id]) => match engine.check_now(id).await {
             Ok(last) => json_resp(StatusCode::OK, &CheckAnswer::new(id, &last)),
             Err(e) => {
@@ -329,9 +361,10 @@ pub fn assignment_debug(engine: &EngineHandles) -> Value {
     })
 }
 
-/// The status page's data: the fleet as the store says now, plus what this
-/// monitor knows (readiness, its failing clusters).
-async fn api_status(engine: &EngineHandles) -> Result<Value, String> {
+/// The status page's data: the fleet as the store says now, and every live
+/// monitor's failing clusters with their alert state (`fleet::gather`).
+async fn api_status(state: &State, limit: usize) -> Result<Value, String> {
+    let engine = &state.engine;
     let now = engine.clock.now_ms();
     let bound = engine.heartbeat_interval.max(Duration::from_secs(1));
     let read = async {
@@ -347,24 +380,29 @@ async fn api_status(engine: &EngineHandles) -> Result<Value, String> {
     let master = master.map(|m| m.value);
     let fleet = fleet_status(master.as_ref(), &live, engine.map.len() as u64, now);
     let owners = bucket_owners(master.as_ref(), &live);
-    let failing: Vec<Value> = engine
-        .failing()
-        .into_iter()
-        .map(|(id, last)| {
-            let bucket = engine.map.get(&id).map(|e| e.bucket);
-            json!({
-                "id": &*id,
-                "bucket": bucket,
-                "owner": bucket.and_then(|b| owners[usize::from(b)].clone()),
-                "last_check_ms": last.started_ms,
-                "summary": last.report.summary,
-            })
-        })
-        .collect();
+    let failing = match &state.client {
+        Some(client) => fleet::gather(engine, client, &live, limit).await,
+        None => {
+            let mut view = crate::status::merge_reports(
+                &[fleet::monitor_report(engine, limit)],
+                &Default::default(),
+                limit,
+            );
+            view.monitors = vec![api::GatherOutcome {
+                monitor: engine.me.to_string(),
+                ok: true,
+                error: Some("no HTTP client: only this monitor's clusters".into()),
+                failing_total: view.failing_total,
+                probes: fleet::probes(engine),
+            }];
+            view
+        }
+    };
     let not_ready = engine.not_ready();
     Ok(json!({
         "self": {"id": &*engine.me, "version": engine.version, "ready": not_ready.is_empty(), "not_ready": not_ready},
-        "probes": engine.probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        "probes": fleet::probes(engine),
+        "alert_after": engine.alerts.after(),
         "generated_at_ms": now,
         "fleet": fleet,
         "buckets": owners,

@@ -91,13 +91,28 @@ async fn start(token: Option<&str>) -> Running {
             .await
             .unwrap();
     }
-    let mut cfg = EngineConfig::new("m1");
+    start_on(store, "m1", token, |_| {}).await
+}
+
+/// A monitor with its admin API on the given store; `tweak` changes its
+/// configuration (its admin URL is set to the listener's).
+async fn start_on(
+    store: Arc<MemStore>,
+    id: &str,
+    token: Option<&str>,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut cfg = EngineConfig::new(id);
+    cfg.admin_url = base.clone();
     cfg.heartbeat_interval = Duration::from_millis(50);
     cfg.heartbeat_ttl = Duration::from_millis(500);
     cfg.lease_ttl = Duration::from_millis(500);
     cfg.feed_interval = Duration::from_millis(50);
     cfg.interval = Duration::from_secs(2);
     cfg.shutdown_grace = Duration::from_secs(1);
+    tweak(&mut cfg);
     let engine = Engine::new(
         cfg,
         store.clone(),
@@ -108,8 +123,6 @@ async fn start(token: Option<&str>) -> Running {
     .unwrap();
     let h = engine.handles();
     let stop = CancellationToken::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     let token = token.map(|t| Token::new(t).unwrap());
     let admin = tokio::spawn(serve(listener, h, token, stop.clone()));
     let s = stop.clone();
@@ -195,13 +208,17 @@ async fn debug_views_metrics_page_and_check_now() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["buckets"].as_array().unwrap().len(), 256);
     assert_eq!(v["fleet"]["monitors"][0]["id"], "m1");
-    assert!(
-        v["failing"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["id"] == "c3"),
-        "the failed check is listed: {body}"
+    let c3 = v["failing"]["failing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "c3")
+        .cloned();
+    let c3 = c3.unwrap_or_else(|| panic!("the failed check is listed: {body}"));
+    assert_eq!(c3["summary"], "HTTP 503 from /healthz", "{c3}");
+    assert_eq!(
+        c3["detail"], "healthz 503",
+        "the raw summary in the details: {c3}"
     );
     r.stop().await;
 }
@@ -252,4 +269,80 @@ fn tokens_are_compared_whole_and_never_printed() {
     assert!(!t.accepts(None));
     assert!(Token::new("short").is_err());
     assert!(!format!("{t:?}").contains("token-"));
+}
+
+/// Every failing check fails the API server; alerts fire after one check.
+fn failing_fast(cfg: &mut EngineConfig) {
+    cfg.alerts = Some(crate::alerts::AlertConfig::tracking(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_view_gathers_every_monitors_failing_clusters_with_their_alert_state() {
+    let store = Arc::new(MemStore::new());
+    for i in 0..20 {
+        store
+            .put_cluster(&cluster(&format!("c{i}"), i * 13))
+            .await
+            .unwrap();
+    }
+    let m1 = start_on(store.clone(), "m1", None, failing_fast).await;
+    let m2 = start_on(store.clone(), "m2", None, failing_fast).await;
+    // Both monitors hold buckets, every cluster has failed and fires.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let view = loop {
+        let (code, body) = m1.get("/api/status").await;
+        if code == 200 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let f = &v["failing"];
+            let rows = f["failing"].as_array().cloned().unwrap_or_default();
+            let firing = rows.iter().filter(|c| c["state"] == "firing").count();
+            let by: std::collections::BTreeSet<String> = rows
+                .iter()
+                .filter_map(|c| c["monitor"].as_str().map(str::to_string))
+                .collect();
+            if firing == 20 && by.len() == 2 {
+                break v;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the view never held 20 firing clusters from both monitors: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let f: api::FleetFailing = serde_json::from_value(view["failing"].clone()).unwrap();
+    assert_eq!(f.failing_total, 20);
+    let mut ids: Vec<&str> = f.failing.iter().map(|c| c.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "one row per cluster");
+    for c in &f.failing {
+        assert_eq!(c.summary, "HTTP 503 from /healthz");
+        assert_eq!(c.alerts.len(), 1, "{c:?}");
+        assert_eq!(c.alerts[0].alertname, "ClusterApiServerDown");
+    }
+    assert_eq!(
+        f.monitors
+            .iter()
+            .map(|m| (m.monitor.as_str(), m.ok))
+            .collect::<Vec<_>>(),
+        vec![("m1", true), ("m2", true)]
+    );
+    assert!(f.silences.is_none(), "no Alertmanager configured");
+
+    // Each monitor answers for its own clusters only.
+    let (_, body) = m2.get("/api/monitor?limit=3").await;
+    let r: api::MonitorReport = serde_json::from_str(&body).unwrap();
+    assert_eq!(r.monitor, "m2");
+    assert!(r.failing.len() <= 3 && r.failing_total > 3, "limit: {r:?}");
+    assert!(r.failing.iter().all(|c| c.monitor == "m2"));
+
+    // A peer that is gone costs one row, named, without its URL.
+    let client = fleet::client().unwrap();
+    let e = fleet::fetch_report(&client, "http://127.0.0.1:1", 10)
+        .await
+        .unwrap_err();
+    assert!(!e.contains("127.0.0.1"), "{e}");
+    m2.stop().await;
+    m1.stop().await;
 }

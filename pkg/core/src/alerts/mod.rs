@@ -17,6 +17,7 @@
 //! monitor-specific, so the re-sent alert is the same alert (same
 //! fingerprint) and Alertmanager notifies nobody again.
 
+pub mod board;
 pub mod payload;
 pub mod sender;
 pub mod state;
@@ -35,6 +36,7 @@ use crate::feed::{ClusterEntry, ClusterMap};
 use crate::metrics::{names, Metrics};
 use crate::model::Secret;
 use crate::schedule::Assignment;
+pub use board::AlertBoard;
 use sender::{Outbox, SendConfig};
 use state::{Key, Observation, Tracker};
 
@@ -87,6 +89,21 @@ impl AlertConfig {
             queue: 10_000,
             input_queue: 4096,
         })
+    }
+}
+
+impl AlertConfig {
+    /// No Alertmanager: the alerts are tracked (the status page shows them
+    /// pending and firing) and sent nowhere.
+    pub fn tracking(after: u32) -> Self {
+        Self {
+            urls: Vec::new(),
+            after: after.clamp(1, 100),
+            token: None,
+            static_labels: Vec::new(),
+            queue: 0,
+            input_queue: 4096,
+        }
     }
 }
 
@@ -167,6 +184,7 @@ pub struct AlertTask {
     owned: Owned,
     rx: mpsc::Receiver<AlertInput>,
     outboxes: Vec<(SendConfig, Arc<Outbox>)>,
+    board: AlertBoard,
 }
 
 impl AlertTask {
@@ -223,6 +241,7 @@ impl AlertTask {
             .collect();
         let task = Self {
             tracker: Tracker::new(cfg.after, ms(horizon)),
+            board: AlertBoard::new(cfg.after),
             admin_url: admin_url.to_string(),
             cfg,
             sweep_every: sweep_every.max(Duration::from_millis(10)),
@@ -233,6 +252,11 @@ impl AlertTask {
             outboxes,
         };
         (tx, task)
+    }
+
+    /// What the task knows, for the status page.
+    pub fn board(&self) -> AlertBoard {
+        self.board.clone()
     }
 
     /// The outboxes, one per Alertmanager (their counters).
@@ -250,23 +274,29 @@ impl AlertTask {
     /// Runs until `stop` (or until the scheduler is gone): handles what the
     /// scheduler sent until then, lets each sender flush (bounded), ends.
     pub async fn run(mut self, stop: CancellationToken) {
-        let client = match reqwest::Client::builder().build() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "alerts: cannot build an HTTP client; alerts are off");
-                return;
-            }
-        };
         let worker_stop = CancellationToken::new();
         let mut workers = JoinSet::new();
-        for (c, o) in &self.outboxes {
-            workers.spawn(sender::run_worker(
-                o.clone(),
-                client.clone(),
-                c.clone(),
-                self.metrics.clone(),
-                worker_stop.clone(),
-            ));
+        let client = if self.outboxes.is_empty() {
+            None
+        } else {
+            match reqwest::Client::builder().build() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "alerts: cannot build an HTTP client; alerts are sent nowhere");
+                    None
+                }
+            }
+        };
+        if let Some(client) = &client {
+            for (c, o) in &self.outboxes {
+                workers.spawn(sender::run_worker(
+                    o.clone(),
+                    client.clone(),
+                    c.clone(),
+                    self.metrics.clone(),
+                    worker_stop.clone(),
+                ));
+            }
         }
         let mut sweep = tokio::time::interval(self.sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -291,6 +321,8 @@ impl AlertTask {
     fn handle(&mut self, i: AlertInput) {
         let obs = observation(&i.report);
         let outs = self.tracker.observe(&i.entry.id, &obs, i.at_ms);
+        self.board
+            .set(&i.entry.id, self.tracker.answers(&i.entry.id));
         for out in &outs {
             let v = payload::alert(
                 out,
@@ -303,6 +335,24 @@ impl AlertTask {
             );
             if out.phase == state::Phase::Resolved {
                 tracing::info!(cluster = %i.entry.id, alert = out.key.alertname, "alert resolved");
+                self.board.resolved(
+                    &i.entry.id,
+                    crate::admin::api::AlertAnswer {
+                        alertname: out.key.alertname.to_string(),
+                        labels: out
+                            .key
+                            .labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.clone()))
+                            .collect(),
+                        state: crate::admin::api::AlertState::Resolved,
+                        failing_checks: 0,
+                        starts_ms: out.starts_ms,
+                        ends_ms: Some(out.ends_ms),
+                        summary: out.summary.clone(),
+                    },
+                    i.at_ms,
+                );
             }
             for (_, o) in &self.outboxes {
                 o.push(v.clone(), &self.metrics);
@@ -320,6 +370,7 @@ impl AlertTask {
             .cloned()
             .collect();
         for id in gone {
+            self.board.remove(&id);
             let n = self.tracker.forget(&id);
             if n > 0 {
                 tracing::info!(cluster = %id, alerts = n, "cluster left this monitor: its firing alerts are left to the new owner");

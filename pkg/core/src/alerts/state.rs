@@ -198,6 +198,33 @@ impl Tracker {
             .count()
     }
 
+    /// A cluster's alerts as the status page shows them.
+    pub fn answers(&self, cluster: &str) -> Vec<crate::admin::api::AlertAnswer> {
+        use crate::admin::api::{AlertAnswer, AlertState};
+        self.clusters.get(cluster).map_or_else(Vec::new, |states| {
+            states
+                .iter()
+                .map(|(key, st)| AlertAnswer {
+                    alertname: key.alertname.to_string(),
+                    labels: key
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
+                    state: if st.firing {
+                        AlertState::Firing
+                    } else {
+                        AlertState::Pending
+                    },
+                    failing_checks: st.count,
+                    starts_ms: st.starts_ms,
+                    ends_ms: None,
+                    summary: st.summary.clone(),
+                })
+                .collect()
+        })
+    }
+
     /// Pending or firing, for a cluster and alert name (tests, debug).
     pub fn state(&self, cluster: &str, key: &Key) -> Option<(u32, bool)> {
         let st = self.clusters.get(cluster)?.get(key)?;

@@ -167,7 +167,7 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: ALERTS_SENT, kind: Counter, tags: "monitor", help: "Alerts (firing or resolved) accepted by an Alertmanager (--alertmanager-url), counted once per Alertmanager." },
         MetricDef { name: ALERTS_FAILED, kind: Counter, tags: "monitor", help: "Alerts an Alertmanager did not accept after the last retry (error status, timeout, connection refused), or still queued when the shutdown flush ended; per Alertmanager." },
         MetricDef { name: ALERTS_DROPPED, kind: Counter, tags: "monitor, reason", help: "Alerts lost before sending: reason queue_full (an Alertmanager's outbox of 10,000 alerts was full) or input_full (the alert task was 4,096 checks behind; the check itself went on)." },
-        MetricDef { name: ALERTS_FIRING, kind: Gauge, tags: "monitor", help: "Alerts this monitor holds firing (its own clusters), every heartbeat interval." },
+        MetricDef { name: ALERTS_FIRING, kind: Gauge, tags: "monitor", help: "Alerts this monitor holds firing (its own clusters, after --alert-after failing checks), every heartbeat interval; tracked with or without --alertmanager-url (the status page shows them)." },
     ]
 };
 
