@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clustermon_core::admin::api::{CheckAnswer, CollectorAnswer, DrainAnswer, ErrorAnswer};
+use clustermon_core::admin::api::{
+    CheckAnswer, CollectorAnswer, DrainAnswer, ErrorAnswer, FleetFailing,
+};
 use clustermon_core::check::collect::KubeChecker;
 use clustermon_core::clock::Clock;
 use clustermon_core::config::EngineConfig;
@@ -159,7 +161,7 @@ pub async fn run(
         );
     } else {
         if !(1..=100).contains(&args.alert_after) {
-            return Err(usage("--alert-after must be between 1 and 100".into()));
+            return Err(usage("--alert-after must be between 1 and 100"));
         }
         cfg.alerts = Some(clustermon_core::alerts::AlertConfig::tracking(
             args.alert_after,
@@ -268,11 +270,68 @@ fn print_json(v: &impl Serialize) -> Result<(), CmdError> {
     Ok(())
 }
 
+/// `status --output json`: the fleet from the store, and the failing
+/// clusters gathered through the monitors' admin APIs.
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    #[serde(flatten)]
+    fleet: &'a FleetStatus,
+    /// The fleet-wide view (`None`: no monitor's admin API answered).
+    failing: Option<&'a FleetFailing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failing_error: Option<&'a str>,
+    /// The monitor whose `/api/status` answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gathered_by: Option<&'a str>,
+}
+
+/// Asks live monitors (ready ones first) for the fleet-wide failing view
+/// until one answers: which monitor answered, and its view.
+async fn gather_failing(
+    live: &[clustermon_core::model::MonitorDoc],
+    limit: usize,
+) -> Result<(String, FleetFailing), String> {
+    let mut order: Vec<&clustermon_core::model::MonitorDoc> =
+        live.iter().filter(|m| !m.admin_url.is_empty()).collect();
+    order.sort_by_key(|m| (!m.stats.ready, m.id.clone()));
+    let mut last = "no live monitor advertises an admin URL".to_string();
+    for m in order {
+        let url = format!(
+            "{}/api/status?limit={limit}",
+            m.admin_url.trim_end_matches('/')
+        );
+        match admin_call(reqwest::Method::GET, &url, None).await {
+            Ok((200, v)) => match serde_json::from_value::<FleetFailing>(v["failing"].clone()) {
+                Ok(f) => return Ok((m.id.clone(), f)),
+                Err(e) => last = format!("{}: the answer does not decode: {e}", m.id),
+            },
+            Ok((code, _)) => last = format!("{}: HTTP {code}", m.id),
+            Err(e) => last = format!("{}: {e}", m.id),
+        }
+    }
+    Err(last)
+}
+
 pub async fn status(args: ReadArgs) -> Result<(), CmdError> {
     let store = store(&args.store).await?;
     let (s, _) = read_fleet(&*store).await?;
+    let live = store
+        .list_monitors(Clock::system().now_ms())
+        .await
+        .map_err(failed)?;
+    let limit = if args.output == Output::Json { 200 } else { 50 };
+    let gathered = gather_failing(&live, limit).await;
     if args.output == Output::Json {
-        return print_json(&s);
+        let (by, failing, error) = match &gathered {
+            Ok((by, f)) => (Some(by.as_str()), Some(f), None),
+            Err(e) => (None, None, Some(e.as_str())),
+        };
+        return print_json(&StatusOut {
+            fleet: &s,
+            failing,
+            failing_error: error,
+            gathered_by: by,
+        });
     }
     match &s.master {
         Some(m) => out!(
@@ -317,6 +376,78 @@ pub async fn status(args: ReadArgs) -> Result<(), CmdError> {
     }
     if s.monitors.is_empty() {
         out!("(no live monitors)");
+    }
+    out!();
+    match &gathered {
+        Ok((by, f)) => print_failing(by, f)?,
+        Err(e) => out!("failing clusters: unknown: no monitor's admin API answered ({e})"),
+    }
+    Ok(())
+}
+
+/// The fleet-wide failing clusters, peer probes and gather outcomes.
+fn print_failing(by: &str, f: &FleetFailing) -> Result<(), CmdError> {
+    let shown = if f.failing_total > f.failing.len() {
+        format!("{} of {}", f.failing.len(), f.failing_total)
+    } else {
+        f.failing.len().to_string()
+    };
+    out!("failing clusters: {shown} (gathered by {by})");
+    for m in f.monitors.iter().filter(|m| !m.ok) {
+        out!(
+            "  missing: {}'s clusters ({})",
+            m.monitor,
+            m.error.as_deref().unwrap_or("no report")
+        );
+    }
+    if let Some(am) = f.silences.as_ref().filter(|a| !a.ok) {
+        out!(
+            "  silences unknown: {}",
+            am.error.as_deref().unwrap_or("Alertmanager did not answer")
+        );
+    }
+    if !f.failing.is_empty() {
+        out!(
+            "{:<28} {:<12} {:<16} {:<28} SUMMARY",
+            "CLUSTER",
+            "STATE",
+            "MONITOR",
+            "ALERTS"
+        );
+        for c in &f.failing {
+            let alerts: Vec<&str> = c.alerts.iter().map(|a| a.alertname.as_str()).collect();
+            out!(
+                "{:<28} {:<12} {:<16} {:<28} {}",
+                c.id,
+                c.state.as_str(),
+                c.monitor,
+                if alerts.is_empty() {
+                    "-".to_string()
+                } else {
+                    alerts.join(",")
+                },
+                c.summary
+            );
+        }
+    }
+    let probes: Vec<_> = f
+        .monitors
+        .iter()
+        .flat_map(|m| m.probes.iter().map(move |p| (&m.monitor, p)))
+        .collect();
+    if !probes.is_empty() {
+        out!();
+        out!("{:<28} {:<28} {:<9} PROBED", "PROBER", "PEER", "OUTCOME");
+        let now = Clock::system().now_ms();
+        for (by, p) in probes {
+            out!(
+                "{:<28} {:<28} {:<9} {:.1}s ago",
+                by,
+                p.peer,
+                p.outcome,
+                (now - p.at_ms).max(0) as f64 / 1000.0
+            );
+        }
     }
     Ok(())
 }

@@ -86,12 +86,27 @@ pub fn fleet_status(
 
 // ---- the fleet-wide view of failing clusters (pure) ----
 
-/// Removes an OS error number: "Connection refused (os error 111)".
+/// Removes an OS error number ("Connection refused (os error 111)") and a
+/// documentation link some libraries append (": https://docs.rs/…").
 fn no_os_error(s: &str) -> &str {
+    let s = match s.find(": http") {
+        Some(i) => &s[..i],
+        None => s,
+    };
     match s.find(" (os error") {
         Some(i) => &s[..i],
         None => s,
     }
+}
+
+/// A connection the server ended without an answer, in any library's words.
+fn closed_early(s: &str) -> bool {
+    let l = s.to_ascii_lowercase();
+    l.contains("close_notify")
+        || l.contains("eof")
+        || l.contains("connection closed")
+        || l.contains("closed before")
+        || l.contains("connection reset")
 }
 
 /// "HTTP 403" and friends, said for humans.
@@ -114,7 +129,7 @@ fn tls_words(why: &str) -> String {
         "the server's certificate has expired"
     } else if l.contains("notvalidforname") || l.contains("not valid for name") {
         "the server's certificate is not valid for the API server's name"
-    } else if l.contains("eof") || l.contains("close_notify") || l.contains("connection reset") {
+    } else if closed_early(&l) {
         "connection closed by the server"
     } else {
         return format!("TLS handshake failed: {w}");
@@ -145,6 +160,9 @@ fn api_error_words(e: &str, what: Option<&str>) -> String {
             return format!("cannot connect: {w}");
         }
         if let Some(w) = rest.strip_prefix("request: ") {
+            if closed_early(w) {
+                return format!("the server closed the connection without answering{to}");
+            }
             return format!("the request{to} failed: {}", no_os_error(w));
         }
         return format!("unreachable: {}", no_os_error(rest));
@@ -196,8 +214,16 @@ pub fn human_summary(report: &CheckReport) -> String {
                     Some(checks) => format!("/readyz reports failing: {checks}"),
                     None => api_error_words(re, Some("/readyz")),
                 };
-                line.push_str("; ");
-                line.push_str(&words);
+                // The same answer from both: said once.
+                match line.strip_suffix(" from /healthz") {
+                    Some(same) if words == format!("{same} from /readyz") => {
+                        line = format!("{same} from /healthz and /readyz");
+                    }
+                    _ => {
+                        line.push_str("; ");
+                        line.push_str(&words);
+                    }
+                }
             }
             return line;
         }
@@ -667,7 +693,19 @@ mod summary_tests {
                         Some("unreachable: request: connection reset by peer (os error 104)"),
                     )],
                 ),
-                "the request to /healthz failed: connection reset by peer",
+                "the server closed the connection without answering to /healthz",
+            ),
+            (
+                report("x", vec![outcome("apiserver", Some("unreachable: request: peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof"))]),
+                "the server closed the connection without answering to /healthz",
+            ),
+            (
+                report("x", vec![outcome("apiserver", Some("unreachable: request: broken pipe (os error 32)"))]),
+                "the request to /healthz failed: broken pipe",
+            ),
+            (
+                report("x", vec![outcome("apiserver", Some("healthz 401")), outcome("readyz", Some("HTTP 401"))]),
+                "credentials rejected (HTTP 401) from /healthz and /readyz",
             ),
             (
                 report(

@@ -488,6 +488,45 @@ pub fn chromium_dom(url: &str, dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Renders a page in headless Chromium to a PNG kept after the run, in
+/// `target/e2e-artifacts/NAME` (next to the binaries' directory); returns
+/// its path.
+pub fn chromium_screenshot(url: &str, dir: &Path, name: &str) -> PathBuf {
+    let out_dir = bin_dir()
+        .parent()
+        .map_or_else(bin_dir, Path::to_path_buf)
+        .join("e2e-artifacts");
+    std::fs::create_dir_all(&out_dir).expect("create target/e2e-artifacts");
+    let shot = out_dir.join(name);
+    let _ = std::fs::remove_file(&shot);
+    let profile = dir.join("chromium-profile-shot");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1500,1400",
+            "--virtual-time-budget=8000",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .output()
+        .expect("run chromium (make test installs Debian's chromium)");
+    assert!(
+        out.status.success(),
+        "chromium --screenshot failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    shot
+}
+
 /// A minimal HTTP/1.1 client for the control endpoint (plain http, loopback).
 pub fn http(method: &str, url: &str, body: Option<&str>) -> Result<Value, String> {
     use std::io::{Read, Write};

@@ -378,7 +378,11 @@ async fn api_status(state: &State, limit: usize) -> Result<Value, String> {
         Err(_) => return Err("store: no answer within a heartbeat interval".into()),
     };
     let master = master.map(|m| m.value);
-    let fleet = fleet_status(master.as_ref(), &live, engine.map.len() as u64, now);
+    // Each monitor holds its own share only: the fleet's clusters are the
+    // sum of the live monitors' caches (a handoff in progress counts twice
+    // for a heartbeat interval), with no store query per page poll.
+    let held: u64 = live.iter().map(|m| m.stats.cache_size).sum();
+    let fleet = fleet_status(master.as_ref(), &live, held, now);
     let owners = bucket_owners(master.as_ref(), &live);
     let failing = match &state.client {
         Some(client) => fleet::gather(engine, client, &live, limit).await,

@@ -152,7 +152,10 @@ pub fn observation(report: &CheckReport) -> Observation {
                 alertname: alertnames::API_SERVER_DOWN,
                 labels: Vec::new(),
             },
-            format!("API server unreachable or unhealthy: {}", report.summary),
+            format!(
+                "API server unreachable or unhealthy: {}",
+                crate::status::human_summary(report)
+            ),
         );
     }
     for (name, source) in alertnames::ALL {

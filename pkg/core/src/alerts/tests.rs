@@ -438,6 +438,7 @@ async fn a_cluster_handed_over_is_forgotten_without_resolved() {
     assert_eq!(alerts[0]["labels"]["alertname"], "ClusterApiServerDown");
     assert_eq!(
         alerts[0]["annotations"]["summary"],
-        "API server unreachable or unhealthy: healthz 500"
+        "API server unreachable or unhealthy: HTTP 500 from /healthz",
+        "the human line, not the raw summary"
     );
 }

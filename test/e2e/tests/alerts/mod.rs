@@ -640,3 +640,5 @@ fn a_drain_and_a_kill_of_the_owner_neither_flap_nor_duplicate() {
     );
     v.finish("a drain and a kill -9 neither flap nor duplicate");
 }
+
+mod status_page;
