@@ -211,6 +211,13 @@ pub struct RunArgs {
         env = "CLUSTERMON_HANGING_SHARE"
     )]
     pub hanging_share: u8,
+    /// How long a moving bucket stays with its previous owner (default: two
+    /// --heartbeat-interval). Shorter is safe while the lease holder's
+    /// pushed assignments reach every monitor (--admin-advertise reachable
+    /// from the peers): a monitor that misses a push learns at its next
+    /// pass, and a check due in between is missed or runs twice.
+    #[arg(long, value_parser = duration, env = "CLUSTERMON_HANDOFF_NOTICE")]
+    pub handoff_notice: Option<Duration>,
     /// On SIGTERM/SIGINT: time to hand over and finish in-flight checks.
     #[arg(long, default_value = human(defaults::SHUTDOWN_GRACE), value_parser = duration, env = "CLUSTERMON_SHUTDOWN_GRACE")]
     pub shutdown_grace: Duration,

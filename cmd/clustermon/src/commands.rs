@@ -145,6 +145,7 @@ pub async fn run(
     }
     cfg.shutdown_grace = args.shutdown_grace;
     cfg.max_clock_offset = args.max_clock_offset;
+    cfg.handoff_notice = args.handoff_notice;
     if !args.alertmanager_url.is_empty() {
         let token = match &args.alertmanager_token_file {
             Some(f) => Some(read_file(f, "--alertmanager-token-file")?),
@@ -295,17 +296,31 @@ async fn gather_failing(
         live.iter().filter(|m| !m.admin_url.is_empty()).collect();
     order.sort_by_key(|m| (!m.stats.ready, m.id.clone()));
     let mut last = "no live monitor advertises an admin URL".to_string();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
     for m in order {
         let url = format!(
             "{}/api/status?limit={limit}",
             m.admin_url.trim_end_matches('/')
         );
-        match admin_call(reqwest::Method::GET, &url, None).await {
-            Ok((200, v)) => match serde_json::from_value::<FleetFailing>(v["failing"].clone()) {
+        // A paused monitor accepts the connection and never answers: a
+        // short timeout, then the next one.
+        let answer = async {
+            let r = client.get(&url).send().await?.error_for_status()?;
+            r.bytes().await
+        };
+        match answer.await {
+            Ok(b) => match serde_json::from_slice::<serde_json::Value>(&b)
+                .and_then(|v| serde_json::from_value::<FleetFailing>(v["failing"].clone()))
+            {
                 Ok(f) => return Ok((m.id.clone(), f)),
                 Err(e) => last = format!("{}: the answer does not decode: {e}", m.id),
             },
-            Ok((code, _)) => last = format!("{}: HTTP {code}", m.id),
+            Err(e) if e.is_timeout() => last = format!("{}: no answer within 5s", m.id),
             Err(e) => last = format!("{}: {e}", m.id),
         }
     }

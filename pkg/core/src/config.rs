@@ -82,6 +82,9 @@ pub struct EngineConfig {
     /// The admin token of the fleet (the same `--admin-token-file` on every
     /// monitor), sent with pushed assignments to peers' `POST /admin/sync`.
     pub admin_token: Option<crate::model::Secret>,
+    /// `--handoff-notice`: how long a moving bucket stays with its previous
+    /// owner; `None`: [`EngineConfig::handoff`]'s two heartbeat intervals.
+    pub handoff_notice: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -106,6 +109,7 @@ impl EngineConfig {
             max_clock_offset: defaults::MAX_CLOCK_OFFSET,
             alerts: None,
             admin_token: None,
+            handoff_notice: None,
         }
     }
 
@@ -145,6 +149,14 @@ impl EngineConfig {
         if self.feed_page_size == 0 {
             return Err(ConfigError::EmptyFeedPage);
         }
+        if self
+            .handoff_notice
+            .is_some_and(|d| d < Duration::from_millis(10))
+        {
+            return Err(ConfigError::TooShort {
+                flag: "--handoff-notice",
+            });
+        }
         Ok(())
     }
 
@@ -166,9 +178,13 @@ impl EngineConfig {
     /// How long a moving bucket stays with its previous owner: the new table
     /// is written at the end of the master's pass and every monitor reads it
     /// in its next pass, which starts within one heartbeat interval and
-    /// whose reads are bounded by one more: two intervals.
+    /// whose reads are bounded by one more: two intervals. The lease holder
+    /// also pushes the change (`POST /admin/sync`), which makes the monitors
+    /// read it within milliseconds; `--handoff-notice` can shorten the
+    /// notice to that, at the cost of a missed or doubled check per lost push
+    /// (`make bench`'s `handoff_notice` measures both).
     pub fn handoff(&self) -> Duration {
-        self.heartbeat_interval * 2
+        self.handoff_notice.unwrap_or(self.heartbeat_interval * 2)
     }
 }
 
@@ -192,5 +208,15 @@ mod tests {
         let mut c = EngineConfig::new("m1");
         c.max_concurrent_checks = 0;
         assert!(c.validate().is_err());
+        let mut c = EngineConfig::new("m1");
+        assert_eq!(c.handoff(), c.heartbeat_interval * 2, "the default notice");
+        c.handoff_notice = Some(Duration::from_millis(300));
+        assert_eq!(c.handoff(), Duration::from_millis(300));
+        c.handoff_notice = Some(Duration::from_millis(1));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--handoff-notice"));
     }
 }
