@@ -1,4 +1,4 @@
-//! Clock skew and process pauses (issue 10). A monitor whose wall clock is
+//! Clock skew and process pauses. A monitor whose wall clock is
 //! off by more than the heartbeat TTL (libfaketime, monotonic time left
 //! alone) takes no share of the buckets and never the lease, says so in
 //! readiness and in `monitor.clock.offset_ms`; the others keep an exact
@@ -239,18 +239,6 @@ fn a_monitor_behind_by_more_than_the_ttl_takes_no_share() {
 #[test]
 fn a_monitor_ahead_by_more_than_the_ttl_started_first_gives_up_its_share() {
     skewed_monitor_takes_no_share("chaos-clock-ahead-first", "+15s", true);
-}
-
-fn warm_up(s: &mut Setup) {
-    let settled = start_three(s);
-    wait_checked(
-        s,
-        &s.ids,
-        settled - INTERVAL,
-        1,
-        INTERVAL + SLACK,
-        "warm-up",
-    );
 }
 
 /// Waits until every cluster has a check at or after `t` (up to an interval

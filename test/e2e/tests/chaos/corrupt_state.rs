@@ -1,4 +1,4 @@
-//! Corrupt shared state (issue 10): the master document or heartbeat rows
+//! Corrupt shared state: the master document or heartbeat rows
 //! overwritten with garbage, a wrong type, truncated JSON or a future
 //! schema, written straight into the SQLite file by another process. The
 //! master document is repaired with the owners it had (sticky), the repair

@@ -1,4 +1,4 @@
-//! A low file-descriptor limit (issue 10): the monitor runs under
+//! A low file-descriptor limit: the monitor runs under
 //! `ulimit -n 512` against 1,000 API servers that never answer (fleetsim's
 //! `slow` fault), so every check holds its socket until `--check-timeout`.
 //! The default pool (5,000 checks x 1 socket + the reserve) does not fit:

@@ -1,4 +1,4 @@
-//! A regional outage (issue 11): half the fleet's API servers accept
+//! A regional outage: half the fleet's API servers accept
 //! connections and never answer (fleetsim's `slow` fault, from outside the
 //! monitor). Once their first checks have timed out, their checks hold at
 //! most `--hanging-share` of the pool, the clusters that answer keep their

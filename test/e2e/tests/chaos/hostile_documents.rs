@@ -1,4 +1,4 @@
-//! Hostile cluster documents (issue 10, item 4): the RP's store holds
+//! Hostile cluster documents: the RP's store holds
 //! documents of every wrong shape, each carrying a canary where a secret
 //! would be (a string `credentials`, as a base64 kubeconfig is stored by
 //! some RPs; a string `insecureSkipTlsVerify`; canary map keys; unknown

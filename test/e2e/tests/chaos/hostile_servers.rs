@@ -1,4 +1,4 @@
-//! Hostile API servers (issue 10): fleetsim's `endless-body`, `slowloris`,
+//! Hostile API servers: fleetsim's `endless-body`, `slowloris`,
 //! `redirect-loop` and `tls-reset` clusters next to healthy ones. Each
 //! hostile cluster's checks end as failures within `--check-timeout` (the
 //! fast ones much sooner) with a short reason, the monitor's memory stays

@@ -1,4 +1,4 @@
-//! Hostile cluster labels (issue 10, item 5): a 5 MB label value, 100
+//! Hostile cluster labels: a 5 MB label value, 100
 //! labels, keys and values full of statsd's separators. Every per-cluster
 //! line carries the labels as tags; the bound on label tags
 //! (`metrics::labels`) keeps every line within one 1432-byte datagram, so

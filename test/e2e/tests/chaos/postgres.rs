@@ -1,11 +1,11 @@
-//! The PostgreSQL store (issue 14), on a private server started by
+//! The PostgreSQL store, on a private server started by
 //! `hack/postgres/start.sh`: the scenarios SQLite and Cosmos DB run (three
 //! monitors share, a new cluster, deletes through the feed, a crash, a
 //! drain), the server stopped for a minute, and a restart that drops the
 //! monitors' LISTEN connections (polling covers until they are back).
 
 use super::super::*;
-use super::store_outage::{outage_never_stops_the_checks, warm_up, Fault, OUTAGE};
+use super::store_outage::{outage_never_stops_the_checks, Fault, OUTAGE};
 
 /// `cluster put` of a new cluster on fleet server `k`: the delay to its first check.
 fn put_and_time_first_check(s: &Setup, id: &str, k: usize, limit: Duration) -> Duration {
