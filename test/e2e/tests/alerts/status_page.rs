@@ -214,6 +214,26 @@ fn the_status_page_shows_every_monitors_failing_clusters_with_their_alert_state(
             dom.contains("<details"),
             format!("{mon}'s page has the details view"),
         );
+        verdict.check(
+            dom.contains("data-loaded=\"true\""),
+            format!("{mon}'s page loaded its data"),
+        );
+        let cells = dom.matches("class=\"cell\"").count();
+        verdict.check(
+            cells == 256,
+            format!("{mon}'s page: {cells} bucket cells, want 256"),
+        );
+        verdict.check(
+            !dom.contains("data-owner=\"\""),
+            format!("{mon}'s page: no unassigned bucket"),
+        );
+        for m in ["m1", "m2"] {
+            verdict.check(
+                dom.contains(&format!("data-monitor=\"{m}\""))
+                    && dom.contains(&format!("data-owner=\"{m}\"")),
+                format!("{mon}'s page lists {m} and its buckets"),
+            );
+        }
     }
     let shot = chromium_screenshot(&format!("{m1}/"), s.dir.path(), "status-page.png");
     verdict.check(
