@@ -204,12 +204,15 @@ async fn handle(req: Request<Incoming>, state: &State) -> Resp {
         (Method::GET, ["healthz", "live"]) => text(StatusCode::OK, "ok\n"),
         (Method::GET, ["healthz", "ready"]) => {
             let why = engine.not_ready();
+            // The last probe of each peer follows (the code is what
+            // orchestrators read; the body is for the operator).
+            let probes = probe_lines(&fleet::probes(engine), engine.clock.now_ms());
             if why.is_empty() {
-                text(StatusCode::OK, "ready\n")
+                text(StatusCode::OK, format!("ready\n{probes}"))
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {}\n", why.join("; ")),
+                    format!("not ready: {}\n{probes}", why.join("; ")),
                 )
             }
         }
@@ -289,6 +292,21 @@ async fn handle(req: Request<Incoming>, state: &State) -> Resp {
         (_, ["admin", ..]) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// "probe m2: alive 1.2s ago", one line per peer.
+fn probe_lines(probes: &[api::ProbeAnswer], now_ms: i64) -> String {
+    probes
+        .iter()
+        .map(|p| {
+            format!(
+                "probe {}: {} {:.1}s ago\n",
+                p.peer,
+                p.outcome,
+                (now_ms - p.at_ms).max(0) as f64 / 1000.0
+            )
+        })
+        .collect()
 }
 
 fn check_json(id: &str, last: &LastCheck) -> Value {

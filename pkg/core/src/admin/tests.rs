@@ -260,6 +260,27 @@ async fn mutating_endpoints_need_the_token_and_drain_hands_everything_back() {
 }
 
 #[test]
+fn readiness_lists_the_last_probe_of_each_peer() {
+    let probes = vec![
+        api::ProbeAnswer {
+            peer: "m2".into(),
+            outcome: "alive".into(),
+            at_ms: 8_800,
+        },
+        api::ProbeAnswer {
+            peer: "m3".into(),
+            outcome: "refused".into(),
+            at_ms: 10_000,
+        },
+    ];
+    assert_eq!(
+        probe_lines(&probes, 10_000),
+        "probe m2: alive 1.2s ago\nprobe m3: refused 0.0s ago\n"
+    );
+    assert_eq!(probe_lines(&[], 10_000), "");
+}
+
+#[test]
 fn tokens_are_compared_whole_and_never_printed() {
     let t = Token::new(TOKEN).unwrap();
     assert!(t.accepts(Some(&format!("Bearer {TOKEN}"))));
