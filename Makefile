@@ -32,6 +32,11 @@ check-deps:
 	@if $(CARGO) tree --workspace -e normal,build -i aws-lc-sys >/dev/null 2>&1; then \
 		echo "aws-lc-sys is built again; find what turns it on: cargo tree -e features -i aws-lc-rs"; exit 1; \
 	fi; echo "check-deps: no aws-lc-sys"
+	@# One reqwest in the build (the Cosmos SDK's major version), not two.
+	@n=$$($(CARGO) tree --workspace -e normal --prefix none --format '{p}' | awk '$$1 == "reqwest" {print $$2}' | sort -u | wc -l); \
+	if [ "$$n" -gt 1 ]; then \
+		echo "two versions of reqwest are built; align them: cargo tree -d -e normal -i reqwest"; exit 1; \
+	fi; echo "check-deps: one reqwest"
 
 unit: deps
 	$(CARGO) test --workspace --exclude clustermon-e2e

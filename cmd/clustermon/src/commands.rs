@@ -296,7 +296,7 @@ async fn gather_failing(
         live.iter().filter(|m| !m.admin_url.is_empty()).collect();
     order.sort_by_key(|m| (!m.stats.ready, m.id.clone()));
     let mut last = "no live monitor advertises an admin URL".to_string();
-    let client = reqwest::Client::builder()
+    let client = clustermon_core::http::client_builder()
         .timeout(Duration::from_secs(5))
         .connect_timeout(Duration::from_secs(2))
         .no_proxy()
@@ -722,7 +722,7 @@ pub async fn store_init(args: crate::cli::StoreArg) -> Result<(), CmdError> {
 // ---- commands that talk to monitors' admin APIs ----
 
 fn admin_client() -> Result<reqwest::Client, CmdError> {
-    reqwest::Client::builder()
+    clustermon_core::http::client_builder()
         .timeout(Duration::from_secs(65))
         .connect_timeout(Duration::from_secs(5))
         .build()

@@ -601,7 +601,7 @@ fn peer_timeout(heartbeat_interval: Duration) -> Duration {
 
 fn peer_client(heartbeat_interval: Duration) -> Option<reqwest::Client> {
     let t = peer_timeout(heartbeat_interval);
-    match reqwest::Client::builder()
+    match crate::http::client_builder()
         .connect_timeout(t)
         .timeout(t)
         .no_proxy()

@@ -19,6 +19,7 @@ pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod feed;
+pub mod http;
 pub mod liveness;
 pub mod metrics;
 pub mod model;

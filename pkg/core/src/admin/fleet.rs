@@ -106,7 +106,7 @@ pub fn probes(engine: &EngineHandles) -> Vec<ProbeAnswer> {
 
 /// The HTTP client for gathering: no proxy, no redirects, bounded time.
 pub fn client() -> Option<reqwest::Client> {
-    reqwest::Client::builder()
+    crate::http::client_builder()
         .connect_timeout(GATHER_TIMEOUT)
         .timeout(GATHER_TIMEOUT)
         .no_proxy()

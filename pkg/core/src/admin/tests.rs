@@ -133,7 +133,7 @@ async fn start_on(
         stop,
         engine,
         admin,
-        client: reqwest::Client::new(),
+        client: crate::http::client_builder().build().unwrap(),
     }
 }
 

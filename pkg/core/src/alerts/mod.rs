@@ -282,7 +282,7 @@ impl AlertTask {
         let client = if self.outboxes.is_empty() {
             None
         } else {
-            match reqwest::Client::builder().build() {
+            match crate::http::client_builder().build() {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::error!(error = %e, "alerts: cannot build an HTTP client; alerts are sent nowhere");
