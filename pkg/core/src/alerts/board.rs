@@ -1,10 +1,14 @@
-//! What the alert task knows, for the status page: every alert of this
-//! monitor's clusters (pending or firing) and the ones resolved in the last
-//! hour. Written by the alert task only; read by the admin API.
+//! What the alert task knows, for the status page: the alert state machine
+//! itself (every alert of this monitor's clusters, pending or firing) and
+//! the alerts resolved in the last hour. The alert task is the only writer;
+//! the admin API reads. The tracker is shared, not copied: a regional outage
+//! makes thousands of clusters fail, and a copy of each one's alerts would
+//! double what they cost.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use super::state::Tracker;
 use crate::admin::api::AlertAnswer;
 
 /// Resolved alerts are shown this long.
@@ -12,9 +16,8 @@ pub const RESOLVED_KEEP_MS: i64 = 3_600_000;
 /// At most this many resolved alerts are kept.
 pub const RESOLVED_MAX: usize = 256;
 
-#[derive(Default)]
 struct Inner {
-    active: HashMap<Arc<str>, Vec<AlertAnswer>>,
+    tracker: Tracker,
     resolved: VecDeque<(Arc<str>, AlertAnswer)>,
 }
 
@@ -26,11 +29,19 @@ pub struct AlertBoard {
 }
 
 impl AlertBoard {
-    pub fn new(after: u32) -> Self {
+    pub fn new(after: u32, tracker: Tracker) -> Self {
         Self {
             after,
-            inner: Arc::default(),
+            inner: Arc::new(Mutex::new(Inner {
+                tracker,
+                resolved: VecDeque::new(),
+            })),
         }
+    }
+
+    /// The state machine, for its one writer (the alert task).
+    pub fn with_tracker<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
+        f(&mut self.lock().tracker)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -40,21 +51,6 @@ impl AlertBoard {
     /// Consecutive failing checks before an alert fires.
     pub fn after(&self) -> u32 {
         self.after
-    }
-
-    /// A cluster's alerts now (none: it has no state).
-    pub fn set(&self, cluster: &Arc<str>, alerts: Vec<AlertAnswer>) {
-        let mut inner = self.lock();
-        if alerts.is_empty() {
-            inner.active.remove(cluster);
-        } else {
-            inner.active.insert(cluster.clone(), alerts);
-        }
-    }
-
-    /// The cluster left this monitor: its alerts are no longer ours to show.
-    pub fn remove(&self, cluster: &str) {
-        self.lock().active.remove(cluster);
     }
 
     /// An alert this monitor saw fire and then clear.
@@ -71,8 +67,9 @@ impl AlertBoard {
         }
     }
 
+    /// A cluster's alerts, pending or firing.
     pub fn alerts_of(&self, cluster: &str) -> Vec<AlertAnswer> {
-        self.lock().active.get(cluster).cloned().unwrap_or_default()
+        self.lock().tracker.answers(cluster)
     }
 
     /// Resolved within the last hour, newest first.
@@ -91,6 +88,7 @@ impl AlertBoard {
 mod tests {
     use super::*;
     use crate::admin::api::AlertState;
+    use crate::alerts::state::{Key, Observation};
 
     fn alert(name: &str, state: AlertState, ends_ms: Option<i64>) -> AlertAnswer {
         AlertAnswer {
@@ -105,15 +103,27 @@ mod tests {
     }
 
     #[test]
-    fn keeps_active_alerts_per_cluster_and_resolved_ones_for_an_hour() {
-        let b = AlertBoard::new(3);
+    fn shows_the_trackers_alerts_and_resolved_ones_for_an_hour() {
+        let b = AlertBoard::new(2, Tracker::new(2, 60_000));
         let c: Arc<str> = "c1".into();
-        b.set(&c, vec![alert("A", AlertState::Firing, None)]);
-        assert_eq!(b.alerts_of("c1").len(), 1);
-        b.set(&c, Vec::new());
-        assert!(b.alerts_of("c1").is_empty());
-        b.set(&c, vec![alert("A", AlertState::Pending, None)]);
-        b.remove("c1");
+        let mut failing = Observation::default();
+        failing.failing.insert(
+            Key {
+                alertname: "A",
+                labels: vec![("node", "n1".into())],
+            },
+            "down".into(),
+        );
+        b.with_tracker(|t| t.observe(&c, &failing, 1));
+        let a = b.alerts_of("c1");
+        assert_eq!(
+            (a.len(), a[0].state, a[0].failing_checks),
+            (1, AlertState::Pending, 1)
+        );
+        assert_eq!(a[0].labels.get("node").map(String::as_str), Some("n1"));
+        b.with_tracker(|t| t.observe(&c, &failing, 2));
+        assert_eq!(b.alerts_of("c1")[0].state, AlertState::Firing);
+        b.with_tracker(|t| t.forget("c1"));
         assert!(b.alerts_of("c1").is_empty());
 
         b.resolved(&c, alert("A", AlertState::Resolved, Some(1_000)), 1_000);

@@ -180,7 +180,6 @@ pub type Owned = Arc<dyn Fn(&str, i64) -> bool + Send + Sync>;
 pub struct AlertTask {
     cfg: AlertConfig,
     admin_url: String,
-    tracker: Tracker,
     sweep_every: Duration,
     clock: Clock,
     metrics: Metrics,
@@ -243,8 +242,7 @@ impl AlertTask {
             })
             .collect();
         let task = Self {
-            tracker: Tracker::new(cfg.after, ms(horizon)),
-            board: AlertBoard::new(cfg.after),
+            board: AlertBoard::new(cfg.after, Tracker::new(cfg.after, ms(horizon))),
             admin_url: admin_url.to_string(),
             cfg,
             sweep_every: sweep_every.max(Duration::from_millis(10)),
@@ -323,9 +321,9 @@ impl AlertTask {
 
     fn handle(&mut self, i: AlertInput) {
         let obs = observation(&i.report);
-        let outs = self.tracker.observe(&i.entry.id, &obs, i.at_ms);
-        self.board
-            .set(&i.entry.id, self.tracker.answers(&i.entry.id));
+        let outs = self
+            .board
+            .with_tracker(|t| t.observe(&i.entry.id, &obs, i.at_ms));
         for out in &outs {
             let v = payload::alert(
                 out,
@@ -366,21 +364,17 @@ impl AlertTask {
     /// Forgets the clusters this monitor no longer owns (nothing is sent).
     fn sweep(&mut self) {
         let now = self.clock.now_ms();
-        let gone: Vec<Arc<str>> = self
-            .tracker
-            .clusters()
-            .filter(|id| !(self.owned)(id, now))
-            .cloned()
-            .collect();
-        for id in gone {
-            self.board.remove(&id);
-            let n = self.tracker.forget(&id);
+        let known: Vec<Arc<str>> = self.board.with_tracker(|t| t.clusters().cloned().collect());
+        for id in known.into_iter().filter(|id| !(self.owned)(id, now)) {
+            let n = self.board.with_tracker(|t| t.forget(&id));
             if n > 0 {
                 tracing::info!(cluster = %id, alerts = n, "cluster left this monitor: its firing alerts are left to the new owner");
             }
         }
-        self.metrics
-            .self_gauge(names::ALERTS_FIRING, self.tracker.firing() as u64);
+        self.metrics.self_gauge(
+            names::ALERTS_FIRING,
+            self.board.with_tracker(|t| t.firing()) as u64,
+        );
     }
 }
 

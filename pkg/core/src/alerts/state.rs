@@ -103,7 +103,9 @@ pub fn horizon(
 pub struct Tracker {
     after: u32,
     horizon_ms: i64,
-    clusters: HashMap<Arc<str>, BTreeMap<Key, St>>,
+    /// Per cluster its alerts, in a small vector: nearly always one or two
+    /// (a `BTreeMap` allocates a node of 11 entries, ~1 KB, for one).
+    clusters: HashMap<Arc<str>, Vec<(Key, St)>>,
 }
 
 impl Tracker {
@@ -121,7 +123,7 @@ impl Tracker {
         let states = self.clusters.entry(cluster.clone()).or_default();
         let mut out = Vec::new();
         // Known alerts that did not fail this time.
-        states.retain(|key, st| {
+        states.retain(|(key, st)| {
             if obs.failing.contains_key(key) {
                 return true;
             }
@@ -149,12 +151,26 @@ impl Tracker {
             false
         });
         for (key, summary) in &obs.failing {
-            let st = states.entry(key.clone()).or_insert_with(|| St {
-                count: 0,
-                firing: false,
-                starts_ms: now_ms,
-                summary: String::new(),
-            });
+            // Kept sorted by key, as the map was: outputs in a stable order.
+            let i = match states.binary_search_by(|(k, _)| k.cmp(key)) {
+                Ok(i) => i,
+                Err(i) => {
+                    states.insert(
+                        i,
+                        (
+                            key.clone(),
+                            St {
+                                count: 0,
+                                firing: false,
+                                starts_ms: now_ms,
+                                summary: String::new(),
+                            },
+                        ),
+                    );
+                    i
+                }
+            };
+            let st = &mut states[i].1;
             st.count = st.count.saturating_add(1).min(self.after);
             st.summary.clone_from(summary);
             if st.count >= self.after {
@@ -181,7 +197,7 @@ impl Tracker {
     pub fn forget(&mut self, cluster: &str) -> usize {
         self.clusters
             .remove(cluster)
-            .map_or(0, |s| s.values().filter(|st| st.firing).count())
+            .map_or(0, |s| s.iter().filter(|(_, st)| st.firing).count())
     }
 
     /// Clusters with any state (pending or firing).
@@ -193,8 +209,8 @@ impl Tracker {
     pub fn firing(&self) -> usize {
         self.clusters
             .values()
-            .flat_map(|s| s.values())
-            .filter(|st| st.firing)
+            .flat_map(|s| s.iter())
+            .filter(|(_, st)| st.firing)
             .count()
     }
 
@@ -227,7 +243,7 @@ impl Tracker {
 
     /// Pending or firing, for a cluster and alert name (tests, debug).
     pub fn state(&self, cluster: &str, key: &Key) -> Option<(u32, bool)> {
-        let st = self.clusters.get(cluster)?.get(key)?;
+        let (_, st) = self.clusters.get(cluster)?.iter().find(|(k, _)| k == key)?;
         Some((st.count, st.firing))
     }
 }
