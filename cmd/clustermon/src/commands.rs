@@ -705,14 +705,21 @@ pub async fn store_init(args: crate::cli::StoreArg) -> Result<(), CmdError> {
         }
         crate::StoreUrl::Postgres(u) => {
             let cfg = args.cosmos.postgres_config(u).map_err(CmdError::Usage)?;
-            let created = clustermon_store_postgres::PostgresStore::init(&cfg)
+            use clustermon_store_postgres::InitOutcome;
+            let outcome = clustermon_store_postgres::PostgresStore::init(&cfg)
                 .await
                 .map_err(failed)?;
             let v = clustermon_store_postgres::SCHEMA_VERSION;
-            if created {
-                out!("postgres store {u}: created the schema (version {v})");
-            } else {
-                out!("postgres store {u}: schema version {v} already exists");
+            match outcome {
+                InitOutcome::Created => {
+                    out!("postgres store {u}: created the schema (version {v})")
+                }
+                InitOutcome::Migrated { from } => {
+                    out!("postgres store {u}: migrated the schema from version {from} to {v}")
+                }
+                InitOutcome::Current => {
+                    out!("postgres store {u}: schema version {v} already exists")
+                }
             }
         }
     }

@@ -424,6 +424,17 @@ async fn backfill_buckets(tx: &tokio_postgres::Transaction<'_>) -> StoreResult<u
     Ok(found.len())
 }
 
+/// What [`PostgresStore::init`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitOutcome {
+    /// The schema did not exist: created at [`SCHEMA_VERSION`].
+    Created,
+    /// An older schema, migrated to [`SCHEMA_VERSION`].
+    Migrated { from: i64 },
+    /// Already at [`SCHEMA_VERSION`]: nothing to do.
+    Current,
+}
+
 impl PostgresStore {
     /// The rows of prepared statement `stmt` for `buckets` (`bucket = ANY($1)`).
     async fn by_buckets(
@@ -468,9 +479,9 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// Creates the schema if missing (idempotent, safe to race); returns
-    /// whether this call created it. Refuses a newer schema.
-    pub async fn init(cfg: &PostgresConfig) -> StoreResult<bool> {
+    /// Creates the schema if missing, or migrates an older one (idempotent,
+    /// safe to race); says which. Refuses a newer schema.
+    pub async fn init(cfg: &PostgresConfig) -> StoreResult<InitOutcome> {
         let tls = tls::Tls::for_url(&cfg.url).map_err(StoreError::Invalid)?;
         let (mut client, conn) = open_raw(cfg, &tls, "clustermon-init").await?;
         let driver = tokio::spawn(conn);
@@ -497,8 +508,10 @@ impl PostgresStore {
                     }
                     if v < SCHEMA_VERSION {
                         migrate(&tx, v).await?;
+                        InitOutcome::Migrated { from: v }
+                    } else {
+                        InitOutcome::Current
                     }
-                    false
                 }
                 None => {
                     tx.execute(
@@ -507,7 +520,7 @@ impl PostgresStore {
                     )
                     .await
                     .map_err(map_err)?;
-                    true
+                    InitOutcome::Created
                 }
             };
             tx.commit().await.map_err(map_err)?;

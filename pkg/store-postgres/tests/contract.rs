@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clustermon_core::model::MasterDoc;
 use clustermon_core::store::{contract, Change, Store, StoreError};
-use clustermon_store_postgres::{PostgresConfig, PostgresStore, PostgresUrl};
+use clustermon_store_postgres::{InitOutcome, PostgresConfig, PostgresStore, PostgresUrl};
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -96,9 +96,14 @@ impl Server {
         self.sql(&format!("CREATE DATABASE {db}")).await;
         let mut cfg = self.config();
         cfg.url.database = db;
-        assert!(PostgresStore::init(&cfg).await.unwrap(), "init creates");
-        assert!(
-            !PostgresStore::init(&cfg).await.unwrap(),
+        assert_eq!(
+            PostgresStore::init(&cfg).await.unwrap(),
+            InitOutcome::Created,
+            "init creates"
+        );
+        assert_eq!(
+            PostgresStore::init(&cfg).await.unwrap(),
+            InitOutcome::Current,
             "init is idempotent"
         );
         cfg
@@ -678,14 +683,19 @@ async fn a_version_1_schema_migrates_on_connect_and_init() {
         .unwrap()
         .iter()
         .all(|r| r.id != "c00003"));
-    assert!(
-        !PostgresStore::init(&cfg).await.unwrap(),
+    assert_eq!(
+        PostgresStore::init(&cfg).await.unwrap(),
+        InitOutcome::Current,
         "init after a migration"
     );
     assert_eq!(bucket_column(&cfg).await["c00003"], Some(4));
 
     let (cfg, want) = v1_database(&server, "v1init", 300).await;
-    assert!(!PostgresStore::init(&cfg).await.unwrap(), "init migrates");
+    assert_eq!(
+        PostgresStore::init(&cfg).await.unwrap(),
+        InitOutcome::Migrated { from: 1 },
+        "init migrates"
+    );
     assert_eq!(schema_version(&cfg).await, 2);
     assert_eq!(
         bucket_column(&cfg).await,
