@@ -445,8 +445,20 @@ fn a_silence_created_through_the_api_suppresses_notifications() {
         Duration::from_secs(20),
         || s.am.alert_of(&silenced, "ClusterApiServerDown"),
     );
-    // Several more checks re-send both alerts.
-    thread::sleep(Duration::from_secs(10));
+    // Three more re-sends of the silenced alert reach Alertmanager (each
+    // post moves its updatedAt): the window in which a notification would
+    // have gone out, measured in checks rather than slept.
+    let mut seen = std::collections::BTreeSet::new();
+    wait_until(
+        "three re-sends of the silenced alert",
+        Duration::from_secs(30),
+        || {
+            if let Some(u) = s.am.alert_of(&silenced, "ClusterApiServerDown") {
+                seen.insert(u["updatedAt"].as_str().unwrap_or("").to_string());
+            }
+            (seen.len() >= 4).then_some(())
+        },
+    );
     let mut v = Verdict(Vec::new());
     v.check(
         a["status"]["state"] == "suppressed",
