@@ -459,10 +459,10 @@ pub fn admin_urls(store: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Loads a page in headless Chromium (Debian's, installed by `make test`)
-/// and returns the DOM after its scripts ran.
-pub fn chromium_dom(url: &str, dir: &Path) -> String {
-    let profile = dir.join("chromium-profile");
+/// Runs headless Chromium (Debian's, installed by `make test`) on `url`
+/// with a profile of its own under `dir` and the given extra arguments;
+/// returns its stdout.
+fn chromium(url: &str, dir: &Path, profile: &str, extra: &[String]) -> String {
     let out = Command::new("chromium")
         .args([
             "--headless",
@@ -474,18 +474,24 @@ pub fn chromium_dom(url: &str, dir: &Path) -> String {
             "--disable-component-update",
             "--disable-sync",
             "--virtual-time-budget=8000",
-            "--dump-dom",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(format!("--user-data-dir={}", dir.join(profile).display()))
         .arg(url)
         .output()
         .expect("run chromium (make test installs Debian's chromium)");
     assert!(
         out.status.success(),
-        "chromium failed: {}",
+        "chromium {extra:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Loads a page in headless Chromium and returns the DOM after its scripts
+/// ran.
+pub fn chromium_dom(url: &str, dir: &Path) -> String {
+    chromium(url, dir, "chromium-profile", &["--dump-dom".into()])
 }
 
 /// Renders a page in headless Chromium to a PNG kept after the run, in
@@ -499,30 +505,15 @@ pub fn chromium_screenshot(url: &str, dir: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(&out_dir).expect("create target/e2e-artifacts");
     let shot = out_dir.join(name);
     let _ = std::fs::remove_file(&shot);
-    let profile = dir.join("chromium-profile-shot");
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1500,1400",
-            "--virtual-time-budget=8000",
-        ])
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .output()
-        .expect("run chromium (make test installs Debian's chromium)");
-    assert!(
-        out.status.success(),
-        "chromium --screenshot failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    chromium(
+        url,
+        dir,
+        "chromium-profile-shot",
+        &[
+            "--hide-scrollbars".into(),
+            "--window-size=1500,1400".into(),
+            format!("--screenshot={}", shot.display()),
+        ],
     );
     shot
 }
