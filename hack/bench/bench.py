@@ -187,6 +187,23 @@ def monitor(procs, name, store, statsd_port, extra):
                               "--admin-listen", "127.0.0.1:0", *extra])
 
 
+def settled(store, live):
+    """Every bucket owned by one of `live`, loads within one."""
+    o = cli_json("buckets", "--store", store)
+    if not o or any(x not in live for x in o):
+        return False
+    loads = [o.count(m) for m in live]
+    return max(loads) - min(loads) <= 1
+
+
+def fleet_ids(procs, n, store, tmp):
+    """fleetsim serving and registering `n` plain-http clusters: (process, url, ids)."""
+    sim, url = start_fleet(procs, ["--clusters", str(n), "--register", store, "--plain-http"], tmp)
+    with urllib.request.urlopen(f"{url}/control/clusters", timeout=60) as r:
+        ids = [c["id"] for c in json.load(r)]
+    return sim, url, ids
+
+
 def cli_json(*args):
     r = subprocess.run([f"{BIN}/clustermon", *args, "--output", "json"], capture_output=True, text=True)
     return json.loads(r.stdout) if r.returncode == 0 else None
@@ -409,9 +426,7 @@ def failover(a, tmp):
     with open(token, "w") as f:
         f.write("bench-admin-token-0123456789\n")
     try:
-        sim, url = start_fleet(procs, ["--clusters", str(n), "--register", store, "--plain-http"], tmp)
-        with urllib.request.urlopen(f"{url}/control/clusters", timeout=30) as r:
-            ids = [c["id"] for c in json.load(r)]
+        sim, url, ids = fleet_ids(procs, n, store, tmp)
         extra = ["--interval", f"{interval_ms}ms", "--collectors", "healthz", "--admin-token-file", token]
         mons = {}
         seq = [0]
@@ -428,18 +443,11 @@ def failover(a, tmp):
         def owners():
             return cli_json("buckets", "--store", store)
 
-        def settled(live):
-            o = owners()
-            if not o or any(x not in live for x in o):
-                return False
-            loads = [o.count(m) for m in live]
-            return max(loads) - min(loads) <= 1
-
         def live_names():
             return [m for m, p in mons.items() if p.poll() is None and m not in drained]
 
         drained = set()
-        wait("3 monitors balanced", 120, lambda: settled(live_names()))
+        wait("3 monitors balanced", 120, lambda: settled(store, live_names()))
         time.sleep(interval_ms / 1000 + 2)
         ttl_s = 10  # --heartbeat-ttl's default
         for event in a.failover_events.split(","):
@@ -473,9 +481,9 @@ def failover(a, tmp):
             rest = [m for m in live if m != victim]
             if event == "sigstop":
                 reowned = t_ev + takeover_s * 1000
-                wait(f"{event}: resumed monitor back in the table", 120, lambda: settled(live_names()))
+                wait(f"{event}: resumed monitor back in the table", 120, lambda: settled(store, live_names()))
             else:
-                wait(f"{event}: buckets re-owned", 90, lambda: settled(rest), step=0.1)
+                wait(f"{event}: buckets re-owned", 90, lambda: settled(store, rest), step=0.1)
                 reowned = time.time() * 1000
             time.sleep(2 * interval_ms / 1000 + 3)
             t_end = time.time() * 1000 - 2000
@@ -516,7 +524,7 @@ def failover(a, tmp):
             # Back to three live monitors before the next event.
             if event not in ("drain", "sigstop"):
                 start_one()
-                wait("3 monitors balanced again", 120, lambda: settled(live_names()))
+                wait("3 monitors balanced again", 120, lambda: settled(store, live_names()))
                 time.sleep(interval_ms / 1000 + 2)
     finally:
         procs.stop_all()
@@ -912,18 +920,11 @@ def postgres_store(a, tmp):
             names = [f"{tag}{i}" for i in range(1, 4)]
             for m in names:
                 mons[m] = monitor(procs, m, store_url, statsd.port, extra)
-            wait("3 monitors balanced", 180, lambda: balanced(store_url, names))
+            wait("3 monitors balanced", 180, lambda: settled(store_url, names))
             for m in names:
                 u = admin_url(store_url, m)
                 wait(f"{m} ready", 180, lambda: http_code(f"{u}/healthz/ready")[0] == 200, step=0.5)
             return names
-
-        def balanced(store_url, names):
-            o = cli_json("buckets", "--store", store_url)
-            if not o or any(x not in names for x in o):
-                return False
-            loads = [o.count(m) for m in names]
-            return max(loads) - min(loads) <= 1
 
         def new_cluster_delays(store_url, tag, k):
             delays = []
@@ -1002,7 +1003,7 @@ def handoff_notice(a, tmp):
         notice, lost = case.removesuffix("-lost"), case.endswith("-lost")
         procs = Procs(tmp)
         statsd = Statsd()
-        store = f"sqlite:{tmp}/handoff-{notice}.db"
+        store = f"sqlite:{tmp}/handoff-{case}.db"
         token = f"{tmp}/admin-token"
         with open(token, "w") as f:
             f.write("bench-admin-token-0123456789\n")
@@ -1010,24 +1011,15 @@ def handoff_notice(a, tmp):
         with open(other, "w") as f:
             f.write("another-admin-token-98765432\n")
         try:
-            sim, url = start_fleet(procs, ["--clusters", str(n), "--register", store, "--plain-http"], tmp)
-            with urllib.request.urlopen(f"{url}/control/clusters", timeout=30) as r:
-                ids = [c["id"] for c in json.load(r)]
+            sim, url, ids = fleet_ids(procs, n, store, tmp)
             extra = ["--interval", f"{interval_ms}ms", "--collectors", "healthz", "--admin-token-file", token,
                      "--handoff-notice", notice]
             extra_h3 = extra[:-3] + [other if lost else token, "--handoff-notice", notice]
             mons = {}
 
-            def settled(live):
-                o = cli_json("buckets", "--store", store)
-                if not o or any(x not in live for x in o):
-                    return False
-                loads = [o.count(m) for m in live]
-                return max(loads) - min(loads) <= 1
-
             for m in ["h1", "h2"]:
                 mons[m] = monitor(procs, m, store, statsd.port, extra)
-            wait("2 monitors balanced", 120, lambda: settled(["h1", "h2"]))
+            wait("2 monitors balanced", 120, lambda: settled(store, ["h1", "h2"]))
             time.sleep(interval_ms / 1000 + 2)
             for event in ["join", "drain"]:
                 t_ev = time.time() * 1000
@@ -1038,7 +1030,7 @@ def handoff_notice(a, tmp):
                     subprocess.run([f"{BIN}/clustermon", "drain", "h1", "--store", store,
                                     "--admin-token-file", token], check=True, capture_output=True)
                     live = ["h2", "h3"]
-                wait(f"{event}: handed over", 120, lambda: settled(live), step=0.1)
+                wait(f"{event}: handed over", 120, lambda: settled(store, live), step=0.1)
                 handed = time.time() * 1000
                 time.sleep(2 * interval_ms / 1000 + 3)
                 t_end = time.time() * 1000 - 2000
