@@ -161,9 +161,7 @@ pub async fn run(
             .map_err(usage)?,
         );
     } else {
-        if !(1..=100).contains(&args.alert_after) {
-            return Err(usage("--alert-after must be between 1 and 100"));
-        }
+        clustermon_core::alerts::check_after(args.alert_after).map_err(usage)?;
         cfg.alerts = Some(clustermon_core::alerts::AlertConfig::tracking(
             args.alert_after,
         ));
@@ -295,13 +293,13 @@ async fn gather_failing(
     let mut order: Vec<&clustermon_core::model::MonitorDoc> =
         live.iter().filter(|m| !m.admin_url.is_empty()).collect();
     order.sort_by_key(|m| (!m.stats.ready, m.id.clone()));
+    /// The part of `/api/status` read here.
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        failing: FleetFailing,
+    }
     let mut last = "no live monitor advertises an admin URL".to_string();
-    let client = clustermon_core::http::client_builder()
-        .timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(2))
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client = admin_client(Duration::from_secs(5)).map_err(|e| e.message().to_string())?;
     for m in order {
         let url = format!(
             "{}/api/status?limit={limit}",
@@ -314,10 +312,9 @@ async fn gather_failing(
             r.bytes().await
         };
         match answer.await {
-            Ok(b) => match serde_json::from_slice::<serde_json::Value>(&b)
-                .and_then(|v| serde_json::from_value::<FleetFailing>(v["failing"].clone()))
-            {
-                Ok(f) => return Ok((m.id.clone(), f)),
+            // The decode error names the field and type, never a value.
+            Ok(b) => match clustermon_core::decode::json_slice::<Answer>(&b, &[]) {
+                Ok(a) => return Ok((m.id.clone(), a.failing)),
                 Err(e) => last = format!("{}: the answer does not decode: {e}", m.id),
             },
             Err(e) if e.is_timeout() => last = format!("{}: no answer within 5s", m.id),
@@ -728,10 +725,12 @@ pub async fn store_init(args: crate::cli::StoreArg) -> Result<(), CmdError> {
 
 // ---- commands that talk to monitors' admin APIs ----
 
-fn admin_client() -> Result<reqwest::Client, CmdError> {
+/// A client for monitors' admin APIs; `timeout` bounds a whole request
+/// (check-now waits for the check; reads are short).
+fn admin_client(timeout: Duration) -> Result<reqwest::Client, CmdError> {
     clustermon_core::http::client_builder()
-        .timeout(Duration::from_secs(65))
-        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(5).min(timeout))
         .build()
         .map_err(failed)
 }
@@ -750,7 +749,7 @@ async fn admin_call(
     url: &str,
     token: Option<&str>,
 ) -> Result<(u16, serde_json::Value), String> {
-    let client = admin_client().map_err(|e| e.message().to_string())?;
+    let client = admin_client(Duration::from_secs(65)).map_err(|e| e.message().to_string())?;
     let mut req = client.request(method, url);
     if let Some(t) = token {
         req = req.bearer_auth(t);

@@ -220,15 +220,6 @@ impl EngineHandles {
         self.metrics.prometheus()
     }
 
-    /// Clusters whose last check here failed.
-    pub fn failing(&self) -> Vec<(Arc<str>, LastCheck)> {
-        self.last_checks
-            .iter()
-            .filter(|e| !e.value().report.ok)
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect()
-    }
-
     /// Hands every bucket of this monitor over (no gap, no duplicate) and
     /// keeps it running, draining; answers the handoff time.
     pub async fn drain(&self) -> Result<i64, String> {
@@ -314,11 +305,6 @@ impl Engine {
         let alert_cfg = cfg.alerts.clone().unwrap_or_else(|| {
             crate::alerts::AlertConfig::tracking(crate::config::defaults::ALERT_AFTER)
         });
-        let alertmanagers = alert_cfg
-            .urls
-            .iter()
-            .map(|u| crate::alerts::sender::SendConfig::new(u, alert_cfg.token.clone()))
-            .collect();
         let (alerts_tx, alerts) = crate::alerts::AlertTask::new(
             alert_cfg,
             &cfg,
@@ -329,7 +315,7 @@ impl Engine {
         );
         let handles = EngineHandles {
             alerts: alerts.board(),
-            alertmanagers,
+            alertmanagers: alerts.send_configs(),
             me: cfg.id.as_str().into(),
             version: cfg.version.clone(),
             interval: cfg.interval,

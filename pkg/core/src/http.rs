@@ -10,6 +10,16 @@ pub fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+/// The innermost cause of an error chain ("connection reset by peer"),
+/// without the layers above it (which repeat the URL).
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut root = e;
+    while let Some(c) = root.source() {
+        root = c;
+    }
+    root.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -257,40 +257,24 @@ pub fn human_summary(report: &CheckReport) -> String {
     }
 }
 
-/// A cluster's state from its alerts: the worst one wins; a failing check
-/// without any alert condition is `NotAlerting`. `silenced` says which
-/// (cluster, alertname) pairs Alertmanager holds under a silence.
+/// A cluster's state from its alerts: the worst one wins (a cluster whose
+/// every firing alert is silenced is `Silenced`, not `Pending`); a failing
+/// check without any alert condition is `NotAlerting`.
 pub fn cluster_state(alerts: &[AlertAnswer]) -> AlertState {
-    let firing: Vec<&AlertAnswer> = alerts
-        .iter()
-        .filter(|a| matches!(a.state, AlertState::Firing | AlertState::Silenced))
-        .collect();
-    if !firing.is_empty() {
-        return if firing.iter().all(|a| a.state == AlertState::Silenced) {
-            AlertState::Silenced
-        } else {
-            AlertState::Firing
-        };
-    }
-    if alerts.iter().any(|a| a.state == AlertState::Pending) {
+    let has = |s: AlertState| alerts.iter().any(|a| a.state == s);
+    if has(AlertState::Firing) {
+        AlertState::Firing
+    } else if has(AlertState::Silenced) {
+        AlertState::Silenced
+    } else if has(AlertState::Pending) {
         AlertState::Pending
     } else {
         AlertState::NotAlerting
     }
 }
 
-/// Order on the page: firing, pending, silenced, not alerting; then the
-/// oldest series first, then the id.
-fn rank(s: AlertState) -> u8 {
-    match s {
-        AlertState::Firing => 0,
-        AlertState::Pending => 1,
-        AlertState::Silenced => 2,
-        AlertState::NotAlerting => 3,
-        AlertState::Resolved => 4,
-    }
-}
-
+/// Order on the page: worst state first (`AlertState`'s order: firing,
+/// pending, silenced, not alerting), then the oldest series, then the id.
 pub fn sort_failing(v: &mut [FailingCluster]) {
     let since = |c: &FailingCluster| {
         c.alerts
@@ -300,8 +284,8 @@ pub fn sort_failing(v: &mut [FailingCluster]) {
             .unwrap_or(c.last_check_ms)
     };
     v.sort_by(|a, b| {
-        rank(a.state)
-            .cmp(&rank(b.state))
+        a.state
+            .cmp(&b.state)
             .then(since(a).cmp(&since(b)))
             .then(a.id.cmp(&b.id))
     });

@@ -73,13 +73,14 @@ pub struct ErrorAnswer {
 /// Where a failing cluster stands with its alerts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// Declared in the status page's order (worst first), which `Ord` follows.
 pub enum AlertState {
+    /// At least one alert fires (unsilenced).
+    Firing,
     /// Failing, fewer than `--alert-after` consecutive checks.
     Pending,
     /// Firing, and Alertmanager holds every firing alert under a silence.
     Silenced,
-    /// At least one alert fires (unsilenced).
-    Firing,
     /// The check failed, but no alert condition is known to fail (a
     /// collector could not run: nothing to alert on yet).
     NotAlerting,
@@ -186,6 +187,39 @@ pub struct GatherOutcome {
     pub failing_total: usize,
     #[serde(default)]
     pub probes: Vec<ProbeAnswer>,
+}
+
+impl GatherOutcome {
+    /// A monitor's report came.
+    pub fn answered(report: &MonitorReport) -> Self {
+        Self {
+            failing_total: report.failing_total,
+            probes: report.probes.clone(),
+            ..Self::answered_by(&report.monitor)
+        }
+    }
+
+    /// A source without a report of its own (Alertmanager) answered.
+    pub fn answered_by(source: &str) -> Self {
+        Self {
+            monitor: source.to_string(),
+            ok: true,
+            error: None,
+            failing_total: 0,
+            probes: Vec::new(),
+        }
+    }
+
+    /// No answer, and why.
+    pub fn failed(source: String, error: String) -> Self {
+        Self {
+            monitor: source,
+            ok: false,
+            error: Some(error),
+            failing_total: 0,
+            probes: Vec::new(),
+        }
+    }
 }
 
 /// Every live monitor's failing clusters, merged: the fleet-wide view.

@@ -18,6 +18,7 @@ use super::api::{
 };
 use crate::alerts::sender::SendConfig;
 use crate::engine::EngineHandles;
+use crate::http::root_cause;
 use crate::model::MonitorDoc;
 use crate::status::{cluster_state, human_summary, merge_reports, sort_failing};
 
@@ -121,7 +122,7 @@ async fn body(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
     while let Some(chunk) = r
         .chunk()
         .await
-        .map_err(|e| format!("reading the answer: {}", root(&e)))?
+        .map_err(|e| format!("reading the answer: {}", root_cause(&e)))?
     {
         if out.len() + chunk.len() > MAX_ANSWER {
             return Err(format!("answer larger than {MAX_ANSWER} bytes"));
@@ -131,15 +132,6 @@ async fn body(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The innermost cause of an error, without the URL reqwest prefixes.
-fn root(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut r = e;
-    while let Some(c) = r.source() {
-        r = c;
-    }
-    r.to_string()
-}
-
 fn request_error(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         format!(
@@ -147,8 +139,17 @@ fn request_error(e: &reqwest::Error) -> String {
             humantime::format_duration(GATHER_TIMEOUT)
         )
     } else {
-        root(e)
+        root_cause(e)
     }
+}
+
+/// GET `req`, then the body of a 2xx answer, bounded by `MAX_ANSWER`.
+async fn get_bounded(req: reqwest::RequestBuilder) -> Result<Vec<u8>, String> {
+    let r = req.send().await.map_err(|e| request_error(&e))?;
+    if !r.status().is_success() {
+        return Err(format!("HTTP {}", r.status().as_u16()));
+    }
+    body(r).await
 }
 
 /// Asks one monitor for its report.
@@ -161,15 +162,7 @@ pub async fn fetch_report(
         "{}/api/monitor?limit={limit}",
         admin_url.trim_end_matches('/')
     );
-    let r = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| request_error(&e))?;
-    if !r.status().is_success() {
-        return Err(format!("HTTP {}", r.status().as_u16()));
-    }
-    let bytes = body(r).await?;
+    let bytes = get_bounded(client.get(url)).await?;
     // The serde error names the field, never a value.
     crate::decode::json_slice::<MonitorReport>(&bytes, &[])
         .map_err(|e| format!("invalid report: {e}"))
@@ -190,18 +183,7 @@ pub async fn silenced(
         if let Some(t) = &am.token {
             req = req.bearer_auth(t.expose());
         }
-        let r = match req.send().await {
-            Ok(r) if r.status().is_success() => r,
-            Ok(r) => {
-                last = format!("Alertmanager: HTTP {}", r.status().as_u16());
-                continue;
-            }
-            Err(e) => {
-                last = format!("Alertmanager: {}", request_error(&e));
-                continue;
-            }
-        };
-        let bytes = match body(r).await {
+        let bytes = match get_bounded(req).await {
             Ok(b) => b,
             Err(e) => {
                 last = format!("Alertmanager: {e}");
@@ -238,36 +220,34 @@ pub async fn silenced(
 /// with Alertmanager's silences marked.
 pub async fn gather(
     engine: &EngineHandles,
-    client: &reqwest::Client,
+    client: Option<&reqwest::Client>,
     live: &[MonitorDoc],
     limit: usize,
 ) -> FleetFailing {
+    const NO_CLIENT: &str = "this monitor has no HTTP client";
     let me = &*engine.me;
     let peers = live.iter().filter(|m| m.id != me);
     let asks = peers.map(|m| async move {
-        let r = if m.admin_url.is_empty() {
-            Err("no admin URL advertised (--admin-url)".to_string())
-        } else {
-            fetch_report(client, &m.admin_url, limit).await
+        let r = match client {
+            None => Err(NO_CLIENT.to_string()),
+            Some(_) if m.admin_url.is_empty() => {
+                Err("no admin URL advertised (--admin-advertise)".to_string())
+            }
+            Some(c) => fetch_report(c, &m.admin_url, limit).await,
         };
         (m.id.clone(), r)
     });
     let silences = async {
-        if engine.alertmanagers.is_empty() {
-            None
-        } else {
-            Some(silenced(client, &engine.alertmanagers).await)
+        match client {
+            _ if engine.alertmanagers.is_empty() => None,
+            None => Some(Err(NO_CLIENT.to_string())),
+            Some(c) => Some(silenced(c, &engine.alertmanagers).await),
         }
     };
     let (answers, silences) = futures::join!(join_all(asks), silences);
-    let mut reports = vec![monitor_report(engine, limit)];
-    let mut outcomes = vec![GatherOutcome {
-        monitor: me.to_string(),
-        ok: true,
-        error: None,
-        failing_total: reports[0].failing_total,
-        probes: reports[0].probes.clone(),
-    }];
+    let mine = monitor_report(engine, limit);
+    let mut outcomes = vec![GatherOutcome::answered(&mine)];
+    let mut reports = vec![mine];
     for (id, r) in answers {
         match r {
             Ok(mut report) => {
@@ -279,45 +259,18 @@ pub async fn gather(
                 for r in &mut report.resolved {
                     r.monitor.clone_from(&id);
                 }
-                outcomes.push(GatherOutcome {
-                    monitor: id,
-                    ok: true,
-                    error: None,
-                    failing_total: report.failing_total,
-                    probes: report.probes.clone(),
-                });
+                outcomes.push(GatherOutcome::answered(&report));
                 reports.push(report);
             }
-            Err(e) => outcomes.push(GatherOutcome {
-                monitor: id,
-                ok: false,
-                error: Some(e),
-                failing_total: 0,
-                probes: Vec::new(),
-            }),
+            Err(e) => outcomes.push(GatherOutcome::failed(id, e)),
         }
     }
     let (set, silences) = match silences {
         None => (HashSet::new(), None),
-        Some(Ok(set)) => (
-            set,
-            Some(GatherOutcome {
-                monitor: "alertmanager".into(),
-                ok: true,
-                error: None,
-                failing_total: 0,
-                probes: Vec::new(),
-            }),
-        ),
+        Some(Ok(set)) => (set, Some(GatherOutcome::answered_by("alertmanager"))),
         Some(Err(e)) => (
             HashSet::new(),
-            Some(GatherOutcome {
-                monitor: "alertmanager".into(),
-                ok: false,
-                error: Some(e),
-                failing_total: 0,
-                probes: Vec::new(),
-            }),
+            Some(GatherOutcome::failed("alertmanager".into(), e)),
         ),
     };
     let mut view = merge_reports(&reports, &set, limit);

@@ -402,24 +402,7 @@ async fn api_status(state: &State, limit: usize) -> Result<Value, String> {
     let held: u64 = live.iter().map(|m| m.stats.cache_size).sum();
     let fleet = fleet_status(master.as_ref(), &live, held, now);
     let owners = bucket_owners(master.as_ref(), &live);
-    let failing = match &state.client {
-        Some(client) => fleet::gather(engine, client, &live, limit).await,
-        None => {
-            let mut view = crate::status::merge_reports(
-                &[fleet::monitor_report(engine, limit)],
-                &Default::default(),
-                limit,
-            );
-            view.monitors = vec![api::GatherOutcome {
-                monitor: engine.me.to_string(),
-                ok: true,
-                error: Some("no HTTP client: only this monitor's clusters".into()),
-                failing_total: view.failing_total,
-                probes: fleet::probes(engine),
-            }];
-            view
-        }
-    };
+    let failing = fleet::gather(engine, state.client.as_ref(), &live, limit).await;
     let not_ready = engine.not_ready();
     Ok(json!({
         "self": {"id": &*engine.me, "version": engine.version, "ready": not_ready.is_empty(), "not_ready": not_ready},

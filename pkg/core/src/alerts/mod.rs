@@ -73,9 +73,7 @@ impl AlertConfig {
                 ));
             }
         }
-        if !(1..=100).contains(&after) {
-            return Err("--alert-after must be between 1 and 100".into());
-        }
+        check_after(after)?;
         let token = match token.as_deref().map(str::trim) {
             None => None,
             Some("") => return Err("--alertmanager-token-file: the file is empty".into()),
@@ -89,6 +87,15 @@ impl AlertConfig {
             queue: 10_000,
             input_queue: 4096,
         })
+    }
+}
+
+/// `--alert-after`'s range, with or without an Alertmanager.
+pub fn check_after(after: u32) -> Result<(), String> {
+    if (1..=100).contains(&after) {
+        Ok(())
+    } else {
+        Err("--alert-after must be between 1 and 100".into())
     }
 }
 
@@ -260,6 +267,12 @@ impl AlertTask {
         self.board.clone()
     }
 
+    /// How each Alertmanager is reached (URL, token): the status page reads
+    /// silences with them.
+    pub fn send_configs(&self) -> Vec<SendConfig> {
+        self.outboxes.iter().map(|(c, _)| c.clone()).collect()
+    }
+
     /// The outboxes, one per Alertmanager (their counters).
     pub fn outboxes(&self) -> Vec<Arc<Outbox>> {
         self.outboxes.iter().map(|(_, o)| o.clone()).collect()
@@ -336,24 +349,7 @@ impl AlertTask {
             );
             if out.phase == state::Phase::Resolved {
                 tracing::info!(cluster = %i.entry.id, alert = out.key.alertname, "alert resolved");
-                self.board.resolved(
-                    &i.entry.id,
-                    crate::admin::api::AlertAnswer {
-                        alertname: out.key.alertname.to_string(),
-                        labels: out
-                            .key
-                            .labels
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.clone()))
-                            .collect(),
-                        state: crate::admin::api::AlertState::Resolved,
-                        failing_checks: 0,
-                        starts_ms: out.starts_ms,
-                        ends_ms: Some(out.ends_ms),
-                        summary: out.summary.clone(),
-                    },
-                    i.at_ms,
-                );
+                self.board.resolved(&i.entry.id, out.answer(), i.at_ms);
             }
             for (_, o) in &self.outboxes {
                 o.push(v.clone(), &self.metrics);

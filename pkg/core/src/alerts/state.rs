@@ -24,11 +24,39 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin::api::{AlertAnswer, AlertState};
+
 /// One alert of a cluster: its name and the condition's own labels.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
     pub alertname: &'static str,
     pub labels: Vec<(&'static str, String)>,
+}
+
+impl Key {
+    /// This alert as the status page shows it.
+    fn answer(
+        &self,
+        state: AlertState,
+        failing_checks: u32,
+        starts_ms: i64,
+        ends_ms: Option<i64>,
+        summary: &str,
+    ) -> AlertAnswer {
+        AlertAnswer {
+            alertname: self.alertname.to_string(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            state,
+            failing_checks,
+            starts_ms,
+            ends_ms,
+            summary: summary.to_string(),
+        }
+    }
 }
 
 /// What one check said about a cluster's conditions.
@@ -60,6 +88,19 @@ pub struct Out {
     pub starts_ms: i64,
     pub ends_ms: i64,
     pub summary: String,
+}
+
+impl Out {
+    /// This alert as the status page shows it (a resolved one: once seen).
+    pub fn answer(&self) -> AlertAnswer {
+        let state = match self.phase {
+            Phase::Firing => AlertState::Firing,
+            Phase::Resolved => AlertState::Resolved,
+        };
+        let ends = (self.phase == Phase::Resolved).then_some(self.ends_ms);
+        self.key
+            .answer(state, 0, self.starts_ms, ends, &self.summary)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -215,27 +256,17 @@ impl Tracker {
     }
 
     /// A cluster's alerts as the status page shows them.
-    pub fn answers(&self, cluster: &str) -> Vec<crate::admin::api::AlertAnswer> {
-        use crate::admin::api::{AlertAnswer, AlertState};
+    pub fn answers(&self, cluster: &str) -> Vec<AlertAnswer> {
         self.clusters.get(cluster).map_or_else(Vec::new, |states| {
             states
                 .iter()
-                .map(|(key, st)| AlertAnswer {
-                    alertname: key.alertname.to_string(),
-                    labels: key
-                        .labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect(),
-                    state: if st.firing {
+                .map(|(key, st)| {
+                    let state = if st.firing {
                         AlertState::Firing
                     } else {
                         AlertState::Pending
-                    },
-                    failing_checks: st.count,
-                    starts_ms: st.starts_ms,
-                    ends_ms: None,
-                    summary: st.summary.clone(),
+                    };
+                    key.answer(state, st.count, st.starts_ms, None, &st.summary)
                 })
                 .collect()
         })

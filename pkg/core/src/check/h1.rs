@@ -47,11 +47,7 @@ pub enum H1Error {
 
 impl From<std::io::Error> for H1Error {
     fn from(e: std::io::Error) -> Self {
-        let mut root: &(dyn std::error::Error + 'static) = &e;
-        while let Some(c) = root.source() {
-            root = c;
-        }
-        H1Error::Io(root.to_string())
+        H1Error::Io(crate::http::root_cause(&e))
     }
 }
 

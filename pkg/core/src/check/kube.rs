@@ -149,11 +149,7 @@ fn short(mut why: String) -> String {
 /// body) and the innermost cause ("connection reset by peer"), never the
 /// URL or the layers in between.
 fn reason(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
-    let mut root = e;
-    while let Some(c) = root.source() {
-        root = c;
-    }
-    format!("{what}: {}", short(root.to_string()))
+    format!("{what}: {}", short(crate::http::root_cause(e)))
 }
 
 /// Parses an `apiServer` URL: `http(s)://host[:port][/prefix]`.
