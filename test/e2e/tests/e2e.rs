@@ -1327,7 +1327,21 @@ fn the_admin_api_refuses_a_call_without_the_token_and_runs_one_with_it() {
 /// checked twice; the drained monitor stays up and live.
 #[test]
 fn a_drained_monitor_hands_its_buckets_over_with_no_gap_or_duplicate_and_stays_up() {
-    let (mut s, tok) = setup_with_admin_token("drain");
+    drain_hands_over("drain", &[]);
+}
+
+/// As above with a 250 ms handoff notice (`--handoff-notice`): the pushed
+/// assignment (`POST /admin/sync`, the fleet's token) reaches the monitors
+/// that gain buckets before the handoff time, so the short notice still
+/// leaves no gap and no double.
+#[test]
+fn a_drain_with_a_250ms_handoff_notice_and_pushed_assignments_has_no_gap_or_duplicate() {
+    drain_hands_over("drain-short-notice", &["--handoff-notice", "250ms"]);
+}
+
+fn drain_hands_over(name: &str, extra: &[&str]) {
+    let (mut s, tok) = setup_with_admin_token(name);
+    s.mons.extra.extend(extra.iter().map(|a| a.to_string()));
     warm_up(&mut s);
     let urls = admin_urls(&s.store);
     let t_drain = Instant::now();
