@@ -11,15 +11,17 @@
 //! the head ([`MAX_HEAD`]), the header count, the body (the caller's cap),
 //! chunk sizes and trailers.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Largest response head (status line and headers).
 pub const MAX_HEAD: usize = 64 << 10;
 /// Most headers in a response head.
 const MAX_HEADERS: usize = 100;
-/// First read of a response (an API server's healthz answer is ~400
-/// bytes); grown as the answer needs. Held while a check waits.
+/// Smallest read into a buffer that holds part of an answer.
 const FIRST_READ: usize = 512;
+/// A read into an empty buffer goes through the stack, this much at once
+/// (an API server's healthz answer is ~400 bytes).
+const STACK_READ: usize = 4096;
 /// Largest read into the buffer at once.
 const MAX_READ: usize = 16 << 10;
 
@@ -115,9 +117,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 
     /// Reads more bytes into the buffer; errs at the end of the connection.
+    /// An empty buffer (a check waiting for its answer) is not allocated
+    /// for the wait: the first bytes are read through the stack when they
+    /// come, and the buffer takes just those.
     async fn fill(&mut self, want: usize) -> Result<(), H1Error> {
-        self.buf.reserve(want.clamp(FIRST_READ, MAX_READ));
-        if self.io.read_buf(&mut self.buf).await? == 0 {
+        let n = if self.buf.is_empty() {
+            let (io, buf) = (&mut self.io, &mut self.buf);
+            std::future::poll_fn(|cx| {
+                let mut first = [0u8; STACK_READ];
+                let mut rb = ReadBuf::new(&mut first);
+                std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb))?;
+                buf.extend_from_slice(rb.filled());
+                std::task::Poll::Ready(Ok::<_, std::io::Error>(rb.filled().len()))
+            })
+            .await?
+        } else {
+            self.buf.reserve(want.clamp(FIRST_READ, MAX_READ));
+            self.io.read_buf(&mut self.buf).await?
+        };
+        if n == 0 {
             return Err(H1Error::Closed);
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! `limit`/`continue` so memory stays bounded whatever the cluster's size.
 //!
 //! One check talks to one API server, so a connection is the check's own:
-//! TCP and TLS (tokio-rustls) with the cluster's identity, then the small
+//! TCP and TLS (rustls, [`super::tls_io`]) with the cluster's identity, then the small
 //! HTTP/1.1 exchange of [`super::h1`] (no pool shared between checks, no
 //! dispatch task, no redirect machinery). It is kept for the check's next
 //! request; collectors that run side by side open at most one each.
@@ -17,12 +17,17 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h1::{self, H1Error};
 use super::tls;
+use super::tls_io::TlsIo;
 use crate::model::{Credentials, Secret};
 
 /// Largest response body a check reads (a page of a list included).
@@ -89,12 +94,66 @@ struct Target {
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+/// A check's connection: plain TCP or TLS (boxed: the rustls session is
+/// large next to a socket).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsIo>),
+}
 
+impl Stream {
+    fn peer_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => t.peer_certificate(),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The server's certificate is read from the session when an answer
+/// comes, not copied for the wait.
 struct Conn {
-    h1: h1::Conn<Box<dyn Io>>,
-    peer_certificate: Option<Vec<u8>>,
+    h1: h1::Conn<Stream>,
 }
 
 pub struct KubeClient {
@@ -243,27 +302,16 @@ impl KubeClient {
                 .await
                 .map_err(|e| KubeError::Unreachable(reason("connect", &e)))?;
             let _ = tcp.set_nodelay(true);
-            Ok(match &t.tls {
-                None => Conn {
-                    h1: h1::Conn::new(Box::new(tcp) as Box<dyn Io>),
-                    peer_certificate: None,
-                },
-                Some((config, name)) => {
-                    let tls = tokio_rustls::TlsConnector::from(config.clone())
-                        .connect(name.clone(), tcp)
+            let stream = match &t.tls {
+                None => Stream::Plain(tcp),
+                Some((config, name)) => Stream::Tls(Box::new(
+                    TlsIo::connect(config.clone(), name.clone(), tcp)
                         .await
-                        .map_err(|e| KubeError::Unreachable(reason("tls", &e)))?;
-                    let peer_certificate = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| c.to_vec());
-                    Conn {
-                        h1: h1::Conn::new(Box::new(tls) as Box<dyn Io>),
-                        peer_certificate,
-                    }
-                }
+                        .map_err(|e| KubeError::Unreachable(reason("tls", &e)))?,
+                )),
+            };
+            Ok(Conn {
+                h1: h1::Conn::new(stream),
             })
         };
         match tokio::time::timeout(self.connect_timeout, up).await {
@@ -319,7 +367,7 @@ impl KubeClient {
             Response {
                 status: a.status,
                 body: a.body,
-                peer_certificate: conn.peer_certificate.clone(),
+                peer_certificate: conn.h1.io().peer_certificate().map(<[u8]>::to_vec),
             },
             a.keep_alive,
         ))

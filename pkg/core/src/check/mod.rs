@@ -7,6 +7,7 @@ pub mod collect;
 pub mod h1;
 pub mod kube;
 pub mod tls;
+pub mod tls_io;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
