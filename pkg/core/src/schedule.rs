@@ -567,6 +567,10 @@ impl Scheduler {
             return;
         };
         let lag = now - due;
+        // The start in this monitor's clock, as the rule reads it: the e2e
+        // suite pairs checks by it (a check started just before a SIGSTOP
+        // reports, and its metric lines arrive, after the SIGCONT).
+        tracing::debug!(cluster = %id, due_ms = due, at_ms = now, "check started");
         self.deps.stats.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
         self.start(entry, Permits(permit, hanging));
     }
@@ -579,6 +583,8 @@ impl Scheduler {
             Some(e) => match self.permits.clone().try_acquire_owned() {
                 Err(_) => CheckNowAnswer::PoolFull,
                 Ok(permit) => {
+                    let at_ms = self.deps.clock.now_ms();
+                    tracing::debug!(cluster = %e.id, at_ms, operator = true, "check started");
                     self.waiters.insert(e.id.clone(), req.reply);
                     self.start(e, Permits(permit, None));
                     return;
@@ -1066,6 +1072,49 @@ mod scheduler_tests {
         assert!(h.refresh_rx.try_recv().is_err(), "one refresh per stall");
         let n = h.log.lock().unwrap().len();
         assert!(n >= 4, "checks go on after the refresh: {n}");
+        h.stop.cancel();
+        h.task.await.unwrap();
+    }
+
+    /// A pause of 7 s, shorter than the stall bound (SIGSTOP then SIGCONT:
+    /// the clock jumps and no task runs in between, checks in flight
+    /// included): what fell due in it runs at once when at most half an
+    /// interval late, else is skipped as late, and no cluster is started
+    /// twice less than half an interval apart, its check before the pause
+    /// and those after it included.
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_never_brings_two_checks_of_a_cluster_closer_than_half_an_interval() {
+        // Under the harness's event queue (64): the map is filled before the
+        // scheduler runs.
+        let ids: Vec<String> = (0..60).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut h = harness(&refs, 1000, Duration::from_millis(30), i64::MAX / 2).await;
+        tokio::time::sleep(Duration::from_millis(12_345)).await;
+        tokio::time::advance(Duration::from_secs(7)).await;
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let log = h.log.lock().unwrap().clone();
+        let mut late_runs = 0;
+        for id in &ids {
+            let mut t: Vec<i64> = log
+                .iter()
+                .filter(|(c, _)| c == id)
+                .map(|(_, t)| *t)
+                .collect();
+            t.sort();
+            assert!(t.len() >= 3, "{id}: {t:?}");
+            for w in t.windows(2) {
+                assert!(w[1] - w[0] >= 5_000, "{id}: two checks {t:?}");
+            }
+            late_runs += t.iter().filter(|x| (19_345..19_400).contains(*x)).count();
+        }
+        assert!(
+            late_runs >= 15,
+            "due in the pause, run at once: {late_runs}"
+        );
+        assert!(
+            skipped(&mut h, "late") > 0,
+            "more than half an interval late: skipped"
+        );
         h.stop.cancel();
         h.task.await.unwrap();
     }

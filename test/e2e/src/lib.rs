@@ -671,6 +671,40 @@ pub fn worst_gap(
     worst
 }
 
+/// Unix milliseconds at `t`, an instant of this process: the monitors'
+/// clocks read the same system clock, so this compares with their times.
+pub fn unix_ms(t: Instant) -> i64 {
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    let wall = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    if t <= now {
+        wall - (now - t).as_millis() as i64
+    } else {
+        wall + (t - now).as_millis() as i64
+    }
+}
+
+/// The scheduled check starts a monitor logged (`check started`, logged at
+/// debug level by `clustermon_core::schedule`): `(cluster id, start in the
+/// monitor's clock, Unix ms)`. Operators' checks are left out. Unlike a
+/// metric line's arrival, a start stays put when the process is stopped
+/// during the check: the line says when the scheduler started it.
+pub fn logged_check_starts(log: &str) -> Vec<(String, i64)> {
+    log.lines()
+        .filter(|l| l.contains(" check started ") && !l.contains("operator=true"))
+        .filter_map(|l| {
+            let field = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .map(str::to_string)
+            };
+            Some((field("cluster=")?, field("at_ms=")?.parse().ok()?))
+        })
+        .collect()
+}
+
 /// The shortest interval between two checks of one cluster within `[from, to]`.
 pub fn closest_pair(
     times: &BTreeMap<String, Vec<Instant>>,
