@@ -596,7 +596,7 @@ pub struct Monitors {
     pub statsd: String,
     pub dir: PathBuf,
     pub extra: Vec<String>,
-    /// RUST_LOG of the monitors.
+    /// Log level of the monitors (`CLUSTERMON_LOG_LEVEL`; `--log-level` in `extra` wins).
     pub log: String,
     pub procs: BTreeMap<String, Proc>,
 }
@@ -743,7 +743,7 @@ impl Monitors {
         ])
         .args(&self.extra)
         .args(extra_args)
-        .env("RUST_LOG", &self.log)
+        .env("CLUSTERMON_LOG_LEVEL", &self.log)
         .envs(env.iter().copied())
         .stdout(Stdio::null());
         let p = Proc::spawn(id, &mut cmd, &self.dir);
