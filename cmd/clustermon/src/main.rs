@@ -53,12 +53,25 @@ fn main() -> ExitCode {
 /// it dropped. Two arenas are plenty for a runtime of one thread per core
 /// (measured: RSS, not throughput, is what grows with more). An environment
 /// `MALLOC_ARENA_MAX` wins.
+///
+/// Blocks of 64 KiB and more (the cluster map's and the timetable's tables,
+/// store pages) are mapped on their own and given back when freed: glibc's
+/// default threshold rises after the first such block is freed, up to
+/// 32 MiB, after which those tables land in the heap among small entries
+/// and a monitor whose share shrinks keeps their pages. An environment
+/// `MALLOC_MMAP_THRESHOLD_` wins.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; called before
-        // any thread but this one exists.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            // SAFETY: mallopt only sets an allocator parameter; called
+            // before any thread but this one exists.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            // SAFETY: as above.
+            unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10) };
+        }
     }
 }
 

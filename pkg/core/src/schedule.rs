@@ -433,12 +433,21 @@ impl Scheduler {
             .store(self.slots.len(), Ordering::Relaxed);
     }
 
-    /// Drops stale heap entries when they dominate (after big reassignments).
+    /// Drops stale heap entries when they dominate (after big reassignments),
+    /// and sizes the tables down when a share shrank (a first master that
+    /// held the whole fleet while its peers started keeps them at their
+    /// largest otherwise).
     fn compact_heap(&mut self) {
         if self.heap.len() > 2 * self.slots.len() + 1024 {
             let slots = &self.slots;
             self.heap
                 .retain(|Reverse((_, gen, id))| slots.get(id).is_some_and(|s| s.gen == *gen));
+        }
+        if self.slots.capacity() > 2 * self.slots.len() + 1024 {
+            self.slots.shrink_to_fit();
+            self.heap.shrink_to_fit();
+            self.hanging.shrink_to_fit();
+            self.deps.last_checks.shrink_to_fit();
         }
     }
 
@@ -455,6 +464,7 @@ impl Scheduler {
                 self.hanging.remove(&id);
                 self.slots.remove(&id);
                 self.deps.last_checks.remove(&id);
+                self.compact_heap();
             }
         }
         self.deps
@@ -682,12 +692,15 @@ impl Scheduler {
                 // Recorded before the operator hears back, so what they
                 // read next shows this check.
                 let waiter = self.waiters.remove(&id);
+                // Copied for an operator only: a copy per check is an
+                // allocation per check that outlives the ones around it.
+                let answer = waiter.as_ref().map(|_| last.clone());
                 if let Some(entry) = self.deps.map.get(&id) {
                     self.alert(entry, &last);
-                    self.deps.last_checks.insert(id, last.clone());
+                    self.deps.last_checks.insert(id, last);
                 }
-                if let Some(w) = waiter {
-                    let _ = w.send(CheckNowAnswer::Done(last));
+                if let (Some(w), Some(answer)) = (waiter, answer) {
+                    let _ = w.send(CheckNowAnswer::Done(answer));
                 }
             }
             Err(e) => {

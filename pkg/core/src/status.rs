@@ -251,7 +251,7 @@ pub fn human_summary(report: &CheckReport) -> String {
         .collect();
     match failed.as_slice() {
         [] if report.ok => "healthy".into(),
-        [] => report.summary.clone(),
+        [] => report.summary.to_string(),
         [one] => one.clone(),
         [first, rest @ ..] => format!("{first} (and {} more)", rest.len()),
     }
@@ -602,7 +602,7 @@ mod summary_tests {
     fn report(summary: &str, collectors: Vec<CollectorOutcome>) -> CheckReport {
         CheckReport {
             ok: collectors.iter().all(|c| c.ok) && !collectors.is_empty(),
-            summary: summary.into(),
+            summary: summary.to_string().into(),
             collectors: collectors.into_boxed_slice(),
             conditions: Vec::new(),
         }

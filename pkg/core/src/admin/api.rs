@@ -36,7 +36,7 @@ impl CheckAnswer {
             started_ms: last.started_ms,
             duration_ms: last.duration_ms,
             ok: last.report.ok,
-            summary: last.report.summary.clone(),
+            summary: last.report.summary.to_string(),
             collectors: last
                 .report
                 .collectors

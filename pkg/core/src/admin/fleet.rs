@@ -55,7 +55,7 @@ pub fn monitor_report(engine: &EngineHandles, limit: usize) -> MonitorReport {
                 last_check_ms: last.started_ms,
                 state: cluster_state(&alerts),
                 summary: human_summary(&last.report),
-                detail: last.report.summary.clone(),
+                detail: last.report.summary.to_string(),
                 collectors: CheckAnswer::new(id, last).collectors,
                 alerts,
             })

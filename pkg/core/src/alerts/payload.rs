@@ -27,7 +27,7 @@ pub const MAX_SUMMARY_BYTES: usize = 300;
 pub struct Context<'a> {
     pub cluster: &'a str,
     /// The cluster's tags (`ClusterEntry::tags`: `resourceId` first, then labels).
-    pub cluster_tags: &'a [(Box<str>, Box<str>)],
+    pub cluster_tags: &'a crate::metrics::labels::Tags,
     pub static_labels: &'a [(String, String)],
     /// This monitor's admin URL (`EngineConfig::admin_url`).
     pub admin_url: &'a str,
@@ -126,7 +126,7 @@ mod tests {
 
     use super::super::state::Key;
     use super::*;
-    use crate::metrics::labels::{cluster_tags, LABEL_TAGS_BUDGET, MAX_LABEL_TAGS};
+    use crate::metrics::labels::{cluster_tags, Tags, LABEL_TAGS_BUDGET, MAX_LABEL_TAGS};
     use proptest::prelude::*;
 
     fn out(phase: Phase) -> Out {
@@ -149,7 +149,7 @@ mod tests {
         doc.insert("app.kubernetes.io/name".to_string(), "x".to_string());
         doc.insert("cluster".to_string(), "not-the-id".to_string());
         doc.insert("env".to_string(), "doc".to_string());
-        let (tags, _) = cluster_tags("c-1", &doc);
+        let tags = Tags::new(&cluster_tags("c-1", &doc).0);
         let statics = vec![("env".to_string(), "prod".to_string())];
         let ctx = Context {
             cluster: "c-1",
@@ -196,7 +196,7 @@ mod tests {
             node in "\\PC{0,300}",
             summary in "(\\PC|\n){0,600}",
         ) {
-            let (tags, _) = cluster_tags("c-1", &doc);
+            let tags = Tags::new(&cluster_tags("c-1", &doc).0);
             let mut o = out(Phase::Firing);
             o.key.labels = vec![("node", node)];
             o.summary = summary;

@@ -244,7 +244,7 @@ impl KubeChecker {
             }
             return CheckReport {
                 ok: false,
-                summary: why,
+                summary: why.into(),
                 collectors: outcomes.into_boxed_slice(),
                 conditions: Vec::new(),
             };
@@ -281,7 +281,7 @@ impl KubeChecker {
             summary: if failures.is_empty() {
                 "healthz 200".into()
             } else {
-                format!("healthz 200; {}", failures.join("; "))
+                format!("healthz 200; {}", failures.join("; ")).into()
             },
             collectors: outcomes.into_boxed_slice(),
             conditions: std::mem::take(&mut *emit.found.lock().unwrap_or_else(|p| p.into_inner())),

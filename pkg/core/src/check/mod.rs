@@ -26,7 +26,9 @@ pub struct CheckCtx<'a> {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct CheckReport {
     pub ok: bool,
-    pub summary: String,
+    /// A healthy check's is a constant (`"healthz 200"`): every cluster
+    /// keeps its last report, so it is not allocated each time.
+    pub summary: std::borrow::Cow<'static, str>,
     /// Each collector that ran, in order (the API server first).
     pub collectors: Box<[CollectorOutcome]>,
     /// Failing conditions the collectors found, for alerts (`crate::alerts`):
@@ -75,7 +77,7 @@ impl CheckReport {
     pub fn failed(summary: impl Into<String>) -> Self {
         Self {
             ok: false,
-            summary: summary.into(),
+            summary: summary.into().into(),
             collectors: Box::new([]),
             conditions: Vec::new(),
         }

@@ -38,8 +38,55 @@ const TAG_OVERHEAD: usize = 6;
 /// Dropped labels whose key lengths the warning names (the count is complete).
 const LOGGED_DROPS: usize = 4;
 
-/// One tag, as a cluster entry keeps it.
+/// One tag, as [`cluster_tags`] builds it.
 pub type Tag = (Box<str>, Box<str>);
+
+/// A cluster's tags as its entry keeps them for its life: keys and values
+/// back to back in one string, with their end offsets. Two allocations
+/// whatever the number of labels (a tag of owned strings costs two, each
+/// with the allocator's overhead: at 50,000 clusters that was ~5 MB).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tags {
+    text: Box<str>,
+    /// Where each key ends and where its value ends, in `text`.
+    ends: Box<[(u32, u32)]>,
+}
+
+impl Tags {
+    pub fn new(tags: &[Tag]) -> Self {
+        let mut text = String::with_capacity(tags.iter().map(|(k, v)| k.len() + v.len()).sum());
+        let mut ends = Vec::with_capacity(tags.len());
+        for (k, v) in tags {
+            text.push_str(k);
+            let k_end = text.len() as u32;
+            text.push_str(v);
+            ends.push((k_end, text.len() as u32));
+        }
+        Self {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// `(key, value)` in order: `resourceId` first, then the labels.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(k, v)| {
+            let (k, v) = (k as usize, v as usize);
+            let pair = (&self.text[start..k], &self.text[k..v]);
+            start = v;
+            pair
+        })
+    }
+}
 
 /// Why a label is not a tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,6 +125,15 @@ pub struct LabelDrops {
 }
 
 impl LabelDrops {
+    /// No label left out.
+    pub fn none() -> &'static LabelDrops {
+        static NONE: LabelDrops = LabelDrops {
+            counts: [0; 3],
+            first: Vec::new(),
+        };
+        &NONE
+    }
+
     fn add(&mut self, reason: DropReason, key_len: usize, value_len: usize) {
         self.counts[reason as usize] += 1;
         if self.first.len() < LOGGED_DROPS {
@@ -325,6 +381,21 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn tags_keep_their_order_and_text_in_one_string() {
+        let labels: BTreeMap<String, String> = [("env", "prod"), ("team", ""), ("z", "é|x")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (tags, _) = cluster_tags("c-1", &labels);
+        let kept = Tags::new(&tags);
+        assert_eq!(kept.len(), tags.len());
+        let back: Vec<(&str, &str)> = kept.iter().collect();
+        let want: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(back, want);
+        assert!(Tags::new(&[]).iter().next().is_none());
     }
 
     const SPECIAL: &[char] = &[
