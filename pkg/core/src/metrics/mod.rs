@@ -144,7 +144,7 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: CHECKS_TIMEDOUT, kind: Counter, tags: "monitor", help: "Checks cancelled at --check-timeout." },
         MetricDef { name: SCHEDULE_LAG, kind: Gauge, tags: "monitor", help: "Largest delay in milliseconds between a check's due time and its start, over the last heartbeat interval." },
         MetricDef { name: FEED_LAG, kind: Gauge, tags: "monitor", help: "Milliseconds since the change feed was last read to its end." },
-        MetricDef { name: BUCKETS_READ, kind: Counter, tags: "monitor, result", help: "Reads of the documents of acquired buckets (one query per batch of buckets): result ok or failed (retried every heartbeat interval)." },
+        MetricDef { name: BUCKETS_READ, kind: Counter, tags: "monitor, result", help: "Reads of the documents of acquired buckets (one query per bucket): result ok or failed (retried every heartbeat interval)." },
         MetricDef { name: BUCKETS_PENDING, kind: Gauge, tags: "monitor", help: "Buckets this monitor checks or will check whose documents are not read yet." },
         MetricDef { name: FEED_CHANGES, kind: Counter, tags: "monitor", help: "Change-feed entries applied to the local map." },
         MetricDef { name: FEED_INVALID, kind: Counter, tags: "monitor", help: "Cluster documents skipped because they do not decode or validate." },
