@@ -1089,6 +1089,17 @@ mod scheduler_tests {
         h.task.await.unwrap();
     }
 
+    /// The start times of `id`'s checks in a harness log, in order.
+    fn starts_of(log: &[(String, i64)], id: &str) -> Vec<i64> {
+        let mut t: Vec<i64> = log
+            .iter()
+            .filter(|(c, _)| c == id)
+            .map(|(_, t)| *t)
+            .collect();
+        t.sort();
+        t
+    }
+
     /// A pause of 7 s, shorter than the stall bound (SIGSTOP then SIGCONT:
     /// the clock jumps and no task runs in between, checks in flight
     /// included): what fell due in it runs at once when at most half an
@@ -1108,12 +1119,7 @@ mod scheduler_tests {
         let log = h.log.lock().unwrap().clone();
         let mut late_runs = 0;
         for id in &ids {
-            let mut t: Vec<i64> = log
-                .iter()
-                .filter(|(c, _)| c == id)
-                .map(|(_, t)| *t)
-                .collect();
-            t.sort();
+            let t = starts_of(&log, id);
             assert!(t.len() >= 3, "{id}: {t:?}");
             for w in t.windows(2) {
                 assert!(w[1] - w[0] >= 5_000, "{id}: two checks {t:?}");
@@ -1155,12 +1161,7 @@ mod scheduler_tests {
         );
         let log = h.log.lock().unwrap().clone();
         for id in &ids {
-            let mut t: Vec<i64> = log
-                .iter()
-                .filter(|(c, _)| c == id)
-                .map(|(_, t)| *t)
-                .collect();
-            t.sort();
+            let t = starts_of(&log, id);
             assert!(t.len() >= 5, "{id}: {t:?}");
             for w in t.windows(2) {
                 assert!(w[1] - w[0] <= 10_000, "{id}: gap {t:?}");
