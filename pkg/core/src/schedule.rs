@@ -874,8 +874,10 @@ mod scheduler_tests {
     ) -> Harness {
         let hanging_max = Arc::new(AtomicUsize::new(0));
         let clock = Clock::at(0);
+        // Room for every cluster's event: the map is filled before the
+        // scheduler runs (a smaller queue would block the fill).
         let (reflector, map, events_rx) =
-            crate::feed::Reflector::new(Metrics::disabled(), clock, 64);
+            crate::feed::Reflector::new(Metrics::disabled(), clock, ids.len() + 64);
         let mut reflector = reflector;
         let changes = ids
             .iter()
@@ -1108,9 +1110,7 @@ mod scheduler_tests {
     /// and those after it included.
     #[tokio::test(start_paused = true)]
     async fn a_pause_never_brings_two_checks_of_a_cluster_closer_than_half_an_interval() {
-        // Under the harness's event queue (64): the map is filled before the
-        // scheduler runs.
-        let ids: Vec<String> = (0..60).map(|i| format!("c{i}")).collect();
+        let ids: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let mut h = harness(&refs, 1000, Duration::from_millis(30), i64::MAX / 2).await;
         tokio::time::sleep(Duration::from_millis(12_345)).await;
