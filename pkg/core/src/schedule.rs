@@ -426,7 +426,7 @@ impl Scheduler {
         for e in &wanted {
             self.ensure(e, now, false);
         }
-        self.compact_heap();
+        self.compact();
         self.deps
             .stats
             .scheduled
@@ -437,7 +437,7 @@ impl Scheduler {
     /// and sizes the tables down when a share shrank (a first master that
     /// held the whole fleet while its peers started keeps them at their
     /// largest otherwise).
-    fn compact_heap(&mut self) {
+    fn compact(&mut self) {
         if self.heap.len() > 2 * self.slots.len() + 1024 {
             let slots = &self.slots;
             self.heap
@@ -464,7 +464,7 @@ impl Scheduler {
                 self.hanging.remove(&id);
                 self.slots.remove(&id);
                 self.deps.last_checks.remove(&id);
-                self.compact_heap();
+                self.compact();
             }
         }
         self.deps

@@ -687,8 +687,8 @@ pub fn unix_ms(t: Instant) -> i64 {
 }
 
 /// The scheduled check starts a monitor logged (`check started`, logged at
-/// debug level by `clustermon_core::schedule`): `(cluster id, start in the
-/// monitor's clock, Unix ms)`. Operators' checks are left out. Unlike a
+/// debug level by `clustermon_core::schedule`): `(cluster id, start in Unix
+/// ms of the monitor's clock)`. Operators' checks are left out. Unlike a
 /// metric line's arrival, a start stays put when the process is stopped
 /// during the check: the line says when the scheduler started it.
 pub fn logged_check_starts(log: &str) -> Vec<(String, i64)> {

@@ -70,10 +70,10 @@ pub struct ErrorAnswer {
     pub error: String,
 }
 
-/// Where a failing cluster stands with its alerts.
+/// Where a failing cluster stands with its alerts. Declared in the status
+/// page's order (worst first), which `Ord` follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-/// Declared in the status page's order (worst first), which `Ord` follows.
 pub enum AlertState {
     /// At least one alert fires (unsilenced).
     Firing,

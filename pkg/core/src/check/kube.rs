@@ -17,13 +17,9 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 use super::h1::{self, H1Error};
 use super::tls;
@@ -96,57 +92,12 @@ struct Target {
 
 /// A check's connection: plain TCP or TLS (boxed: the rustls session is
 /// large next to a socket).
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsIo>),
-}
+type Stream = Either<TcpStream, Box<TlsIo>>;
 
-impl Stream {
-    fn peer_certificate(&self) -> Option<&[u8]> {
-        match self {
-            Stream::Plain(_) => None,
-            Stream::Tls(t) => t.peer_certificate(),
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, data),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
-        }
+fn peer_certificate(s: &Stream) -> Option<&[u8]> {
+    match s {
+        Either::Left(_) => None,
+        Either::Right(t) => t.peer_certificate(),
     }
 }
 
@@ -303,8 +254,8 @@ impl KubeClient {
                 .map_err(|e| KubeError::Unreachable(reason("connect", &e)))?;
             let _ = tcp.set_nodelay(true);
             let stream = match &t.tls {
-                None => Stream::Plain(tcp),
-                Some((config, name)) => Stream::Tls(Box::new(
+                None => Either::Left(tcp),
+                Some((config, name)) => Either::Right(Box::new(
                     TlsIo::connect(config.clone(), name.clone(), tcp)
                         .await
                         .map_err(|e| KubeError::Unreachable(reason("tls", &e)))?,
@@ -367,7 +318,7 @@ impl KubeClient {
             Response {
                 status: a.status,
                 body: a.body,
-                peer_certificate: conn.h1.io().peer_certificate().map(<[u8]>::to_vec),
+                peer_certificate: peer_certificate(conn.h1.io()).map(<[u8]>::to_vec),
             },
             a.keep_alive,
         ))

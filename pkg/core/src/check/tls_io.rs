@@ -59,36 +59,45 @@ fn release(v: &mut Vec<u8>) {
     }
 }
 
-fn encode<D>(e: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) -> io::Result<()> {
+/// Appends what `put` writes to `out`, growing it to the size rustls asks
+/// for (`put` answers `Err(Ok(size))` when the room is too small).
+fn append(
+    out: &mut Vec<u8>,
+    mut put: impl FnMut(&mut [u8]) -> Result<usize, Result<usize, String>>,
+) -> io::Result<()> {
     let at = out.len();
     loop {
-        match e.encode(&mut out[at..]) {
+        match put(&mut out[at..]) {
             Ok(n) => {
                 out.truncate(at + n);
                 return Ok(());
             }
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                out.resize(at + required_size, 0)
-            }
-            Err(e) => return Err(invalid(e.to_string())),
+            Err(Ok(required_size)) => out.resize(at + required_size, 0),
+            Err(Err(e)) => return Err(invalid(e)),
         }
     }
 }
 
+fn encode<D>(e: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) -> io::Result<()> {
+    append(out, |room| {
+        e.encode(room).map_err(|e| match e {
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Ok(required_size)
+            }
+            e => Err(e.to_string()),
+        })
+    })
+}
+
 fn encrypt<D>(w: &mut WriteTraffic<'_, D>, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-    let at = out.len();
-    loop {
-        match w.encrypt(data, &mut out[at..]) {
-            Ok(n) => {
-                out.truncate(at + n);
-                return Ok(());
+    append(out, |room| {
+        w.encrypt(data, room).map_err(|e| match e {
+            EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Ok(required_size)
             }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                out.resize(at + required_size, 0)
-            }
-            Err(e) => return Err(invalid(e.to_string())),
-        }
-    }
+            e => Err(e.to_string()),
+        })
+    })
 }
 
 impl TlsIo {
