@@ -110,6 +110,27 @@ impl ClusterEntry {
         }
     }
 
+    /// Whether this entry was made from a document equal to `doc` (a feed
+    /// replay of what a bucket read already delivered, or a write that
+    /// changed nothing the monitor keeps).
+    pub fn is_version(&self, doc: &ClusterDoc) -> bool {
+        let same_credentials = match (&self.credentials, &doc.encrypted_credentials) {
+            (CredentialSource::Sealed(s), Some(d)) => **s == **d,
+            (CredentialSource::Plain(c), None) => **c == doc.credentials,
+            (CredentialSource::None, None) => doc.credentials.is_empty(),
+            _ => false,
+        };
+        same_credentials
+            && *self.id == *doc.id
+            && self.bucket == doc.bucket
+            && self.state == doc.provisioning_state
+            && *self.api_server == *doc.api_server
+            && {
+                let (tags, drops) = cluster_tags(&doc.id, &doc.labels);
+                self.tags == Tags::new(&tags) && *self.label_drops() == drops
+            }
+    }
+
     /// The labels this version left out of its tags.
     pub fn label_drops(&self) -> &LabelDrops {
         self.label_drops.as_deref().unwrap_or(LabelDrops::none())
@@ -654,6 +675,17 @@ impl Reflector {
                     Ok(doc) if doc.id == raw.id && !self.keeps(doc.bucket) => {
                         self.forget(id).await?
                     }
+                    // The version held already: its entry stays where it
+                    // was allocated. A feed replay after bucket reads would
+                    // otherwise re-allocate every entry in feed order,
+                    // interleaving buckets, so a bucket given away later
+                    // would free no whole page (`share_memory`).
+                    Ok(doc)
+                        if doc.id == raw.id
+                            && inner.clusters.get(&id).is_some_and(|e| e.is_version(&doc)) =>
+                    {
+                        inner.invalid.remove(&id);
+                    }
                     Ok(doc) if doc.id == raw.id => {
                         inner.invalid.remove(&id);
                         let entry = Arc::new(ClusterEntry::with_id(id.clone(), doc));
@@ -822,6 +854,79 @@ mod tests {
             map.get("creating").unwrap().state,
             ProvisioningState::Succeeded
         );
+    }
+
+    /// A replay of versions already held keeps their entries (the same
+    /// allocation, no event); a changed document replaces its entry.
+    #[tokio::test(start_paused = true)]
+    async fn a_version_already_held_keeps_its_entry() {
+        let store = Arc::new(MemStore::new());
+        let mut labelled = cluster("b", 2);
+        labelled.labels.insert("team".into(), "x".into());
+        store.put_cluster(&cluster("a", 1)).await.unwrap();
+        store.put_cluster(&labelled).await.unwrap();
+        let (mut r, map, mut rx) = reflector();
+        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
+        drain(&mut feed, &mut r).await;
+        assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
+        let (a, b) = (map.get("a").unwrap(), map.get("b").unwrap());
+
+        // The whole feed again, from its beginning: nothing changes.
+        let mut again = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
+        drain(&mut again, &mut r).await;
+        assert!(Arc::ptr_eq(&a, &map.get("a").unwrap()));
+        assert!(Arc::ptr_eq(&b, &map.get("b").unwrap()));
+        assert_eq!(rx.try_recv().ok(), None, "no event for a version held");
+
+        // A label changed, a credential changed: new entries, one event each.
+        labelled.labels.insert("team".into(), "y".into());
+        store.put_cluster(&labelled).await.unwrap();
+        let mut a2 = cluster("a", 1);
+        a2.credentials.token = Some(crate::model::Secret::new("another"));
+        store.put_cluster(&a2).await.unwrap();
+        drain(&mut feed, &mut r).await;
+        assert!(!Arc::ptr_eq(&a, &map.get("a").unwrap()));
+        assert!(!Arc::ptr_eq(&b, &map.get("b").unwrap()));
+        assert_eq!(
+            map.get("b").unwrap().tags.iter().last(),
+            Some(("team", "y"))
+        );
+        let evs: Vec<ClusterEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(evs.len(), 2, "{evs:?}");
+        for (field, doc) in [
+            (
+                "bucket",
+                ClusterDoc {
+                    bucket: 3,
+                    ..cluster("a", 1)
+                },
+            ),
+            (
+                "state",
+                ClusterDoc {
+                    provisioning_state: ProvisioningState::Deleting,
+                    ..cluster("a", 1)
+                },
+            ),
+            (
+                "api server",
+                ClusterDoc {
+                    api_server: "https://elsewhere:6443".into(),
+                    ..cluster("a", 1)
+                },
+            ),
+            (
+                "sealed",
+                ClusterDoc {
+                    encrypted_credentials: Some("v1.x".into()),
+                    ..cluster("a", 1)
+                },
+            ),
+        ] {
+            let e = ClusterEntry::with_id("a".into(), cluster("a", 1));
+            assert!(e.is_version(&cluster("a", 1)));
+            assert!(!e.is_version(&doc), "{field} differs");
+        }
     }
 
     #[tokio::test(start_paused = true)]
