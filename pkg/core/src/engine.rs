@@ -26,7 +26,7 @@ use crate::metrics::{names, Metrics};
 use crate::model::{MasterDoc, MonitorDoc, MonitorStats};
 use crate::schedule::{
     Assignment, CheckNowAnswer, CheckNowRequest, LastCheck, RefreshRequest, SchedStats, Scheduler,
-    SchedulerDeps,
+    SchedulerDeps, StoredCheck,
 };
 use crate::store::{Etag, Store, StoreError, StoreResult, Versioned};
 
@@ -75,7 +75,7 @@ pub struct EngineHandles {
     sync: mpsc::Sender<RefreshRequest>,
     pub draining: Arc<AtomicBool>,
     pub stats: Arc<SchedStats>,
-    pub last_checks: Arc<DashMap<Arc<str>, LastCheck>>,
+    pub last_checks: Arc<DashMap<Arc<str>, StoredCheck>>,
     /// Every alert of this monitor's clusters (pending, firing, resolved).
     pub alerts: crate::alerts::AlertBoard,
     /// `--alertmanager-url` and its token: the status page reads silences.
@@ -753,12 +753,7 @@ impl MembershipLoop {
                     .rate
                     .update(self.handles.stats.started.load(Ordering::Relaxed)),
                 ready: self.handles.not_ready().is_empty(),
-                failing: self
-                    .handles
-                    .last_checks
-                    .iter()
-                    .filter(|e| !e.report.ok)
-                    .count() as u32,
+                failing: self.handles.last_checks.iter().filter(|e| !e.ok()).count() as u32,
             },
         }
     }

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::check::{CheckCtx, CheckReport, Checker};
+use crate::check::{CheckCtx, CheckReport, Checker, CollectorOutcome, HEALTHY_SUMMARY};
 use crate::clock::{ms, Clock};
 use crate::feed::{ClusterEntry, ClusterEvent, ClusterMap};
 use crate::metrics::{names, Metrics};
@@ -203,6 +203,94 @@ pub struct LastCheck {
     pub report: CheckReport,
 }
 
+/// A cluster's last check as [`Scheduler`] keeps it for operators
+/// (`EngineHandles::last_checks`, one per cluster held): a check that
+/// passed, the common case, as its collectors' times only (56 bytes a
+/// table slot with its key, and nothing beside for the healthz profile or
+/// 24 bytes a collector for the full one; a whole report takes 104 and
+/// 48 a collector); anything else whole. [`StoredCheck::last`]
+/// gives back the [`LastCheck`] it was made from.
+#[derive(Clone, Debug)]
+pub struct StoredCheck {
+    pub started_ms: i64,
+    /// Saturates at 49 days.
+    duration_ms: u32,
+    kept: Kept,
+}
+
+#[derive(Clone, Debug)]
+enum Kept {
+    /// [`HEALTHY_SUMMARY`], the API server the only collector.
+    Apiserver {
+        ms: u32,
+    },
+    /// [`HEALTHY_SUMMARY`], every collector passed: names and times.
+    Passed(Box<[(&'static str, u32)]>),
+    Report(Box<CheckReport>),
+}
+
+impl StoredCheck {
+    pub fn new(last: LastCheck) -> Self {
+        let r = last.report;
+        let passed = r.ok
+            && r.summary == HEALTHY_SUMMARY
+            && r.conditions.is_empty()
+            && r.collectors.iter().all(|c| c.ok && c.error.is_none());
+        let kept = match &*r.collectors {
+            [c] if passed && c.name == "apiserver" => Kept::Apiserver { ms: c.duration_ms },
+            cs if passed && !cs.is_empty() => {
+                Kept::Passed(cs.iter().map(|c| (c.name, c.duration_ms)).collect())
+            }
+            _ => Kept::Report(Box::new(r)),
+        };
+        Self {
+            started_ms: last.started_ms,
+            duration_ms: u32::try_from(last.duration_ms).unwrap_or(u32::MAX),
+            kept,
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        match &self.kept {
+            Kept::Apiserver { .. } | Kept::Passed(_) => true,
+            Kept::Report(r) => r.ok,
+        }
+    }
+
+    /// Failed, or found a condition to alert on.
+    pub fn failing_or_alerting(&self) -> bool {
+        match &self.kept {
+            Kept::Apiserver { .. } | Kept::Passed(_) => false,
+            Kept::Report(r) => !r.ok || !r.conditions.is_empty(),
+        }
+    }
+
+    /// The check as it was reported.
+    pub fn last(&self) -> LastCheck {
+        let outcome = |name, duration_ms| CollectorOutcome {
+            name,
+            ok: true,
+            duration_ms,
+            error: None,
+        };
+        let passed = |collectors| CheckReport {
+            ok: true,
+            summary: HEALTHY_SUMMARY.into(),
+            collectors,
+            conditions: Vec::new(),
+        };
+        LastCheck {
+            started_ms: self.started_ms,
+            duration_ms: u64::from(self.duration_ms),
+            report: match &self.kept {
+                Kept::Apiserver { ms } => passed(Box::new([outcome("apiserver", *ms)])),
+                Kept::Passed(cs) => passed(cs.iter().map(|&(n, ms)| outcome(n, ms)).collect()),
+                Kept::Report(r) => (**r).clone(),
+            },
+        }
+    }
+}
+
 /// Counters shared with the membership loop (self metrics, heartbeat stats).
 #[derive(Debug, Default)]
 pub struct SchedStats {
@@ -263,7 +351,7 @@ pub struct SchedulerDeps {
     pub checker: Arc<dyn Checker>,
     pub metrics: Metrics,
     pub stats: Arc<SchedStats>,
-    pub last_checks: Arc<DashMap<Arc<str>, LastCheck>>,
+    pub last_checks: Arc<DashMap<Arc<str>, StoredCheck>>,
     /// Finished checks of owned clusters for the alert task (`crate::alerts`).
     pub alerts: Option<mpsc::Sender<crate::alerts::AlertInput>>,
 }
@@ -697,7 +785,7 @@ impl Scheduler {
                 let answer = waiter.as_ref().map(|_| last.clone());
                 if let Some(entry) = self.deps.map.get(&id) {
                     self.alert(entry, &last);
-                    self.deps.last_checks.insert(id, last);
+                    self.deps.last_checks.insert(id, StoredCheck::new(last));
                 }
                 if let (Some(w), Some(answer)) = (waiter, answer) {
                     let _ = w.send(CheckNowAnswer::Done(answer));
@@ -749,6 +837,120 @@ async fn sleep_until_opt(at: Option<Instant>) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// What `last_checks` keeps gives back the report it was made from,
+    /// whatever the report; only passed checks are kept compact.
+    #[test]
+    fn a_stored_check_gives_back_its_report() {
+        let outcome = |name, ok: bool, ms, error: Option<&str>| CollectorOutcome {
+            name,
+            ok,
+            duration_ms: ms,
+            error: error.map(Into::into),
+        };
+        let report = |ok, summary: &str, collectors: Vec<CollectorOutcome>| CheckReport {
+            ok,
+            summary: summary.to_string().into(),
+            collectors: collectors.into_boxed_slice(),
+            conditions: Vec::new(),
+        };
+        let api = outcome("apiserver", true, 12, None);
+        let nodes = outcome("nodes", true, 30, None);
+        let mut alerting = report(true, HEALTHY_SUMMARY, vec![api.clone(), nodes.clone()]);
+        alerting.conditions.push(crate::check::Condition {
+            name: crate::check::alertnames::NODE_NOT_READY,
+            labels: vec![("node", "n1".into())],
+            summary: "n1 not ready".into(),
+        });
+        let cases = [
+            (
+                "healthz profile",
+                report(true, HEALTHY_SUMMARY, vec![api.clone()]),
+                true,
+                false,
+                true,
+            ),
+            (
+                "full profile",
+                report(true, HEALTHY_SUMMARY, vec![api.clone(), nodes.clone()]),
+                true,
+                false,
+                true,
+            ),
+            (
+                "failed",
+                CheckReport::failed("check timed out"),
+                false,
+                true,
+                false,
+            ),
+            (
+                "healthz 500",
+                report(
+                    false,
+                    "healthz 500",
+                    vec![outcome("apiserver", false, 3, Some("healthz 500"))],
+                ),
+                false,
+                true,
+                false,
+            ),
+            (
+                "a collector failed",
+                report(
+                    false,
+                    "healthz 200; nodes: 403",
+                    vec![api.clone(), outcome("nodes", false, 4, Some("403"))],
+                ),
+                false,
+                true,
+                false,
+            ),
+            ("alerting", alerting, true, true, false),
+            (
+                "another summary",
+                report(true, "readyz 200", vec![api.clone()]),
+                true,
+                false,
+                false,
+            ),
+            (
+                "another only collector",
+                report(true, HEALTHY_SUMMARY, vec![nodes.clone()]),
+                true,
+                false,
+                true,
+            ),
+        ];
+        for (what, report, ok, failing, compact) in cases {
+            let last = LastCheck {
+                started_ms: 1_700_000_000_123,
+                duration_ms: 57,
+                report,
+            };
+            let stored = StoredCheck::new(last.clone());
+            let back = stored.last();
+            assert_eq!(
+                (back.started_ms, back.duration_ms),
+                (last.started_ms, 57),
+                "{what}"
+            );
+            assert_eq!(back.report, last.report, "{what}");
+            assert_eq!(stored.ok(), ok, "{what}");
+            assert_eq!(stored.failing_or_alerting(), failing, "{what}");
+            assert_eq!(!matches!(stored.kept, Kept::Report(_)), compact, "{what}");
+        }
+        let long = LastCheck {
+            started_ms: 0,
+            duration_ms: u64::MAX,
+            report: CheckReport::failed("x"),
+        };
+        assert_eq!(
+            StoredCheck::new(long).last().duration_ms,
+            u64::from(u32::MAX)
+        );
+        assert_eq!(std::mem::size_of::<StoredCheck>(), 40);
+    }
 
     #[test]
     fn next_due_is_on_the_grid_and_not_before_t() {

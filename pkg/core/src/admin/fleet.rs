@@ -41,9 +41,9 @@ pub fn monitor_report(engine: &EngineHandles, limit: usize) -> MonitorReport {
     let mut failing: Vec<FailingCluster> = engine
         .last_checks
         .iter()
-        .filter(|e| !e.value().report.ok || !e.value().report.conditions.is_empty())
+        .filter(|e| e.value().failing_or_alerting())
         .filter_map(|e| {
-            let (id, last) = (e.key(), e.value());
+            let (id, last) = (e.key(), e.value().last());
             // Only clusters this monitor still holds (a dropped bucket's
             // last checks go with its clusters).
             let entry = engine.map.get(id)?;
@@ -56,7 +56,7 @@ pub fn monitor_report(engine: &EngineHandles, limit: usize) -> MonitorReport {
                 state: cluster_state(&alerts),
                 summary: human_summary(&last.report),
                 detail: last.report.summary.to_string(),
-                collectors: CheckAnswer::new(id, last).collectors,
+                collectors: CheckAnswer::new(id, &last).collectors,
                 alerts,
             })
         })

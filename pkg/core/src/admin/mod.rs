@@ -345,7 +345,7 @@ pub fn cluster_debug(engine: &EngineHandles, id: &str) -> Option<Value> {
         v["last_check"] = engine
             .last_checks
             .get(id)
-            .map(|l| check_json(id, &l))
+            .map(|l| check_json(id, &l.last()))
             .unwrap_or(Value::Null);
     }
     Some(v)

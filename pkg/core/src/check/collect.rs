@@ -279,7 +279,7 @@ impl KubeChecker {
         CheckReport {
             ok: failures.is_empty(),
             summary: if failures.is_empty() {
-                "healthz 200".into()
+                super::HEALTHY_SUMMARY.into()
             } else {
                 format!("healthz 200; {}", failures.join("; ")).into()
             },

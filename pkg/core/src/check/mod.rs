@@ -26,7 +26,7 @@ pub struct CheckCtx<'a> {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct CheckReport {
     pub ok: bool,
-    /// A healthy check's is a constant (`"healthz 200"`): every cluster
+    /// A healthy check's is a constant ([`HEALTHY_SUMMARY`]): every cluster
     /// keeps its last report, so it is not allocated each time.
     pub summary: std::borrow::Cow<'static, str>,
     /// Each collector that ran, in order (the API server first).
@@ -49,6 +49,10 @@ pub struct Condition {
     /// One line for humans.
     pub summary: String,
 }
+
+/// The summary of a check whose API server answered healthz 200 and whose
+/// collectors all passed.
+pub const HEALTHY_SUMMARY: &str = "healthz 200";
 
 /// Conditions kept per report; more (hundreds of NotReady nodes) are
 /// left out, so one cluster cannot flood Alertmanager.
