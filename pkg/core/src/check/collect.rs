@@ -240,7 +240,9 @@ impl KubeChecker {
                 error: Some(why.clone().into_boxed_str()),
             }];
             if code != 0 && !redirect {
-                outcomes.push(readyz(&kube, emit).await);
+                // Boxed: inline, its state would size every check's
+                // future, a check waiting on healthz included.
+                outcomes.push(Box::pin(readyz(&kube, emit)).await);
             }
             return CheckReport {
                 ok: false,

@@ -89,9 +89,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 
     /// Writes `head` (a complete request head) and reads the answer, its
     /// body up to `max_body` bytes. A 1xx answer is skipped.
-    pub async fn exchange(&mut self, head: &[u8], max_body: usize) -> Result<Answer, H1Error> {
-        self.io.write_all(head).await?;
+    /// The head is freed once written: a check that waits for its answer
+    /// does not keep its request (a bearer token's head is ~1 KB).
+    pub async fn exchange(
+        &mut self,
+        head: impl AsRef<[u8]>,
+        max_body: usize,
+    ) -> Result<Answer, H1Error> {
+        self.io.write_all(head.as_ref()).await?;
         self.io.flush().await?;
+        drop(head);
         loop {
             let (status, framing, keep_alive) = self.read_head().await?;
             if (100..200).contains(&status) {

@@ -312,7 +312,7 @@ impl KubeClient {
     }
 
     /// One request on `conn`.
-    async fn exchange(conn: &mut Conn, head: &[u8]) -> Result<(Response, bool), H1Error> {
+    async fn exchange(conn: &mut Conn, head: Vec<u8>) -> Result<(Response, bool), H1Error> {
         let a = conn.h1.exchange(head, MAX_BODY).await?;
         Ok((
             Response {
@@ -330,12 +330,12 @@ impl KubeClient {
     /// compromised API server could send them elsewhere. A 3xx is the answer.
     pub async fn get(&self, path: &str) -> Result<Response, KubeError> {
         let head = self.head(path)?;
-        let fut = async {
+        let fut = async move {
             // A kept connection the server closed meanwhile is replaced
             // once (a GET is safe to send again); a new connection's
             // failure is the answer.
             if let Some(mut conn) = self.take_idle() {
-                match Self::exchange(&mut conn, &head).await {
+                match Self::exchange(&mut conn, head.clone()).await {
                     Ok((r, keep)) => {
                         if keep {
                             self.give_back(conn);
@@ -349,7 +349,7 @@ impl KubeClient {
             // Boxed: a connect holds far more state than a wait for an
             // answer, and a check that hangs waits for its whole timeout.
             let mut conn = Box::pin(self.connect()).await?;
-            let (r, keep) = Self::exchange(&mut conn, &head).await.map_err(h1_error)?;
+            let (r, keep) = Self::exchange(&mut conn, head).await.map_err(h1_error)?;
             if keep {
                 self.give_back(conn);
             }
