@@ -172,6 +172,17 @@ impl ClusterDoc {
         if !(self.api_server.starts_with("http://") || self.api_server.starts_with("https://")) {
             return Err("apiServer must be an http:// or https:// URL".into());
         }
+        // The cache packs them with 32-bit offsets (`feed::PackedCredentials`).
+        let c = &self.credentials;
+        let texts = [
+            c.ca_bundle.as_ref().map_or(0, String::len),
+            c.token.as_ref().map_or(0, |t| t.expose().len()),
+            c.client_certificate.as_ref().map_or(0, String::len),
+            c.client_key.as_ref().map_or(0, |t| t.expose().len()),
+        ];
+        if texts.iter().sum::<usize>() >= u32::MAX as usize {
+            return Err("credentials must be under 4 GiB together".into());
+        }
         Ok(())
     }
 }

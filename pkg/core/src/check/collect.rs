@@ -140,7 +140,7 @@ impl KubeChecker {
     fn credentials(&self, e: &ClusterEntry) -> Result<Credentials, String> {
         match &e.credentials {
             CredentialSource::None => Ok(Credentials::default()),
-            CredentialSource::Plain(c) => Ok((**c).clone()),
+            CredentialSource::Plain(c) => Ok(c.unpack()),
             CredentialSource::Sealed(s) => match &self.key {
                 Some(k) => k.open(&e.id, s),
                 None => Err("credentials are encrypted but no --secrets-key-file was given".into()),
