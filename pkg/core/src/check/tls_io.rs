@@ -27,8 +27,6 @@ use tokio::net::TcpStream;
 
 /// A read from the socket: one full TLS record and its header fit.
 const READ_CHUNK: usize = 16 * 1024 + 512;
-/// Unsent bytes a write may add to before it waits for the socket.
-const MAX_PENDING: usize = 16 * 1024;
 
 /// What the handshake does next.
 enum Step {
@@ -119,10 +117,9 @@ impl TlsIo {
                     encode(&mut e, &mut out)?;
                     Step::Go
                 }
-                // Written before the next read; the last flight (the
-                // client's Finished) goes with the first request instead,
-                // in one write.
                 ConnectionState::TransmitTlsData(t) => {
+                    tcp.write_all(&out).await?;
+                    out.clear();
                     t.done();
                     Step::Go
                 }
@@ -135,10 +132,6 @@ impl TlsIo {
                 Step::Go => {}
                 Step::Done => break,
                 Step::Read => {
-                    if !out.is_empty() {
-                        tcp.write_all(&out).await?;
-                        out.clear();
-                    }
                     incoming.reserve(4096);
                     if tcp.read_buf(&mut incoming).await? == 0 {
                         return Err(io::Error::new(
@@ -155,7 +148,7 @@ impl TlsIo {
             conn,
             incoming,
             plain: Vec::new(),
-            outgoing: out,
+            outgoing: Vec::new(),
             eof: false,
         };
         // Records that came with the end of the handshake (session tickets).
@@ -284,11 +277,7 @@ impl AsyncWrite for TlsIo {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        // Bytes not sent yet (the handshake's last flight, a short write)
-        // go with this data in one write, up to a bound.
-        if this.outgoing.len() >= MAX_PENDING {
-            ready!(this.poll_send(cx))?;
-        }
+        ready!(this.poll_send(cx))?;
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -397,36 +386,6 @@ mod tests {
         let ((), got) = tokio::join!(srv, cli);
         assert_eq!(got.len(), answer.len());
         assert!(got == answer, "the answer came back changed");
-    }
-
-    /// The client's last handshake flight is not written alone: it waits
-    /// for the first request and both go in one write.
-    #[tokio::test]
-    async fn the_last_handshake_flight_goes_with_the_first_request() {
-        let s = server().await;
-        let (acceptor, listener) = (s.acceptor.clone(), &s.listener);
-        let srv = async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = acceptor.accept(tcp).await.unwrap();
-            let mut req = [0u8; 5];
-            tls.read_exact(&mut req).await.unwrap();
-            tls.write_all(&req).await.unwrap();
-            tls.shutdown().await.unwrap();
-        };
-        let cli = async {
-            let mut io = dial(&s, &s.cert).await.unwrap();
-            assert!(
-                !io.outgoing.is_empty(),
-                "the Finished flight waits for the request"
-            );
-            io.write_all(b"hello").await.unwrap();
-            io.flush().await.unwrap();
-            assert_eq!(io.outgoing.capacity(), 0, "sent, buffer freed");
-            let mut got = Vec::new();
-            io.read_to_end(&mut got).await.unwrap();
-            assert_eq!(got, b"hello");
-        };
-        tokio::join!(srv, cli);
     }
 
     #[tokio::test]
