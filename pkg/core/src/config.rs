@@ -13,7 +13,7 @@ pub mod defaults {
     pub const LEASE_TTL: Duration = Duration::from_secs(10);
     pub const FEED_INTERVAL: Duration = Duration::from_secs(2);
     pub const INTERVAL: Duration = Duration::from_secs(60);
-    /// A waiting check costs ~13 KiB of heap and one socket (docs/performance.md):
+    /// A waiting check costs ~6.5 KB of heap and one socket (docs/performance.md):
     /// room for a quarter of a 16,667-cluster share hanging for a 30 s
     /// timeout at a 1-minute interval (~2,100) within the hanging share.
     pub const MAX_CONCURRENT_CHECKS: usize = 5000;
