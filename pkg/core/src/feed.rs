@@ -72,7 +72,7 @@ const ABSENT: u32 = u32::MAX;
 impl PackedCredentials {
     /// `None` if a text is longer than 4 GiB together (not a document).
     pub fn new(c: &Credentials) -> Option<Self> {
-        let texts = Self::texts_of(c);
+        let texts = c.texts();
         let len: usize = texts.iter().map(|t| t.map_or(0, str::len)).sum();
         let mut b = Vec::with_capacity(PACKED_HEADER + len);
         b.push(u8::from(c.insecure_skip_tls_verify));
@@ -93,16 +93,7 @@ impl PackedCredentials {
         Some(Self(b.into_boxed_slice()))
     }
 
-    fn texts_of(c: &Credentials) -> [Option<&str>; 4] {
-        [
-            c.ca_bundle.as_deref(),
-            c.token.as_ref().map(|t| t.expose()),
-            c.client_certificate.as_deref(),
-            c.client_key.as_ref().map(|t| t.expose()),
-        ]
-    }
-
-    /// Text `i` (0: CA bundle, 1: token, 2: client certificate, 3: key).
+    /// Text `i`, in `Credentials::texts`' order.
     fn text(&self, i: usize) -> Option<&str> {
         let end_at = |i: usize| {
             let at = 1 + 4 * i;
@@ -133,7 +124,7 @@ impl PackedCredentials {
     /// Whether these are `c`, without unpacking.
     pub fn is(&self, c: &Credentials) -> bool {
         (self.0[0] != 0) == c.insecure_skip_tls_verify
-            && Self::texts_of(c)
+            && c.texts()
                 .iter()
                 .enumerate()
                 .all(|(i, t)| self.text(i) == *t)

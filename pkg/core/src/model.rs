@@ -103,6 +103,17 @@ impl Credentials {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The four texts, in a fixed order: CA bundle, token, client
+    /// certificate, client key.
+    pub fn texts(&self) -> [Option<&str>; 4] {
+        [
+            self.ca_bundle.as_deref(),
+            self.token.as_ref().map(Secret::expose),
+            self.client_certificate.as_deref(),
+            self.client_key.as_ref().map(Secret::expose),
+        ]
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -173,14 +184,8 @@ impl ClusterDoc {
             return Err("apiServer must be an http:// or https:// URL".into());
         }
         // The cache packs them with 32-bit offsets (`feed::PackedCredentials`).
-        let c = &self.credentials;
-        let texts = [
-            c.ca_bundle.as_ref().map_or(0, String::len),
-            c.token.as_ref().map_or(0, |t| t.expose().len()),
-            c.client_certificate.as_ref().map_or(0, String::len),
-            c.client_key.as_ref().map_or(0, |t| t.expose().len()),
-        ];
-        if texts.iter().sum::<usize>() >= u32::MAX as usize {
+        let texts = self.credentials.texts();
+        if texts.iter().flatten().map(|t| t.len()).sum::<usize>() >= u32::MAX as usize {
             return Err("credentials must be under 4 GiB together".into());
         }
         Ok(())
