@@ -6,6 +6,12 @@ use clustermon::commands::{self, CmdError};
 use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
 
+/// Each bucket's cached documents are allocated in a zone of their own, so
+/// a monitor that gives buckets away gives their memory back
+/// (`clustermon_core::zone`); everything else goes to glibc's malloc.
+#[global_allocator]
+static ALLOC: clustermon_core::zone::ZoneAlloc = clustermon_core::zone::ZoneAlloc::new();
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::zone;
 use crate::metrics::labels::{cluster_tags, LabelDrops, Tags};
 use crate::metrics::{names, Metrics};
 use crate::model::{ClusterDoc, Credentials, ProvisioningState, Secret};
@@ -169,7 +170,10 @@ impl ClusterEntry {
     pub fn with_id(id: Arc<str>, doc: ClusterDoc) -> Self {
         let (tags, label_drops) = cluster_tags(&doc.id, &doc.labels);
         let credentials = match doc.encrypted_credentials {
-            Some(sealed) => CredentialSource::Sealed(sealed.into_boxed_str()),
+            // Copied rather than moved, here and for the API server: an
+            // entry built in a bucket's zone (`zone::within`) must not keep
+            // the document's allocations, which are the system's.
+            Some(sealed) => CredentialSource::Sealed(Box::from(sealed.as_str())),
             None if doc.credentials.is_empty() => CredentialSource::None,
             None => match PackedCredentials::new(&doc.credentials) {
                 Some(p) => CredentialSource::Plain(p),
@@ -182,7 +186,7 @@ impl ClusterEntry {
             id,
             bucket: doc.bucket,
             state: doc.provisioning_state,
-            api_server: doc.api_server.into_boxed_str(),
+            api_server: Box::from(doc.api_server.as_str()),
             tags: Tags::new(&tags),
             label_drops: (!label_drops.is_empty()).then(|| Box::new(label_drops)),
             credentials,
@@ -767,7 +771,14 @@ impl Reflector {
                     }
                     Ok(doc) if doc.id == raw.id => {
                         inner.invalid.remove(&id);
-                        let entry = Arc::new(ClusterEntry::with_id(id.clone(), doc));
+                        // The entry and its id (which the scheduler shares)
+                        // live in their bucket's zone: a bucket given away
+                        // frees its zone whole (`zone`).
+                        let entry = zone::within(doc.bucket, || {
+                            let id: Arc<str> = Arc::from(&*id);
+                            Arc::new(ClusterEntry::with_id(id, doc))
+                        });
+                        let id = entry.id.clone();
                         let checkable = entry.state.is_checkable();
                         let prev = inner.clusters.insert(id.clone(), entry.clone());
                         let prev_drops = prev.as_deref().map(ClusterEntry::label_drops);

@@ -9,6 +9,7 @@
 //! - [`secrets`]: credentials sealed at rest (AES-256-GCM).
 //! - [`engine`]: membership loop and wiring, graceful shutdown.
 //! - [`metrics`]: every metric, and the non-blocking statsd emitter.
+//! - [`zone`]: the global allocator that keeps each bucket's entries together.
 
 pub mod admin;
 pub mod alerts;
@@ -27,6 +28,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod status;
 pub mod store;
+pub mod zone;
 
 /// ARCHITECTURE.md stays true: every path its code map names exists.
 #[cfg(test)]
