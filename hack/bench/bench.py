@@ -1209,6 +1209,8 @@ def main():
                     help="handoff_notice: notices to run; -lost: the joining monitor refuses every push")
     ap.add_argument("--share-clusters", type=int, default=0,
                     help="share_memory: clusters (default 300,000; --quick 5,000)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep each run's temporary directory (the processes' logs)")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench", "results.json"))
     a = ap.parse_args()
     a.rates = [int(x) for x in a.rates.split(",")]
@@ -1243,7 +1245,10 @@ def main():
                 log(f"{name}: run {i + 1}/{n}")
                 all_runs.append(fn(a, tmp))
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                if a.keep:
+                    log(f"{name}: kept {tmp}")
+                else:
+                    shutil.rmtree(tmp, ignore_errors=True)
         if name == "startup":
             all_runs = [[r] for r in all_runs[0]]
         results["runs"][name] = all_runs

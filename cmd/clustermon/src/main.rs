@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 /// a monitor that gives buckets away gives their memory back
 /// (`clustermon_core::zone`); everything else goes to glibc's malloc.
 #[global_allocator]
-static ALLOC: clustermon_core::zone::ZoneAlloc = clustermon_core::zone::ZoneAlloc::new();
+static ALLOC: clustermon_core::zone::Global = clustermon_core::zone::Global;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -14,12 +14,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::zone;
 use crate::metrics::labels::{cluster_tags, LabelDrops, Tags};
 use crate::metrics::{names, Metrics};
 use crate::model::{ClusterDoc, Credentials, ProvisioningState, Secret};
 use crate::schedule::Assignment;
 use crate::store::{Change, FeedPage, RawCluster, Store, StoreError};
+use crate::zone;
 
 /// What a check needs of a cluster, and nothing else (no raw document).
 pub struct ClusterEntry {
@@ -606,6 +606,13 @@ impl Reflector {
             self.map.inner.clusters.shrink_to_fit();
             self.map.inner.invalid.shrink_to_fit();
             self.release_memory();
+            let z = zone::stats();
+            tracing::debug!(
+                zones = z.zones,
+                blocks = z.live,
+                zone_bytes = z.carved,
+                "bucket zones after the drop"
+            );
         }
         self.read_pending(now).await
     }

@@ -514,6 +514,13 @@ impl Scheduler {
         for e in &wanted {
             self.ensure(e, now, false);
         }
+        // A view change that took buckets away leaves their clusters'
+        // heap entries stale: dropped now rather than when each falls due
+        // (up to an interval later), as they hold the clusters' ids, which
+        // keep their bucket's zone (`zone`) from being given back.
+        if self.heap.len() > self.slots.len() {
+            self.drop_stale_heap_entries();
+        }
         self.compact();
         self.deps
             .stats
@@ -527,9 +534,7 @@ impl Scheduler {
     /// largest otherwise).
     fn compact(&mut self) {
         if self.heap.len() > 2 * self.slots.len() + 1024 {
-            let slots = &self.slots;
-            self.heap
-                .retain(|Reverse((_, gen, id))| slots.get(id).is_some_and(|s| s.gen == *gen));
+            self.drop_stale_heap_entries();
         }
         if self.slots.capacity() > 2 * self.slots.len() + 1024 {
             self.slots.shrink_to_fit();
@@ -537,6 +542,12 @@ impl Scheduler {
             self.hanging.shrink_to_fit();
             self.deps.last_checks.shrink_to_fit();
         }
+    }
+
+    fn drop_stale_heap_entries(&mut self) {
+        let slots = &self.slots;
+        self.heap
+            .retain(|Reverse((_, gen, id))| slots.get(id).is_some_and(|s| s.gen == *gen));
     }
 
     fn on_event(&mut self, ev: ClusterEvent) {

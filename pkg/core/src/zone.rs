@@ -65,6 +65,49 @@ pub fn within<R>(bucket: u8, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` with this thread's allocations going to the system allocator,
+/// even inside [`within`]: for what outlives the entry being built (a
+/// lazily built global), which would keep its zone from being given back.
+pub fn outside<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(u16);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| c.replace(NO_ZONE)));
+    f()
+}
+
+/// The zones of the process: [`Global`] allocates from them.
+static PROCESS: ZoneAlloc = ZoneAlloc::new();
+
+/// The global allocator a binary installs (`#[global_allocator]`): the
+/// process's zones, whose occupancy [`stats`] reads.
+pub struct Global;
+
+// SAFETY: forwards to a `ZoneAlloc`, which is a sound allocator.
+unsafe impl GlobalAlloc for Global {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as given.
+        unsafe { PROCESS.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as given.
+        unsafe { PROCESS.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as given.
+        unsafe { PROCESS.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Occupancy of the process's zones (all zero unless [`Global`] is the
+/// global allocator).
+pub fn stats() -> ZoneStats {
+    PROCESS.stats()
+}
+
 fn current() -> u16 {
     // During a thread's teardown the slot may be gone: no zone then.
     CURRENT.try_with(Cell::get).unwrap_or(NO_ZONE)
@@ -149,12 +192,10 @@ impl ZoneAlloc {
             NO_RESERVATION => None,
             UNRESERVED => {
                 let b = reserve().unwrap_or(NO_RESERVATION);
-                match self.base.compare_exchange(
-                    UNRESERVED,
-                    b,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
+                match self
+                    .base
+                    .compare_exchange(UNRESERVED, b, Ordering::AcqRel, Ordering::Acquire)
+                {
                     Ok(_) => (b != NO_RESERVATION).then_some(b),
                     Err(won) => {
                         if b != NO_RESERVATION {
@@ -292,7 +333,9 @@ unsafe impl GlobalAlloc for ZoneAlloc {
         if p.is_null() {
             // SAFETY: `new_size` is non-zero and, rounded to `layout`'s
             // alignment, does not overflow (`realloc`'s contract).
-            p = unsafe { System.alloc(Layout::from_size_align_unchecked(new_size, layout.align())) };
+            p = unsafe {
+                System.alloc(Layout::from_size_align_unchecked(new_size, layout.align()))
+            };
             if p.is_null() {
                 return p;
             }
@@ -454,6 +497,8 @@ mod tests {
         within(1, || {
             assert_eq!(current(), 1);
             within(2, || assert_eq!(current(), 2));
+            assert_eq!(current(), 1);
+            outside(|| assert_eq!(current(), NO_ZONE));
             assert_eq!(current(), 1);
         });
         assert_eq!(current(), NO_ZONE);

@@ -187,13 +187,17 @@ impl LabelDrops {
 /// label with one of these names would make a duplicate tag.
 fn reserved() -> &'static BTreeSet<&'static str> {
     static R: OnceLock<BTreeSet<&'static str>> = OnceLock::new();
+    // Built outside any bucket's zone: first asked for while an entry is
+    // built in one (`crate::zone`).
     R.get_or_init(|| {
-        CATALOG
-            .iter()
-            .flat_map(|m| m.tags.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && *t != "labels")
-            .collect()
+        crate::zone::outside(|| {
+            CATALOG
+                .iter()
+                .flat_map(|m| m.tags.split(','))
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && *t != "labels")
+                .collect()
+        })
     })
 }
 
