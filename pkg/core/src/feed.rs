@@ -472,13 +472,13 @@ struct ShareState {
 }
 
 /// Buckets read per query when a monitor acquires several at once (a
-/// start, a crash take-over): one. Each query's answer (documents with
-/// their credentials, ~1,200 per bucket at 300,000 clusters) stays small,
-/// and the entries of one bucket are allocated together: when the bucket
-/// is given away they free whole pages, which `malloc_trim` returns. With
-/// four buckets a query (in id order, so interleaved) a monitor that gave
-/// away half its buckets kept nearly all their pages (measured: 159-164 MB
-/// for a share that costs 91 MB, `share_memory`).
+/// start, a crash take-over): one, so each query's answer (documents with
+/// their credentials, ~1,200 per bucket at 300,000 clusters) stays small.
+/// Where the entries go does not depend on it: each is built in its
+/// bucket's zone (`crate::zone`). Before zones, with four buckets a query
+/// (in id order, so interleaved) a monitor that gave away half its buckets
+/// kept nearly all their pages (measured: 159-164 MB for a share that
+/// costs 91 MB, `share_memory`).
 const READ_CHUNK: usize = 1;
 
 /// The single writer of a [`ClusterMap`].
@@ -1003,6 +1003,45 @@ mod tests {
 
     /// A replay of versions already held keeps their entries (the same
     /// allocation, no event); a changed document replaces its entry.
+    /// Every allocation an entry keeps (the entry, its id, API server, tags
+    /// and credentials) is in its bucket's zone (`crate::zone`; the
+    /// library's tests run on that allocator), so a bucket given away frees
+    /// its zone whole; what a document owned is not kept.
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_is_built_in_its_buckets_zone() {
+        let store = Arc::new(MemStore::new());
+        let mut doc = cluster("zoned", 233);
+        doc.credentials.token = Some(crate::model::Secret::new("a token"));
+        doc.credentials.ca_bundle = Some("a CA bundle".into());
+        store.put_cluster(&doc).await.unwrap();
+        let mut sealed = cluster("sealed", 234);
+        sealed.encrypted_credentials = Some("sealed text".into());
+        store.put_cluster(&sealed).await.unwrap();
+        let (mut r, map, _rx) = reflector();
+        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
+        drain(&mut feed, &mut r).await;
+        for (id, bucket) in [("zoned", 233), ("sealed", 234)] {
+            let e = map.get(id).unwrap();
+            let credentials = match &e.credentials {
+                CredentialSource::Plain(p) => p.0.as_ptr(),
+                CredentialSource::Sealed(s) => s.as_ptr(),
+                CredentialSource::None => panic!("{id}: credentials kept"),
+            };
+            for (what, p) in [
+                ("entry", Arc::as_ptr(&e).cast::<u8>()),
+                ("id", e.id.as_ptr()),
+                ("api server", e.api_server.as_ptr()),
+                ("tags", e.tags.iter().next().unwrap().0.as_ptr()),
+                ("credentials", credentials),
+            ] {
+                assert_eq!(zone::bucket_of(p), Some(bucket), "{id}: {what}");
+            }
+        }
+        // Outside a zone (a tool's map, `from_doc`): the system's.
+        let e = ClusterEntry::from_doc(doc);
+        assert_eq!(zone::bucket_of(e.api_server.as_ptr()), None);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_version_already_held_keeps_its_entry() {
         let store = Arc::new(MemStore::new());

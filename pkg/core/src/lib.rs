@@ -30,6 +30,12 @@ pub mod status;
 pub mod store;
 pub mod zone;
 
+/// The library's tests run on the allocator the binary installs: every
+/// test exercises it, and entries are built in their buckets' zones.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOC: zone::Global = zone::Global;
+
 /// ARCHITECTURE.md stays true: every path its code map names exists.
 #[cfg(test)]
 mod code_map_tests {

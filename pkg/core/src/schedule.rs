@@ -1061,6 +1061,7 @@ mod scheduler_tests {
         /// Kept alive so the scheduler's event channel stays open.
         _reflector: crate::feed::Reflector,
         hanging_max: Arc<AtomicUsize>,
+        map: ClusterMap,
     }
 
     /// A scheduler owning every bucket, over `ids` (all checkable).
@@ -1129,7 +1130,7 @@ mod scheduler_tests {
             pass_done_ms: pass_done.clone(),
             check_now: check_now_rx,
             clock,
-            map,
+            map: map.clone(),
             events: events_rx,
             assignment: assign_rx,
             assignment_read_ms: Arc::new(AtomicI64::new(0)),
@@ -1161,6 +1162,7 @@ mod scheduler_tests {
             _assign: assign_tx,
             _reflector: reflector,
             hanging_max,
+            map,
         }
     }
 
@@ -1169,6 +1171,44 @@ mod scheduler_tests {
         std::iter::from_fn(|| h.metrics_rx.try_recv().ok())
             .filter(|q| q.line == want)
             .count()
+    }
+
+    /// Clusters of buckets given away keep no timetable entry: after the
+    /// rescan their ids are held by the map alone (map key and entry), not
+    /// by a heap entry that would stay until it fell due, up to an interval
+    /// later, keeping their bucket's zone (`crate::zone`) from being given
+    /// back.
+    #[tokio::test(start_paused = true)]
+    async fn a_rescan_drops_the_timetable_entries_of_clusters_given_away() {
+        let ids: Vec<String> = (0..50).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let h = harness(&refs, 10, Duration::from_millis(10), i64::MAX / 2).await;
+        let holders = |h: &Harness| -> Vec<usize> {
+            refs.iter()
+                .map(|id| Arc::strong_count(&h.map.get(id).expect("in the map").id))
+                .collect()
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            holders(&h).iter().all(|&n| n >= 4),
+            "map key, entry, slot and heap entry: {:?}",
+            holders(&h)
+        );
+        // Bucket 1 (every cluster's) given to another monitor.
+        let mut a = Assignment::empty();
+        a.buckets = Arc::new(vec![BucketAssignment::owned_by("other"); BUCKETS]);
+        h._assign.send(Arc::new(a)).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while holders(&h).iter().any(|&n| n > 2) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still held beyond the map after the rescan: {:?}",
+                holders(&h)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        h.stop.cancel();
+        h.task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -108,6 +108,11 @@ pub fn stats() -> ZoneStats {
     PROCESS.stats()
 }
 
+/// The bucket whose zone holds the block at `ptr`, if a zone does.
+pub fn bucket_of(ptr: *const u8) -> Option<u8> {
+    PROCESS.zone_of(ptr.cast_mut()).map(|(z, _)| z as u8)
+}
+
 fn current() -> u16 {
     // During a thread's teardown the slot may be gone: no zone then.
     CURRENT.try_with(Cell::get).unwrap_or(NO_ZONE)
