@@ -760,6 +760,7 @@ def regional_outage(a, tmp):
                 "inflight_max": int(max((p[m] for _, p in polls), default=0)),
                 "rss_mb": round(rss, 1),
                 "rss_peak_mb": round(mem_kb(mons[m].pid, "VmHWM") / 1024, 1),
+                "zone_mb": round((prom_value(urls[m], "clustermon_monitor_cache_zonebytes") or 0) / 2**20, 1),
                 "credential_mb": round(cred, 1),
                 "rss_limit_mb": round(60 + cred, 1),
                 "cpu_s_per_1000": round((s1[m]["cpu"] - s0[m]["cpu"]) / max(checks, 1) * 1000, 3),
@@ -826,9 +827,55 @@ def share_memory(a, tmp):
                 "cached": int(prom_value(urls[m], "clustermon_monitor_cache_size") or 0),
                 "rss_mb": round(mem_kb(mons[m].pid, "VmRSS") / 1024, 1),
                 "rss_peak_mb": round(mem_kb(mons[m].pid, "VmHWM") / 1024, 1),
+                "zone_mb": round((prom_value(urls[m], "clustermon_monitor_cache_zonebytes") or 0) / 2**20, 1),
                 "credential_mb": round(cred, 1),
                 "rss_limit_mb": round(60 + cred, 1),
             })
+        # A crash take-over and the give-back: the first monitor is killed,
+        # the five others take its buckets (1.2 shares each), then it comes
+        # back with its id and they hand its share back. Each must come
+        # back to the memory of its share.
+        victim, others = names[0], names[1:]
+        os.killpg(mons[victim].pid, signal.SIGKILL)
+        mons[victim].wait()
+        t = time.time()
+        wait(f"{victim}'s buckets owned by the {len(others)} others", 300,
+             lambda: buckets_settled(store, others), step=0.5)
+        takeover_s = time.time() - t
+        held["since"] = None
+
+        def others_hold_all():
+            ok = sum(prom_value(urls[m], "clustermon_monitor_cache_size") or 0 for m in others) == n
+            if not ok:
+                held["since"] = None
+                return False
+            held["since"] = held["since"] or time.time()
+            return time.time() - held["since"] >= 8
+
+        wait(f"every cluster cached by one of the {len(others)} others for 8 s", 300,
+             others_hold_all, step=0.5)
+        taken = {m: round(mem_kb(mons[m].pid, "VmRSS") / 1024, 1) for m in others}
+        old_url = urls[victim]
+        mons[victim] = procs.start(f"{victim}.again", [
+            f"{BIN}/clustermon", "run", "--store", store, "--statsd", f"udp:127.0.0.1:{statsd.port}",
+            "--id", victim, "--admin-listen", "127.0.0.1:0",
+            "--interval", "3600s", "--collectors", "healthz"])
+
+        def new_url():
+            u = admin_url(store, victim, limit=60)
+            return u if u != old_url else None
+
+        urls[victim] = wait(f"{victim} back with a new admin URL", 120, new_url, step=0.5)
+        wait(f"{victim} ready again", 600, lambda: http_code(f"{urls[victim]}/healthz/ready")[0] == 200)
+        wait(f"256 buckets owned by the {n_mons} monitors again", 300,
+             lambda: buckets_settled(store, names), step=0.5)
+        held["since"] = None
+        wait("every cluster cached by exactly one monitor for 8 s again", 300, one_holder, step=0.5)
+        for r in rows:
+            m = r["monitor"]
+            r["rss_after_giveback_mb"] = round(mem_kb(mons[m].pid, "VmRSS") / 1024, 1)
+            r["rss_while_holding_more_mb"] = taken.get(m)
+            r["restarted"] = m == victim
         mon_rows = list(rows)
         rows.insert(0, {
             "monitor": "all",
@@ -840,6 +887,9 @@ def share_memory(a, tmp):
             "rss_max_mb": max(r["rss_mb"] for r in mon_rows),
             "credential_total_mb": round(sum(r["credential_mb"] for r in mon_rows), 1),
             "over_limit_monitors": sum(1 for r in mon_rows if r["rss_mb"] > r["rss_limit_mb"]),
+            "over_limit_after_giveback": sum(1 for r in mon_rows
+                                             if r["rss_after_giveback_mb"] > r["rss_limit_mb"]),
+            "takeover_s": round(takeover_s, 1),
             "register_s": round(register_s, 1),
             "ready_s": round(ready_s, 1),
         })
@@ -1172,6 +1222,11 @@ def targets(sc):
             add(f"shared store ({x['clusters']} clusters, {x['monitors']} monitors): {x['monitor']} RSS ≤ 60 MB + its credential MB",
                 x["rss_mb"] <= x["rss_limit_mb"],
                 f"{x['rss_mb']} MB (limit {x['rss_limit_mb']} MB), {x['cached']} cached, {x['buckets']} buckets")
+            if x.get("rss_after_giveback_mb") is not None and not x.get("restarted"):
+                add(f"shared store, after taking a killed peer's buckets and giving them back: {x['monitor']} RSS ≤ 60 MB + its credential MB",
+                    x["rss_after_giveback_mb"] <= x["rss_limit_mb"],
+                    f"{x['rss_after_giveback_mb']} MB (limit {x['rss_limit_mb']} MB), "
+                    f"{x['rss_while_holding_more_mb']} MB while holding more")
     for x in sc.get("vs_blackbox", []):
         rate = f"{x.get('clusters')} clusters, {x.get('offered_per_s', '?')} probes/s"
         add(f"≤ half the CPU per probe of Prometheus + blackbox_exporter ({rate})",

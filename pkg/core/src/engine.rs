@@ -1343,6 +1343,9 @@ impl MembershipLoop {
             .map
             .for_each(|e| cred_bytes += e.credentials.cached_bytes() as u64);
         m.self_gauge(names::CACHE_CREDENTIAL_BYTES, cred_bytes);
+        let zones = crate::zone::stats();
+        m.self_gauge(names::CACHE_ZONE_BYTES, zones.carved as u64);
+        m.self_gauge(names::CACHE_ZONES, zones.zones as u64);
         let s = &self.handles.stats;
         m.self_gauge(
             names::CHECKS_INFLIGHT,

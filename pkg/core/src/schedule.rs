@@ -779,7 +779,14 @@ impl Scheduler {
                         .fetch_sub(1, Ordering::Relaxed);
                 }
                 self.running.remove(&id);
-                if is_hanging(last.duration_ms, ms(self.deps.check_timeout) as u64) {
+                let entry = self.deps.map.get(&id);
+                // A cluster that left the map while its check ran (its
+                // bucket given away, its document deleted) is not kept as
+                // hanging: nothing would remove it again, and its id would
+                // keep its bucket's zone (`crate::zone`).
+                if entry.is_some()
+                    && is_hanging(last.duration_ms, ms(self.deps.check_timeout) as u64)
+                {
                     self.hanging.insert(id.clone());
                 } else {
                     self.hanging.remove(&id);
@@ -794,7 +801,7 @@ impl Scheduler {
                 // Copied for an operator only: a copy per check is an
                 // allocation per check that outlives the ones around it.
                 let answer = waiter.as_ref().map(|_| last.clone());
-                if let Some(entry) = self.deps.map.get(&id) {
+                if let Some(entry) = entry {
                     self.alert(entry, &last);
                     self.deps.last_checks.insert(id, StoredCheck::new(last));
                 }
@@ -1204,6 +1211,46 @@ mod scheduler_tests {
                 tokio::time::Instant::now() < deadline,
                 "still held beyond the map after the rescan: {:?}",
                 holders(&h)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        h.stop.cancel();
+        h.task.await.unwrap();
+    }
+
+    /// A cluster deleted while its check hangs is not kept as hanging when
+    /// the check times out: once the check ends nothing holds its id.
+    #[tokio::test(start_paused = true)]
+    async fn a_cluster_that_left_while_its_check_hung_is_not_kept() {
+        let mut h = harness_with(
+            &["c0", "c1"],
+            10,
+            Duration::from_millis(10),
+            i64::MAX / 2,
+            &["c0"],
+            50,
+        )
+        .await;
+        // Every cluster's first check has started; c0's hangs.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let id = h.map.get("c0").unwrap().id.clone();
+        h._reflector
+            .apply(crate::feed::FeedEvent::Page(crate::store::FeedPage {
+                changes: vec![crate::store::Change::Delete { id: "c0".into() }],
+                continuation: "2".into(),
+                caught_up: true,
+            }))
+            .await
+            .unwrap();
+        assert!(h.map.get("c0").is_none());
+        // Past the 30 s timeout of the hanging check.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&id) > 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the id is still held ({} holders)",
+                Arc::strong_count(&id)
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

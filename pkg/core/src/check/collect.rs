@@ -91,7 +91,10 @@ pub struct KubeChecker {
     concurrency: usize,
     connect_timeout: std::time::Duration,
     clock: Clock,
-    insecure_logged: Mutex<HashSet<Arc<str>>>,
+    /// Clusters whose `insecureSkipTLSVerify` was logged, by a hash of
+    /// their id: not the id itself, which would keep its bucket's zone
+    /// (`crate::zone`) after the cluster left.
+    insecure_logged: Mutex<HashSet<u64>>,
 }
 
 impl KubeChecker {
@@ -196,7 +199,13 @@ impl KubeChecker {
                 .insecure_logged
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if seen.insert(e.id.clone()) {
+            let key = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                e.id.hash(&mut h);
+                h.finish()
+            };
+            if seen.insert(key) {
                 tracing::warn!(cluster = %e.id, "insecureSkipTLSVerify is set: the API server's certificate is not verified");
             }
         }

@@ -51,6 +51,8 @@ pub mod names {
     pub const CACHE_SIZE: &str = "monitor.cache.size";
     pub const CACHE_INVALID: &str = "monitor.cache.invalid";
     pub const CACHE_CREDENTIAL_BYTES: &str = "monitor.cache.credentialbytes";
+    pub const CACHE_ZONE_BYTES: &str = "monitor.cache.zonebytes";
+    pub const CACHE_ZONES: &str = "monitor.cache.zones";
     pub const CHECKS_INFLIGHT: &str = "monitor.checks.inflight";
     pub const CHECKS_INFLIGHT_HANGING: &str = "monitor.checks.inflight.hanging";
     pub const CHECKS_HANGING: &str = "monitor.checks.hanging";
@@ -135,6 +137,8 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: CACHE_SIZE, kind: Gauge, tags: "monitor", help: "Cluster documents in the local map (all buckets)." },
         MetricDef { name: CACHE_INVALID, kind: Gauge, tags: "monitor", help: "Cluster documents currently skipped as invalid." },
         MetricDef { name: CACHE_CREDENTIAL_BYTES, kind: Gauge, tags: "monitor", help: "Bytes of credential material the cluster cache holds (sealed or plain CA bundles, certificates, keys, tokens), summed over its clusters." },
+        MetricDef { name: CACHE_ZONE_BYTES, kind: Gauge, tags: "monitor", help: "Bytes of the bucket zones the cluster cache's entries are allocated in (live entries and freed blocks kept for reuse in their zone); a zone whose last entry is freed goes back to the system. Near the cache's own size when the monitor holds its share; far above it after buckets were given away, something still holds their entries." },
+        MetricDef { name: CACHE_ZONES, kind: Gauge, tags: "monitor", help: "Bucket zones holding at least one allocation: the buckets whose entries this monitor holds, plus any given away whose last entry is not freed yet." },
         MetricDef { name: CHECKS_INFLIGHT, kind: Gauge, tags: "monitor", help: "Checks running now." },
         MetricDef { name: CHECKS_INFLIGHT_HANGING, kind: Gauge, tags: "monitor", help: "Checks running now of hanging clusters (within monitor.checks.inflight); at most --hanging-share of the pool." },
         MetricDef { name: CHECKS_HANGING, kind: Gauge, tags: "monitor", help: "Clusters whose last check used at least nine tenths of --check-timeout (hanging): their checks share --hanging-share of the pool." },
