@@ -121,15 +121,43 @@ fn start_three(s: &mut Setup) -> Instant {
 
 /// Waits until every cluster of `ids` has `n` checks at or after `since`.
 fn wait_checked(s: &Setup, ids: &[String], since: Instant, n: usize, limit: Duration, what: &str) {
-    wait_until(what, limit, || {
+    let deadline = Instant::now() + limit;
+    loop {
         let t = s.statsd.check_times();
-        ids.iter()
-            .all(|id| {
-                t.get(id)
-                    .is_some_and(|v| v.iter().filter(|x| **x >= since).count() >= n)
+        let short: Vec<&String> = ids
+            .iter()
+            .filter(|id| {
+                t.get(*id)
+                    .is_none_or(|v| v.iter().filter(|x| **x >= since).count() < n)
             })
-            .then_some(())
-    });
+            .collect();
+        if short.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            // Which clusters, and when each was last checked: a late one
+            // and a never-checked one have different causes.
+            let now = Instant::now();
+            let late: Vec<String> = short
+                .iter()
+                .take(10)
+                .map(|id| match t.get(*id).and_then(|v| v.iter().max()) {
+                    Some(at) => format!("{id} (last {:?} ago)", now - *at),
+                    None => format!("{id} (never)"),
+                })
+                .collect();
+            let owners = match buckets(&s.store) {
+                Some(o) => format!("{} of 256 buckets owned", o.iter().flatten().count()),
+                None => "buckets not read".to_string(),
+            };
+            panic!(
+                "timed out after {limit:?} waiting for: {what}: {} of {} clusters short of {n} check(s) since the start, e.g. {late:?}; {owners}",
+                short.len(),
+                ids.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn assert_coverage(
