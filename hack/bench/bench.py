@@ -804,17 +804,21 @@ def share_memory(a, tmp):
         # The sum also equals n for a moment while incoming owners read
         # buckets whose outgoing owners still hold them: it must hold for
         # longer than a handoff (4 s) plus a heartbeat interval.
-        held = {"since": None}
+        def held_once_by(group):
+            """A condition: every cluster cached by exactly one of `group`
+            for 8 s in a row."""
+            held = {"since": None}
 
-        def one_holder():
-            ok = sum(prom_value(urls[m], "clustermon_monitor_cache_size") or 0 for m in names) == n
-            if not ok:
-                held["since"] = None
-                return False
-            held["since"] = held["since"] or time.time()
-            return time.time() - held["since"] >= 8
+            def f():
+                ok = sum(prom_value(urls[m], "clustermon_monitor_cache_size") or 0 for m in group) == n
+                if not ok:
+                    held["since"] = None
+                    return False
+                held["since"] = held["since"] or time.time()
+                return time.time() - held["since"] >= 8
+            return f
 
-        wait("every cluster cached by exactly one monitor for 8 s", 180, one_holder, step=0.5)
+        wait("every cluster cached by exactly one monitor for 8 s", 180, held_once_by(names), step=0.5)
         owners = cli_json("buckets", "--store", store) or []
         rows = []
         for m in names:
@@ -842,18 +846,8 @@ def share_memory(a, tmp):
         wait(f"{victim}'s buckets owned by the {len(others)} others", 300,
              lambda: buckets_settled(store, others), step=0.5)
         takeover_s = time.time() - t
-        held["since"] = None
-
-        def others_hold_all():
-            ok = sum(prom_value(urls[m], "clustermon_monitor_cache_size") or 0 for m in others) == n
-            if not ok:
-                held["since"] = None
-                return False
-            held["since"] = held["since"] or time.time()
-            return time.time() - held["since"] >= 8
-
         wait(f"every cluster cached by one of the {len(others)} others for 8 s", 300,
-             others_hold_all, step=0.5)
+             held_once_by(others), step=0.5)
         taken = {m: round(mem_kb(mons[m].pid, "VmRSS") / 1024, 1) for m in others}
         old_url = urls[victim]
         mons[victim] = procs.start(f"{victim}.again", [
@@ -869,8 +863,7 @@ def share_memory(a, tmp):
         wait(f"{victim} ready again", 600, lambda: http_code(f"{urls[victim]}/healthz/ready")[0] == 200)
         wait(f"256 buckets owned by the {n_mons} monitors again", 300,
              lambda: buckets_settled(store, names), step=0.5)
-        held["since"] = None
-        wait("every cluster cached by exactly one monitor for 8 s again", 300, one_holder, step=0.5)
+        wait("every cluster cached by exactly one monitor for 8 s again", 300, held_once_by(names), step=0.5)
         for r in rows:
             m = r["monitor"]
             r["rss_after_giveback_mb"] = round(mem_kb(mons[m].pid, "VmRSS") / 1024, 1)
