@@ -407,6 +407,42 @@ fn a_fourth_monitor_joins_moving_at_most_a_quarter_of_the_buckets_with_no_gap_or
     let end = Instant::now() - SLACK;
     assert_coverage(&s, &s.ids, t_join, end, INTERVAL + SLACK, "join");
     assert_no_double(&s, t_join, end, "join");
+    // The buckets given away gave their memory back: each monitor holds a
+    // zone (`monitor.cache.zones`) for each bucket it owns that has
+    // clusters, and none for a bucket it gave away.
+    let owners = buckets(&s.store).unwrap();
+    let (code, out, err) =
+        clustermon(&["cluster", "list", "--store", &s.store, "--output", "json"]);
+    assert_eq!(code, 0, "cluster list: {err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("cluster list JSON");
+    let mut with_clusters = [false; 256];
+    for c in &listed {
+        with_clusters[c["bucket"].as_u64().expect("bucket") as usize] = true;
+    }
+    let mons = ["m1", "m2", "m3", "m4"];
+    let owned = |m: &str| {
+        owners
+            .iter()
+            .zip(with_clusters)
+            .filter(|(o, has)| *has && o.as_deref() == Some(m))
+            .count()
+    };
+    let latest = || {
+        let z = metric_values(&s.statsd, "monitor.cache.zones");
+        mons.map(|m| z.get(m).and_then(|v| v.last().copied()).unwrap_or(-1.0) as i64)
+    };
+    let zones = wait_until(
+        "each monitor's zones: one per bucket it owns with clusters",
+        2 * HEARTBEAT + SLACK,
+        || {
+            let z = latest();
+            z.iter()
+                .zip(mons)
+                .all(|(&n, m)| n > 0 && n as usize == owned(m))
+                .then_some(z)
+        },
+    );
+    eprintln!("join: zones {zones:?}, buckets owned {:?}", mons.map(owned));
     drop(s.dir);
 }
 
