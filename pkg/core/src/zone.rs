@@ -498,6 +498,49 @@ mod tests {
     }
 
     #[test]
+    fn a_full_zone_falls_back_to_the_system() {
+        let l = Layout::from_size_align(MAX_ZONED, 16).unwrap();
+        // SAFETY: blocks allocated and freed with their layout, never
+        // written (carving a block touches no page).
+        unsafe {
+            let zoned: Vec<*mut u8> = within(11, || {
+                (0..ZONE_BYTES / MAX_ZONED).map(|_| TEST.alloc(l)).collect()
+            });
+            assert!(zoned
+                .iter()
+                .all(|p| TEST.zone_of(*p).map(|z| z.0) == Some(11)));
+            assert_eq!(zone_stats(11), (zoned.len(), ZONE_BYTES));
+            let spill = within(11, || TEST.alloc(l));
+            assert!(!spill.is_null());
+            assert_eq!(TEST.zone_of(spill), None, "a full zone: the system's");
+            TEST.dealloc(spill, l);
+            for p in zoned {
+                TEST.dealloc(p, l);
+            }
+        }
+        assert_eq!(zone_stats(11), (0, 0));
+    }
+
+    #[test]
+    fn without_a_reservation_everything_is_the_systems() {
+        let a = Box::new(ZoneAlloc {
+            base: AtomicUsize::new(NO_RESERVATION),
+            zones: [const { Mutex::new(Zone::EMPTY) }; ZONES],
+        });
+        let l = Layout::from_size_align(64, 8).unwrap();
+        // SAFETY: allocated and freed with the same layout.
+        unsafe {
+            let p = within(3, || a.alloc(l));
+            assert!(!p.is_null());
+            assert_eq!(a.zone_of(p), None);
+            let q = a.realloc(p, l, 128);
+            assert_eq!(a.zone_of(q), None);
+            a.dealloc(q, Layout::from_size_align(128, 8).unwrap());
+        }
+        assert_eq!(a.stats(), ZoneStats::default());
+    }
+
+    #[test]
     fn within_restores_the_previous_zone() {
         within(1, || {
             assert_eq!(current(), 1);
