@@ -55,27 +55,26 @@ thread_local! {
 /// (when [`ZoneAlloc`] is the global allocator). `f` must not keep
 /// allocations that outlive the bucket's documents beyond what they own.
 pub fn within<R>(bucket: u8, f: impl FnOnce() -> R) -> R {
-    struct Restore(u16);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CURRENT.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(CURRENT.with(|c| c.replace(u16::from(bucket))));
-    f()
+    in_zone(u16::from(bucket), f)
 }
 
 /// Runs `f` with this thread's allocations going to the system allocator,
 /// even inside [`within`]: for what outlives the entry being built (a
 /// lazily built global), which would keep its zone from being given back.
 pub fn outside<R>(f: impl FnOnce() -> R) -> R {
+    in_zone(NO_ZONE, f)
+}
+
+/// Runs `f` with this thread's zone set to `zone`, restored after (also
+/// on unwind).
+fn in_zone<R>(zone: u16, f: impl FnOnce() -> R) -> R {
     struct Restore(u16);
     impl Drop for Restore {
         fn drop(&mut self) {
             CURRENT.with(|c| c.set(self.0));
         }
     }
-    let _restore = Restore(CURRENT.with(|c| c.replace(NO_ZONE)));
+    let _restore = Restore(CURRENT.with(|c| c.replace(zone)));
     f()
 }
 
