@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::check::tls::ChainMemo;
 use crate::clock::Clock;
 use crate::metrics::labels::{cluster_tags, LabelDrops, Tags};
 use crate::metrics::{names, Metrics};
@@ -34,6 +35,10 @@ pub struct ClusterEntry {
     /// (`None`: none, the common case, kept without an allocation).
     pub label_drops: Option<Box<LabelDrops>>,
     pub credentials: CredentialSource,
+    /// The server certificate chain last verified for this version
+    /// (`check::tls::ChainMemo`): a later check that is shown the same chain
+    /// does not verify it again. Empty in a new version.
+    pub verified: ChainMemo,
 }
 
 /// A cluster's credentials as cached: sealed ones stay sealed until a check
@@ -190,6 +195,7 @@ impl ClusterEntry {
             tags: Tags::new(&tags),
             label_drops: (!label_drops.is_empty()).then(|| Box::new(label_drops)),
             credentials,
+            verified: ChainMemo::default(),
         }
     }
 

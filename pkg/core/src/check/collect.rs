@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::kube::{KubeClient, KubeError};
+use super::tls::MemoUse;
 use super::{CheckCtx, CheckReport, Checker, CollectorOutcome};
 use crate::clock::Clock;
 use crate::feed::{ClusterEntry, CredentialSource};
@@ -209,11 +210,12 @@ impl KubeChecker {
                 tracing::warn!(cluster = %e.id, "insecureSkipTLSVerify is set: the API server's certificate is not verified");
             }
         }
-        let kube = match KubeClient::with_connect_timeout(
+        let kube = match KubeClient::with_memo(
             &e.api_server,
             &creds,
             ctx.deadline,
             self.connect_timeout,
+            e.verified.get(),
         ) {
             Ok(k) => k,
             Err(err) => {
@@ -227,6 +229,11 @@ impl KubeChecker {
         let t = Instant::now();
         let health = kube.get("/healthz").await;
         let apiserver_ms = timing(emit, "apiserver", t);
+        // A chain verified in full is remembered for the next check of this
+        // version (whatever the answer: the chain's verdict stands).
+        if let MemoUse::Learned(v) = kube.memo_use() {
+            e.verified.set(v);
+        }
         let (code, peer) = match &health {
             Ok(r) => (r.status, r.peer_certificate.clone()),
             Err(_) => (0, None),
@@ -1136,6 +1143,45 @@ mod hostile_tests {
             encrypted_credentials: None,
             labels: BTreeMap::new(),
         })
+    }
+
+    /// A check that verified the server's chain leaves it in the entry; the
+    /// next check of that entry takes it (`tls::ChainMemo`).
+    #[tokio::test]
+    async fn a_check_leaves_the_verified_chain_in_its_entry() {
+        let s = super::super::kube::tls_server::start().await;
+        let e = ClusterEntry::from_doc(ClusterDoc {
+            id: "c-tls".into(),
+            bucket: 0,
+            provisioning_state: ProvisioningState::Succeeded,
+            api_server: s.url.clone(),
+            credentials: Credentials {
+                ca_bundle: Some(s.ca_pem.clone()),
+                ..Default::default()
+            },
+            encrypted_credentials: None,
+            labels: BTreeMap::new(),
+        });
+        assert_eq!(
+            e.verified.get(),
+            super::super::tls::VerifiedChain::default()
+        );
+        let (metrics, _rx) = Metrics::capture("m", 10_000);
+        let checker = KubeChecker::healthz_only(None, Clock::system());
+        for _ in 0..2 {
+            let report = checker
+                .check(CheckCtx {
+                    cluster: &e,
+                    metrics: &metrics,
+                    deadline: Instant::now() + Duration::from_secs(10),
+                })
+                .await;
+            assert!(report.ok, "{}", report.summary);
+            assert_ne!(
+                e.verified.get(),
+                super::super::tls::VerifiedChain::default()
+            );
+        }
     }
 
     /// Runs a full check (healthz, then the standard collectors) against

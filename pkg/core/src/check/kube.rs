@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use super::h1::{self, H1Error};
-use super::tls;
+use super::tls::{self, MemoUse, MemoVerifier, VerifiedChain};
 use super::tls_io::TlsIo;
 use crate::model::{Credentials, Secret};
 
@@ -88,6 +88,9 @@ struct Target {
     /// Path of the API server below the authority (no trailing `/`).
     prefix: Box<str>,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// The verifier of the cluster's CA bundle, asked after the check what
+    /// became of the chain it was given (`tls::ChainMemo`).
+    memo: Option<Arc<MemoVerifier>>,
 }
 
 /// A check's connection: plain TCP or TLS (boxed: the rustls session is
@@ -163,7 +166,11 @@ fn reason(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Parses an `apiServer` URL: `http(s)://host[:port][/prefix]`.
-fn target(api_server: &str, creds: &Credentials) -> Result<Target, KubeError> {
+fn target(
+    api_server: &str,
+    creds: &Credentials,
+    known: VerifiedChain,
+) -> Result<Target, KubeError> {
     let bad = |what: &str| KubeError::Config(format!("apiServer: {what}"));
     let uri: hyper::Uri = api_server.parse().map_err(|_| bad("not a URL"))?;
     let https = match uri.scheme_str() {
@@ -186,12 +193,13 @@ fn target(api_server: &str, creds: &Credentials) -> Result<Target, KubeError> {
     if uri.query().is_some() {
         return Err(bad("a query is not allowed"));
     }
-    let tls = if https {
-        let config = tls::client_config(creds, true).map_err(KubeError::Config)?;
+    let (tls, memo) = if https {
+        let (config, memo) =
+            tls::client_config_with_memo(creds, true, known).map_err(KubeError::Config)?;
         let name = ServerName::try_from(host.to_string()).map_err(|_| bad("invalid host name"))?;
-        Some((Arc::new(config), name))
+        (Some((Arc::new(config), name)), memo)
     } else {
-        None
+        (None, None)
     };
     Ok(Target {
         host: host.into(),
@@ -199,6 +207,7 @@ fn target(api_server: &str, creds: &Credentials) -> Result<Target, KubeError> {
         authority: authority.as_str().into(),
         prefix: uri.path().trim_end_matches('/').into(),
         tls,
+        memo,
     })
 }
 
@@ -233,12 +242,30 @@ impl KubeClient {
         deadline: Instant,
         connect_timeout: Duration,
     ) -> Result<Self, KubeError> {
+        Self::with_memo(
+            api_server,
+            creds,
+            deadline,
+            connect_timeout,
+            VerifiedChain::default(),
+        )
+    }
+
+    /// As [`Self::with_connect_timeout`], given the server certificate chain
+    /// last verified for this cluster version (see `tls::ChainMemo`).
+    pub fn with_memo(
+        api_server: &str,
+        creds: &Credentials,
+        deadline: Instant,
+        connect_timeout: Duration,
+        known: VerifiedChain,
+    ) -> Result<Self, KubeError> {
         let auth = match &creds.token {
             Some(t) => Some(bearer(t)?),
             None => None,
         };
         Ok(Self {
-            target: target(api_server, creds)?,
+            target: target(api_server, creds, known)?,
             auth,
             deadline,
             connect_timeout,
@@ -272,6 +299,14 @@ impl KubeClient {
                 humantime::format_duration(self.connect_timeout)
             ))),
         }
+    }
+
+    /// What this client's handshakes made of the chain memo.
+    pub fn memo_use(&self) -> MemoUse {
+        self.target
+            .memo
+            .as_ref()
+            .map_or(MemoUse::Unused, |m| m.used())
     }
 
     fn take_idle(&self) -> Option<Conn> {
@@ -442,9 +477,123 @@ pub(crate) mod tests_support {
     }
 }
 
+/// A TLS API server for tests: a CA, a serving certificate for 127.0.0.1
+/// signed by it, and a listener answering every request `200 {}`.
+#[cfg(test)]
+pub(crate) mod tls_server {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    pub struct TlsServer {
+        pub url: String,
+        pub ca_pem: String,
+        pub task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for TlsServer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    pub async fn start() -> TlsServer {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        let cert = p.signed_by(&key, &issuer).unwrap().der().clone();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", l.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut b = [0u8; 1024];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                            if tls.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                        match tls.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        TlsServer { url, ca_pem, task }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chain memo from the client's side: a first client verifies the
+    /// server's chain and learns it, a second given what was learned takes
+    /// it without verifying, and one given it under another CA bundle does
+    /// not (its handshake fails).
+    #[tokio::test]
+    async fn a_chain_learned_by_one_check_is_taken_by_the_next() {
+        let s = tls_server::start().await;
+        let creds = Credentials {
+            ca_bundle: Some(s.ca_pem.clone()),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = |known| {
+            KubeClient::with_memo(&s.url, &creds, deadline, Duration::from_secs(5), known).unwrap()
+        };
+        let first = client(VerifiedChain::default());
+        assert_eq!(first.get("/healthz").await.unwrap().status, 200);
+        let MemoUse::Learned(m) = first.memo_use() else {
+            panic!("learned: {:?}", first.memo_use())
+        };
+        let second = client(m);
+        assert_eq!(second.memo_use(), MemoUse::Unused, "nothing verified yet");
+        assert_eq!(second.get("/healthz").await.unwrap().status, 200);
+        assert_eq!(second.memo_use(), MemoUse::Hit);
+
+        // The same memo with another CA bundle: verified, and refused.
+        let other = tls_server::start().await;
+        let creds = Credentials {
+            ca_bundle: Some(other.ca_pem.clone()),
+            ..Default::default()
+        };
+        let third =
+            KubeClient::with_memo(&s.url, &creds, deadline, Duration::from_secs(5), m).unwrap();
+        assert!(third.get("/healthz").await.is_err());
+        assert_eq!(third.memo_use(), MemoUse::Unused);
+    }
 
     #[test]
     fn query_encoding_and_error_kinds() {
@@ -733,10 +882,10 @@ mod tests {
         #[test]
         fn api_server_urls() {
             let c = Credentials::default();
-            let t = target("http://[::1]:8080/a/b/", &c).unwrap();
+            let t = target("http://[::1]:8080/a/b/", &c, VerifiedChain::default()).unwrap();
             assert_eq!((&*t.host, t.port, &*t.prefix), ("::1", 8080, "/a/b"));
             assert_eq!(&*t.authority, "[::1]:8080");
-            let t = target("http://api.example", &c).unwrap();
+            let t = target("http://api.example", &c, VerifiedChain::default()).unwrap();
             assert_eq!((&*t.host, t.port, &*t.prefix), ("api.example", 80, ""));
             for (bad, why) in [
                 ("ftp://x", "scheme must be http or https"),
@@ -744,13 +893,16 @@ mod tests {
                 ("http://x/?a=b", "a query is not allowed"),
                 ("not a url", "not a URL"),
             ] {
-                let e = target(bad, &c).err().unwrap().to_string();
+                let e = target(bad, &c, VerifiedChain::default())
+                    .err()
+                    .unwrap()
+                    .to_string();
                 assert_eq!(e, format!("configuration: apiServer: {why}"), "{bad}");
                 assert!(!e.contains("pw"));
             }
             // https: the default port, and the CA rule of `tls`.
-            assert!(target("https://x", &c).is_err());
-            let t = target("https://x", &creds()).unwrap();
+            assert!(target("https://x", &c, VerifiedChain::default()).is_err());
+            let t = target("https://x", &creds(), VerifiedChain::default()).unwrap();
             assert_eq!(t.port, 443);
         }
     }
