@@ -214,6 +214,23 @@ impl Statsd {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
+        // A receive buffer of up to 8 MiB (the kernel caps it at
+        // net.core.rmem_max): several monitors' bursts on a loaded machine
+        // must not overflow it while this thread waits for the CPU.
+        {
+            use std::os::fd::AsRawFd;
+            let size: libc::c_int = 8 << 20;
+            // SAFETY: a valid socket and a c_int option of its size.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
         let addr = sock.local_addr().expect("addr").to_string();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let raw = Arc::new(Mutex::new(Vec::new()));
@@ -225,12 +242,14 @@ impl Statsd {
                 let Ok(n) = sock.recv(&mut buf) else { continue };
                 let at = Instant::now();
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let mut l = l.lock().unwrap();
-                for line in text.lines().filter(|x| !x.is_empty()) {
-                    if let Some(p) = Line::parse(at, line) {
-                        l.push(p);
-                    }
-                }
+                // Parsed before the lock is taken: the test thread's reads
+                // hold it, and the socket is not read meanwhile.
+                let parsed: Vec<Line> = text
+                    .lines()
+                    .filter(|x| !x.is_empty())
+                    .filter_map(|line| Line::parse(at, line))
+                    .collect();
+                l.lock().unwrap().extend(parsed);
                 r.lock().unwrap().push(text);
             }
         });
@@ -241,6 +260,18 @@ impl Statsd {
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Datagrams the kernel dropped at this receiver (its buffer was
+    /// full), from `/proc/net/udp`; `None` when not readable.
+    pub fn kernel_drops(&self) -> Option<u64> {
+        let port: u16 = self.addr.rsplit(':').next()?.parse().ok()?;
+        let local = format!("0100007F:{port:04X}");
+        let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+        table.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str())).then(|| f.last()?.parse().ok())?
+        })
     }
 
     pub fn target(&self) -> String {

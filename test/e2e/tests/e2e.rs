@@ -151,9 +151,10 @@ fn wait_checked(s: &Setup, ids: &[String], since: Instant, n: usize, limit: Dura
                 None => "buckets not read".to_string(),
             };
             panic!(
-                "timed out after {limit:?} waiting for: {what}: {} of {} clusters short of {n} check(s) since the start, e.g. {late:?}; {owners}",
+                "timed out after {limit:?} waiting for: {what}: {} of {} clusters short of {n} check(s) since the start, e.g. {late:?}; {owners}; datagrams dropped by the receiver's kernel buffer: {:?}",
                 short.len(),
-                ids.len()
+                ids.len(),
+                s.statsd.kernel_drops()
             );
         }
         std::thread::sleep(Duration::from_millis(100));
