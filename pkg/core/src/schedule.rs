@@ -120,7 +120,10 @@ pub fn hanging_permits(pool: usize, share_pct: u8) -> usize {
 
 /// When a cluster that enters the timetable is first due, and whether that
 /// first check is a catch-up. `fresh`: a cluster that became checkable after
-/// start-up (checked at once). A cluster of a bucket taken from a dead owner
+/// start-up (checked at once, unless its bucket is being handed over: the
+/// old and the new owner see the document at different times, one before
+/// the handoff and one after, and each would check it "at once"; it then
+/// waits for its grid slot, which exactly one of them owns). A cluster of a bucket taken from a dead owner
 /// (no `prev`, `handoff_at_ms` marks since when checks may have been
 /// missed) whose latest due time fell after that mark is caught up, so a
 /// crash costs at most the failover time, not one interval more:
@@ -141,7 +144,7 @@ pub fn first_due(
 ) -> (i64, bool) {
     let next = next_due(now_ms, phase, interval_ms);
     let last_due = next - interval_ms;
-    if fresh {
+    if fresh && bucket.prev.is_none() {
         return (now_ms, false);
     }
     let at = now_ms + phase % spread_ms.max(1);
@@ -1586,6 +1589,38 @@ mod decision_tests {
             prop_assert_eq!(decide_due(&f), DueDecision::Run);
         }
 
+        /// A cluster created while its bucket is handed over is seen by the
+        /// old owner before the handoff time and by the new one after it
+        /// (feeds deliver at different times): it is checked once, not by
+        /// both "at once".
+        #[test]
+        fn a_cluster_created_during_a_handoff_is_checked_once(
+            phase in 0i64..10_000,
+            before in 1i64..3_000,
+            after in 0i64..3_000,
+        ) {
+            let (interval, handoff) = (10_000i64, 1_000_000i64);
+            let b = BucketAssignment {
+                owner: Some("new".into()),
+                prev: Some("old".into()),
+                handoff_at_ms: handoff,
+            };
+            let owner_at = |due: i64| if due < handoff { "old" } else { "new" };
+            // The old owner sees it `before` ms ahead of the handoff, the new
+            // one `after` ms past it; each runs its first check if it owns
+            // the due time.
+            let mut checks = Vec::new();
+            for (me, seen) in [("old", handoff - before), ("new", handoff + after)] {
+                let (due, _) = first_due(seen, phase, interval, 1_000, true, &b, me);
+                if owner_at(due) == me {
+                    checks.push(due);
+                }
+            }
+            if let [a, b] = checks[..] {
+                prop_assert!((a - b).abs() >= interval, "checked {} ms apart", (a - b).abs());
+            }
+        }
+
         /// The first due time is now (fresh or catch-up) or the next grid
         /// slot; a catch-up only for a bucket taken from a dead owner whose
         /// last due time fell after the mark.
@@ -1599,7 +1634,7 @@ mod decision_tests {
             };
             let (due, catch_up) = first_due(now, phase, interval, spread, fresh, &b, "me");
             let next = next_due(now, phase, interval);
-            if fresh {
+            if fresh && !prev {
                 prop_assert_eq!(due, now);
             } else if catch_up {
                 prop_assert!(due >= now && due < now + spread && due < next);

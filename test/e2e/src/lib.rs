@@ -639,7 +639,9 @@ impl Monitors {
             statsd: statsd.target(),
             dir: dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            log: "info".into(),
+            // E2E_MONITOR_LOG: a finer level for a run under study, e.g.
+            // `info,clustermon_core::schedule=debug` (each check's due time).
+            log: std::env::var("E2E_MONITOR_LOG").unwrap_or_else(|_| "info".into()),
             procs: BTreeMap::new(),
         }
     }
