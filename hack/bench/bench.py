@@ -80,9 +80,28 @@ def pct(xs, p):
 class Procs:
     """Every child of a scenario; all stopped (SIGTERM, then SIGKILL) on exit."""
 
+    # Every Procs made, so that a failure can show a child's exit and log.
+    made = []
+
     def __init__(self, tmp):
         self.tmp = tmp
         self.all = []
+        Procs.made.append(self)
+
+    @classmethod
+    def describe(cls, name):
+        """Whether the last child called `name` still runs, and its log's tail."""
+        for procs in reversed(cls.made):
+            for p in reversed(procs.all):
+                if p.name == name:
+                    try:
+                        with open(f"{procs.tmp}/{name}.log") as f:
+                            tail = "".join(f.readlines()[-15:])
+                    except OSError as e:
+                        tail = f"(no log: {e})"
+                    state = "running" if p.poll() is None else f"exited with {p.returncode}"
+                    return f"{name} {state}; last log lines:\n{tail}"
+        return f"{name}: no such child"
 
     def start(self, name, args, stdout=subprocess.DEVNULL):
         p = subprocess.Popen(args, stdout=stdout, stderr=open(f"{self.tmp}/{name}.log", "w"),
@@ -217,7 +236,7 @@ def admin_url(store, mon_id, limit=60):
             if m["id"] == mon_id and m.get("admin_url"):
                 return m["admin_url"]
         time.sleep(0.2)
-    raise RuntimeError(f"{mon_id} did not publish its admin URL")
+    raise RuntimeError(f"{mon_id} did not publish its admin URL: {Procs.describe(mon_id)}")
 
 
 def http_code(url):
