@@ -95,6 +95,18 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long opening the store waits for other processes' locks.
 const OPEN_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often, and how far apart, an open that SQLite refused at once as
+/// busy is tried again (~5 s in all).
+const OPEN_RETRIES: u32 = 100;
+const OPEN_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
@@ -121,27 +133,29 @@ impl SqliteStore {
         let ctx = |e: rusqlite::Error| {
             StoreError::Invalid(format!("cannot open sqlite store {}: {e}", path.display()))
         };
-        let mut conn = Connection::open(&path).map_err(ctx)?;
-        // Opening may switch the file to WAL and create the schema while
-        // other processes open it too: wait longer for their locks here
-        // than a call of a running monitor does.
-        conn.busy_timeout(OPEN_BUSY_TIMEOUT).map_err(ctx)?;
-        // WAL: readers do not block the writer; several processes share the file.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(ctx)?;
+        // Several processes may open one new file at once (monitors started
+        // together, a `status` while a monitor starts). SQLite answers some
+        // of the races at once with "database is locked", without waiting
+        // out the busy timeout (a read that must become a write after
+        // another process wrote): those are tried again, a bounded number
+        // of times.
+        let mut retries = 0;
+        let (conn, mode) = loop {
+            match Self::prepare(&path) {
+                Ok(c) => break c,
+                Err(e) if is_busy(&e) && retries < OPEN_RETRIES => {
+                    retries += 1;
+                    std::thread::sleep(OPEN_RETRY_PAUSE);
+                }
+                Err(e) => return Err(ctx(e)),
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Invalid(format!(
                 "sqlite store {}: WAL mode refused (got {mode}); use a local file system",
                 path.display()
             )));
         }
-        conn.execute_batch("PRAGMA synchronous=NORMAL;")
-            .map_err(ctx)?;
-        conn.execute_batch(SCHEMA).map_err(ctx)?;
-        add_bucket_column(&mut conn).map_err(ctx)?;
-        conn.execute_batch(BUCKET_INDEX).map_err(ctx)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
         let reader = Connection::open(&path).map_err(ctx)?;
         reader.busy_timeout(BUSY_TIMEOUT).map_err(ctx)?;
         Ok(Self {
@@ -150,6 +164,33 @@ impl SqliteStore {
             invalid_monitor_docs: AtomicU64::new(0),
             invalid_logged: Arc::default(),
         })
+    }
+
+    /// The writing connection: WAL mode (which it returns as SQLite named
+    /// it), the schema made or migrated, each write in a transaction that
+    /// takes the write lock first, so that it waits for other processes'
+    /// locks rather than failing when one wrote meanwhile.
+    fn prepare(path: &Path) -> rusqlite::Result<(Connection, String)> {
+        let mut conn = Connection::open(path)?;
+        // Opening may switch the file to WAL and create the schema while
+        // other processes open it too: wait longer for their locks here
+        // than a call of a running monitor does.
+        conn.busy_timeout(OPEN_BUSY_TIMEOUT)?;
+        // WAL: readers do not block the writer; several processes share the file.
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Ok((conn, mode));
+        }
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        tx.commit()?;
+        add_bucket_column(&mut conn)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(BUCKET_INDEX)?;
+        tx.commit()?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok((conn, mode))
     }
 
     /// Runs `f` on the writing connection.

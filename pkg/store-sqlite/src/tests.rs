@@ -49,6 +49,33 @@ async fn two_handles_on_one_file_see_each_other() {
     assert_eq!(b.read_master().await.unwrap().unwrap().etag, e);
 }
 
+/// Several processes opening one new file at once (monitors started
+/// together, a `status` run while a monitor starts) all get the store: the
+/// open waits for the others' schema creation, it does not fail with
+/// "database is locked". Threads here, each with its own connections, as
+/// processes would have.
+#[test]
+fn opening_a_new_file_from_many_handles_at_once_never_fails() {
+    for round in 0..20 {
+        let path = temp_db("open-race");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let opened: Vec<_> = (0..6)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteStore::open(&path).map(|_| ())
+                })
+            })
+            .collect();
+        for h in opened {
+            if let Err(e) = h.join().unwrap() {
+                panic!("round {round}: {e}");
+            }
+        }
+    }
+}
+
 const WORKERS: usize = 4;
 const INCREMENTS: u64 = 40;
 const CLUSTERS: usize = 40;
