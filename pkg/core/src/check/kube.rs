@@ -499,6 +499,26 @@ pub(crate) mod tls_server {
         }
     }
 
+    /// A TLS acceptor serving `cert` with `key` (ring, no client
+    /// certificates).
+    pub fn acceptor(
+        cert: rustls::pki_types::CertificateDer<'static>,
+        key: &rcgen::KeyPair,
+    ) -> tokio_rustls::TlsAcceptor {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     pub async fn start() -> TlsServer {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
         let ca_key = KeyPair::generate().unwrap();
@@ -511,18 +531,7 @@ pub(crate) mod tls_server {
         p.subject_alt_names
             .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
         let cert = p.signed_by(&key, &issuer).unwrap().der().clone();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = acceptor(cert, &key);
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}", l.local_addr().unwrap());
         let task = tokio::spawn(async move {

@@ -305,7 +305,7 @@ impl AsyncWrite for TlsIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::pki_types::CertificateDer;
     use tokio::net::TcpListener;
 
     struct Server {
@@ -322,22 +322,11 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         let der = cert.der().clone();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![der.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         Server {
             addr: listener.local_addr().unwrap(),
-            cert: der,
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            cert: der.clone(),
+            acceptor: super::super::kube::tls_server::acceptor(der, &key),
             listener,
         }
     }
