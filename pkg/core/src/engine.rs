@@ -373,6 +373,7 @@ impl Engine {
             rate: RateWindow::default(),
             dropped_reported: [0; 3],
             store_reported: Default::default(),
+            chains_reported: (0, 0),
             connected_since_ms: None,
             observer: Observer::default(),
             last_valid_master: None,
@@ -563,6 +564,8 @@ struct MembershipLoop {
     dropped_reported: [u64; 3],
     /// Store counters already emitted.
     store_reported: crate::store::StoreStats,
+    /// `check::tls::chain_counts` as last reported.
+    chains_reported: (u64, u64),
     /// Start of the current run of passes whose store calls all succeeded
     /// (writes included): a peer whose heartbeat did not change while the
     /// store was failing is not presumed dead for it.
@@ -1377,6 +1380,17 @@ impl MembershipLoop {
             ("send_failed", st.dropped_send.load(Ordering::Relaxed)),
             ("stale", st.dropped_stale.load(Ordering::Relaxed)),
         ];
+        let (remembered, verified) = crate::check::tls::chain_counts();
+        let (was_remembered, was_verified) = self.chains_reported;
+        for (how, n) in [
+            ("remembered", remembered - was_remembered),
+            ("verified", verified - was_verified),
+        ] {
+            if n > 0 {
+                m.self_count(names::TLS_CHAINS, n, &[("how", how)]);
+            }
+        }
+        self.chains_reported = (remembered, verified);
         let ss = self.store.stats();
         let was = self.store_reported;
         for (reason, n, before) in [

@@ -571,6 +571,15 @@ fn graceful_stop_hands_over() {
     assert_no_double(&s, t_term - INTERVAL, end, "graceful stop");
     let new_master = master(&s.store).expect("a master after the handoff");
     assert!(stay.contains(&new_master.as_str()));
+    // Over TLS, checks after a cluster's first on a monitor take its
+    // server chain from the entry's memo (`monitor.tls.chains`).
+    let chains = |how| s.statsd.counter_sum("monitor.tls.chains", &[("how", how)]);
+    let (remembered, verified) = (chains("remembered"), chains("verified"));
+    eprintln!("graceful stop: server chains remembered {remembered}, verified {verified}");
+    assert!(
+        remembered > 0 && verified > 0,
+        "chains remembered {remembered}, verified {verified}"
+    );
     drop(s.dir);
 }
 

@@ -582,8 +582,11 @@ mod tests {
         let client = |known| {
             KubeClient::with_memo(&s.url, &creds, deadline, Duration::from_secs(5), known).unwrap()
         };
+        let (remembered, verified) = tls::chain_counts();
         let first = client(VerifiedChain::default());
         assert_eq!(first.get("/healthz").await.unwrap().status, 200);
+        // Process-wide counts (other tests add to them too).
+        assert!(tls::chain_counts().1 > verified);
         let MemoUse::Learned(m) = first.memo_use() else {
             panic!("learned: {:?}", first.memo_use())
         };
@@ -591,6 +594,7 @@ mod tests {
         assert_eq!(second.memo_use(), MemoUse::Unused, "nothing verified yet");
         assert_eq!(second.get("/healthz").await.unwrap().status, 200);
         assert_eq!(second.memo_use(), MemoUse::Hit);
+        assert!(tls::chain_counts().0 > remembered);
 
         // The same memo with another CA bundle: verified, and refused.
         let other = tls_server::start().await;

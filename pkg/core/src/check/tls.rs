@@ -12,6 +12,7 @@
 //! every connection. The memo lives in the entry of one document version, so
 //! a new CA bundle starts without one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -127,6 +128,19 @@ static TLS13_SHA256: &rustls::Tls13CipherSuite = match ring::cipher_suite::TLS13
     _ => unreachable!(),
 };
 
+/// Server chains checked in this process: taken from a memo, and verified
+/// in full (`monitor.tls.chains`).
+static CHAINS_REMEMBERED: AtomicU64 = AtomicU64::new(0);
+static CHAINS_VERIFIED: AtomicU64 = AtomicU64::new(0);
+
+/// (remembered, verified) since the process started.
+pub fn chain_counts() -> (u64, u64) {
+    (
+        CHAINS_REMEMBERED.load(Ordering::Relaxed),
+        CHAINS_VERIFIED.load(Ordering::Relaxed),
+    )
+}
+
 /// What one check's verifier did with the memo it was given.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MemoUse {
@@ -172,8 +186,10 @@ impl ServerCertVerifier for MemoVerifier {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         if self.known.holds(&digest, secs) {
             *used = MemoUse::Hit;
+            CHAINS_REMEMBERED.fetch_add(1, Ordering::Relaxed);
             return Ok(ServerCertVerified::assertion());
         }
+        CHAINS_VERIFIED.fetch_add(1, Ordering::Relaxed);
         let verified =
             self.inner
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;

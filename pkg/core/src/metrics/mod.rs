@@ -53,6 +53,7 @@ pub mod names {
     pub const CACHE_CREDENTIAL_BYTES: &str = "monitor.cache.credentialbytes";
     pub const CACHE_ZONE_BYTES: &str = "monitor.cache.zonebytes";
     pub const CACHE_ZONES: &str = "monitor.cache.zones";
+    pub const TLS_CHAINS: &str = "monitor.tls.chains";
     pub const CHECKS_INFLIGHT: &str = "monitor.checks.inflight";
     pub const CHECKS_INFLIGHT_HANGING: &str = "monitor.checks.inflight.hanging";
     pub const CHECKS_HANGING: &str = "monitor.checks.hanging";
@@ -139,6 +140,7 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: CACHE_CREDENTIAL_BYTES, kind: Gauge, tags: "monitor", help: "Bytes of credential material the cluster cache holds (sealed or plain CA bundles, certificates, keys, tokens), summed over its clusters." },
         MetricDef { name: CACHE_ZONE_BYTES, kind: Gauge, tags: "monitor", help: "Bytes of the bucket zones the cluster cache's entries are allocated in (live entries and freed blocks kept for reuse in their zone); a zone whose last entry is freed goes back to the system. Near the cache's own size when the monitor holds its share; far above it after buckets were given away, something still holds their entries." },
         MetricDef { name: CACHE_ZONES, kind: Gauge, tags: "monitor", help: "Bucket zones holding at least one allocation: the buckets whose entries this monitor holds, plus any given away whose last entry is not freed yet." },
+        MetricDef { name: TLS_CHAINS, kind: Counter, tags: "monitor, how", help: "API server certificate chains checked in TLS handshakes: how remembered (the very chain last verified for that cluster version, inside its validity window: not path-built again) or verified (in full by webpki, passed or not). The handshake signature is verified in both." },
         MetricDef { name: CHECKS_INFLIGHT, kind: Gauge, tags: "monitor", help: "Checks running now." },
         MetricDef { name: CHECKS_INFLIGHT_HANGING, kind: Gauge, tags: "monitor", help: "Checks running now of hanging clusters (within monitor.checks.inflight); at most --hanging-share of the pool." },
         MetricDef { name: CHECKS_HANGING, kind: Gauge, tags: "monitor", help: "Clusters whose last check used at least nine tenths of --check-timeout (hanging): their checks share --hanging-share of the pool." },
