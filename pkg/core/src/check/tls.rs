@@ -51,9 +51,10 @@ fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> 
     Ok(certs)
 }
 
-/// A server certificate chain that was verified: a digest of the chain and
-/// the name it was verified for, and the window (Unix seconds) in which
-/// every certificate of the chain is valid. The default matches nothing.
+/// A server certificate chain that was verified: a digest of the chain, the
+/// name and the CA bundle it was verified for, and the window (Unix
+/// seconds) in which every certificate of the chain is valid. The default
+/// matches nothing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VerifiedChain {
     digest: [u8; 16],
