@@ -12,4 +12,5 @@ mod hostile_documents;
 mod hostile_servers;
 mod metric_lines;
 mod postgres;
+mod sqlite_new_file;
 mod store_outage;
