@@ -725,17 +725,48 @@ pub fn unix_ms(t: Instant) -> i64 {
 /// metric line's arrival, a start stays put when the process is stopped
 /// during the check: the line says when the scheduler started it.
 pub fn logged_check_starts(log: &str) -> Vec<(String, i64)> {
+    logged_checks(log)
+        .into_iter()
+        .map(|c| (c.cluster, c.at_ms))
+        .collect()
+}
+
+/// A scheduled check start as a monitor logged it.
+#[derive(Clone, Debug)]
+pub struct LoggedCheck {
+    pub cluster: String,
+    /// When it was due: on the cluster's grid (`phase_ms`), or off it (a new
+    /// cluster's check at once, a catch-up).
+    pub due_ms: i64,
+    pub at_ms: i64,
+}
+
+/// Every scheduled check start of a monitor's log (see `logged_check_starts`).
+pub fn logged_checks(log: &str) -> Vec<LoggedCheck> {
     log.lines()
         .filter(|l| l.contains(" check started ") && !l.contains("operator=true"))
         .filter_map(|l| {
-            let field = |k: &str| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .map(str::to_string)
-            };
-            Some((field("cluster=")?, field("at_ms=")?.parse().ok()?))
+            let field = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k));
+            Some(LoggedCheck {
+                cluster: field("cluster=")?.to_string(),
+                due_ms: field("due_ms=")?.parse().ok()?,
+                at_ms: field("at_ms=")?.parse().ok()?,
+            })
         })
         .collect()
+}
+
+/// A cluster's offset on the check grid as docs/monitoring.md states it:
+/// due at `phase + k·interval` Unix ms, `phase = FNV-1a(id) mod interval`
+/// (64-bit FNV-1a of the id's bytes). Written from the doc here, so the
+/// suite checks the documented grid without compiling the core.
+pub fn phase_ms(id: &str, interval_ms: i64) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % interval_ms as u64) as i64
 }
 
 /// The shortest interval between two checks of one cluster within `[from, to]`.

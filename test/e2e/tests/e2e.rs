@@ -1416,24 +1416,62 @@ fn a_drain_with_a_250ms_handoff_notice_and_pushed_assignments_has_no_gap_or_dupl
 fn drain_hands_over(name: &str, extra: &[&str]) {
     let (mut s, tok) = setup_with_admin_token(name);
     s.mons.extra.extend(extra.iter().map(|a| a.to_string()));
+    // Each check's due time, to tell a new cluster's check "at once" from
+    // one on its grid.
+    s.mons.log = "info,clustermon_core::schedule=debug".into();
     warm_up(&mut s);
     let urls = admin_urls(&s.store);
+    let before = buckets(&s.store).unwrap();
+    let target = s.fleet.clusters()[7]["url"].as_str().unwrap().to_string();
+    let pace = if extra.is_empty() {
+        Duration::from_millis(25)
+    } else {
+        Duration::ZERO
+    };
     let t_drain = Instant::now();
-    let (code, out, err) = clustermon(&[
-        "drain",
-        "m2",
-        "--store",
-        &s.store,
-        "--wait",
-        "--admin-token-file",
-        &tok,
-    ]);
+    // Clusters are created one after another for as long as the drain
+    // runs: those of m2's buckets are created while their bucket is handed
+    // over, which m2 and the new owner see at different times.
+    let ((code, out, err), created) = std::thread::scope(|sc| {
+        let drain = sc.spawn(|| {
+            clustermon(&[
+                "drain",
+                "m2",
+                "--store",
+                &s.store,
+                "--wait",
+                "--admin-token-file",
+                &tok,
+            ])
+        });
+        let mut created = Vec::new();
+        while !drain.is_finished() {
+            let id = format!("{name}-new-{}", created.len());
+            let (code, _, err) = clustermon(&[
+                "cluster",
+                "put",
+                "--store",
+                &s.store,
+                "--id",
+                &id,
+                "--api-server",
+                &target,
+            ]);
+            assert_eq!(code, 0, "cluster put: {err}");
+            created.push(id);
+            // Pacing, not waiting on a condition: ~100 clusters over the
+            // default 4 s notice; a short notice gets them as fast as
+            // `cluster put` runs (~40 in 250 ms), so that some land in
+            // moving buckets.
+            std::thread::sleep(pace);
+        }
+        (drain.join().expect("drain thread"), created)
+    });
     assert_eq!(code, 0, "drain --wait: {out}{err}");
-    eprintln!("drain: --wait returned after {:?}", t_drain.elapsed());
-    let owners = buckets(&s.store).unwrap();
-    assert!(
-        balanced(&owners, &["m1", "m3"]),
-        "m2 owns nothing, m1 and m3 share evenly"
+    eprintln!(
+        "drain: --wait returned after {:?}; {} clusters created meanwhile",
+        t_drain.elapsed(),
+        created.len()
     );
     wait_checked(
         &s,
@@ -1443,6 +1481,15 @@ fn drain_hands_over(name: &str, extra: &[&str]) {
         2 * INTERVAL + SLACK,
         "drain: checks go on after the drain",
     );
+    wait_checked(
+        &s,
+        &created,
+        t_drain,
+        3,
+        3 * INTERVAL + SLACK,
+        "drain: clusters created during the drain are checked",
+    );
+    created_during_a_handoff_are_checked_once(&s, &created, &before);
     let end = Instant::now() - SLACK;
     let times = s.statsd.check_times();
     let gaps = s
@@ -1472,7 +1519,9 @@ fn drain_hands_over(name: &str, extra: &[&str]) {
         INTERVAL + SLACK,
         "drain",
     );
-    assert_no_double(&s, t_drain - INTERVAL, end, "drain");
+    // The fleet's clusters; the new ones' first check at once may precede
+    // their grid slot by any amount (checked above).
+    assert_no_double_of(&s, &s.ids, t_drain - INTERVAL, end, "drain");
     assert_eq!((gaps, doubles), (0, 0));
     assert!(
         s.mons.get("m2").wait_exit(Duration::ZERO).is_none(),
@@ -1481,4 +1530,61 @@ fn drain_hands_over(name: &str, extra: &[&str]) {
     let (code, body) = http_get(&format!("{}/healthz/live", urls["m2"])).unwrap();
     assert_eq!(code, 200, "{body}");
     drop(s.dir);
+}
+
+/// docs/monitoring.md (*Handoffs*): a cluster created while its bucket is
+/// handed over is not checked "at once" by both owners; it waits for its
+/// grid slot, which exactly one of them owns. From the monitors' logs
+/// (each check's due time): no cluster of `created` has more than one check
+/// off its grid (its check at once), no grid slot is run twice, and some of
+/// them were created in buckets that moved (m2's), else the case was not met.
+fn created_during_a_handoff_are_checked_once(
+    s: &Setup,
+    created: &[String],
+    before: &[Option<String>],
+) {
+    let interval_ms = INTERVAL.as_millis() as i64;
+    let mut checks: std::collections::BTreeMap<&str, Vec<(LoggedCheck, &str)>> = Default::default();
+    for (m, p) in &s.mons.procs {
+        for c in logged_checks(&p.log_text()) {
+            if let Some(id) = created.iter().find(|id| **id == c.cluster) {
+                checks.entry(id.as_str()).or_default().push((c, m.as_str()));
+            }
+        }
+    }
+    let mut moved = 0;
+    for id in created {
+        let e = clustermon_json(&["explain", id, "--store", &s.store]).expect("explain");
+        let bucket = e["bucket"].as_u64().expect("a bucket") as usize;
+        if before[bucket].as_deref() == Some("m2") {
+            moved += 1;
+        }
+        let mine = checks.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let phase = phase_ms(id, interval_ms);
+        let off: Vec<_> = mine
+            .iter()
+            .filter(|(c, _)| (c.due_ms - phase).rem_euclid(interval_ms) != 0)
+            .collect();
+        assert!(
+            off.len() <= 1,
+            "{id} (bucket {bucket}) checked off its grid more than once, \
+             by two owners each taking it as new: {off:?}"
+        );
+        let mut dues: Vec<i64> = mine.iter().map(|(c, _)| c.due_ms).collect();
+        dues.sort();
+        assert!(
+            dues.windows(2).all(|w| w[0] != w[1]),
+            "{id}: one due time run twice: {mine:?}"
+        );
+        assert!(mine.len() >= 3, "{id}: its checks are logged: {mine:?}");
+    }
+    eprintln!(
+        "drain: {} clusters created during the drain, {moved} in buckets that moved: \
+         each checked off its grid at most once",
+        created.len()
+    );
+    assert!(
+        moved >= 1,
+        "no cluster created in a moving bucket: the handoff rule was not tested"
+    );
 }
