@@ -61,7 +61,17 @@ def main():
     ap.add_argument("--profile", choices=["full", "healthz"], default="full")
     ap.add_argument("--bin-dir", default="target/release")
     ap.add_argument("--plain-http", action="store_true")
+    ap.add_argument("--monitor-env", action="append", default=[], metavar="K=V",
+                    help="extra environment of the monitor alone (e.g. TOKIO_WORKER_THREADS=1)")
+    ap.add_argument("--monitor-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument of `clustermon run` (e.g. --threads=2)")
     a = ap.parse_args()
+    mon_env = dict(os.environ)
+    for kv in a.monitor_env:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            ap.error(f"--monitor-env wants K=V, got {kv!r}")
+        mon_env[k] = v
 
     tmp = tempfile.mkdtemp(prefix="clustermon-bench-")
     store = f"sqlite:{tmp}/store.db"
@@ -78,8 +88,8 @@ def main():
         url = sim.stdout.readline().strip().removeprefix("fleetsim listening on ")
         register_s = time.monotonic() - t
         mon = subprocess.Popen([f"{a.bin_dir}/clustermon", "run", "--store", store, "--statsd", f"udp:127.0.0.1:{port}",
-                                "--id", "bench", "--admin-listen", "127.0.0.1:0", "--interval", a.interval, "--collectors", a.profile],
-                               stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/monitor.log", "w"))
+                                "--id", "bench", "--admin-listen", "127.0.0.1:0", "--interval", a.interval, "--collectors", a.profile, *a.monitor_arg],
+                               stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/monitor.log", "w"), env=mon_env)
         procs.append(mon)
 
         def stats():

@@ -46,6 +46,21 @@ pub struct Cli {
         env = "CLUSTERMON_LOG_LEVEL"
     )]
     pub log_level: String,
+    /// Threads that run the process's tasks. 1 (the default): one thread
+    /// runs them all, no work stealing and no cross-thread wake-ups, which
+    /// measured 9-15% less CPU per check than one worker per core (make
+    /// bench: docs/performance.md); a monitor's share needs a fraction of a
+    /// core. More: a work-stealing pool of that many threads, for a monitor
+    /// whose checks need more than one core. Blocking store calls run on a
+    /// pool of their own either way.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=1024),
+        env = "CLUSTERMON_THREADS"
+    )]
+    pub threads: u16,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -528,5 +543,34 @@ mod tests {
         ])
         .is_err());
         assert!(with(&["--interval", "30s"]).is_ok());
+        assert!(with(&["--threads", "0"]).is_err());
+        assert!(with(&["--threads", "many"]).is_err());
+        assert!(with(&["--threads", "1025"]).is_err());
+    }
+
+    /// One thread runs every task unless `--threads` asks for a pool.
+    #[test]
+    fn one_thread_by_default_and_a_pool_on_request() {
+        let base = [
+            "run",
+            "--store",
+            "sqlite:/tmp/x.db",
+            "--statsd",
+            "udp:127.0.0.1:8125",
+        ];
+        assert_eq!(parse(&base).unwrap().threads, 1);
+        assert_eq!(
+            parse(&[&base[..], &["--threads", "4"]].concat())
+                .unwrap()
+                .threads,
+            4
+        );
+        // Global: before the subcommand too.
+        assert_eq!(
+            parse(&[&["--threads", "2"], &base[..]].concat())
+                .unwrap()
+                .threads,
+            2
+        );
     }
 }
