@@ -48,9 +48,9 @@ pub struct Cli {
     pub log_level: String,
     /// Threads that run the process's tasks. 1 (the default): one thread
     /// runs them all, no work stealing and no cross-thread wake-ups, which
-    /// measured 9-15% less CPU per check than one worker per core (make
-    /// bench: docs/performance.md); a monitor's share needs a fraction of a
-    /// core. More: a work-stealing pool of that many threads, for a monitor
+    /// measured 8-21% less CPU per check than a pool of one worker per core
+    /// (docs/performance.md, *CPU per check*); a monitor's share needs a
+    /// fraction of a core. More: a work-stealing pool of that many threads, for a monitor
     /// whose checks need more than one core. Blocking store calls run on a
     /// pool of their own either way.
     #[arg(
