@@ -34,6 +34,18 @@ LAG_TARGET_MS = 1000
 COLORS = {"healthz": "tab:blue", "full": "tab:orange"}
 
 
+
+def provenance_line(results, scenario):
+    """The machine, and the scenario's own commit and date when the file
+    records them (a file merged from several runs keeps each scenario's)."""
+    prov = (results.get("provenance") or {}).get(scenario) or {}
+    parts = [results.get("machine")]
+    if prov:
+        parts += [f"commit {prov.get('commit')}", prov.get("date")]
+    else:
+        parts.append(results.get("date"))
+    return " · ".join(str(p) for p in parts if p)
+
 def ensure_matplotlib():
     try:
         import matplotlib  # noqa: F401
@@ -127,7 +139,7 @@ def plot_outage(results, row, dst):
     desc = (f"{row.get('clusters')} clusters, {row.get('hanging')} hanging past the "
             f"{num(row.get('check_timeout_ms') or 30000) / 1000:g} s check timeout, {row.get('monitors')} monitors, "
             f"{num(row.get('interval_ms') or 0) / 1000:g} s interval")
-    subtitle = " · ".join(str(results[k]) for k in ("machine", "date") if results.get(k))
+    subtitle = provenance_line(results, "regional_outage")
     fig.suptitle(f"clustermon: regional outage ({desc})" + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
@@ -188,7 +200,7 @@ def plot_throughput(results, rows, dst):
     ax_lag.grid(True, which="both", alpha=0.3)
     ax_lag.legend(loc="upper left")
 
-    subtitle = " · ".join(str(results[k]) for k in ("machine", "date") if results.get(k))
+    subtitle = provenance_line(results, "throughput")
     fig.suptitle("clustermon: one monitor against a simulated fleet" + (f"\n{subtitle}" if subtitle else ""),
                  fontsize=11)
     fig.tight_layout()
