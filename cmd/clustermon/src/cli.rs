@@ -428,6 +428,15 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 mod tests {
     use super::*;
 
+    /// `run` with its two required flags.
+    const RUN: [&str; 5] = [
+        "run",
+        "--store",
+        "sqlite:/tmp/x.db",
+        "--statsd",
+        "udp:127.0.0.1:8125",
+    ];
+
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("clustermon").chain(args.iter().copied()))
     }
@@ -505,13 +514,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        let base = [
-            "run",
-            "--store",
-            "sqlite:/tmp/x.db",
-            "--statsd",
-            "udp:127.0.0.1:8125",
-        ];
+        let base = RUN;
         let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
         assert!(with(&["--interval", "soon"]).is_err());
         assert!(parse(&["run", "--store", "mysql://x", "--statsd", "udp:h:1"]).is_err());
@@ -551,13 +554,7 @@ mod tests {
     /// One thread runs every task unless `--threads` asks for a pool.
     #[test]
     fn one_thread_by_default_and_a_pool_on_request() {
-        let base = [
-            "run",
-            "--store",
-            "sqlite:/tmp/x.db",
-            "--statsd",
-            "udp:127.0.0.1:8125",
-        ];
+        let base = RUN;
         assert_eq!(parse(&base).unwrap().threads, 1);
         assert_eq!(
             parse(&[&base[..], &["--threads", "4"]].concat())

@@ -233,17 +233,7 @@ fn each_cluster_checked_once_per_interval(s: &Setup, settled: Instant, rounds: u
 fn a_new_cluster_is_checked_within_a_feed_interval(s: &Setup, what: &str) {
     let target = s.fleet.clusters()[7]["url"].as_str().unwrap().to_string();
     let t_put = Instant::now();
-    let (code, _, err) = clustermon(&[
-        "cluster",
-        "put",
-        "--store",
-        &s.store,
-        "--id",
-        "e2e-new",
-        "--api-server",
-        &target,
-    ]);
-    assert_eq!(code, 0, "cluster put: {err}");
+    put_cluster(&s.store, "e2e-new", &target);
     let first = wait_until(
         &format!("{what}: the new cluster is checked"),
         FEED + Duration::from_secs(1) + SLACK,
@@ -307,6 +297,22 @@ fn a_crashed_member_is_replaced_without_a_gap(
         what,
     );
     (master0, survivors, bound_member_crash)
+}
+
+/// `clustermon cluster put` of cluster `id` with API server `target`;
+/// panics when it fails.
+fn put_cluster(store: &str, id: &str, target: &str) {
+    let (code, _, err) = clustermon(&[
+        "cluster",
+        "put",
+        "--store",
+        store,
+        "--id",
+        id,
+        "--api-server",
+        target,
+    ]);
+    assert_eq!(code, 0, "cluster put {id}: {err}");
 }
 
 fn others(ids: &[String], but: &str) -> Vec<String> {
@@ -1447,17 +1453,7 @@ fn drain_hands_over(name: &str, extra: &[&str]) {
         let mut created = Vec::new();
         while !drain.is_finished() {
             let id = format!("{name}-new-{}", created.len());
-            let (code, _, err) = clustermon(&[
-                "cluster",
-                "put",
-                "--store",
-                &s.store,
-                "--id",
-                &id,
-                "--api-server",
-                &target,
-            ]);
-            assert_eq!(code, 0, "cluster put: {err}");
+            put_cluster(&s.store, &id, &target);
             created.push(id);
             // Pacing, not waiting on a condition: ~100 clusters over the
             // default 4 s notice; a short notice gets them as fast as

@@ -11,17 +11,7 @@ use super::store_outage::{outage_never_stops_the_checks, Fault, OUTAGE};
 fn put_and_time_first_check(s: &Setup, id: &str, k: usize, limit: Duration) -> Duration {
     let target = s.fleet.clusters()[k]["url"].as_str().unwrap().to_string();
     let t_put = Instant::now();
-    let (code, _, err) = clustermon(&[
-        "cluster",
-        "put",
-        "--store",
-        &s.store,
-        "--id",
-        id,
-        "--api-server",
-        &target,
-    ]);
-    assert_eq!(code, 0, "cluster put: {err}");
+    put_cluster(&s.store, id, &target);
     let first = wait_until(&format!("{id} is checked"), limit, || {
         s.statsd
             .check_times()
