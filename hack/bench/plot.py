@@ -34,7 +34,6 @@ LAG_TARGET_MS = 1000
 COLORS = {"healthz": "tab:blue", "full": "tab:orange"}
 
 
-
 def provenance_line(results, scenario):
     """The machine, and the scenario's own commit and date when the file
     records them (a file merged from several runs keeps each scenario's)."""
@@ -45,6 +44,7 @@ def provenance_line(results, scenario):
     else:
         parts.append(results.get("date"))
     return " · ".join(str(p) for p in parts if p)
+
 
 def ensure_matplotlib():
     try:

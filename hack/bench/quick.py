@@ -70,7 +70,7 @@ def main():
     for kv in a.monitor_env:
         k, sep, v = kv.partition("=")
         if not sep or not k:
-            ap.error(f"--monitor-env wants K=V, got {kv!r}")
+            ap.error("--monitor-env wants K=V: a name, '=', then the value")
         mon_env[k] = v
 
     tmp = tempfile.mkdtemp(prefix="clustermon-bench-")

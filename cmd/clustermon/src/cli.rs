@@ -50,9 +50,9 @@ pub struct Cli {
     /// runs them all, no work stealing and no cross-thread wake-ups, which
     /// measured 8-21% less CPU per check than a pool of one worker per core
     /// (docs/performance.md, *CPU per check*); a monitor's share needs a
-    /// fraction of a core. More: a work-stealing pool of that many threads, for a monitor
-    /// whose checks need more than one core. Blocking store calls run on a
-    /// pool of their own either way.
+    /// fraction of a core. More: a work-stealing pool of that many threads,
+    /// for a monitor whose checks need more than one core. Blocking store
+    /// calls run on a pool of their own either way.
     #[arg(
         long,
         global = true,
@@ -514,8 +514,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        let base = RUN;
-        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let with = |extra: &[&str]| parse(&[&RUN[..], extra].concat());
         assert!(with(&["--interval", "soon"]).is_err());
         assert!(parse(&["run", "--store", "mysql://x", "--statsd", "udp:h:1"]).is_err());
         assert!(parse(&["run", "--store", "sqlite:x", "--statsd", "udp:nohost"]).is_err());
@@ -554,17 +553,16 @@ mod tests {
     /// One thread runs every task unless `--threads` asks for a pool.
     #[test]
     fn one_thread_by_default_and_a_pool_on_request() {
-        let base = RUN;
-        assert_eq!(parse(&base).unwrap().threads, 1);
+        assert_eq!(parse(&RUN).unwrap().threads, 1);
         assert_eq!(
-            parse(&[&base[..], &["--threads", "4"]].concat())
+            parse(&[&RUN[..], &["--threads", "4"]].concat())
                 .unwrap()
                 .threads,
             4
         );
         // Global: before the subcommand too.
         assert_eq!(
-            parse(&[&["--threads", "2"], &base[..]].concat())
+            parse(&[&["--threads", "2"], &RUN[..]].concat())
                 .unwrap()
                 .threads,
             2
