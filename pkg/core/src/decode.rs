@@ -445,6 +445,10 @@ mod tests {
             owner: Some("m1".into()),
             prev: Some("m2".into()),
             handoff_at_ms: 7,
+            earlier: vec![crate::model::Handoff {
+                monitor: "m3".into(),
+                until_ms: 5,
+            }],
         };
         serde_json::to_value(m).unwrap()
     }

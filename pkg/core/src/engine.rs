@@ -1083,11 +1083,12 @@ impl MembershipLoop {
         };
         let mut who: std::collections::BTreeSet<&str> = Default::default();
         for (a, b) in before.iter().zip(after) {
-            if a.owner != b.owner || a.prev != b.prev {
+            if a.owner != b.owner || a.prev != b.prev || a.earlier != b.earlier {
                 who.extend(
                     [a.owner.as_deref(), b.owner.as_deref(), b.prev.as_deref()]
                         .into_iter()
-                        .flatten(),
+                        .flatten()
+                        .chain(b.earlier.iter().map(|h| h.monitor.as_str())),
                 );
             }
         }
@@ -1213,10 +1214,14 @@ impl MembershipLoop {
             if changed {
                 let before = balance::owned_count(&cur.buckets, me);
                 let after = balance::owned_count(&doc.buckets, me);
+                // Buckets moved again before a handoff time (kept as
+                // earlier links of a handoff chain).
+                let chained = doc.buckets.iter().filter(|b| !b.earlier.is_empty()).count();
                 tracing::info!(
                     generation = doc.generation,
                     owned = after,
                     was = before,
+                    chained,
                     "assignment changed"
                 );
             }
@@ -1263,9 +1268,9 @@ impl MembershipLoop {
             let handoff = doc
                 .buckets
                 .iter()
-                .filter(|b| b.prev.as_deref() == Some(&*self.me))
-                .map(|b| b.handoff_at_ms)
+                .map(|b| b.handing_over_until(&self.me))
                 .max()
+                .filter(|t| *t != i64::MIN)
                 .unwrap_or(now);
             match self
                 .store_call("write_master", self.store.write_master(&doc, Some(&etag)))

@@ -1239,6 +1239,7 @@ mod tests {
             owner: Some("other".into()),
             prev: Some("me".into()),
             handoff_at_ms: handoff_at,
+            ..Default::default()
         };
         tx.send(view(&[
             (1, outgoing),

@@ -244,6 +244,9 @@ pub const MASTER_NAMES: &[&str] = &[
     "owner",
     "prev",
     "handoffAtMs",
+    "earlier",
+    "monitor",
+    "untilMs",
 ];
 
 /// Ids are used in URLs, metric tags and file names: keep them plain.
@@ -313,6 +316,14 @@ fn yes() -> bool {
 /// Who checks a bucket. During a handoff the previous owner keeps the
 /// clusters due before `handoff_at_ms`, the new owner takes those due at or
 /// after it: no gap, no duplicate.
+///
+/// A bucket that moves again before its handoff time keeps the pending
+/// handoff as a link of `earlier`: its first owner still checks what is
+/// due before the first handoff time (it may not have read the newer table
+/// yet), the one it was moving to what is due from then to the new handoff
+/// time, and the new owner the rest. Every monitor's role in the older
+/// table then holds in the newer one until its own handoff time, so no
+/// monitor has to read the newer table sooner than a handoff's notice.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BucketAssignment {
@@ -322,6 +333,21 @@ pub struct BucketAssignment {
     pub prev: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub handoff_at_ms: i64,
+    /// Earlier links of a handoff chain, oldest first, each `until_ms` at
+    /// most the next one's (and at most `handoff_at_ms`). Absent in tables
+    /// an older version wrote; an older version ignores it (and then reads
+    /// the chain as the single handoff to `prev`, as it always did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<Handoff>,
+}
+
+/// One earlier link of a handoff chain: `monitor` checks the bucket's
+/// clusters due before `until_ms` (and after the link before it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handoff {
+    pub monitor: String,
+    pub until_ms: i64,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -338,6 +364,9 @@ impl BucketAssignment {
 
     /// Which monitor checks a cluster of this bucket that is due at `due_ms`.
     pub fn owner_at(&self, due_ms: i64) -> Option<&str> {
+        if let Some(h) = self.earlier.iter().find(|h| due_ms < h.until_ms) {
+            return Some(&h.monitor);
+        }
         if due_ms < self.handoff_at_ms {
             self.prev.as_deref()
         } else {
@@ -347,8 +376,29 @@ impl BucketAssignment {
 
     /// Whether `me` checks, or will check, clusters of this bucket as of `now_ms`.
     pub fn involves(&self, me: &str, now_ms: i64) -> bool {
-        self.owner.as_deref() == Some(me)
-            || (self.prev.as_deref() == Some(me) && now_ms < self.handoff_at_ms)
+        self.owner.as_deref() == Some(me) || self.handing_over_until(me) > now_ms
+    }
+
+    /// Until when `me` checks this bucket's clusters as one of the monitors
+    /// handing it over (`prev` or a link of `earlier`); `i64::MIN` if it is
+    /// neither.
+    pub fn handing_over_until(&self, me: &str) -> i64 {
+        let prev = if self.prev.as_deref() == Some(me) {
+            self.handoff_at_ms
+        } else {
+            i64::MIN
+        };
+        self.earlier
+            .iter()
+            .filter(|h| h.monitor == me)
+            .map(|h| h.until_ms)
+            .fold(prev, i64::max)
+    }
+
+    /// Whether the bucket is being handed over (a fresh cluster in it waits
+    /// for its grid slot rather than being checked at once).
+    pub fn in_handoff(&self) -> bool {
+        self.prev.is_some() || !self.earlier.is_empty()
     }
 }
 
@@ -496,6 +546,7 @@ mod tests {
             owner: Some("new".into()),
             prev: Some("old".into()),
             handoff_at_ms: 1000,
+            ..Default::default()
         };
         assert_eq!(a.owner_at(999), Some("old"));
         assert_eq!(a.owner_at(1000), Some("new"));

@@ -144,7 +144,7 @@ pub fn first_due(
 ) -> (i64, bool) {
     let next = next_due(now_ms, phase, interval_ms);
     let last_due = next - interval_ms;
-    if fresh && bucket.prev.is_none() {
+    if fresh && !bucket.in_handoff() {
         return (now_ms, false);
     }
     let at = now_ms + phase % spread_ms.max(1);
@@ -1604,6 +1604,7 @@ mod decision_tests {
                 owner: Some("new".into()),
                 prev: Some("old".into()),
                 handoff_at_ms: handoff,
+                ..Default::default()
             };
             let owner_at = |due: i64| if due < handoff { "old" } else { "new" };
             // The old owner sees it `before` ms ahead of the handoff, the new
@@ -1631,6 +1632,7 @@ mod decision_tests {
                 owner: Some(if mine { "me" } else { "other" }.into()),
                 prev: prev.then(|| "old".to_string()),
                 handoff_at_ms: mark,
+                ..Default::default()
             };
             let (due, catch_up) = first_due(now, phase, interval, spread, fresh, &b, "me");
             let next = next_due(now, phase, interval);

@@ -731,6 +731,43 @@ pub fn logged_check_starts(log: &str) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// Logged check starts by cluster: `(start in Unix ms of the monitor's
+/// clock, monitor)`, sorted.
+pub type Starts = BTreeMap<String, Vec<(i64, String)>>;
+
+/// Every monitor's logged check starts from `from_ms` to `to_ms` (Unix ms of
+/// the monitors' clocks), by cluster, sorted: `(start, monitor)`.
+pub fn check_starts(mons: &Monitors, from_ms: i64, to_ms: i64) -> Starts {
+    let mut starts: Starts = BTreeMap::new();
+    for (m, p) in &mons.procs {
+        for (id, at) in logged_check_starts(&p.log_text()) {
+            if (from_ms..=to_ms).contains(&at) {
+                starts.entry(id).or_default().push((at, m.clone()));
+            }
+        }
+    }
+    for v in starts.values_mut() {
+        v.sort();
+    }
+    starts
+}
+
+/// The closest two starts of one cluster `(ms apart, cluster)`, and how many
+/// clusters have a pair closer than `bound_ms`.
+pub fn closest_starts(starts: &Starts, bound_ms: i64) -> (Option<(i64, String)>, usize) {
+    let mut closest: Option<(i64, String)> = None;
+    let mut under = 0;
+    for (id, v) in starts {
+        if let Some(d) = v.windows(2).map(|w| w[1].0 - w[0].0).min() {
+            under += usize::from(d < bound_ms);
+            if closest.as_ref().is_none_or(|c| d < c.0) {
+                closest = Some((d, id.clone()));
+            }
+        }
+    }
+    (closest, under)
+}
+
 /// A scheduled check start as a monitor logged it.
 #[derive(Clone, Debug)]
 pub struct LoggedCheck {

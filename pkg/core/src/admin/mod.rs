@@ -339,6 +339,7 @@ pub fn cluster_debug(engine: &EngineHandles, id: &str) -> Option<Value> {
         v["owner"] = json!(b.owner);
         v["prev"] = json!(b.prev);
         v["handoff_at_ms"] = json!(b.handoff_at_ms);
+        v["earlier"] = json!(b.earlier);
         v["owned"] = json!(b.involves(&engine.me, now));
         v["checker_at_next_due"] = json!(b.owner_at(due));
         v["next_due_ms"] = json!(due);
@@ -362,8 +363,10 @@ pub fn assignment_debug(engine: &EngineHandles) -> Value {
         .buckets
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.prev.as_deref() == Some(me) && now < b.handoff_at_ms)
-        .map(|(i, b)| json!({"bucket": i, "to": b.owner, "handoff_at_ms": b.handoff_at_ms}))
+        .filter(|(_, b)| now < b.handing_over_until(me))
+        .map(
+            |(i, b)| json!({"bucket": i, "to": b.owner, "handoff_at_ms": b.handing_over_until(me)}),
+        )
         .collect();
     json!({
         "monitor": me,

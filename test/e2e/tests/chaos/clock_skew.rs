@@ -351,7 +351,7 @@ fn a_paused_master_is_replaced_and_does_not_double_check() {
     // reports after SIGCONT (CI, by arrival: 4.98 s between such a line and
     // the new owner's check on its grid).
     let stop_ms = unix_ms(t_stop);
-    let starts = check_starts(&s, unix_ms(t_cont), unix_ms(dup_to));
+    let starts = check_starts(&s.mons, unix_ms(t_cont), unix_ms(dup_to));
     let bound_dup = (INTERVAL - Duration::from_secs(1)).as_millis() as i64;
     match closest_starts(&starts, bound_dup) {
         (Some((d, id)), under) => v.check(
@@ -467,7 +467,7 @@ fn a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check() {
     // interval before SIGSTOP: the paused monitor's own check before the
     // pause counts against what it runs after it.
     let stop_ms = unix_ms(t_stop);
-    let starts = check_starts(&s, unix_ms(t_stop - INTERVAL), unix_ms(end));
+    let starts = check_starts(&s.mons, unix_ms(t_stop - INTERVAL), unix_ms(end));
     let unlogged: Vec<&String> = s
         .ids
         .iter()
@@ -505,42 +505,6 @@ fn a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check() {
     );
     v.finish("a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check");
     drop(s.dir);
-}
-
-/// Every monitor's logged check starts from `from_ms` to `to_ms` (Unix ms of
-/// the monitors' clocks), by cluster, sorted: `(start, monitor)`.
-fn check_starts(s: &Setup, from_ms: i64, to_ms: i64) -> BTreeMap<String, Vec<(i64, String)>> {
-    let mut starts: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-    for (m, p) in &s.mons.procs {
-        for (id, at) in logged_check_starts(&p.log_text()) {
-            if (from_ms..=to_ms).contains(&at) {
-                starts.entry(id).or_default().push((at, m.clone()));
-            }
-        }
-    }
-    for v in starts.values_mut() {
-        v.sort();
-    }
-    starts
-}
-
-/// The closest two starts of one cluster `(ms apart, cluster)`, and how many
-/// clusters have a pair closer than `bound_ms`.
-fn closest_starts(
-    starts: &BTreeMap<String, Vec<(i64, String)>>,
-    bound_ms: i64,
-) -> (Option<(i64, String)>, usize) {
-    let mut closest: Option<(i64, String)> = None;
-    let mut under = 0;
-    for (id, v) in starts {
-        if let Some(d) = v.windows(2).map(|w| w[1].0 - w[0].0).min() {
-            under += usize::from(d < bound_ms);
-            if closest.as_ref().is_none_or(|c| d < c.0) {
-                closest = Some((d, id.clone()));
-            }
-        }
-    }
-    (closest, under)
 }
 
 /// Check times of `id` in seconds after `t0` (negative: before).
