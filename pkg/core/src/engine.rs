@@ -375,6 +375,7 @@ impl Engine {
             store_reported: Default::default(),
             chains_reported: (0, 0),
             connected_since_ms: None,
+            connected_passes: 0,
             observer: Observer::default(),
             last_valid_master: None,
             master_invalid_logged: false,
@@ -570,6 +571,8 @@ struct MembershipLoop {
     /// (writes included): a peer whose heartbeat did not change while the
     /// store was failing is not presumed dead for it.
     connected_since_ms: Option<i64>,
+    /// Passes in a row whose store calls all succeeded.
+    connected_passes: u32,
     /// Heartbeats and master versions as this monitor saw them change.
     observer: Observer,
     /// The last master document that decoded: the base of a repair.
@@ -800,9 +803,11 @@ impl MembershipLoop {
         let ok = failures.is_empty();
         if ok {
             self.connected_since_ms.get_or_insert(done_ms);
+            self.connected_passes = self.connected_passes.saturating_add(1);
             self.handles.store_ok_ms.store(done_ms, Ordering::Release);
         } else {
             self.connected_since_ms = None;
+            self.connected_passes = 0;
         }
         let mut health = self
             .handles
@@ -898,15 +903,16 @@ impl MembershipLoop {
         let wait_for_repair = corrupt
             && self.last_valid_master.is_none()
             && corrupt_since.is_some_and(|t0| now - t0 < ms(self.cfg.lease_ttl));
-        // A fleet's first start (no master document yet): wait one
-        // heartbeat interval after this monitor's first pass, so that the
+        // A fleet's first start (no master document yet): wait one pass
+        // (one heartbeat interval) after this monitor's first, so that the
         // first table spreads the buckets over the monitors started with
         // it, instead of giving them all to the first one, which would read
         // every document only to drop most of them a pass later (and keep
         // the pages: measured, 507 MB RSS for a sixth of 300,000 clusters).
-        let first_start = base.is_none()
-            && !corrupt
-            && now.saturating_sub(connected_since) < ms(self.cfg.heartbeat_interval);
+        // Counted in passes: timed from the end of the first pass's reads,
+        // the next pass (one tick later, its reads quicker) came short of
+        // the interval and a new fleet waited two passes (4 s, not 2).
+        let first_start = base.is_none() && !corrupt && self.connected_passes < 2;
         if let (false, true, false, false, Ok(_)) = (
             self.draining(),
             clock_ok,
