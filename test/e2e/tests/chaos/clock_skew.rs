@@ -350,24 +350,17 @@ fn a_paused_master_is_replaced_and_does_not_double_check() {
     // lines' arrival: a check the paused monitor started just before SIGSTOP
     // reports after SIGCONT (CI, by arrival: 4.98 s between such a line and
     // the new owner's check on its grid).
-    let stop_ms = unix_ms(t_stop);
     let starts = check_starts(&s.mons, unix_ms(t_cont), unix_ms(dup_to));
     let bound_dup = (INTERVAL - Duration::from_secs(1)).as_millis() as i64;
-    match closest_starts(&starts, bound_dup) {
-        (Some((d, id)), under) => v.check(
-            d >= bound_dup,
-            format!(
-                "paused master: closest two check starts of one cluster (monitors' clocks) from SIGCONT to +30 s {d} ms ({id}), bound >= {bound_dup} ms; {under} clusters with a pair under the bound; {id} started at {:?} s after SIGSTOP, its lines arrived at {:?} s (SIGCONT at {:.2} s)",
-                starts[&id]
-                    .iter()
-                    .map(|(at, m)| format!("{:.3} {m}", (at - stop_ms) as f64 / 1000.0))
-                    .collect::<Vec<_>>(),
-                since(&times, &id, t_stop),
-                (t_cont - t_stop).as_secs_f64()
-            ),
-        ),
-        (None, _) => v.check(false, "paused master: no cluster checked twice after SIGCONT"),
-    }
+    let pause = (&times, t_stop, t_cont);
+    no_close_starts(
+        &mut v,
+        "paused master",
+        "from SIGCONT to +30 s",
+        &starts,
+        bound_dup,
+        pause,
+    );
     // The arrivals' closest pair, for comparison (not asserted).
     if let Some((d, id)) = closest_pair(&times, t_cont, dup_to) {
         eprintln!("paused master: closest two arrivals of one cluster from SIGCONT to +30 s {d:?} ({id}) (not asserted)");
@@ -466,7 +459,6 @@ fn a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check() {
     // the monitor's clock, 4.971 s at the receiver). The window opens one
     // interval before SIGSTOP: the paused monitor's own check before the
     // pause counts against what it runs after it.
-    let stop_ms = unix_ms(t_stop);
     let starts = check_starts(&s.mons, unix_ms(t_stop - INTERVAL), unix_ms(end));
     let unlogged: Vec<&String> = s
         .ids
@@ -482,22 +474,14 @@ fn a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check() {
         ),
     );
     let bound_dup = (INTERVAL / 2).as_millis() as i64;
-    let (closest, under) = closest_starts(&starts, bound_dup);
-    match closest {
-        Some((d, id)) => v.check(
-            d >= bound_dup,
-            format!(
-                "paused member: closest two check starts of one cluster (monitors' clocks) from one interval before SIGSTOP to 2 intervals after SIGCONT {d} ms ({id}), bound >= {bound_dup} ms; {under} clusters with a pair under the bound; {id} started at {:?} s after SIGSTOP, its lines arrived at {:?} s (SIGCONT at {:.2} s)",
-                starts[&id]
-                    .iter()
-                    .map(|(at, m)| format!("{:.3} {m}", (at - stop_ms) as f64 / 1000.0))
-                    .collect::<Vec<_>>(),
-                since(&times, &id, t_stop),
-                (t_cont - t_stop).as_secs_f64()
-            ),
-        ),
-        None => v.check(false, "paused member: no cluster checked twice in the window"),
-    }
+    no_close_starts(
+        &mut v,
+        "paused member",
+        "from one interval before SIGSTOP to 2 intervals after SIGCONT",
+        &starts,
+        bound_dup,
+        (&times, t_stop, t_cont),
+    );
     let (gap, id) = worst_gap(&times, &s.ids, t_stop, end);
     eprintln!(
         "paused member: worst gap {gap:?} ({id}, checked at {:?} s after SIGSTOP) (not asserted: a check due in the pause is run late, or skipped when more than half an interval late)",
@@ -505,6 +489,36 @@ fn a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check() {
     );
     v.finish("a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check");
     drop(s.dir);
+}
+
+/// Checks that no cluster has two logged check starts closer than
+/// `bound_ms` in `window`; the failure names the closest pair, when each
+/// started and when its lines arrived, relative to the pause
+/// `(arrivals, SIGSTOP, SIGCONT)`.
+fn no_close_starts(
+    v: &mut Verdict,
+    what: &str,
+    window: &str,
+    starts: &Starts,
+    bound_ms: i64,
+    (times, t_stop, t_cont): (&BTreeMap<String, Vec<Instant>>, Instant, Instant),
+) {
+    let stop_ms = unix_ms(t_stop);
+    match closest_starts(starts, bound_ms) {
+        (Some((d, id)), under) => v.check(
+            d >= bound_ms,
+            format!(
+                "{what}: closest two check starts of one cluster (monitors' clocks) {window} {d} ms ({id}), bound >= {bound_ms} ms; {under} clusters with a pair under the bound; {id} started at {:?} s after SIGSTOP, its lines arrived at {:?} s (SIGCONT at {:.2} s)",
+                starts[&id]
+                    .iter()
+                    .map(|(at, m)| format!("{:.3} {m}", (at - stop_ms) as f64 / 1000.0))
+                    .collect::<Vec<_>>(),
+                since(times, &id, t_stop),
+                (t_cont - t_stop).as_secs_f64()
+            ),
+        ),
+        (None, _) => v.check(false, format!("{what}: no cluster checked twice {window}")),
+    }
 }
 
 /// Check times of `id` in seconds after `t0` (negative: before).
