@@ -269,11 +269,15 @@ async fn a_crashed_owner_costs_at_most_the_failover_time() {
     }
     let clock = Clock::at(1_700_000_000_000);
     let log: Log = Default::default();
-    // b starts a second later than a and c: its heartbeats fall between
-    // their passes, so its buckets move as late as the bounds allow.
+    // b starts once a and c have written the first table (so one of them
+    // is the master), and a second off their passes: its heartbeats fall
+    // between theirs, so its buckets move as late as the bounds allow.
     let a = start("a", &store, clock, &log);
     let c = start("c", &store, clock, &log);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    while store.read_master().await.unwrap().is_none() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let b = start("b", &store, clock, &log);
     // Crash b just after one of its heartbeats: the longest wait for its TTL.
     tokio::time::sleep(Duration::from_millis(30_100)).await;
