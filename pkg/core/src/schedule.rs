@@ -305,6 +305,11 @@ pub struct SchedStats {
     pub hanging: AtomicUsize,
     pub scheduled: AtomicUsize,
     pub max_lag_ms: AtomicI64,
+    /// The earliest due time not handled yet (`i64::MAX`: none; 0: the
+    /// scheduler has not run). A leaving monitor waits until it passes its
+    /// handoff time: a check due just before it may fire a little after it
+    /// (timers round up, a busy thread), and must still start.
+    pub pending_from_ms: AtomicI64,
 }
 
 /// Asks the membership loop for a fresh assignment; answers when done.
@@ -422,10 +427,12 @@ impl Scheduler {
     pub async fn run(mut self, stop_starting: CancellationToken, abort: CancellationToken) {
         self.rescan();
         loop {
-            let next_at = self
-                .heap
-                .peek()
-                .map(|Reverse((due, _, _))| self.deps.clock.instant_at(*due));
+            let next_due = self.heap.peek().map(|Reverse((due, _, _))| *due);
+            self.deps
+                .stats
+                .pending_from_ms
+                .store(next_due.unwrap_or(i64::MAX), Ordering::Release);
+            let next_at = next_due.map(|due| self.deps.clock.instant_at(due));
             tokio::select! {
                 biased;
                 _ = stop_starting.cancelled() => break,
@@ -444,6 +451,10 @@ impl Scheduler {
             }
         }
         // Drain: no new checks; in-flight ones finish or are aborted.
+        self.deps
+            .stats
+            .pending_from_ms
+            .store(i64::MAX, Ordering::Release);
         loop {
             tokio::select! {
                 _ = abort.cancelled() => {
