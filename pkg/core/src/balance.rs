@@ -132,8 +132,10 @@ pub fn reassign(
         .zip(next)
         .map(|(old, new)| {
             if old.owner == new {
-                // Unchanged; forget a finished handoff so the table stays tidy.
-                let handoff_over = old.prev.is_some() && now_ms >= old.handoff_at_ms;
+                // Unchanged; forget a finished handoff so the table stays
+                // tidy, once no monitor can still be deciding a check due
+                // before its time (`PassTiming::linger_ms`).
+                let handoff_over = old.prev.is_some() && now_ms >= old.handoff_at_ms + t.linger_ms;
                 // A catch-up mark is read by the new owner within a pass;
                 // drop it once it is well past.
                 let catch_up_over = old.prev.is_none()
@@ -150,9 +152,11 @@ pub fn reassign(
             changed = true;
             // A handoff still pending stays in force as the chain's earlier
             // links: its monitors may not read this table before their own
-            // handoff time. Links of monitors that are no longer live go (a
-            // dead monitor checks nothing; the next link covers its part).
-            let pending = old.prev.is_some() && now_ms < old.handoff_at_ms;
+            // handoff time. So does one that is over but still lingers: a
+            // check due before its time may still be being decided. Links
+            // of monitors that are no longer live go (a dead monitor checks
+            // nothing; the next link covers its part).
+            let pending = old.prev.is_some() && now_ms < old.handoff_at_ms + t.linger_ms;
             let mut earlier: Vec<Handoff> = Vec::new();
             if pending {
                 earlier.extend(
@@ -179,15 +183,11 @@ pub fn reassign(
                     handoff_at_ms: (now_ms + handoff_ms).max(pending_until),
                     earlier,
                 },
-                // A dead owner whose handoff had not begun checked nothing
-                // of this bucket: the pending links keep their part, the new
-                // owner takes the rest and catches up from the last link.
-                Some(_) if !earlier.is_empty() => BucketAssignment {
-                    owner: new,
-                    prev: None,
-                    handoff_at_ms: pending_until,
-                    earlier,
-                },
+                // A dead owner: checks due since its last heartbeat may
+                // have been missed, and the new owner catches up from then.
+                // One whose handoff had not begun checked nothing of this
+                // bucket: the pending links keep their part, the new owner
+                // takes the rest and catches up from the last link.
                 Some(dead) => BucketAssignment {
                     owner: new,
                     prev: None,
@@ -196,8 +196,9 @@ pub fn reassign(
                         .get(dead)
                         .copied()
                         .unwrap_or(now_ms - t.dead_lookback_ms)
-                        .min(now_ms),
-                    earlier: Vec::new(),
+                        .min(now_ms)
+                        .max(pending_until),
+                    earlier,
                 },
                 None => BucketAssignment {
                     owner: new,
@@ -218,6 +219,13 @@ pub struct PassTiming {
     /// How far back a dead owner may have stopped checking when its last
     /// heartbeat is unknown: heartbeat TTL + one heartbeat interval.
     pub dead_lookback_ms: i64,
+    /// How long a finished handoff stays listed after its time: a check
+    /// due just before it may be decided up to half an interval late (a
+    /// later one is skipped as late), and the monitor deciding it must
+    /// still read who owned that due time. The engine gives half an
+    /// interval, and at least the fresh-cluster window
+    /// ([`crate::model::BucketAssignment::in_handoff`]).
+    pub linger_ms: i64,
 }
 
 /// What a monitor does with the master document on one pass.
@@ -513,17 +521,22 @@ mod tests {
         /// Monitors join and drain, a master re-balances, and every monitor
         /// reads each new table at its own time, less than the handoff
         /// notice after it was written. Whatever each one holds at a due
-        /// time, all agree on who checks it: no cluster is checked twice and
-        /// none is missed. (A bucket moved again before its handoff time is
-        /// the case this guards: the first owner, still on the older table,
-        /// keeps what is due before the first handoff.)
+        /// time, or when it decides the check up to half an interval late,
+        /// all agree on who checks it: no cluster is checked twice and none
+        /// is missed. (Guarded cases: a bucket moved again before its
+        /// handoff time, whose first owner, still on the older table, keeps
+        /// what is due before the first handoff; and a check due just
+        /// before a handoff time, decided late with a table written after
+        /// it, which must still name the previous owner.)
         #[test]
         fn monitors_reading_tables_at_different_times_agree_on_every_due_check(
             steps in proptest::collection::vec(step(), 1..40),
             seed: u64,
         ) {
             const H: i64 = 4_000;
-            let t = |now_ms| PassTiming { now_ms, lease_ttl_ms: 10_000, handoff_ms: H, dead_lookback_ms: 12_000 };
+            // A due check is decided up to half an interval (10 s) late.
+            const LATE: i64 = 5_000;
+            let t = |now_ms| PassTiming { now_ms, lease_ttl_ms: 10_000, handoff_ms: H, dead_lookback_ms: 12_000, linger_ms: LATE };
             let names: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
             // m0 is the master throughout and never drains.
             let mut joined_at: BTreeMap<usize, usize> = BTreeMap::from([(0, 0)]);
@@ -595,13 +608,19 @@ mod tests {
                     instants.extend(b.earlier.iter().map(|h| h.until_ms));
                 }
             }
-            for d in instants.into_iter().filter(|d| *d >= t0) {
-                let views: Vec<(usize, usize)> = joined_at.keys().filter_map(|m| held(*m, d).map(|k| (*m, k))).collect();
+            let instants: Vec<i64> = instants.into_iter().collect();
+            for (i, &d) in instants.iter().enumerate().filter(|(_, d)| **d >= t0) {
+                // A check due at `d` is decided at `d` or up to `LATE` later,
+                // each monitor with the table it holds then.
+                let decided = std::iter::once(d).chain(instants[i + 1..].iter().copied().take_while(|e| *e <= d + LATE));
+                let views: BTreeSet<(usize, usize)> = decided
+                    .flat_map(|e| joined_at.keys().filter_map(move |m| held(*m, e).map(|k| (*m, k))))
+                    .collect();
                 if views.is_empty() {
                     continue;
                 }
                 for b in 0..BUCKETS {
-                    let checkers: Vec<usize> = views
+                    let checkers: BTreeSet<usize> = views
                         .iter()
                         .filter(|(m, k)| versions[*k].1.buckets[b].owner_at(d) == Some(names[*m].as_str()))
                         .map(|(m, _)| *m)
@@ -633,6 +652,7 @@ mod tests {
         lease_ttl_ms: 10_000,
         handoff_ms: 4_000,
         dead_lookback_ms: 12_000,
+        linger_ms: 5_000,
     };
 
     /// The master pass with the lease judged as its document says (the
@@ -772,15 +792,57 @@ mod tests {
         assert_eq!(x.owner_at(t1 - 1), Some("a"));
         assert_eq!(x.owner_at(t1), Some("c"));
 
-        // After the last handoff time the next pass tidies the chain away.
-        let done = PassTiming {
-            now_ms: later.now_ms + T.handoff_ms,
-            ..T
-        };
+        // The chain lingers a while after the last handoff time, then the
+        // next pass tidies it away.
         let (moved, _) = reassign(&table, &members(&["c"], &["a", "b"]), later);
-        let (tidy, changed) = reassign(&moved, &members(&["c"], &[]), done);
-        assert!(!changed);
-        assert_eq!(tidy[0], BucketAssignment::owned_by("c"));
+        let last = later.now_ms + T.handoff_ms;
+        for (now_ms, tidied) in [
+            (last, false),
+            (last + T.linger_ms - 1, false),
+            (last + T.linger_ms, true),
+        ] {
+            let (next, changed) =
+                reassign(&moved, &members(&["c"], &[]), PassTiming { now_ms, ..T });
+            assert!(!changed);
+            assert_eq!(
+                next[0] == BucketAssignment::owned_by("c"),
+                tidied,
+                "at {now_ms}"
+            );
+            assert_eq!(
+                next[0].owner_at(t1 - 1),
+                Some(if tidied { "c" } else { "a" })
+            );
+        }
+    }
+
+    #[test]
+    fn a_finished_handoff_lingers_for_checks_decided_late() {
+        // a -> b at t1. A check due just before t1 may be decided up to
+        // half an interval later: until then every table still names a.
+        let t1 = T.now_ms + T.handoff_ms;
+        let table = vec![bucket("b", Some("a"), t1)];
+        let at = |now_ms| PassTiming { now_ms, ..T };
+        let (next, _) = reassign(&table, &members(&["b"], &["a"]), at(t1 + 1));
+        assert_eq!(next, table, "kept while it lingers");
+        // Moved again while it lingers (b drains): a's finished part stays
+        // a link, b's part is the new handoff.
+        let (next, changed) = reassign(&table, &members(&["c"], &["a", "b"]), at(t1 + 1));
+        assert!(changed);
+        let x = &next[0];
+        assert_eq!(x.owner_at(t1 - 1), Some("a"));
+        assert_eq!(x.owner_at(t1), Some("b"));
+        assert_eq!(x.owner_at(t1 + 1 + T.handoff_ms), Some("c"));
+        // b dies instead while it lingers: c takes over, catching up from b's
+        // last heartbeat (b checked until then), not from t1.
+        let mut dead_b = members(&["c"], &["a"]);
+        dead_b.last_heartbeat_ms.insert("b".into(), t1 + 500);
+        let (next, _) = reassign(&table, &dead_b, at(t1 + 3_000));
+        let x = &next[0];
+        assert_eq!((x.owner.as_deref(), x.prev.as_deref()), (Some("c"), None));
+        assert_eq!(x.handoff_at_ms, t1 + 500);
+        assert_eq!(x.owner_at(t1 - 1), Some("a"));
+        assert_eq!(x.owner_at(t1 + 500), Some("c"));
     }
 
     #[test]
@@ -829,12 +891,22 @@ mod tests {
             assert_eq!(x.owner_at(T.now_ms + T.handoff_ms - 1), Some("a"));
             assert_eq!(x.owner_at(T.now_ms + T.handoff_ms), Some("b"));
         }
-        // After the handoff time the next pass tidies the table, owners unchanged.
+        // A handoff lingers after its time (a check due just before it may
+        // be decided late); then the next pass tidies the table, owners
+        // unchanged.
         let after = PassTiming {
             now_ms: T.now_ms + T.handoff_ms,
             ..T
         };
-        let MasterAction::Write(tidy) = mp("a", Some(&joined), &m2, after) else {
+        let MasterAction::Write(kept) = mp("a", Some(&joined), &m2, after) else {
+            panic!()
+        };
+        assert_eq!(kept.buckets, joined.buckets);
+        let over = PassTiming {
+            now_ms: after.now_ms + T.linger_ms,
+            ..T
+        };
+        let MasterAction::Write(tidy) = mp("a", Some(&joined), &m2, over) else {
             panic!()
         };
         assert_eq!(tidy.generation, joined.generation);

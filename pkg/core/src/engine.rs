@@ -392,6 +392,7 @@ impl Engine {
             hanging_share_pct: cfg.hanging_share_pct,
             stalled_after: cfg.stalled_after(),
             refresh_timeout: cfg.heartbeat_interval,
+            feed_skew: cfg.feed_interval,
             pass_done_ms: handles.pass_done_ms.clone(),
             check_now: check_now_rx,
             clock,
@@ -716,6 +717,7 @@ impl MembershipLoop {
             lease_ttl_ms: ms(self.cfg.lease_ttl),
             handoff_ms: ms(self.cfg.handoff()),
             dead_lookback_ms: ms(self.cfg.heartbeat_ttl + self.cfg.heartbeat_interval),
+            linger_ms: ms(self.cfg.interval / 2).max(ms(self.cfg.feed_interval)),
         }
     }
 

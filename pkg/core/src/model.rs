@@ -395,10 +395,22 @@ impl BucketAssignment {
             .fold(prev, i64::max)
     }
 
-    /// Whether the bucket is being handed over (a fresh cluster in it waits
-    /// for its grid slot rather than being checked at once).
-    pub fn in_handoff(&self) -> bool {
-        self.prev.is_some() || !self.earlier.is_empty()
+    /// Whether the bucket is being handed over at `now_ms`, give or take
+    /// `skew_ms` (how far apart two monitors' change feeds may deliver one
+    /// document): a fresh cluster in it waits for its grid slot rather than
+    /// being checked at once. Timed, not read from whether `prev` is
+    /// listed: a finished handoff lingers in the table
+    /// (`balance::PassTiming::linger_ms`) and must not slow new clusters.
+    pub fn in_handoff(&self, now_ms: i64, skew_ms: i64) -> bool {
+        let last = self.earlier.iter().map(|h| h.until_ms).fold(
+            if self.prev.is_some() {
+                self.handoff_at_ms
+            } else {
+                i64::MIN
+            },
+            i64::max,
+        );
+        last != i64::MIN && now_ms < last.saturating_add(skew_ms)
     }
 }
 

@@ -118,12 +118,24 @@ pub fn hanging_permits(pool: usize, share_pct: u8) -> usize {
     (pool * usize::from(share_pct.min(100)) / 100).max(1)
 }
 
+/// How clusters enter the timetable ([`first_due`]), in ms.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub interval_ms: i64,
+    /// Catch-ups are spread over this long.
+    pub spread_ms: i64,
+    /// How far apart two monitors' change feeds may deliver one document.
+    pub feed_skew_ms: i64,
+}
+
 /// When a cluster that enters the timetable is first due, and whether that
 /// first check is a catch-up. `fresh`: a cluster that became checkable after
-/// start-up (checked at once, unless its bucket is being handed over: the
-/// old and the new owner see the document at different times, one before
-/// the handoff and one after, and each would check it "at once"; it then
-/// waits for its grid slot, which exactly one of them owns). A cluster of a bucket taken from a dead owner
+/// start-up (checked at once, unless its bucket is being handed over, give
+/// or take the feeds' skew: the old and the new owner see the document at
+/// different times, one before the handoff and one after, and each would
+/// check it "at once"; it then waits for its grid slot, which exactly one
+/// of them owns. Once the handoff time is a feed skew past, no monitor can
+/// have seen it before that time). A cluster of a bucket taken from a dead owner
 /// (no `prev`, `handoff_at_ms` marks since when checks may have been
 /// missed) whose latest due time fell after that mark is caught up, so a
 /// crash costs at most the failover time, not one interval more:
@@ -136,15 +148,15 @@ pub fn hanging_permits(pool: usize, share_pct: u8) -> usize {
 pub fn first_due(
     now_ms: i64,
     phase: i64,
-    interval_ms: i64,
-    spread_ms: i64,
+    t: &Entry,
     fresh: bool,
     bucket: &BucketAssignment,
     me: &str,
 ) -> (i64, bool) {
+    let (interval_ms, spread_ms) = (t.interval_ms, t.spread_ms);
     let next = next_due(now_ms, phase, interval_ms);
     let last_due = next - interval_ms;
-    if fresh && !bucket.in_handoff() {
+    if fresh && !bucket.in_handoff(now_ms, t.feed_skew_ms) {
         return (now_ms, false);
     }
     let at = now_ms + phase % spread_ms.max(1);
@@ -346,6 +358,9 @@ pub struct SchedulerDeps {
     pub stalled_after: Duration,
     /// How long to wait for that refresh before going on with the old view.
     pub refresh_timeout: Duration,
+    /// How far apart two monitors' change feeds may deliver one document
+    /// (one feed interval): see [`first_due`].
+    pub feed_skew: Duration,
     /// Clock time at which the membership loop last finished a pass.
     pub pass_done_ms: Arc<AtomicI64>,
     pub check_now: mpsc::Receiver<CheckNowRequest>,
@@ -478,6 +493,17 @@ impl Scheduler {
         e.state.is_checkable() && self.view.bucket(e.bucket).involves(&self.deps.me, now_ms)
     }
 
+    /// Whether a timetable entry this monitor has for `e` may still hold a
+    /// check due before a handoff time of its own that has not fired yet:
+    /// a timer may fire late (up to half an interval, and then the check is
+    /// skipped as late), after a view change past the handoff time. Such an
+    /// entry is kept; once it fires, `fire` schedules no next one.
+    fn finishing(&self, e: &ClusterEntry, now_ms: i64) -> bool {
+        e.state.is_checkable()
+            && self.view.bucket(e.bucket).handing_over_until(&self.deps.me)
+                > now_ms - self.interval_ms / 2
+    }
+
     fn schedule_at(&mut self, id: Arc<str>, due: i64, phase: i64) {
         self.schedule_slot(id, due, phase, false);
     }
@@ -501,12 +527,16 @@ impl Scheduler {
             return;
         }
         let phase = phase_ms(&e.id, self.interval_ms);
+        let entry = Entry {
+            interval_ms: self.interval_ms,
+            // Catch-ups ramp over half a heartbeat interval.
+            spread_ms: ms(self.deps.refresh_timeout) / 2,
+            feed_skew_ms: ms(self.deps.feed_skew),
+        };
         let (due, catch_up) = first_due(
             now_ms,
             phase,
-            self.interval_ms,
-            // Catch-ups ramp over half a heartbeat interval.
-            ms(self.deps.refresh_timeout) / 2,
+            &entry,
             fresh,
             self.view.bucket(e.bucket),
             &self.deps.me,
@@ -518,12 +548,19 @@ impl Scheduler {
     fn rescan(&mut self) {
         let now = self.deps.clock.now_ms();
         let mut wanted: Vec<Arc<ClusterEntry>> = Vec::new();
+        let mut finishing: Vec<Arc<str>> = Vec::new();
         self.deps.map.for_each(|e| {
             if self.wanted(e, now) {
                 wanted.push(e.clone());
+            } else if self.slots.contains_key(&e.id) && self.finishing(e, now) {
+                finishing.push(e.id.clone());
             }
         });
-        let keep: HashSet<&str> = wanted.iter().map(|e| &*e.id).collect();
+        let keep: HashSet<&str> = wanted
+            .iter()
+            .map(|e| &*e.id)
+            .chain(finishing.iter().map(|id| &**id))
+            .collect();
         self.slots.retain(|id, _| keep.contains(&**id));
         for e in &wanted {
             self.ensure(e, now, false);
@@ -569,6 +606,7 @@ impl Scheduler {
         match ev {
             ClusterEvent::Changed { id, fresh } => match self.deps.map.get(&id) {
                 Some(e) if self.wanted(&e, now) => self.ensure(&e, now, fresh),
+                Some(e) if self.slots.contains_key(&id) && self.finishing(&e, now) => {}
                 _ => {
                     self.slots.remove(&id);
                 }
@@ -1148,6 +1186,7 @@ mod scheduler_tests {
             hanging_share_pct: share,
             stalled_after: Duration::from_secs(5),
             refresh_timeout: Duration::from_secs(2),
+            feed_skew: Duration::from_secs(2),
             pass_done_ms: pass_done.clone(),
             check_now: check_now_rx,
             clock,
@@ -1228,6 +1267,68 @@ mod scheduler_tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        h.stop.cancel();
+        h.task.await.unwrap();
+    }
+
+    /// A check due just before a handoff time whose timer fires a little
+    /// late, after a table change (any bucket's) was applied past that
+    /// time, is still run by the previous owner: the rescan keeps the
+    /// timetable entry of a bucket handed over less than half an interval
+    /// ago. (The scheduler applies view changes before due timers; without
+    /// this the entry was dropped and neither owner checked it.)
+    #[tokio::test(start_paused = true)]
+    async fn a_check_due_just_before_a_handoff_survives_a_view_change_after_it() {
+        let h = harness(&["c0"], 10, Duration::from_millis(10), i64::MAX / 2).await;
+        let interval = 10_000i64;
+        let phase = phase_ms("c0", interval);
+        let bucket = usize::from(h.map.get("c0").expect("in the map").bucket);
+        let starts =
+            |h: &Harness| -> Vec<i64> { h.log.lock().unwrap().iter().map(|(_, t)| *t).collect() };
+        // The first check, at the phase.
+        tokio::time::sleep(Duration::from_millis(u64::try_from(phase).unwrap() + 100)).await;
+        assert_eq!(starts(&h), vec![phase]);
+        // The bucket moves to "other", handing over 3 ms after the next due time.
+        let due = phase + interval;
+        let handoff = due + 3;
+        let mut table = vec![BucketAssignment::owned_by("me"); BUCKETS];
+        table[bucket] = BucketAssignment {
+            owner: Some("other".into()),
+            prev: Some("me".into()),
+            handoff_at_ms: handoff,
+            ..Default::default()
+        };
+        let view = |table: &Vec<BucketAssignment>, generation| {
+            let mut a = Assignment::empty();
+            a.generation = generation;
+            a.buckets = Arc::new(table.clone());
+            Arc::new(a)
+        };
+        h._assign.send(view(&table, 2)).unwrap();
+        tokio::time::sleep(Duration::from_millis(
+            u64::try_from(due - 1 - (phase + 100)).unwrap(),
+        ))
+        .await;
+        assert_eq!(starts(&h), vec![phase], "nothing due until then");
+        // Another bucket's change arrives, and the scheduler next runs 10 ms
+        // on: past the due time and the handoff time at once.
+        table[(bucket + 1) % BUCKETS] = BucketAssignment::owned_by("third");
+        h._assign.send(view(&table, 3)).unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            starts(&h),
+            vec![phase, due + 9],
+            "the check due before the handoff ran, late"
+        );
+        // The next one is the new owner's.
+        tokio::time::sleep(Duration::from_millis(u64::try_from(interval).unwrap())).await;
+        assert_eq!(
+            starts(&h).len(),
+            2,
+            "checked after the handoff: {:?}",
+            starts(&h)
+        );
         h.stop.cancel();
         h.task.await.unwrap();
     }
@@ -1609,8 +1710,12 @@ mod decision_tests {
             phase in 0i64..10_000,
             before in 1i64..3_000,
             after in 0i64..3_000,
+            lingers: bool,
         ) {
             let (interval, handoff) = (10_000i64, 1_000_000i64);
+            // The feeds deliver it at most one feed interval apart.
+            let skew = before + after;
+            let t = Entry { interval_ms: interval, spread_ms: 1_000, feed_skew_ms: skew };
             let b = BucketAssignment {
                 owner: Some("new".into()),
                 prev: Some("old".into()),
@@ -1623,7 +1728,7 @@ mod decision_tests {
             // the due time.
             let mut checks = Vec::new();
             for (me, seen) in [("old", handoff - before), ("new", handoff + after)] {
-                let (due, _) = first_due(seen, phase, interval, 1_000, true, &b, me);
+                let (due, _) = first_due(seen, phase, &t, true, &b, me);
                 if owner_at(due) == me {
                     checks.push(due);
                 }
@@ -1631,23 +1736,32 @@ mod decision_tests {
             if let [a, b] = checks[..] {
                 prop_assert!((a - b).abs() >= interval, "checked {} ms apart", (a - b).abs());
             }
+            // Once the handoff is a feed skew past, a new cluster is checked
+            // at once (the handoff may still be listed: it lingers), and
+            // only by the owner.
+            let later = handoff + skew + after;
+            let (due, _) = first_due(later, phase, &t, true, &b, if lingers { "old" } else { "new" });
+            prop_assert_eq!(due, later);
+            prop_assert_eq!(owner_at(due), "new");
         }
 
         /// The first due time is now (fresh or catch-up) or the next grid
         /// slot; a catch-up only for a bucket taken from a dead owner whose
         /// last due time fell after the mark.
         #[test]
-        fn first_due_props(now in 0i64..1_000_000, phase in 0i64..60_000, interval in 1_000i64..60_000, spread in 1i64..5_000, fresh: bool, mark in 0i64..1_000_000, prev: bool, mine: bool) {
+        fn first_due_props(now in 0i64..1_000_000, phase in 0i64..60_000, interval in 1_000i64..60_000, spread in 1i64..5_000, fresh: bool, mark in 0i64..1_000_000, prev: bool, mine: bool, skew in 0i64..5_000) {
             let phase = phase % interval;
+            let t = Entry { interval_ms: interval, spread_ms: spread, feed_skew_ms: skew };
             let b = BucketAssignment {
                 owner: Some(if mine { "me" } else { "other" }.into()),
                 prev: prev.then(|| "old".to_string()),
                 handoff_at_ms: mark,
                 ..Default::default()
             };
-            let (due, catch_up) = first_due(now, phase, interval, spread, fresh, &b, "me");
+            let (due, catch_up) = first_due(now, phase, &t, fresh, &b, "me");
             let next = next_due(now, phase, interval);
-            if fresh && !prev {
+            let handing_over = prev && now < mark + skew;
+            if fresh && !handing_over {
                 prop_assert_eq!(due, now);
             } else if catch_up {
                 prop_assert!(due >= now && due < now + spread && due < next);
