@@ -288,6 +288,7 @@ impl Engine {
         cfg.validate()?;
         let (assignment_tx, assignment) = watch::channel(Arc::new(Assignment::empty()));
         let (reflector, map, events) = Reflector::new(metrics.clone(), clock, 4096);
+        let stats = Arc::new(SchedStats::default());
         let reflector = reflector.with_share(feed::Share {
             me: cfg.id.as_str().into(),
             view: assignment.clone(),
@@ -295,6 +296,7 @@ impl Engine {
             tick: cfg.heartbeat_interval,
             read_timeout: cfg.heartbeat_ttl,
             release_memory: cfg.release_memory,
+            sched: stats.clone(),
         });
         let (cmds, cmd_rx) = mpsc::channel::<Cmd>(4);
         let (check_now, check_now_rx) = mpsc::channel::<CheckNowRequest>(16);
@@ -333,7 +335,7 @@ impl Engine {
             probes: Arc::default(),
             sync: refresh_tx.clone(),
             draining: Arc::new(AtomicBool::new(false)),
-            stats: Arc::new(SchedStats::default()),
+            stats,
             last_checks: Arc::new(DashMap::new()),
             metrics: metrics.clone(),
             cmds,

@@ -464,6 +464,10 @@ pub struct Share {
     pub read_timeout: Duration,
     /// Called after documents were dropped (`EngineConfig::release_memory`).
     pub release_memory: Option<fn()>,
+    /// The scheduler's progress: a bucket handed over is dropped only once
+    /// every check due before its handoff time was handled
+    /// (`SchedStats::pending_from_ms`).
+    pub sched: Arc<crate::schedule::SchedStats>,
 }
 
 struct ShareState {
@@ -585,10 +589,19 @@ impl Reflector {
         };
         let now = self.clock.now_ms();
         let view = st.share.view.borrow().clone();
+        // A check due just before a handoff time may fire a little after it
+        // (timers round up, a busy thread) and must still find its
+        // cluster: a bucket handed over is kept until the scheduler has
+        // handled every due time before its handoff time. (0: the scheduler
+        // has not run yet, and holds nothing of an earlier process's.)
+        let handled = match st.share.sched.pending_from_ms.load(Ordering::Acquire) {
+            0 => i64::MAX,
+            v => v,
+        };
         let mut dropped = Vec::new();
         for b in 0..=u8::MAX {
             let i = usize::from(b);
-            let want = view.buckets[i].involves(&st.share.me, now);
+            let want = view.buckets[i].involves(&st.share.me, now.min(handled));
             if want && !st.want[i] {
                 st.pending.insert(b);
             } else if !want && st.want[i] {
@@ -1185,6 +1198,9 @@ mod tests {
         };
         let (tx, rx_view) = watch::channel(Arc::new(Assignment::empty()));
         let (r, map, mut rx) = Reflector::new(Metrics::disabled(), clock, 1024);
+        // An idle scheduler: nothing due.
+        let sched = Arc::new(crate::schedule::SchedStats::default());
+        sched.pending_from_ms.store(i64::MAX, Ordering::Release);
         let mut r = r.with_share(Share {
             me: "me".into(),
             view: rx_view,
@@ -1192,6 +1208,7 @@ mod tests {
             tick: Duration::from_secs(2),
             read_timeout: Duration::from_secs(10),
             release_memory: None,
+            sched: sched.clone(),
         });
         let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
         drain(&mut feed, &mut r).await;
@@ -1248,7 +1265,18 @@ mod tests {
         .unwrap();
         r.reconcile().await.unwrap();
         assert_eq!(ids(&map), ["a1", "a2"]);
+        // Past the handoff time, the scheduler has not yet handled a check
+        // due just before it (its timer is late): still kept.
+        sched
+            .pending_from_ms
+            .store(handoff_at - 1, Ordering::Release);
         tokio::time::advance(Duration::from_secs(4)).await;
+        r.reconcile().await.unwrap();
+        assert_eq!(ids(&map), ["a1", "a2"]);
+        // Handled (the next due time is past the handoff): dropped.
+        sched
+            .pending_from_ms
+            .store(handoff_at + 10, Ordering::Release);
         r.reconcile().await.unwrap();
         assert_eq!(ids(&map), ["a2"]);
         let evs: Vec<ClusterEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();

@@ -319,8 +319,9 @@ pub struct SchedStats {
     pub max_lag_ms: AtomicI64,
     /// The earliest due time not handled yet (`i64::MAX`: none; 0: the
     /// scheduler has not run). A leaving monitor waits until it passes its
-    /// handoff time: a check due just before it may fire a little after it
-    /// (timers round up, a busy thread), and must still start.
+    /// handoff time, and the feed keeps a bucket handed over until it
+    /// passes that bucket's: a check due just before it may fire a little
+    /// after it (timers round up, a busy thread), and must still start.
     pub pending_from_ms: AtomicI64,
 }
 
