@@ -51,8 +51,19 @@ struct Running {
 }
 
 fn start(id: &str, store: &Arc<MemStore>, clock: Clock, log: &Log) -> Running {
+    start_with(id, store, clock, log, |_| {})
+}
+
+fn start_with(
+    id: &str,
+    store: &Arc<MemStore>,
+    clock: Clock,
+    log: &Log,
+    set: impl FnOnce(&mut EngineConfig),
+) -> Running {
     let mut cfg = EngineConfig::new(id);
     cfg.interval = INTERVAL;
+    set(&mut cfg);
     let checker = Recorder {
         me: id.into(),
         clock,
@@ -318,6 +329,57 @@ async fn a_crashed_owner_costs_at_most_the_failover_time() {
     for r in rest {
         stop(r).await;
     }
+}
+
+/// The monitor buckets are being handed to dies before their handoff time
+/// (a 20 s notice, longer than the heartbeat TTL, so its death is known
+/// while the handoff is pending). It checked nothing of them: the previous
+/// owners keep what is due before the handoff time, the next owner takes
+/// the rest, and every cluster's checks stay exactly one interval apart.
+#[tokio::test(start_paused = true)]
+async fn the_monitor_buckets_were_moving_to_dies_before_their_handoff_time() {
+    let store = Arc::new(MemStore::new());
+    seed(&store, 120).await;
+    let clock = Clock::at(1_700_000_000_000);
+    let log: Log = Default::default();
+    let notice = |c: &mut EngineConfig| c.handoff_notice = Some(Duration::from_secs(20));
+    let a = start_with("a", &store, clock, &log, notice);
+    let b = start_with("b", &store, clock, &log, notice);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let t0 = clock.now_ms();
+    let c = start_with("c", &store, clock, &log, notice);
+    let handoff_at = loop {
+        let doc = store.read_master().await.unwrap().unwrap().value;
+        if let Some(x) = doc
+            .buckets
+            .iter()
+            .find(|x| x.owner.as_deref() == Some("c") && x.prev.is_some())
+        {
+            break x.handoff_at_ms;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    c.task.abort();
+    let crashed = clock.now_ms();
+    assert!(
+        handoff_at - crashed > 15_000,
+        "c crashed {} ms before the handoff time",
+        handoff_at - crashed
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let end = clock.now_ms();
+    let doc = store.read_master().await.unwrap().unwrap().value;
+    assert!(
+        doc.buckets.iter().all(|x| x.owner.as_deref() != Some("c")),
+        "c's buckets moved on"
+    );
+    assert!(
+        log.lock().unwrap().iter().all(|(_, m, _)| m != "c"),
+        "c checked nothing"
+    );
+    assert_exact_cadence(&log, 120, t0, end - 1_000, "owner-to-be died");
+    stop(a).await;
+    stop(b).await;
 }
 
 fn owners(doc: &clustermon_core::model::MasterDoc) -> Vec<Option<String>> {
