@@ -411,6 +411,18 @@ impl KubeClient {
         path: &str,
         mut each: impl FnMut(T),
     ) -> Result<(), KubeError> {
+        self.pages(path, |body| decode_page(body, &mut each)).await
+    }
+
+    /// GETs `path`'s pages in turn, each 2xx body handed to `page`, which
+    /// answers the page's continue token. With [`decode_page`], items can
+    /// borrow their strings from the body (`Cow<str>` with
+    /// `#[serde(borrow)]`: no allocation for a string without escapes).
+    pub async fn pages(
+        &self,
+        path: &str,
+        mut page: impl FnMut(&[u8]) -> Result<Option<String>, KubeError>,
+    ) -> Result<(), KubeError> {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut cont: Option<String> = None;
         for _ in 0..100_000 {
@@ -419,9 +431,11 @@ impl KubeClient {
                 url.push_str("&continue=");
                 url.push_str(&encode_query(c));
             }
-            let page: List<T> = self.get_json(&url).await?;
-            page.items.into_iter().for_each(&mut each);
-            cont = page.metadata.and_then(|m| m.cont).filter(|c| !c.is_empty());
+            let r = self.get(&url).await?;
+            if !(200..300).contains(&r.status) {
+                return Err(KubeError::Status(r.status));
+            }
+            cont = page(&r.body)?.filter(|c| !c.is_empty());
             if cont.is_none() {
                 return Ok(());
             }
@@ -430,6 +444,18 @@ impl KubeClient {
             "list did not end after 100000 pages".into(),
         ))
     }
+}
+
+/// Decodes one list page's body, handing each item to `each`; answers the
+/// page's continue token.
+pub fn decode_page<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    each: impl FnMut(T),
+) -> Result<Option<String>, KubeError> {
+    let page: List<T> =
+        crate::decode::json_slice(body, KUBE_NAMES).map_err(|e| KubeError::Decode(e.into()))?;
+    page.items.into_iter().for_each(each);
+    Ok(page.metadata.and_then(|m| m.cont))
 }
 
 fn h1_error(e: H1Error) -> KubeError {
@@ -655,8 +681,18 @@ mod tests {
         /// Decodes as `get_json` does and checks the error as a check
         /// report would show it.
         fn check<T: DeserializeOwned>(v: &Value) -> Result<(), TestCaseError> {
+            check_with(v, |raw| {
+                crate::decode::json_slice::<T>(raw, KUBE_NAMES).map(drop)
+            })
+        }
+
+        /// Same, for items that borrow from the body (pods: `decode_page`).
+        fn check_with(
+            v: &Value,
+            decode: impl Fn(&[u8]) -> Result<(), crate::decode::DecodeError>,
+        ) -> Result<(), TestCaseError> {
             let raw = v.to_string();
-            if let Err(e) = crate::decode::json_slice::<T>(raw.as_bytes(), KUBE_NAMES) {
+            if let Err(e) = decode(raw.as_bytes()) {
                 let shown = super::KubeError::Decode(e.into()).to_string();
                 assert_clean(&shown, v, KUBE_NAMES)?;
             }
@@ -665,7 +701,9 @@ mod tests {
 
         fn all(v: &Value) -> Result<(), TestCaseError> {
             check::<List<Node>>(v)?;
-            check::<List<Pod>>(v)?;
+            check_with(v, |raw| {
+                crate::decode::json_slice::<List<Pod<'_>>>(raw, KUBE_NAMES).map(drop)
+            })?;
             check::<List<ClusterOperator>>(v)?;
             check::<ClusterVersionObj>(v)?;
             check::<VersionInfo>(v)
@@ -684,7 +722,7 @@ mod tests {
             );
             let mut v = pod_list();
             v["items"][0]["status"]["containerStatuses"][0]["restartCount"] = json!("cnry-9");
-            let e = crate::decode::json_str::<List<Pod>>(&v.to_string(), KUBE_NAMES)
+            let e = crate::decode::json_str::<List<Pod<'_>>>(&v.to_string(), KUBE_NAMES)
                 .err()
                 .unwrap();
             assert_eq!(
