@@ -394,7 +394,13 @@ impl Engine {
             hanging_share_pct: cfg.hanging_share_pct,
             stalled_after: cfg.stalled_after(),
             refresh_timeout: cfg.heartbeat_interval,
-            feed_skew: cfg.feed_interval,
+            // A feed polled less often than the heartbeat (a store that
+            // pushes changes) does not widen the window in which a new
+            // cluster waits for its grid slot: a prompt first check is
+            // worth more than the extra check two feeds further apart can
+            // give. (The master's tidy-up, one pass after the handoff,
+            // bounded this window before handoffs lingered.)
+            feed_skew: cfg.feed_interval.min(cfg.heartbeat_interval),
             pass_done_ms: handles.pass_done_ms.clone(),
             check_now: check_now_rx,
             clock,
