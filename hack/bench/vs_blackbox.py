@@ -294,6 +294,20 @@ def phase_clustermon(procs, bin_dir, sim, fleet_url, store, interval_s, seconds,
     }
 
 
+def phase_floor(bin_dir, rate, seconds):
+    """tcp-floor (hack/fleetsim/src/bin/tcp-floor.rs) at the probe rate: the
+    CPU per connection of a minimal blocking client and server over the
+    loopback, the share of clustermon's and fleetsim's CPU per probe that
+    the kernel's TCP (and its cross-charging between the two ends) takes."""
+    out = subprocess.run([f"{bin_dir}/tcp-floor", "--rate", f"{rate:g}", "--seconds", f"{seconds:g}"],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"tcp-floor failed: {out.stderr.strip()}")
+    f = json.loads(out.stdout)
+    return {"floor_client_cpu_s_per_1000": f["client_us"] / 1000,
+            "floor_server_cpu_s_per_1000": f["server_us"] / 1000}
+
+
 # --- phase (b): Prometheus + blackbox_exporter --------------------------------------
 
 def prom_query(prom, query, at):
@@ -426,7 +440,7 @@ def run(bin_dir: str, clusters: int, interval_s: float, seconds: float, workdir:
     os.makedirs(workdir, exist_ok=True)
     workdir = os.path.abspath(workdir)
     bin_dir = os.path.abspath(bin_dir)
-    for b in ("clustermon", "fleetsim"):
+    for b in ("clustermon", "fleetsim", "tcp-floor"):
         if not os.access(f"{bin_dir}/{b}", os.X_OK):
             raise RuntimeError(f"{bin_dir}/{b} missing (cargo build --release --bins)")
     if os.path.exists(f"{workdir}/store.db"):
@@ -439,6 +453,8 @@ def run(bin_dir: str, clusters: int, interval_s: float, seconds: float, workdir:
             tag = f"-{i + 1}" if rounds > 1 else ""
             log(f"round {i + 1}/{rounds}: clustermon healthz, {seconds:g}s window")
             cm.append(phase_clustermon(procs, bin_dir, sim, fleet_url, store, interval_s, seconds, workdir, tag))
+            log(f"round {i + 1}/{rounds}: the loopback's floor, tcp-floor at the same rate")
+            cm[-1].update(phase_floor(bin_dir, clusters / interval_s, min(seconds, 10.0)))
             log(f"round {i + 1}/{rounds}: prometheus + blackbox_exporter, {seconds:g}s window")
             bb.append(phase_blackbox(procs, sim, fleet_url, targets, interval_s, seconds, workdir, tag))
     finally:
@@ -459,6 +475,11 @@ def run(bin_dir: str, clusters: int, interval_s: float, seconds: float, workdir:
         "blackbox_probes_per_s": med(bb, "checks_per_s", 1),
         "fleetsim_cpu_s_per_1000_clustermon": med(cm, "fleetsim_cpu_s_per_1000"),
         "fleetsim_cpu_s_per_1000_blackbox": med(bb, "fleetsim_cpu_s_per_1000"),
+        # The loopback's floor at the same rate (tcp-floor, run right after
+        # each clustermon phase): a minimal blocking client's and server's
+        # CPU per plain-HTTP probe.
+        "floor_client_cpu_s_per_1000": med(cm, "floor_client_cpu_s_per_1000"),
+        "floor_server_cpu_s_per_1000": med(cm, "floor_server_cpu_s_per_1000"),
         # Extras.
         "window_s": seconds,
         "rounds": rounds,
