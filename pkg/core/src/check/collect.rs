@@ -13,7 +13,7 @@ use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::kube::{decode_page, KubeClient, KubeError};
+use super::kube::{decode_json, decode_page, KubeClient, KubeError};
 use super::tls::MemoUse;
 use super::{CheckCtx, CheckReport, Checker, CollectorOutcome};
 use crate::clock::Clock;
@@ -47,16 +47,16 @@ impl Emit<'_> {
             .gauge(name, value, &self.cluster.tags_with(extra));
     }
     /// One gauge of 1 per unexpected condition, tagged `extra`, `type`, `status`.
-    pub fn conditions<C: TypeStatus>(
+    pub fn conditions(
         &self,
         name: &str,
-        conditions: &[C],
-        unexpected: impl Fn(&C) -> bool,
+        conditions: &[Condition<'_>],
+        unexpected: impl Fn(&Condition<'_>) -> bool,
         extra: &[(&str, &str)],
     ) {
         for c in conditions.iter().filter(|c| unexpected(c)) {
             let mut tags: Vec<(&str, &str)> = extra.to_vec();
-            tags.extend([("type", c.type_()), ("status", c.status())]);
+            tags.extend([("type", &*c.type_), ("status", &*c.status)]);
             self.gauge(name, 1, &tags);
         }
     }
@@ -355,8 +355,8 @@ fn alert_conditions(
     name: &'static str,
     labels: &[(&'static str, &str)],
     what: &str,
-    conditions: &[Condition],
-    unexpected: impl Fn(&Condition) -> bool,
+    conditions: &[Condition<'_>],
+    unexpected: impl Fn(&Condition<'_>) -> bool,
 ) {
     let bad: Vec<String> = conditions
         .iter()
@@ -410,56 +410,85 @@ async fn readyz(kube: &KubeClient, emit: &Emit<'_>) -> CollectorOutcome {
 
 // ---- decoders: only the fields used; everything else is ignored ----
 
+/// An object's name and namespace. Like every type an answer decodes into
+/// (except [`VersionInfo`]), its strings are borrowed from the answer's
+/// body where they have no escapes: lists are the full check's largest
+/// answers, and decoding them into owned strings (an allocation for each)
+/// was a tenth of the monitor's CPU on the full profile.
 #[derive(Deserialize, Default)]
-pub struct ObjectMeta {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub namespace: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+pub struct ObjectMeta<'a> {
+    #[serde(default, borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub namespace: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
-pub struct Condition {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub status: String,
-}
-
-/// A condition's type and status, as [`Emit::conditions`] tags them.
-pub trait TypeStatus {
-    fn type_(&self) -> &str;
-    fn status(&self) -> &str;
-}
-
-impl TypeStatus for Condition {
-    fn type_(&self) -> &str {
-        &self.type_
-    }
-    fn status(&self) -> &str {
-        &self.status
-    }
-}
-
-/// A pod's condition, its strings borrowed from the page's body where
-/// they have no escapes: pod lists are the full check's largest answers,
-/// and decoding them into owned strings (an allocation for each) was a
-/// tenth of the monitor's CPU on the full profile.
-#[derive(Deserialize)]
-pub struct PodCondition<'a> {
+pub struct Condition<'a> {
     #[serde(rename = "type", borrow)]
     pub type_: Cow<'a, str>,
     #[serde(borrow)]
     pub status: Cow<'a, str>,
 }
 
-impl TypeStatus for PodCondition<'_> {
-    fn type_(&self) -> &str {
-        &self.type_
+/// A string borrowed from the body where it has no escapes, where serde's
+/// own `Cow<str>` (inside a map or a sequence) would always own it.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
     }
-    fn status(&self) -> &str {
-        &self.status
+}
+
+/// A node's label keys: all its role needs (values are checked to be
+/// strings, then dropped).
+#[derive(Default)]
+pub struct LabelKeys<'a>(pub Vec<Text<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for LabelKeys<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LabelKeys<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut keys = Vec::new();
+                while let Some((k, Text(_))) = m.next_entry::<Text<'de>, Text<'de>>()? {
+                    keys.push(k);
+                }
+                Ok(LabelKeys(keys))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl LabelKeys<'_> {
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|k| &*k.0)
     }
 }
 
@@ -470,23 +499,32 @@ pub struct VersionInfo {
 }
 
 #[derive(Deserialize)]
-pub struct Node {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub status: NodeStatus,
+pub struct Node<'a> {
+    #[serde(default, borrow)]
+    pub metadata: NodeMeta<'a>,
+    #[serde(default, borrow)]
+    pub status: NodeStatus<'a>,
 }
 
 #[derive(Deserialize, Default)]
-pub struct NodeStatus {
-    #[serde(default)]
-    pub conditions: Vec<Condition>,
+pub struct NodeMeta<'a> {
+    #[serde(default, borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub labels: LabelKeys<'a>,
 }
 
-/// The node's role from its `node-role.kubernetes.io/<role>` labels.
-pub fn node_role(labels: &BTreeMap<String, String>) -> &str {
+#[derive(Deserialize, Default)]
+pub struct NodeStatus<'a> {
+    #[serde(default, borrow)]
+    pub conditions: Vec<Condition<'a>>,
+}
+
+/// The node's role from its `node-role.kubernetes.io/<role>` label keys
+/// (the last such role in the answer's order, `master` before any).
+pub fn node_role<'k>(keys: impl IntoIterator<Item = &'k str>) -> &'k str {
     let mut role = "worker";
-    for k in labels.keys() {
+    for k in keys {
         if let Some(r) = k.strip_prefix("node-role.kubernetes.io/") {
             if r == "master" || r == "control-plane" {
                 return "master";
@@ -501,8 +539,8 @@ pub fn node_role(labels: &BTreeMap<String, String>) -> &str {
 
 /// Whether a node condition is unexpected: Ready not True, or a pressure /
 /// network condition True.
-pub fn node_condition_unexpected(c: &Condition) -> bool {
-    match c.type_.as_str() {
+pub fn node_condition_unexpected(c: &Condition<'_>) -> bool {
+    match &*c.type_ {
         "Ready" => c.status != "True",
         "MemoryPressure" | "DiskPressure" | "PIDPressure" | "NetworkUnavailable" => {
             c.status == "True"
@@ -512,21 +550,21 @@ pub fn node_condition_unexpected(c: &Condition) -> bool {
 }
 
 #[derive(Deserialize)]
-pub struct ClusterOperator {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub status: OperatorStatus,
+pub struct ClusterOperator<'a> {
+    #[serde(default, borrow)]
+    pub metadata: ObjectMeta<'a>,
+    #[serde(default, borrow)]
+    pub status: OperatorStatus<'a>,
 }
 
 #[derive(Deserialize, Default)]
-pub struct OperatorStatus {
-    #[serde(default)]
-    pub conditions: Vec<Condition>,
+pub struct OperatorStatus<'a> {
+    #[serde(default, borrow)]
+    pub conditions: Vec<Condition<'a>>,
 }
 
-pub fn operator_condition_unexpected(c: &Condition) -> bool {
-    match c.type_.as_str() {
+pub fn operator_condition_unexpected(c: &Condition<'_>) -> bool {
+    match &*c.type_ {
         "Available" => c.status != "True",
         "Degraded" => c.status == "True",
         _ => false,
@@ -534,51 +572,51 @@ pub fn operator_condition_unexpected(c: &Condition) -> bool {
 }
 
 #[derive(Deserialize)]
-pub struct ClusterVersionObj {
-    #[serde(default)]
-    pub spec: CvSpec,
-    #[serde(default)]
-    pub status: CvStatus,
+pub struct ClusterVersionObj<'a> {
+    #[serde(default, borrow)]
+    pub spec: CvSpec<'a>,
+    #[serde(default, borrow)]
+    pub status: CvStatus<'a>,
 }
 
 #[derive(Deserialize, Default)]
-pub struct CvSpec {
-    #[serde(default, rename = "desiredUpdate")]
-    pub desired_update: Option<CvRelease>,
+pub struct CvSpec<'a> {
+    #[serde(default, rename = "desiredUpdate", borrow)]
+    pub desired_update: Option<CvRelease<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-pub struct CvRelease {
-    #[serde(default)]
-    pub version: String,
+pub struct CvRelease<'a> {
+    #[serde(default, borrow)]
+    pub version: Cow<'a, str>,
 }
 
 #[derive(Deserialize, Default)]
-pub struct CvStatus {
-    #[serde(default)]
-    pub conditions: Vec<Condition>,
-    #[serde(default)]
-    pub desired: CvRelease,
-    #[serde(default)]
-    pub history: Vec<CvHistory>,
+pub struct CvStatus<'a> {
+    #[serde(default, borrow)]
+    pub conditions: Vec<Condition<'a>>,
+    #[serde(default, borrow)]
+    pub desired: CvRelease<'a>,
+    #[serde(default, borrow)]
+    pub history: Vec<CvHistory<'a>>,
 }
 
 #[derive(Deserialize)]
-pub struct CvHistory {
-    #[serde(default)]
-    pub state: String,
-    #[serde(default)]
-    pub version: String,
+pub struct CvHistory<'a> {
+    #[serde(default, borrow)]
+    pub state: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub version: Cow<'a, str>,
 }
 
-impl ClusterVersionObj {
+impl ClusterVersionObj<'_> {
     /// The last completed version in the history (the running one).
     pub fn actual(&self) -> &str {
         self.status
             .history
             .iter()
             .find(|h| h.state == "Completed")
-            .map_or("", |h| h.version.as_str())
+            .map_or("", |h| &*h.version)
     }
     pub fn desired(&self) -> &str {
         match &self.spec.desired_update {
@@ -588,30 +626,21 @@ impl ClusterVersionObj {
     }
 }
 
-pub fn clusterversion_condition_unexpected(c: &Condition) -> bool {
-    match c.type_.as_str() {
+pub fn clusterversion_condition_unexpected(c: &Condition<'_>) -> bool {
+    match &*c.type_ {
         "Available" => c.status != "True",
         "Degraded" | "Failing" => c.status == "True",
         _ => false,
     }
 }
 
-/// A pod as the pods collector reads it: strings borrowed from the page's
-/// body (see [`PodCondition`]).
+/// A pod as the pods collector reads it.
 #[derive(Deserialize)]
 pub struct Pod<'a> {
     #[serde(default, borrow)]
-    pub metadata: PodMeta<'a>,
+    pub metadata: ObjectMeta<'a>,
     #[serde(default, borrow)]
     pub status: PodStatus<'a>,
-}
-
-#[derive(Deserialize, Default)]
-pub struct PodMeta<'a> {
-    #[serde(default, borrow)]
-    pub name: Cow<'a, str>,
-    #[serde(default, borrow)]
-    pub namespace: Cow<'a, str>,
 }
 
 #[derive(Deserialize, Default)]
@@ -619,7 +648,7 @@ pub struct PodStatus<'a> {
     #[serde(default, borrow)]
     pub phase: Cow<'a, str>,
     #[serde(default, borrow)]
-    pub conditions: Vec<PodCondition<'a>>,
+    pub conditions: Vec<Condition<'a>>,
     #[serde(default, rename = "containerStatuses", borrow)]
     pub container_statuses: Vec<ContainerStatus<'a>>,
 }
@@ -648,7 +677,7 @@ pub struct Waiting<'a> {
 
 /// Pod conditions worth reporting: Ready or ContainersReady not True on a
 /// Running pod, PodScheduled not True on a Pending one. Completed pods are quiet.
-pub fn pod_condition_unexpected(pod: &Pod<'_>, c: &PodCondition<'_>) -> bool {
+pub fn pod_condition_unexpected(pod: &Pod<'_>, c: &Condition<'_>) -> bool {
     match (&*pod.status.phase, &*c.type_) {
         ("Succeeded", _) => false,
         ("Running", "Ready" | "ContainersReady") => c.status != "True",
@@ -745,24 +774,30 @@ impl Collector for Nodes {
         emit: &Emit<'_>,
     ) -> Result<(), KubeError> {
         let mut roles: BTreeMap<String, u64> = BTreeMap::new();
-        kube.list("/api/v1/nodes", |n: Node| {
-            *roles
-                .entry(node_role(&n.metadata.labels).to_string())
-                .or_default() += 1;
-            emit.conditions(
-                names::NODE_CONDITIONS,
-                &n.status.conditions,
-                node_condition_unexpected,
-                &[("nodeName", &n.metadata.name)],
-            );
-            alert_conditions(
-                emit,
-                super::alertnames::NODE_NOT_READY,
-                &[("node", &n.metadata.name)],
-                &format!("node {}", n.metadata.name),
-                &n.status.conditions,
-                node_condition_unexpected,
-            );
+        kube.pages("/api/v1/nodes", |body| {
+            decode_page(body, |n: Node<'_>| {
+                let role = node_role(n.metadata.labels.keys());
+                match roles.get_mut(role) {
+                    Some(c) => *c += 1,
+                    None => {
+                        roles.insert(role.to_string(), 1);
+                    }
+                }
+                emit.conditions(
+                    names::NODE_CONDITIONS,
+                    &n.status.conditions,
+                    node_condition_unexpected,
+                    &[("nodeName", &n.metadata.name)],
+                );
+                alert_conditions(
+                    emit,
+                    super::alertnames::NODE_NOT_READY,
+                    &[("node", &n.metadata.name)],
+                    &format!("node {}", n.metadata.name),
+                    &n.status.conditions,
+                    node_condition_unexpected,
+                );
+            })
         })
         .await?;
         for (role, n) in roles {
@@ -787,9 +822,8 @@ impl Collector for ClusterOperators {
     ) -> Result<(), KubeError> {
         let mut count = 0;
         let res = kube
-            .list(
-                "/apis/config.openshift.io/v1/clusteroperators",
-                |o: ClusterOperator| {
+            .pages("/apis/config.openshift.io/v1/clusteroperators", |body| {
+                decode_page(body, |o: ClusterOperator<'_>| {
                     count += 1;
                     emit.conditions(
                         names::OPERATOR_CONDITIONS,
@@ -805,8 +839,8 @@ impl Collector for ClusterOperators {
                         &o.status.conditions,
                         operator_condition_unexpected,
                     );
-                },
-            )
+                })
+            })
             .await;
         match res {
             Err(KubeError::Status(404)) => return Ok(()), // vanilla Kubernetes
@@ -830,13 +864,14 @@ impl Collector for ClusterVersion {
         _: &Probe,
         emit: &Emit<'_>,
     ) -> Result<(), KubeError> {
-        let cv: ClusterVersionObj = match kube
-            .get_json("/apis/config.openshift.io/v1/clusterversions/version")
+        let body = match kube
+            .get_ok("/apis/config.openshift.io/v1/clusterversions/version")
             .await
         {
             Err(KubeError::Status(404)) => return Ok(()), // vanilla Kubernetes
-            other => other?,
+            other => other?.body,
         };
+        let cv: ClusterVersionObj<'_> = decode_json(&body)?;
         emit.gauge(
             names::CLUSTER_VERSIONS,
             1,
@@ -982,14 +1017,14 @@ mod tests {
         assert_eq!(l.items.len(), 2);
         assert_eq!(l.cont.as_deref().map(|c| c.starts_with("eyJ")), Some(true));
         let n0 = &l.items[0];
-        assert_eq!(node_role(&n0.metadata.labels), "master");
-        assert_eq!(node_role(&l.items[1].metadata.labels), "worker");
+        assert_eq!(node_role(n0.metadata.labels.keys()), "master");
+        assert_eq!(node_role(l.items[1].metadata.labels.keys()), "worker");
         let bad: Vec<(&str, &str)> = n0
             .status
             .conditions
             .iter()
             .filter(|c| node_condition_unexpected(c))
-            .map(|c| (c.type_.as_str(), c.status.as_str()))
+            .map(|c| (&*c.type_, &*c.status))
             .collect();
         assert_eq!(bad, vec![("DiskPressure", "True")]);
         assert!(
@@ -1000,13 +1035,20 @@ mod tests {
 
     #[test]
     fn roles_from_labels() {
-        let l = |k: &str| BTreeMap::from([(k.to_string(), String::new())]);
         assert_eq!(
-            node_role(&l("node-role.kubernetes.io/control-plane")),
+            node_role(["node-role.kubernetes.io/control-plane"]),
             "master"
         );
-        assert_eq!(node_role(&l("node-role.kubernetes.io/infra")), "infra");
-        assert_eq!(node_role(&BTreeMap::new()), "worker");
+        assert_eq!(node_role(["node-role.kubernetes.io/infra"]), "infra");
+        assert_eq!(
+            node_role([
+                "node-role.kubernetes.io/infra",
+                "node-role.kubernetes.io/master"
+            ]),
+            "master"
+        );
+        assert_eq!(node_role(["node-role.kubernetes.io/"]), "worker");
+        assert_eq!(node_role([]), "worker");
     }
 
     #[test]
@@ -1029,7 +1071,7 @@ mod tests {
             .conditions
             .iter()
             .filter(|c| operator_condition_unexpected(c))
-            .map(|c| c.type_.as_str())
+            .map(|c| &*c.type_)
             .collect();
         assert_eq!(bad, vec!["Degraded"]);
 
@@ -1051,7 +1093,7 @@ mod tests {
             .conditions
             .iter()
             .filter(|c| clusterversion_condition_unexpected(c))
-            .map(|c| c.type_.as_str())
+            .map(|c| &*c.type_)
             .collect();
         assert_eq!(bad, vec!["Failing"]);
     }
@@ -1126,6 +1168,53 @@ mod tests {
                 (false, "escaped".to_string(), true)
             ]
         );
+    }
+
+    #[test]
+    fn node_operator_and_version_answers_borrow_their_strings() {
+        let body = br#"{"items":[
+            {"metadata":{"name":"m0","labels":{"node-role.kubernetes.io/master":"","zone":"a"}},
+             "status":{"conditions":[{"type":"Ready","status":"True"}]}},
+            {"metadata":{"name":"w1","labels":{"node-role.kubernetes.io\/infra":""}}}]}"#;
+        let mut seen = Vec::new();
+        decode_page(body, |n: Node<'_>| {
+            seen.push((
+                n.metadata.name.to_string(),
+                node_role(n.metadata.labels.keys()).to_string(),
+                n.metadata
+                    .labels
+                    .0
+                    .iter()
+                    .map(|k| matches!(k.0, Cow::Borrowed(_)))
+                    .collect::<Vec<_>>(),
+                n.status
+                    .conditions
+                    .iter()
+                    .all(|c| matches!((&c.type_, &c.status), (Cow::Borrowed(_), Cow::Borrowed(_)))),
+            ))
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                ("m0".into(), "master".into(), vec![true, true], true),
+                // An escaped key is owned, and decoded right.
+                ("w1".into(), "infra".into(), vec![false], true),
+            ]
+        );
+        let body = br#"{"items":[{"metadata":{"name":"dns"},
+            "status":{"conditions":[{"type":"Degraded","status":"True"}]}}]}"#;
+        let mut names = Vec::new();
+        decode_page(body, |o: ClusterOperator<'_>| {
+            names.push(matches!(o.metadata.name, Cow::Borrowed("dns")))
+        })
+        .unwrap();
+        assert_eq!(names, vec![true]);
+        let body = br#"{"status":{"history":[{"state":"Completed","version":"4.16.3"}],
+            "desired":{"version":"4.16.4"}}}"#;
+        let cv: ClusterVersionObj<'_> = super::super::kube::decode_json(body).unwrap();
+        assert_eq!((cv.actual(), cv.desired()), ("4.16.3", "4.16.4"));
+        assert!(matches!(cv.status.desired.version, Cow::Borrowed(_)));
     }
 
     #[test]

@@ -395,13 +395,18 @@ impl KubeClient {
             .map_err(|_| KubeError::Timeout)?
     }
 
-    /// GET and decode a 2xx JSON answer.
-    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, KubeError> {
+    /// GET a 2xx answer: any other status is [`KubeError::Status`].
+    pub async fn get_ok(&self, path: &str) -> Result<Response, KubeError> {
         let r = self.get(path).await?;
         if !(200..300).contains(&r.status) {
             return Err(KubeError::Status(r.status));
         }
-        crate::decode::json_slice(&r.body, KUBE_NAMES).map_err(|e| KubeError::Decode(e.into()))
+        Ok(r)
+    }
+
+    /// GET and decode a 2xx JSON answer.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, KubeError> {
+        decode_json(&self.get_ok(path).await?.body)
     }
 
     /// Lists `path` page by page, handing each item to `each`. Only one page
@@ -448,6 +453,11 @@ impl KubeClient {
 
 /// Decodes one list page's body, handing each item to `each`; answers the
 /// page's continue token.
+/// Decodes a JSON answer; `T` may borrow its strings from `body`.
+pub fn decode_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, KubeError> {
+    crate::decode::json_slice(body, KUBE_NAMES).map_err(|e| KubeError::Decode(e.into()))
+}
+
 pub fn decode_page<'a, T: Deserialize<'a>>(
     body: &'a [u8],
     each: impl FnMut(T),
@@ -700,12 +710,18 @@ mod tests {
         }
 
         fn all(v: &Value) -> Result<(), TestCaseError> {
-            check::<List<Node>>(v)?;
+            check_with(v, |raw| {
+                crate::decode::json_slice::<List<Node<'_>>>(raw, KUBE_NAMES).map(drop)
+            })?;
             check_with(v, |raw| {
                 crate::decode::json_slice::<List<Pod<'_>>>(raw, KUBE_NAMES).map(drop)
             })?;
-            check::<List<ClusterOperator>>(v)?;
-            check::<ClusterVersionObj>(v)?;
+            check_with(v, |raw| {
+                crate::decode::json_slice::<List<ClusterOperator<'_>>>(raw, KUBE_NAMES).map(drop)
+            })?;
+            check_with(v, |raw| {
+                crate::decode::json_slice::<ClusterVersionObj<'_>>(raw, KUBE_NAMES).map(drop)
+            })?;
             check::<VersionInfo>(v)
         }
 
@@ -713,7 +729,7 @@ mod tests {
         fn a_canary_of_the_wrong_type_is_named_not_echoed() {
             let mut v = node_list();
             v["items"][0]["metadata"]["labels"] = json!({"cnry-key": {"cnry": 1}});
-            let e = crate::decode::json_str::<List<Node>>(&v.to_string(), KUBE_NAMES)
+            let e = crate::decode::json_str::<List<Node<'_>>>(&v.to_string(), KUBE_NAMES)
                 .err()
                 .unwrap();
             assert_eq!(
