@@ -61,6 +61,9 @@ def main():
     ap.add_argument("--profile", choices=["full", "healthz"], default="full")
     ap.add_argument("--bin-dir", default="target/release")
     ap.add_argument("--plain-http", action="store_true")
+    ap.add_argument("--floor", action="store_true",
+                    help="after the window, run tcp-floor (BIN_DIR/tcp-floor) at the same rate for 10 s: "
+                         "a minimal client's and server's CPU per plain-HTTP probe over the loopback")
     ap.add_argument("--monitor-env", action="append", default=[], metavar="K=V",
                     help="extra environment of the monitor alone (e.g. TOKIO_WORKER_THREADS=1)")
     ap.add_argument("--monitor-arg", action="append", default=[], metavar="ARG",
@@ -114,10 +117,12 @@ def main():
             "fleetsim_cpu_percent": round((f1 - f0) / (t1 - t0) * 100, 1),
             "monitor_rss_mb": round(mem_kb(mon.pid, "VmRSS") / 1024, 1),
             "monitor_rss_peak_mb": round(mem_kb(mon.pid, "VmHWM") / 1024, 1),
+            # RSS less the binary's file-backed pages, which differ between
+            # two builds of the same code by a megabyte or more.
+            "monitor_rss_anon_mb": round(mem_kb(mon.pid, "RssAnon") / 1024, 1),
             "unhealthy_seen": len(s1["unhealthy"]),
             "register_s": round(register_s, 1),
         }
-        print(json.dumps(out))
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -127,6 +132,16 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
         subprocess.run(["rm", "-rf", tmp])
+    if a.floor:
+        # Once the monitor and fleetsim are gone: the machine as quiet as
+        # it was for them.
+        r = subprocess.run([f"{a.bin_dir}/tcp-floor", "--rate", f"{a.clusters / interval_s:g}", "--seconds", "10"],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise SystemExit(f"tcp-floor failed: {r.stderr.strip()}")
+        f = json.loads(r.stdout)
+        out["floor_client_us"], out["floor_server_us"] = f["client_us"], f["server_us"]
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
