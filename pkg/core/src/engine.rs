@@ -503,7 +503,9 @@ impl Engine {
                 // after it: wait until the scheduler has handled every due
                 // time before it (measured: a check due 1.7 ms before the
                 // handoff time was never started, a 20 s gap).
-                while stats.pending_from_ms.load(Ordering::Acquire) < handoff_at_ms
+                // (A scheduler that has not run yet counts as pending; it
+                // has run by now, having checked until the handoff time.)
+                while stats.pending_from().is_none_or(|p| p < handoff_at_ms)
                     && Instant::now() < deadline
                 {
                     tokio::time::sleep(Duration::from_millis(5)).await;

@@ -594,10 +594,7 @@ impl Reflector {
         // cluster: a bucket handed over is kept until the scheduler has
         // handled every due time before its handoff time. (0: the scheduler
         // has not run yet, and holds nothing of an earlier process's.)
-        let handled = match st.share.sched.pending_from_ms.load(Ordering::Acquire) {
-            0 => i64::MAX,
-            v => v,
-        };
+        let handled = st.share.sched.pending_from().unwrap_or(i64::MAX);
         let mut dropped = Vec::new();
         for b in 0..=u8::MAX {
             let i = usize::from(b);

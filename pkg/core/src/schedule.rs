@@ -325,6 +325,19 @@ pub struct SchedStats {
     pub pending_from_ms: AtomicI64,
 }
 
+impl SchedStats {
+    /// The earliest due time the scheduler has not handled yet
+    /// ([`Self::pending_from_ms`]): `Some(i64::MAX)` when none is pending,
+    /// `None` when the scheduler has not run yet. Each reader decides what
+    /// `None` means for it.
+    pub fn pending_from(&self) -> Option<i64> {
+        match self.pending_from_ms.load(Ordering::Acquire) {
+            0 => None,
+            v => Some(v),
+        }
+    }
+}
+
 /// Asks the membership loop for a fresh assignment; answers when done.
 pub type RefreshRequest = oneshot::Sender<()>;
 
@@ -908,6 +921,16 @@ async fn sleep_until_opt(at: Option<Instant>) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn pending_from_tells_a_scheduler_that_has_not_run_from_one_with_nothing_pending() {
+        let s = SchedStats::default();
+        assert_eq!(s.pending_from(), None);
+        s.pending_from_ms.store(i64::MAX, Ordering::Release);
+        assert_eq!(s.pending_from(), Some(i64::MAX));
+        s.pending_from_ms.store(1_234, Ordering::Release);
+        assert_eq!(s.pending_from(), Some(1_234));
+    }
 
     /// What `last_checks` keeps gives back the report it was made from,
     /// whatever the report; only passed checks are kept compact.
