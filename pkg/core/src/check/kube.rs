@@ -409,18 +409,9 @@ impl KubeClient {
         decode_json(&self.get_ok(path).await?.body)
     }
 
-    /// Lists `path` page by page, handing each item to `each`. Only one page
-    /// is in memory at a time.
-    pub async fn list<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        mut each: impl FnMut(T),
-    ) -> Result<(), KubeError> {
-        self.pages(path, |body| decode_page(body, &mut each)).await
-    }
-
     /// GETs `path`'s pages in turn, each 2xx body handed to `page`, which
-    /// answers the page's continue token. With [`decode_page`], items can
+    /// answers the page's continue token. Only one page is in memory at a
+    /// time. With [`decode_page`], items can
     /// borrow their strings from the body (`Cow<str>` with
     /// `#[serde(borrow)]`: no allocation for a string without escapes).
     pub async fn pages(
@@ -436,10 +427,7 @@ impl KubeClient {
                 url.push_str("&continue=");
                 url.push_str(&encode_query(c));
             }
-            let r = self.get(&url).await?;
-            if !(200..300).contains(&r.status) {
-                return Err(KubeError::Status(r.status));
-            }
+            let r = self.get_ok(&url).await?;
             cont = page(&r.body)?.filter(|c| !c.is_empty());
             if cont.is_none() {
                 return Ok(());
@@ -451,19 +439,18 @@ impl KubeClient {
     }
 }
 
-/// Decodes one list page's body, handing each item to `each`; answers the
-/// page's continue token.
 /// Decodes a JSON answer; `T` may borrow its strings from `body`.
 pub fn decode_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, KubeError> {
     crate::decode::json_slice(body, KUBE_NAMES).map_err(|e| KubeError::Decode(e.into()))
 }
 
+/// Decodes one list page's body, handing each item to `each`; answers the
+/// page's continue token.
 pub fn decode_page<'a, T: Deserialize<'a>>(
     body: &'a [u8],
     each: impl FnMut(T),
 ) -> Result<Option<String>, KubeError> {
-    let page: List<T> =
-        crate::decode::json_slice(body, KUBE_NAMES).map_err(|e| KubeError::Decode(e.into()))?;
+    let page: List<T> = decode_json(body)?;
     page.items.into_iter().for_each(each);
     Ok(page.metadata.and_then(|m| m.cont))
 }
