@@ -520,21 +520,23 @@ pub struct NodeStatus<'a> {
     pub conditions: Vec<Condition<'a>>,
 }
 
-/// The node's role from its `node-role.kubernetes.io/<role>` label keys
-/// (the last such role in the answer's order, `master` before any).
+/// The node's role from its `node-role.kubernetes.io/<role>` label keys:
+/// `master` before any, else the greatest other role by name (the last of
+/// a sorted map's keys, as when labels were decoded into one), whatever
+/// order the answer lists them in.
 pub fn node_role<'k>(keys: impl IntoIterator<Item = &'k str>) -> &'k str {
-    let mut role = "worker";
+    let mut role: Option<&str> = None;
     for k in keys {
         if let Some(r) = k.strip_prefix("node-role.kubernetes.io/") {
             if r == "master" || r == "control-plane" {
                 return "master";
             }
             if !r.is_empty() {
-                role = r;
+                role = role.max(Some(r));
             }
         }
     }
-    role
+    role.unwrap_or("worker")
 }
 
 /// Whether a node condition is unexpected: Ready not True, or a pressure /
@@ -1048,6 +1050,19 @@ mod tests {
             "master"
         );
         assert_eq!(node_role(["node-role.kubernetes.io/"]), "worker");
+        // Several roles: the same one whatever the answer's order.
+        for keys in [
+            [
+                "node-role.kubernetes.io/worker",
+                "node-role.kubernetes.io/infra",
+            ],
+            [
+                "node-role.kubernetes.io/infra",
+                "node-role.kubernetes.io/worker",
+            ],
+        ] {
+            assert_eq!(node_role(keys), "worker");
+        }
         assert_eq!(node_role([]), "worker");
     }
 
