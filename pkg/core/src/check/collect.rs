@@ -119,7 +119,12 @@ impl KubeChecker {
             Arc::new(Nodes),
             Arc::new(ClusterOperators),
             Arc::new(ClusterVersion),
-            Arc::new(Pods { namespaces }),
+            Arc::new(Pods {
+                paths: namespaces
+                    .iter()
+                    .map(|ns| format!("/api/v1/namespaces/{ns}/pods"))
+                    .collect(),
+            }),
         ];
         Self::new(key, collectors, clock)
     }
@@ -892,8 +897,11 @@ impl Collector for ClusterVersion {
     }
 }
 
+/// The pods of the monitored namespaces: their lists asked at once
+/// ([`KubeClient::lists`]), a namespace absent from the cluster skipped.
 struct Pods {
-    namespaces: Vec<String>,
+    /// `/api/v1/namespaces/{ns}/pods` of each namespace.
+    paths: Vec<String>,
 }
 
 #[async_trait]
@@ -907,65 +915,58 @@ impl Collector for Pods {
         _: &Probe,
         emit: &Emit<'_>,
     ) -> Result<(), KubeError> {
-        for ns in &self.namespaces {
-            let path = format!("/api/v1/namespaces/{ns}/pods");
-            let res = kube
-                .pages(&path, |body| decode_page(body, |p: Pod<'_>| {
-                    let (name, namespace) = (&*p.metadata.name, &*p.metadata.namespace);
-                    emit.conditions(
-                        names::POD_CONDITIONS,
-                        &p.status.conditions,
-                        |c| pod_condition_unexpected(&p, c),
-                        &[("name", name), ("namespace", namespace)],
-                    );
-                    for cs in &p.status.container_statuses {
-                        if let Some(w) = cs
-                            .state
-                            .waiting
-                            .as_ref()
-                            .filter(|w| waiting_reason_unexpected(&w.reason))
-                        {
-                            emit.gauge(
-                                names::POD_CONTAINER_STATUSES,
-                                1,
-                                &[
-                                    ("name", name),
-                                    ("namespace", namespace),
-                                    ("containername", &*cs.name),
-                                    ("reason", &*w.reason),
-                                ],
-                            );
-                        }
-                        if cs.state.waiting.as_ref().is_some_and(|w| w.reason == "CrashLoopBackOff") {
-                            emit.alert(
-                                super::alertnames::POD_CRASHLOOPING,
-                                &[("namespace", namespace), ("pod", name)],
-                                format!(
-                                    "pod {namespace}/{name}: container {} in CrashLoopBackOff ({} restarts)",
-                                    cs.name, cs.restart_count
-                                ),
-                            );
-                        }
-                        if cs.restart_count >= RESTART_THRESHOLD {
-                            emit.gauge(
-                                names::POD_RESTARTS,
-                                cs.restart_count,
-                                &[
-                                    ("name", name),
-                                    ("namespace", namespace),
-                                    ("containername", &*cs.name),
-                                ],
-                            );
-                        }
+        kube.lists(&self.paths, |body| {
+            decode_page(body, |p: Pod<'_>| {
+                let (name, namespace) = (&*p.metadata.name, &*p.metadata.namespace);
+                emit.conditions(
+                    names::POD_CONDITIONS,
+                    &p.status.conditions,
+                    |c| pod_condition_unexpected(&p, c),
+                    &[("name", name), ("namespace", namespace)],
+                );
+                for cs in &p.status.container_statuses {
+                    if let Some(w) = cs
+                        .state
+                        .waiting
+                        .as_ref()
+                        .filter(|w| waiting_reason_unexpected(&w.reason))
+                    {
+                        emit.gauge(
+                            names::POD_CONTAINER_STATUSES,
+                            1,
+                            &[
+                                ("name", name),
+                                ("namespace", namespace),
+                                ("containername", &*cs.name),
+                                ("reason", &*w.reason),
+                            ],
+                        );
                     }
-                }))
-                .await;
-            match res {
-                Err(KubeError::Status(404)) => {} // namespace absent on this cluster
-                other => other?,
-            }
-        }
-        Ok(())
+                    if cs.state.waiting.as_ref().is_some_and(|w| w.reason == "CrashLoopBackOff") {
+                        emit.alert(
+                            super::alertnames::POD_CRASHLOOPING,
+                            &[("namespace", namespace), ("pod", name)],
+                            format!(
+                                "pod {namespace}/{name}: container {} in CrashLoopBackOff ({} restarts)",
+                                cs.name, cs.restart_count
+                            ),
+                        );
+                    }
+                    if cs.restart_count >= RESTART_THRESHOLD {
+                        emit.gauge(
+                            names::POD_RESTARTS,
+                            cs.restart_count,
+                            &[
+                                ("name", name),
+                                ("namespace", namespace),
+                                ("containername", &*cs.name),
+                            ],
+                        );
+                    }
+                }
+            })
+        })
+        .await
     }
 }
 

@@ -1,4 +1,5 @@
-//! The HTTP/1.1 of a check: one GET at a time on one connection, the answer
+//! The HTTP/1.1 of a check: GETs on one connection, one at a time or
+//! several sent at once (pipelined) and answered in order, each answer
 //! framed by `Content-Length`, `chunked` or the end of the connection.
 //!
 //! Why not hyper's client connection: a check that hangs (a region whose
@@ -96,9 +97,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         head: impl AsRef<[u8]>,
         max_body: usize,
     ) -> Result<Answer, H1Error> {
-        self.io.write_all(head.as_ref()).await?;
+        self.send(head).await?;
+        self.answer(max_body).await
+    }
+
+    /// Writes `heads` (one or more complete request heads, back to back)
+    /// and frees them. Several heads are HTTP/1.1 pipelining: the server
+    /// answers them in order, each read by one [`Conn::answer`].
+    pub async fn send(&mut self, heads: impl AsRef<[u8]>) -> Result<(), H1Error> {
+        self.io.write_all(heads.as_ref()).await?;
         self.io.flush().await?;
-        drop(head);
+        drop(heads);
+        Ok(())
+    }
+
+    /// Reads the next answer, its body up to `max_body` bytes; bytes read
+    /// past it stay for the next. A 1xx answer is skipped.
+    pub async fn answer(&mut self, max_body: usize) -> Result<Answer, H1Error> {
         loop {
             let (status, framing, keep_alive) = self.read_head().await?;
             if (100..200).contains(&status) {

@@ -32,6 +32,10 @@ pub const MAX_BODY: usize = 8 << 20;
 pub const PAGE: usize = 100;
 /// Connections a check keeps open for its next requests.
 const MAX_IDLE: usize = 4;
+/// Most requests [`KubeClient::lists`] sends at once on one connection.
+/// Their heads (~1 KiB each with a bearer token) fit the socket's buffers,
+/// so sending them never waits on the server's reading.
+pub const PIPELINE: usize = 16;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum KubeError {
@@ -417,17 +421,20 @@ impl KubeClient {
     pub async fn pages(
         &self,
         path: &str,
+        page: impl FnMut(&[u8]) -> Result<Option<String>, KubeError>,
+    ) -> Result<(), KubeError> {
+        self.pages_from(path, None, page).await
+    }
+
+    /// [`KubeClient::pages`] from the page `cont` names (`None`: the first).
+    async fn pages_from(
+        &self,
+        path: &str,
+        mut cont: Option<String>,
         mut page: impl FnMut(&[u8]) -> Result<Option<String>, KubeError>,
     ) -> Result<(), KubeError> {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let mut cont: Option<String> = None;
         for _ in 0..100_000 {
-            let mut url = format!("{path}{sep}limit={PAGE}");
-            if let Some(c) = &cont {
-                url.push_str("&continue=");
-                url.push_str(&encode_query(c));
-            }
-            let r = self.get_ok(&url).await?;
+            let r = self.get_ok(&page_url(path, cont.as_deref())).await?;
             cont = page(&r.body)?.filter(|c| !c.is_empty());
             if cont.is_none() {
                 return Ok(());
@@ -437,6 +444,99 @@ impl KubeClient {
             "list did not end after 100000 pages".into(),
         ))
     }
+
+    /// The lists of `paths`, every page handed to `page` as in
+    /// [`KubeClient::pages`]; a list the server does not have (404: a
+    /// namespace absent from this cluster) is skipped.
+    ///
+    /// Their first pages are asked at once on one connection, up to
+    /// [`PIPELINE`] requests in one write (HTTP/1.1 pipelining: the server
+    /// answers in order), so that N lists cost one round trip rather than
+    /// N; their further pages follow in turn. A server that stops
+    /// answering part-way (it closes, or says `Connection: close`) is asked
+    /// the rest again on a new connection: GETs are safe to repeat, and a
+    /// list answered before is not asked twice. The first error ends it,
+    /// as in turn.
+    pub async fn lists(
+        &self,
+        paths: &[String],
+        mut page: impl FnMut(&[u8]) -> Result<Option<String>, KubeError>,
+    ) -> Result<(), KubeError> {
+        let urls: Vec<String> = paths.iter().map(|p| page_url(p, None)).collect();
+        // Lists with more pages: their index and continue token.
+        let mut more: Vec<(usize, String)> = Vec::new();
+        let mut next = 0;
+        let fut = async {
+            while next < urls.len() {
+                let kept = self.take_idle();
+                let reused = kept.is_some();
+                let mut conn = match kept {
+                    Some(c) => c,
+                    None => Box::pin(self.connect()).await?,
+                };
+                let batch = &urls[next..urls.len().min(next + PIPELINE)];
+                let mut heads = Vec::new();
+                for u in batch {
+                    heads.extend_from_slice(&self.head(u)?);
+                }
+                let mut answered = 0;
+                let mut keep = true;
+                let sent = conn.h1.send(heads).await;
+                while sent.is_ok() && answered < batch.len() && keep {
+                    match conn.h1.answer(MAX_BODY).await {
+                        Ok(a) => {
+                            answered += 1;
+                            keep = a.keep_alive;
+                            let i = next;
+                            next += 1;
+                            match a.status {
+                                404 => {}
+                                200..=299 => {
+                                    if let Some(c) = page(&a.body)?.filter(|c| !c.is_empty()) {
+                                        more.push((i, c));
+                                    }
+                                }
+                                s => return Err(KubeError::Status(s)),
+                            }
+                        }
+                        // Closed before this answer: what was answered
+                        // stands; the rest goes on a new connection. A
+                        // new connection that answered nothing fails.
+                        Err(H1Error::Closed | H1Error::Io(_)) if reused || answered > 0 => {
+                            keep = false;
+                        }
+                        Err(e) => return Err(h1_error(e)),
+                    }
+                }
+                match sent {
+                    Err(H1Error::Closed | H1Error::Io(_)) if reused => continue,
+                    Err(e) => return Err(h1_error(e)),
+                    Ok(()) if keep => self.give_back(conn),
+                    Ok(()) => {}
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout_at(self.deadline, fut)
+            .await
+            .map_err(|_| KubeError::Timeout)??;
+        for (i, cont) in more {
+            self.pages_from(&paths[i], Some(cont), &mut page).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The URL of a list's page: the first (`cont` `None`) or the one a
+/// continue token names.
+fn page_url(path: &str, cont: Option<&str>) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut url = format!("{path}{sep}limit={PAGE}");
+    if let Some(c) = cont {
+        url.push_str("&continue=");
+        url.push_str(&encode_query(c));
+    }
+    url
 }
 
 /// Decodes a JSON answer; `T` may borrow its strings from `body`.
@@ -887,6 +987,214 @@ mod tests {
                 assert_eq!(k.get("/healthz").await.unwrap().status, 200);
             }
             assert_eq!(conns.load(SeqCst), 3);
+        }
+
+        /// A server for [`KubeClient::lists`]: it answers nothing until it
+        /// holds `wait_for` request heads (or the client stops sending),
+        /// then answers them in order and, with `answers_per_conn`, closes
+        /// silently after that many. By path: `absent` is 404, `broken`
+        /// 500, `paged` has a second page (continue token `t/1`), anything
+        /// else one page. Its URL, the connections it accepted and the
+        /// request lines it answered.
+        async fn list_server(
+            wait_for: usize,
+            answers_per_conn: Option<usize>,
+        ) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", l.local_addr().unwrap());
+            let conns = Arc::new(AtomicUsize::new(0));
+            let answered = Arc::new(Mutex::new(Vec::new()));
+            let (c, a) = (conns.clone(), answered.clone());
+            tokio::spawn(async move {
+                while let Ok((mut tcp, _)) = l.accept().await {
+                    c.fetch_add(1, SeqCst);
+                    let a = a.clone();
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        let mut b = [0u8; 4096];
+                        let mut served = 0;
+                        let heads =
+                            |buf: &[u8]| buf.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                        loop {
+                            // Requests one at a time would never reach
+                            // `wait_for`: the client's deadline ends it.
+                            while served == 0 && heads(&buf) < wait_for {
+                                match tcp.read(&mut b).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&b[..n]),
+                                }
+                            }
+                            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head: Vec<u8> = buf.drain(..end + 4).collect();
+                                let line = String::from_utf8_lossy(&head)
+                                    .lines()
+                                    .next()
+                                    .unwrap_or_default()
+                                    .to_string();
+                                let (status, body) = if line.contains("absent") {
+                                    (404, r#"{"kind":"Status"}"#.to_string())
+                                } else if line.contains("broken") {
+                                    (500, "{}".to_string())
+                                } else if line.contains("paged") && !line.contains("continue=") {
+                                    (
+                                        200,
+                                        r#"{"items":[],"metadata":{"continue":"t/1"}}"#.to_string(),
+                                    )
+                                } else {
+                                    (200, r#"{"items":[]}"#.to_string())
+                                };
+                                a.lock().unwrap().push(line);
+                                let answer = format!(
+                                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                if tcp.write_all(answer.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                                served += 1;
+                                if answers_per_conn == Some(served) {
+                                    return;
+                                }
+                            }
+                            match tcp.read(&mut b).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&b[..n]),
+                            }
+                        }
+                    });
+                }
+            });
+            (url, conns, answered)
+        }
+
+        /// How many pages `lists` hands over for `paths`.
+        async fn lists_of(k: &KubeClient, paths: &[&str]) -> Result<usize, KubeError> {
+            let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+            let mut pages = 0;
+            k.lists(&paths, |body| {
+                pages += 1;
+                decode_page(body, |_: serde_json::Value| {})
+            })
+            .await?;
+            Ok(pages)
+        }
+
+        fn short_client(url: &str) -> KubeClient {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            KubeClient::new(url, &creds(), deadline).unwrap()
+        }
+
+        #[tokio::test]
+        async fn lists_ask_every_first_page_at_once_then_the_further_pages() {
+            // The server answers only once it holds all three requests.
+            let (url, conns, answered) = list_server(3, None).await;
+            let k = short_client(&url);
+            let pages = lists_of(&k, &["/ns/a/pods", "/ns/absent/pods", "/ns/paged/pods"])
+                .await
+                .unwrap();
+            assert_eq!(pages, 3, "a's page, paged's two; absent skipped");
+            assert_eq!(
+                *answered.lock().unwrap(),
+                [
+                    "GET /ns/a/pods?limit=100 HTTP/1.1",
+                    "GET /ns/absent/pods?limit=100 HTTP/1.1",
+                    "GET /ns/paged/pods?limit=100 HTTP/1.1",
+                    "GET /ns/paged/pods?limit=100&continue=t%2F1 HTTP/1.1",
+                ]
+            );
+            assert_eq!(
+                conns.load(SeqCst),
+                1,
+                "one connection, kept for the next page"
+            );
+        }
+
+        #[tokio::test]
+        async fn more_lists_than_one_pipeline_go_in_batches_on_one_connection() {
+            let n = PIPELINE + 4;
+            let paths: Vec<String> = (0..n).map(|i| format!("/ns/n{i}/pods")).collect();
+            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let (url, conns, answered) = list_server(PIPELINE, None).await;
+            let k = short_client(&url);
+            assert_eq!(lists_of(&k, &refs).await.unwrap(), n);
+            let answered = answered.lock().unwrap();
+            assert_eq!(answered.len(), n);
+            assert!(answered[n - 1].starts_with(&format!("GET /ns/n{}/pods", n - 1)));
+            assert_eq!(conns.load(SeqCst), 1);
+        }
+
+        /// A server that answers one request per connection and then closes
+        /// without a word: every list is still answered, each once.
+        #[tokio::test]
+        async fn a_server_that_stops_answering_part_way_is_asked_the_rest_on_a_new_connection() {
+            let (url, conns, answered) = list_server(1, Some(1)).await;
+            let k = short_client(&url);
+            let pages = lists_of(&k, &["/ns/a/pods", "/ns/paged/pods", "/ns/c/pods"])
+                .await
+                .unwrap();
+            assert_eq!(pages, 4);
+            let mut got = answered.lock().unwrap().clone();
+            got.sort();
+            assert_eq!(
+                got,
+                [
+                    "GET /ns/a/pods?limit=100 HTTP/1.1",
+                    "GET /ns/c/pods?limit=100 HTTP/1.1",
+                    "GET /ns/paged/pods?limit=100 HTTP/1.1",
+                    "GET /ns/paged/pods?limit=100&continue=t%2F1 HTTP/1.1",
+                ]
+            );
+            assert_eq!(conns.load(SeqCst), 4);
+        }
+
+        #[tokio::test]
+        async fn a_server_that_says_connection_close_is_asked_the_rest_on_a_new_connection() {
+            let (url, conns, heads) = server(true).await;
+            let k = client(&url);
+            let paths: Vec<String> = ["/a", "/b", "/c"].map(String::from).to_vec();
+            let mut pages = 0;
+            k.lists(&paths, |_| {
+                pages += 1;
+                Ok(None)
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                (pages, conns.load(SeqCst), heads.lock().unwrap().len()),
+                (3, 3, 3)
+            );
+        }
+
+        #[tokio::test]
+        async fn the_first_error_of_a_list_ends_the_lists() {
+            let (url, _, answered) = list_server(3, None).await;
+            let k = short_client(&url);
+            let e = lists_of(&k, &["/ns/a/pods", "/ns/broken/pods", "/ns/paged/pods"])
+                .await
+                .unwrap_err();
+            assert_eq!(e, KubeError::Status(500));
+            assert_eq!(answered.lock().unwrap().len(), 3, "no further page asked");
+        }
+
+        #[tokio::test]
+        async fn a_new_connection_closed_before_any_answer_is_an_error() {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", l.local_addr().unwrap());
+            let conns = Arc::new(AtomicUsize::new(0));
+            let c = conns.clone();
+            tokio::spawn(async move {
+                while let Ok((mut tcp, _)) = l.accept().await {
+                    c.fetch_add(1, SeqCst);
+                    let mut b = [0u8; 1024];
+                    let _ = tcp.read(&mut b).await;
+                }
+            });
+            let k = short_client(&url);
+            let e = lists_of(&k, &["/ns/a/pods", "/ns/b/pods"])
+                .await
+                .unwrap_err();
+            assert!(matches!(e, KubeError::Unreachable(_)), "{e:?}");
+            assert_eq!(conns.load(SeqCst), 1, "not retried on a new connection");
         }
 
         #[tokio::test]
