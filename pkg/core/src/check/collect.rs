@@ -1,6 +1,8 @@
 //! The Kubernetes/OpenShift check: the API server first (healthz, then
 //! readyz when unhealthy), then the other collectors: one at a time on one
-//! connection by default, up to `--collector-concurrency` at once. Each
+//! connection by default, every collector's first request sent at once
+//! (pipelined) and each answer read when its collector asks it; up to
+//! `--collector-concurrency` at once otherwise. Each
 //! collector is timed, its errors counted, its panics contained; only
 //! unexpected conditions are emitted, so a healthy cluster emits little.
 
@@ -13,7 +15,7 @@ use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::kube::{decode_json, decode_page, KubeClient, KubeError};
+use super::kube::{decode_json, decode_page, first_page, KubeClient, KubeError};
 use super::tls::MemoUse;
 use super::{CheckCtx, CheckReport, Checker, CollectorOutcome};
 use crate::clock::Clock;
@@ -78,6 +80,12 @@ pub struct Probe {
 #[async_trait]
 pub trait Collector: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// The URLs this collector asks first, in order, if it asks any: sent
+    /// ahead with the other collectors' ([`KubeClient::prefetch`]) when
+    /// the collectors run in turn.
+    fn asks_first(&self) -> Vec<String> {
+        Vec::new()
+    }
     async fn collect(
         &self,
         kube: &KubeClient,
@@ -113,18 +121,21 @@ impl KubeChecker {
 
     /// The standard set of collectors after the API server.
     pub fn standard(key: Option<SecretsKey>, namespaces: Vec<String>, clock: Clock) -> Self {
+        // Nodes last: a cluster of more than a page of nodes asks its
+        // further pages after every answer sent ahead has been read
+        // (`KubeChecker::check`'s prefetch).
         let collectors: Vec<Arc<dyn Collector>> = vec![
             Arc::new(Certificate),
             Arc::new(Version),
-            Arc::new(Nodes),
-            Arc::new(ClusterOperators),
             Arc::new(ClusterVersion),
+            Arc::new(ClusterOperators),
             Arc::new(Pods {
                 paths: namespaces
                     .iter()
                     .map(|ns| format!("/api/v1/namespaces/{ns}/pods"))
                     .collect(),
             }),
+            Arc::new(Nodes),
         ];
         Self::new(key, collectors, clock)
     }
@@ -278,6 +289,16 @@ impl KubeChecker {
             now_unix: self.clock.now_ms() / 1000,
         };
 
+        if self.concurrency == 1 {
+            // In turn on one connection: every collector's first request
+            // goes at once, its answer read when the collector asks it.
+            let first: Vec<String> = self
+                .collectors
+                .iter()
+                .flat_map(|c| c.asks_first())
+                .collect();
+            kube.prefetch(&first).await;
+        }
         let runs: Vec<_> = self
             .collectors
             .iter()
@@ -755,17 +776,25 @@ impl Collector for Version {
     fn name(&self) -> &'static str {
         "version"
     }
+    fn asks_first(&self) -> Vec<String> {
+        vec![VERSION.into()]
+    }
     async fn collect(
         &self,
         kube: &KubeClient,
         _: &Probe,
         emit: &Emit<'_>,
     ) -> Result<(), KubeError> {
-        let v: VersionInfo = kube.get_json("/version").await?;
+        let v: VersionInfo = kube.get_json(VERSION).await?;
         emit.gauge(names::CLUSTER_VERSION, 1, &[("gitVersion", &v.git_version)]);
         Ok(())
     }
 }
+
+const VERSION: &str = "/version";
+const NODES: &str = "/api/v1/nodes";
+const CLUSTER_OPERATORS: &str = "/apis/config.openshift.io/v1/clusteroperators";
+const CLUSTER_VERSION: &str = "/apis/config.openshift.io/v1/clusterversions/version";
 
 struct Nodes;
 
@@ -774,6 +803,9 @@ impl Collector for Nodes {
     fn name(&self) -> &'static str {
         "nodes"
     }
+    fn asks_first(&self) -> Vec<String> {
+        vec![first_page(NODES)]
+    }
     async fn collect(
         &self,
         kube: &KubeClient,
@@ -781,7 +813,7 @@ impl Collector for Nodes {
         emit: &Emit<'_>,
     ) -> Result<(), KubeError> {
         let mut roles: BTreeMap<String, u64> = BTreeMap::new();
-        kube.pages("/api/v1/nodes", |body| {
+        kube.pages(NODES, |body| {
             decode_page(body, |n: Node<'_>| {
                 let role = node_role(n.metadata.labels.keys());
                 match roles.get_mut(role) {
@@ -821,6 +853,9 @@ impl Collector for ClusterOperators {
     fn name(&self) -> &'static str {
         "clusteroperators"
     }
+    fn asks_first(&self) -> Vec<String> {
+        vec![first_page(CLUSTER_OPERATORS)]
+    }
     async fn collect(
         &self,
         kube: &KubeClient,
@@ -829,7 +864,7 @@ impl Collector for ClusterOperators {
     ) -> Result<(), KubeError> {
         let mut count = 0;
         let res = kube
-            .pages("/apis/config.openshift.io/v1/clusteroperators", |body| {
+            .pages(CLUSTER_OPERATORS, |body| {
                 decode_page(body, |o: ClusterOperator<'_>| {
                     count += 1;
                     emit.conditions(
@@ -865,16 +900,16 @@ impl Collector for ClusterVersion {
     fn name(&self) -> &'static str {
         "clusterversion"
     }
+    fn asks_first(&self) -> Vec<String> {
+        vec![CLUSTER_VERSION.into()]
+    }
     async fn collect(
         &self,
         kube: &KubeClient,
         _: &Probe,
         emit: &Emit<'_>,
     ) -> Result<(), KubeError> {
-        let body = match kube
-            .get_ok("/apis/config.openshift.io/v1/clusterversions/version")
-            .await
-        {
+        let body = match kube.get_ok(CLUSTER_VERSION).await {
             Err(KubeError::Status(404)) => return Ok(()), // vanilla Kubernetes
             other => other?.body,
         };
@@ -908,6 +943,9 @@ struct Pods {
 impl Collector for Pods {
     fn name(&self) -> &'static str {
         "pods"
+    }
+    fn asks_first(&self) -> Vec<String> {
+        self.paths.iter().map(|p| first_page(p)).collect()
     }
     async fn collect(
         &self,
@@ -1395,6 +1433,94 @@ mod hostile_tests {
             .iter()
             .find_map(|l| l.strip_prefix("apiserver.healthz.code:"))
             .and_then(|v| v.split('|').next())
+    }
+
+    /// With the collectors in turn, a full check sends every collector's
+    /// first request at once after healthz: this server answers nothing
+    /// after healthz until it holds all six (version, ClusterVersion,
+    /// ClusterOperators, two namespaces' pods, nodes). Asked one at a
+    /// time, the check would reach its deadline.
+    #[tokio::test]
+    async fn a_full_check_sends_every_collectors_first_request_at_once() {
+        let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let h = heads.clone();
+        let (url, conns) = server(move |mut tcp| {
+            let h = h.clone();
+            async move {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                let mut served = 0;
+                let count = |buf: &[u8]| buf.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                loop {
+                    while count(&buf) < if served == 1 { 6 } else { 1 } {
+                        match tcp.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let line = String::from_utf8_lossy(&head)
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                        let (status, body) = if line.contains("/healthz") {
+                            (200, "ok")
+                        } else if line.contains("/version ") {
+                            (200, r#"{"gitVersion":"v1.30.0"}"#)
+                        } else if line.contains("config.openshift.io") {
+                            (404, "{}")
+                        } else {
+                            (200, r#"{"items":[]}"#)
+                        };
+                        h.lock().unwrap().push(line);
+                        let answer = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tcp.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        served += 1;
+                    }
+                }
+            }
+        })
+        .await;
+        let e = entry(&url);
+        let (metrics, _rx) = Metrics::capture("m", 10_000);
+        let checker = KubeChecker::standard(
+            None,
+            vec!["kube-system".into(), "openshift-etcd".into()],
+            Clock::system(),
+        );
+        let report = checker
+            .check(CheckCtx {
+                cluster: &e,
+                metrics: &metrics,
+                deadline: Instant::now() + Duration::from_secs(5),
+            })
+            .await;
+        assert!(report.ok, "{}", report.summary);
+        let heads = heads.lock().unwrap();
+        let paths: Vec<&str> = heads
+            .iter()
+            .map(|l| l.split(' ').nth(1).unwrap_or_default())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/healthz",
+                "/version",
+                "/apis/config.openshift.io/v1/clusterversions/version",
+                "/apis/config.openshift.io/v1/clusteroperators?limit=100",
+                "/api/v1/namespaces/kube-system/pods?limit=100",
+                "/api/v1/namespaces/openshift-etcd/pods?limit=100",
+                "/api/v1/nodes?limit=100",
+            ]
+        );
+        assert_eq!(conns.load(SeqCst), 1);
     }
 
     #[tokio::test]

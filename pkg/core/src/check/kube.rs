@@ -9,6 +9,7 @@
 //! request; collectors that run side by side open at most one each.
 //! Everything is dropped with the check.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,10 +33,11 @@ pub const MAX_BODY: usize = 8 << 20;
 pub const PAGE: usize = 100;
 /// Connections a check keeps open for its next requests.
 const MAX_IDLE: usize = 4;
-/// Most requests [`KubeClient::lists`] sends at once on one connection.
-/// Their heads (~1 KiB each with a bearer token) fit the socket's buffers,
-/// so sending them never waits on the server's reading.
-pub const PIPELINE: usize = 16;
+/// Most requests sent at once on one connection ([`KubeClient::lists`],
+/// [`KubeClient::prefetch`]): the default collectors' 17 first requests
+/// fit. Their heads (~1 KiB each with a bearer token) fit the sockets'
+/// buffers, so sending them never waits on the server's reading.
+pub const PIPELINE: usize = 24;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum KubeError {
@@ -112,6 +114,9 @@ fn peer_certificate(s: &Stream) -> Option<&[u8]> {
 /// comes, not copied for the wait.
 struct Conn {
     h1: h1::Conn<Stream>,
+    /// The URLs of requests sent ahead ([`KubeClient::prefetch`]) and not
+    /// yet answered, in the order the server answers them.
+    pending: VecDeque<String>,
 }
 
 pub struct KubeClient {
@@ -294,6 +299,7 @@ impl KubeClient {
             };
             Ok(Conn {
                 h1: h1::Conn::new(stream),
+                pending: VecDeque::new(),
             })
         };
         match tokio::time::timeout(self.connect_timeout, up).await {
@@ -350,9 +356,21 @@ impl KubeClient {
         Ok(head)
     }
 
-    /// One request on `conn`.
-    async fn exchange(conn: &mut Conn, head: Vec<u8>) -> Result<(Response, bool), H1Error> {
-        let a = conn.h1.exchange(head, MAX_BODY).await?;
+    /// The answer to `url` (request head `head`) on `conn`. Sent ahead and
+    /// next in line, it is only read; otherwise the answers still awaited
+    /// there are read and dropped, then it is sent.
+    async fn exchange(
+        conn: &mut Conn,
+        url: &str,
+        head: Vec<u8>,
+    ) -> Result<(Response, bool), H1Error> {
+        if conn.pending.front().is_some_and(|u| u == url) {
+            conn.pending.pop_front();
+        } else {
+            Self::drain(conn).await?;
+            conn.h1.send(head).await?;
+        }
+        let a = conn.h1.answer(MAX_BODY).await?;
         Ok((
             Response {
                 status: a.status,
@@ -361,6 +379,54 @@ impl KubeClient {
             },
             a.keep_alive,
         ))
+    }
+
+    /// Reads and drops the answers to the requests sent ahead on `conn`.
+    /// Whatever went wrong with them, the connection cannot serve the next
+    /// request: [`H1Error::Closed`], so that it is asked on a new one.
+    async fn drain(conn: &mut Conn) -> Result<(), H1Error> {
+        while conn.pending.pop_front().is_some() {
+            match conn.h1.answer(MAX_BODY).await {
+                Ok(a) if a.keep_alive => {}
+                _ => return Err(H1Error::Closed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the GETs of `urls` (up to [`PIPELINE`]) ahead on the check's
+    /// kept connection, so that the collectors that ask them next, in this
+    /// order, find each answer coming without a round trip of its own
+    /// (HTTP/1.1 pipelining, as in [`KubeClient::lists`]). Without a kept
+    /// connection nothing is sent; a failed send drops the connection
+    /// (the next request opens another). A URL asked out of this order
+    /// still gets its answer: the answers ahead of it are read and dropped.
+    pub async fn prefetch(&self, urls: &[String]) {
+        let Some(mut conn) = self.take_idle() else {
+            return;
+        };
+        if !conn.pending.is_empty() {
+            self.give_back(conn);
+            return;
+        }
+        let mut heads = Vec::new();
+        let mut sent = 0;
+        // A path refused by `head` is left to its collector to report.
+        for u in urls.iter().take(PIPELINE) {
+            match self.head(u) {
+                Ok(h) => heads.extend_from_slice(&h),
+                Err(_) => break,
+            }
+            sent += 1;
+        }
+        if sent == 0 {
+            self.give_back(conn);
+            return;
+        }
+        if let Ok(Ok(())) = tokio::time::timeout_at(self.deadline, conn.h1.send(heads)).await {
+            conn.pending.extend(urls[..sent].iter().cloned());
+            self.give_back(conn);
+        }
     }
 
     /// GET `path` (relative to the API server), body read up to [`MAX_BODY`].
@@ -374,7 +440,7 @@ impl KubeClient {
             // once (a GET is safe to send again); a new connection's
             // failure is the answer.
             if let Some(mut conn) = self.take_idle() {
-                match Self::exchange(&mut conn, head.clone()).await {
+                match Self::exchange(&mut conn, path, head.clone()).await {
                     Ok((r, keep)) => {
                         if keep {
                             self.give_back(conn);
@@ -388,7 +454,9 @@ impl KubeClient {
             // Boxed: a connect holds far more state than a wait for an
             // answer, and a check that hangs waits for its whole timeout.
             let mut conn = Box::pin(self.connect()).await?;
-            let (r, keep) = Self::exchange(&mut conn, head).await.map_err(h1_error)?;
+            let (r, keep) = Self::exchange(&mut conn, path, head)
+                .await
+                .map_err(h1_error)?;
             if keep {
                 self.give_back(conn);
             }
@@ -474,14 +542,36 @@ impl KubeClient {
                     Some(c) => c,
                     None => Box::pin(self.connect()).await?,
                 };
-                let batch = &urls[next..urls.len().min(next + PIPELINE)];
+                // First pages sent ahead for these lists are next in line:
+                // only read (what was sent after them stays awaited).
+                // Answers awaited for anything else are read and dropped
+                // before these lists are asked.
+                let ahead = conn
+                    .pending
+                    .iter()
+                    .zip(&urls[next..])
+                    .take_while(|(p, u)| p == u)
+                    .count();
+                let batch = if ahead > 0 {
+                    conn.pending.drain(..ahead);
+                    &urls[next..next + ahead]
+                } else {
+                    if Self::drain(&mut conn).await.is_err() {
+                        continue; // a kept connection: a new one
+                    }
+                    &urls[next..urls.len().min(next + PIPELINE)]
+                };
                 let mut heads = Vec::new();
-                for u in batch {
+                for u in &batch[ahead..] {
                     heads.extend_from_slice(&self.head(u)?);
                 }
                 let mut answered = 0;
                 let mut keep = true;
-                let sent = conn.h1.send(heads).await;
+                let sent = if heads.is_empty() {
+                    Ok(())
+                } else {
+                    conn.h1.send(heads).await
+                };
                 while sent.is_ok() && answered < batch.len() && keep {
                     match conn.h1.answer(MAX_BODY).await {
                         Ok(a) => {
@@ -525,6 +615,12 @@ impl KubeClient {
         }
         Ok(())
     }
+}
+
+/// The URL of a list's first page, as [`KubeClient::pages`] asks it
+/// (for [`KubeClient::prefetch`]).
+pub fn first_page(path: &str) -> String {
+    page_url(path, None)
 }
 
 /// The URL of a list's page: the first (`cont` `None`) or the one a
@@ -989,14 +1085,17 @@ mod tests {
             assert_eq!(conns.load(SeqCst), 3);
         }
 
-        /// A server for [`KubeClient::lists`]: it answers nothing until it
-        /// holds `wait_for` request heads (or the client stops sending),
-        /// then answers them in order and, with `answers_per_conn`, closes
+        /// A server for [`KubeClient::lists`] and [`KubeClient::prefetch`]:
+        /// on each connection, after `wait_after` answers, it answers
+        /// nothing more until it holds `wait_for` request heads, then
+        /// answers them in order; with `answers_per_conn`, it closes
         /// silently after that many. By path: `absent` is 404, `broken`
         /// 500, `paged` has a second page (continue token `t/1`), anything
-        /// else one page. Its URL, the connections it accepted and the
-        /// request lines it answered.
+        /// else one page (which names the request line it answers). Its
+        /// URL, the connections it accepted and the request lines it
+        /// answered.
         async fn list_server(
+            wait_after: usize,
             wait_for: usize,
             answers_per_conn: Option<usize>,
         ) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
@@ -1018,7 +1117,7 @@ mod tests {
                         loop {
                             // Requests one at a time would never reach
                             // `wait_for`: the client's deadline ends it.
-                            while served == 0 && heads(&buf) < wait_for {
+                            while served == wait_after && heads(&buf) < wait_for {
                                 match tcp.read(&mut b).await {
                                     Ok(0) | Err(_) => return,
                                     Ok(n) => buf.extend_from_slice(&b[..n]),
@@ -1041,7 +1140,7 @@ mod tests {
                                         r#"{"items":[],"metadata":{"continue":"t/1"}}"#.to_string(),
                                     )
                                 } else {
-                                    (200, r#"{"items":[]}"#.to_string())
+                                    (200, format!(r#"{{"items":[],"asked":"{line}"}}"#))
                                 };
                                 a.lock().unwrap().push(line);
                                 let answer = format!(
@@ -1087,7 +1186,7 @@ mod tests {
         #[tokio::test]
         async fn lists_ask_every_first_page_at_once_then_the_further_pages() {
             // The server answers only once it holds all three requests.
-            let (url, conns, answered) = list_server(3, None).await;
+            let (url, conns, answered) = list_server(0, 3, None).await;
             let k = short_client(&url);
             let pages = lists_of(&k, &["/ns/a/pods", "/ns/absent/pods", "/ns/paged/pods"])
                 .await
@@ -1114,7 +1213,7 @@ mod tests {
             let n = PIPELINE + 4;
             let paths: Vec<String> = (0..n).map(|i| format!("/ns/n{i}/pods")).collect();
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-            let (url, conns, answered) = list_server(PIPELINE, None).await;
+            let (url, conns, answered) = list_server(0, PIPELINE, None).await;
             let k = short_client(&url);
             assert_eq!(lists_of(&k, &refs).await.unwrap(), n);
             let answered = answered.lock().unwrap();
@@ -1127,7 +1226,7 @@ mod tests {
         /// without a word: every list is still answered, each once.
         #[tokio::test]
         async fn a_server_that_stops_answering_part_way_is_asked_the_rest_on_a_new_connection() {
-            let (url, conns, answered) = list_server(1, Some(1)).await;
+            let (url, conns, answered) = list_server(0, 1, Some(1)).await;
             let k = short_client(&url);
             let pages = lists_of(&k, &["/ns/a/pods", "/ns/paged/pods", "/ns/c/pods"])
                 .await
@@ -1167,13 +1266,105 @@ mod tests {
 
         #[tokio::test]
         async fn the_first_error_of_a_list_ends_the_lists() {
-            let (url, _, answered) = list_server(3, None).await;
+            let (url, _, answered) = list_server(0, 3, None).await;
             let k = short_client(&url);
             let e = lists_of(&k, &["/ns/a/pods", "/ns/broken/pods", "/ns/paged/pods"])
                 .await
                 .unwrap_err();
             assert_eq!(e, KubeError::Status(500));
             assert_eq!(answered.lock().unwrap().len(), 3, "no further page asked");
+        }
+
+        /// The request line an answer of `list_server` names.
+        fn asked(r: &Response) -> String {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            v["asked"].as_str().unwrap_or_default().to_string()
+        }
+
+        /// What a check does with its collectors in turn: healthz, then
+        /// every first request sent ahead, then each asked in order. The
+        /// server answers nothing after healthz until it holds all four:
+        /// asked one at a time, the deadline would end it.
+        #[tokio::test]
+        async fn requests_sent_ahead_are_read_when_asked_and_not_sent_again() {
+            let (url, conns, answered) = list_server(1, 4, None).await;
+            let k = short_client(&url);
+            assert_eq!(k.get("/healthz").await.unwrap().status, 200);
+            let ahead: Vec<String> = [
+                "/version",
+                &first_page("/ns/a/pods"),
+                &first_page("/ns/b/pods"),
+                &first_page("/nodes"),
+            ]
+            .map(String::from)
+            .to_vec();
+            k.prefetch(&ahead).await;
+            let v = k.get("/version").await.unwrap();
+            assert_eq!(asked(&v), "GET /version HTTP/1.1");
+            let paths = ["/ns/a/pods", "/ns/b/pods"].map(String::from).to_vec();
+            let mut seen = Vec::new();
+            k.lists(&paths, |body| {
+                seen.push(String::from_utf8_lossy(body).into_owned());
+                Ok(None)
+            })
+            .await
+            .unwrap();
+            assert!(
+                seen[0].contains("/ns/a/pods?limit=100")
+                    && seen[1].contains("/ns/b/pods?limit=100"),
+                "{seen:?}"
+            );
+            let mut nodes = Vec::new();
+            k.pages("/nodes", |body| {
+                nodes.push(String::from_utf8_lossy(body).into_owned());
+                Ok(None)
+            })
+            .await
+            .unwrap();
+            assert!(nodes[0].contains("GET /nodes?limit=100 "), "{nodes:?}");
+            assert_eq!(answered.lock().unwrap().len(), 5, "each asked once");
+            assert_eq!(conns.load(SeqCst), 1);
+        }
+
+        /// A collector that asks something else than what was sent ahead
+        /// (a second page of a list, say) still gets its own answer: the
+        /// awaited ones are read and dropped; a list dropped so is asked
+        /// again when its turn comes.
+        #[tokio::test]
+        async fn a_request_out_of_the_order_sent_ahead_gets_its_own_answer() {
+            let (url, conns, answered) = list_server(1, 2, None).await;
+            let k = short_client(&url);
+            assert_eq!(k.get("/healthz").await.unwrap().status, 200);
+            let ahead = [first_page("/ns/a/pods"), "/version".to_string()];
+            k.prefetch(&ahead).await;
+            let z = k.get("/other").await.unwrap();
+            assert_eq!(asked(&z), "GET /other HTTP/1.1");
+            let pages = lists_of(&k, &["/ns/a/pods"]).await.unwrap();
+            assert_eq!(pages, 1);
+            let v = k.get("/version").await.unwrap();
+            assert_eq!(asked(&v), "GET /version HTTP/1.1");
+            assert_eq!(
+                answered.lock().unwrap().len(),
+                6,
+                "healthz, 2 dropped, 3 asked"
+            );
+            assert_eq!(conns.load(SeqCst), 1);
+        }
+
+        /// A kept connection whose server went away since: what was sent
+        /// ahead is lost with it, and asked again on a new connection.
+        #[tokio::test]
+        async fn requests_sent_ahead_on_a_connection_that_closed_are_asked_again() {
+            let (url, conns, answered) = list_server(usize::MAX, 0, Some(1)).await;
+            let k = short_client(&url);
+            assert_eq!(k.get("/healthz").await.unwrap().status, 200);
+            k.prefetch(&["/version".to_string(), first_page("/ns/a/pods")])
+                .await;
+            let v = k.get("/version").await.unwrap();
+            assert_eq!(asked(&v), "GET /version HTTP/1.1");
+            assert_eq!(lists_of(&k, &["/ns/a/pods"]).await.unwrap(), 1);
+            assert_eq!(answered.lock().unwrap().len(), 3);
+            assert_eq!(conns.load(SeqCst), 3, "one answer per connection");
         }
 
         #[tokio::test]
