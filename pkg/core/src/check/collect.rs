@@ -1303,6 +1303,7 @@ mod hostile_tests {
     use tokio::net::{TcpListener, TcpStream};
     use tokio::time::Instant;
 
+    use super::super::kube::pipelining::pipelining_server;
     use super::super::kube::MAX_BODY;
     use super::*;
     use crate::model::{ClusterDoc, ProvisioningState, Secret};
@@ -1442,49 +1443,15 @@ mod hostile_tests {
     /// time, the check would reach its deadline.
     #[tokio::test]
     async fn a_full_check_sends_every_collectors_first_request_at_once() {
-        let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-        let h = heads.clone();
-        let (url, conns) = server(move |mut tcp| {
-            let h = h.clone();
-            async move {
-                let mut buf = Vec::new();
-                let mut b = [0u8; 4096];
-                let mut served = 0;
-                let count = |buf: &[u8]| buf.windows(4).filter(|w| w == b"\r\n\r\n").count();
-                loop {
-                    while count(&buf) < if served == 1 { 6 } else { 1 } {
-                        match tcp.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&b[..n]),
-                        }
-                    }
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head: Vec<u8> = buf.drain(..end + 4).collect();
-                        let line = String::from_utf8_lossy(&head)
-                            .lines()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string();
-                        let (status, body) = if line.contains("/healthz") {
-                            (200, "ok")
-                        } else if line.contains("/version ") {
-                            (200, r#"{"gitVersion":"v1.30.0"}"#)
-                        } else if line.contains("config.openshift.io") {
-                            (404, "{}")
-                        } else {
-                            (200, r#"{"items":[]}"#)
-                        };
-                        h.lock().unwrap().push(line);
-                        let answer = format!(
-                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if tcp.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        served += 1;
-                    }
-                }
+        let (url, conns, answered) = pipelining_server(1, 6, None, |line| {
+            if line.contains("/healthz") {
+                (200, "ok".into())
+            } else if line.contains("/version ") {
+                (200, r#"{"gitVersion":"v1.30.0"}"#.into())
+            } else if line.contains("config.openshift.io") {
+                (404, "{}".into())
+            } else {
+                (200, r#"{"items":[]}"#.into())
             }
         })
         .await;
@@ -1503,8 +1470,8 @@ mod hostile_tests {
             })
             .await;
         assert!(report.ok, "{}", report.summary);
-        let heads = heads.lock().unwrap();
-        let paths: Vec<&str> = heads
+        let answered = answered.lock().unwrap();
+        let paths: Vec<&str> = answered
             .iter()
             .map(|l| l.split(' ').nth(1).unwrap_or_default())
             .collect();

@@ -678,6 +678,79 @@ fn encode_query(s: &str) -> String {
     utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
+/// A test server that shows whether requests were pipelined.
+#[cfg(test)]
+pub(crate) mod pipelining {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// On each connection, after `wait_after` answers, it answers nothing
+    /// more until it holds `wait_for` request heads (requests sent one at
+    /// a time never get there: the client's deadline ends them), then
+    /// answers in order with `answer(request line)`; with
+    /// `answers_per_conn`, it closes silently once it has given that many
+    /// (`Some(0)`: it reads a request and closes). Its URL, the
+    /// connections it accepted and the request lines it answered.
+    pub async fn pipelining_server(
+        wait_after: usize,
+        wait_for: usize,
+        answers_per_conn: Option<usize>,
+        answer: fn(&str) -> (u16, String),
+    ) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let (c, a) = (conns.clone(), answered.clone());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = l.accept().await {
+                c.fetch_add(1, SeqCst);
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut b = [0u8; 4096];
+                    let mut served = 0;
+                    let heads = |buf: &[u8]| buf.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    loop {
+                        let want = if served == wait_after { wait_for } else { 1 };
+                        while heads(&buf) < want.max(1) {
+                            match tcp.read(&mut b).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&b[..n]),
+                            }
+                        }
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            if answers_per_conn == Some(served) {
+                                return;
+                            }
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            let line = String::from_utf8_lossy(&head)
+                                .lines()
+                                .next()
+                                .unwrap_or_default()
+                                .to_string();
+                            let (status, body) = answer(&line);
+                            a.lock().unwrap().push(line);
+                            let reply = format!(
+                                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if tcp.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            served += 1;
+                        }
+                    }
+                });
+            }
+        });
+        (url, conns, answered)
+    }
+}
+
 /// Test access to the list envelope.
 #[cfg(test)]
 pub(crate) mod tests_support {
@@ -961,6 +1034,7 @@ mod tests {
         use tokio::net::{TcpListener, TcpStream};
         use tokio::time::Instant;
 
+        use super::super::pipelining::pipelining_server;
         use super::super::*;
 
         /// A server answering `{}` to each request; `close`: one answer per
@@ -1085,85 +1159,30 @@ mod tests {
             assert_eq!(conns.load(SeqCst), 3);
         }
 
-        /// A server for [`KubeClient::lists`] and [`KubeClient::prefetch`]:
-        /// on each connection, after `wait_after` answers, it answers
-        /// nothing more until it holds `wait_for` request heads, then
-        /// answers them in order; with `answers_per_conn`, it closes
-        /// silently after that many. By path: `absent` is 404, `broken`
-        /// 500, `paged` has a second page (continue token `t/1`), anything
-        /// else one page (which names the request line it answers). Its
-        /// URL, the connections it accepted and the request lines it
-        /// answered.
+        /// `pipelining_server` answering by path: `absent` is 404,
+        /// `broken` 500, `paged` has a second page (continue token
+        /// `t/1`), anything else one page (which names the request line
+        /// it answers).
         async fn list_server(
             wait_after: usize,
             wait_for: usize,
             answers_per_conn: Option<usize>,
         ) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}", l.local_addr().unwrap());
-            let conns = Arc::new(AtomicUsize::new(0));
-            let answered = Arc::new(Mutex::new(Vec::new()));
-            let (c, a) = (conns.clone(), answered.clone());
-            tokio::spawn(async move {
-                while let Ok((mut tcp, _)) = l.accept().await {
-                    c.fetch_add(1, SeqCst);
-                    let a = a.clone();
-                    tokio::spawn(async move {
-                        let mut buf = Vec::new();
-                        let mut b = [0u8; 4096];
-                        let mut served = 0;
-                        let heads =
-                            |buf: &[u8]| buf.windows(4).filter(|w| w == b"\r\n\r\n").count();
-                        loop {
-                            // Requests one at a time would never reach
-                            // `wait_for`: the client's deadline ends it.
-                            while served == wait_after && heads(&buf) < wait_for {
-                                match tcp.read(&mut b).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => buf.extend_from_slice(&b[..n]),
-                                }
-                            }
-                            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                let head: Vec<u8> = buf.drain(..end + 4).collect();
-                                let line = String::from_utf8_lossy(&head)
-                                    .lines()
-                                    .next()
-                                    .unwrap_or_default()
-                                    .to_string();
-                                let (status, body) = if line.contains("absent") {
-                                    (404, r#"{"kind":"Status"}"#.to_string())
-                                } else if line.contains("broken") {
-                                    (500, "{}".to_string())
-                                } else if line.contains("paged") && !line.contains("continue=") {
-                                    (
-                                        200,
-                                        r#"{"items":[],"metadata":{"continue":"t/1"}}"#.to_string(),
-                                    )
-                                } else {
-                                    (200, format!(r#"{{"items":[],"asked":"{line}"}}"#))
-                                };
-                                a.lock().unwrap().push(line);
-                                let answer = format!(
-                                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
-                                    body.len()
-                                );
-                                if tcp.write_all(answer.as_bytes()).await.is_err() {
-                                    return;
-                                }
-                                served += 1;
-                                if answers_per_conn == Some(served) {
-                                    return;
-                                }
-                            }
-                            match tcp.read(&mut b).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&b[..n]),
-                            }
-                        }
-                    });
+            pipelining_server(wait_after, wait_for, answers_per_conn, |line| {
+                if line.contains("absent") {
+                    (404, r#"{"kind":"Status"}"#.to_string())
+                } else if line.contains("broken") {
+                    (500, "{}".to_string())
+                } else if line.contains("paged") && !line.contains("continue=") {
+                    (
+                        200,
+                        r#"{"items":[],"metadata":{"continue":"t/1"}}"#.to_string(),
+                    )
+                } else {
+                    (200, format!(r#"{{"items":[],"asked":"{line}"}}"#))
                 }
-            });
-            (url, conns, answered)
+            })
+            .await
         }
 
         /// How many pages `lists` hands over for `paths`.
@@ -1369,17 +1388,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_new_connection_closed_before_any_answer_is_an_error() {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let url = format!("http://{}", l.local_addr().unwrap());
-            let conns = Arc::new(AtomicUsize::new(0));
-            let c = conns.clone();
-            tokio::spawn(async move {
-                while let Ok((mut tcp, _)) = l.accept().await {
-                    c.fetch_add(1, SeqCst);
-                    let mut b = [0u8; 1024];
-                    let _ = tcp.read(&mut b).await;
-                }
-            });
+            let (url, conns, _) = pipelining_server(0, 1, Some(0), |_| (200, String::new())).await;
             let k = short_client(&url);
             let e = lists_of(&k, &["/ns/a/pods", "/ns/b/pods"])
                 .await
