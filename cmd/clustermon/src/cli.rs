@@ -303,6 +303,17 @@ pub struct RunArgs {
         env = "CLUSTERMON_COLLECTOR_CONCURRENCY"
     )]
     pub collector_concurrency: u8,
+    /// Most requests a check sends at once on one connection (HTTP/1.1
+    /// pipelining, answered in order), 1..=32: after healthz, every
+    /// collector's first request; the pod lists' first pages. 1 sends one
+    /// at a time (for a front end that mishandles pipelining).
+    #[arg(
+        long,
+        default_value_t = 24,
+        value_parser = clap::value_parser!(u8).range(1..=32),
+        env = "CLUSTERMON_PIPELINED_REQUESTS"
+    )]
+    pub pipelined_requests: u8,
 }
 
 /// File descriptors `run` keeps out of the check pool: 64 for the process

@@ -221,7 +221,8 @@ pub async fn run(
             .with_concurrency(usize::from(args.collector_concurrency)),
         Collectors::Healthz => KubeChecker::healthz_only(key, clock),
     }
-    .with_connect_timeout(args.connect_timeout.min(args.check_timeout));
+    .with_connect_timeout(args.connect_timeout.min(args.check_timeout))
+    .with_pipeline(usize::from(args.pipelined_requests));
     let cfg_admin_url = cfg.admin_url.clone();
     let engine =
         Engine::new(cfg, store.clone(), Arc::new(checker), metrics, clock).map_err(usage)?;

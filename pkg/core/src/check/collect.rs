@@ -100,6 +100,8 @@ pub struct KubeChecker {
     collectors: Vec<Arc<dyn Collector>>,
     concurrency: usize,
     connect_timeout: std::time::Duration,
+    /// Most requests a check sends at once on a connection.
+    pipeline: usize,
     clock: Clock,
     /// Clusters whose `insecureSkipTLSVerify` was logged, by a hash of
     /// their id: not the id itself, which would keep its bucket's zone
@@ -114,6 +116,7 @@ impl KubeChecker {
             collectors,
             concurrency: 1,
             connect_timeout: crate::config::defaults::CONNECT_TIMEOUT,
+            pipeline: super::kube::PIPELINE,
             clock,
             insecure_logged: Mutex::new(HashSet::new()),
         }
@@ -143,6 +146,13 @@ impl KubeChecker {
     /// How many collectors run at once inside one check (at least 1).
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Most requests a check sends at once on one connection (HTTP/1.1
+    /// pipelining; 1: one at a time). See [`KubeClient::with_pipeline`].
+    pub fn with_pipeline(mut self, n: usize) -> Self {
+        self.pipeline = n;
         self
     }
 
@@ -234,7 +244,7 @@ impl KubeChecker {
             self.connect_timeout,
             e.verified.get(),
         ) {
-            Ok(k) => k,
+            Ok(k) => k.with_pipeline(self.pipeline),
             Err(err) => {
                 collector_error(emit, "credentials", &err);
                 return CheckReport::failed(err.to_string());

@@ -34,10 +34,13 @@ pub const PAGE: usize = 100;
 /// Connections a check keeps open for its next requests.
 const MAX_IDLE: usize = 4;
 /// Most requests sent at once on one connection ([`KubeClient::lists`],
-/// [`KubeClient::prefetch`]): the default collectors' 17 first requests
-/// fit. Their heads (~1 KiB each with a bearer token) fit the sockets'
-/// buffers, so sending them never waits on the server's reading.
+/// [`KubeClient::prefetch`]) by default: the default collectors' 17 first
+/// requests fit. `--pipelined-requests` sets it, up to [`MAX_PIPELINE`].
 pub const PIPELINE: usize = 24;
+/// The most that can be set: their heads (~1 KiB each with a bearer token)
+/// fit the sockets' buffers, so sending them never waits on the server's
+/// reading.
+pub const MAX_PIPELINE: usize = 32;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum KubeError {
@@ -124,6 +127,8 @@ pub struct KubeClient {
     auth: Option<HeaderValue>,
     deadline: Instant,
     connect_timeout: Duration,
+    /// Most requests sent at once on a connection (1: one at a time).
+    pipeline: usize,
     idle: Mutex<Vec<Conn>>,
 }
 
@@ -278,8 +283,16 @@ impl KubeClient {
             auth,
             deadline,
             connect_timeout,
+            pipeline: PIPELINE,
             idle: Mutex::new(Vec::new()),
         })
+    }
+
+    /// At most `n` requests sent at once on a connection (1..=[`MAX_PIPELINE`];
+    /// 1: one at a time, nothing sent ahead).
+    pub fn with_pipeline(mut self, n: usize) -> Self {
+        self.pipeline = n.clamp(1, MAX_PIPELINE);
+        self
     }
 
     async fn connect(&self) -> Result<Conn, KubeError> {
@@ -394,7 +407,7 @@ impl KubeClient {
         Ok(())
     }
 
-    /// Sends the GETs of `urls` (up to [`PIPELINE`]) ahead on the check's
+    /// Sends the GETs of `urls` (up to the client's pipeline) ahead on the check's
     /// kept connection, so that the collectors that ask them next, in this
     /// order, find each answer coming without a round trip of its own
     /// (HTTP/1.1 pipelining, as in [`KubeClient::lists`]). Without a kept
@@ -402,6 +415,9 @@ impl KubeClient {
     /// (the next request opens another). A URL asked out of this order
     /// still gets its answer: the answers ahead of it are read and dropped.
     pub async fn prefetch(&self, urls: &[String]) {
+        if self.pipeline < 2 {
+            return;
+        }
         let Some(mut conn) = self.take_idle() else {
             return;
         };
@@ -412,7 +428,7 @@ impl KubeClient {
         let mut heads = Vec::new();
         let mut sent = 0;
         // A path refused by `head` is left to its collector to report.
-        for u in urls.iter().take(PIPELINE) {
+        for u in urls.iter().take(self.pipeline) {
             match self.head(u) {
                 Ok(h) => heads.extend_from_slice(&h),
                 Err(_) => break,
@@ -518,7 +534,7 @@ impl KubeClient {
     /// namespace absent from this cluster) is skipped.
     ///
     /// Their first pages are asked at once on one connection, up to
-    /// [`PIPELINE`] requests in one write (HTTP/1.1 pipelining: the server
+    /// the client's pipeline ([`PIPELINE`] by default) in one write (HTTP/1.1 pipelining: the server
     /// answers in order), so that N lists cost one round trip rather than
     /// N; their further pages follow in turn. A server that stops
     /// answering part-way (it closes, or says `Connection: close`) is asked
@@ -559,7 +575,7 @@ impl KubeClient {
                     if Self::drain(&mut conn).await.is_err() {
                         continue; // a kept connection: a new one
                     }
-                    &urls[next..urls.len().min(next + PIPELINE)]
+                    &urls[next..urls.len().min(next + self.pipeline)]
                 };
                 let mut heads = Vec::new();
                 for u in &batch[ahead..] {
@@ -1384,6 +1400,28 @@ mod tests {
             assert_eq!(lists_of(&k, &["/ns/a/pods"]).await.unwrap(), 1);
             assert_eq!(answered.lock().unwrap().len(), 3);
             assert_eq!(conns.load(SeqCst), 3, "one answer per connection");
+        }
+
+        /// `--pipelined-requests 1`: the lists asked one at a time. This server answers only once it holds two
+        /// requests, so a client that sends one at a time reaches its
+        /// deadline; the same client pipelining gets both lists.
+        #[tokio::test]
+        async fn a_pipeline_of_one_sends_one_request_at_a_time() {
+            let paths = ["/ns/a/pods", "/ns/b/pods"];
+            for (pipeline, pipelined) in [(1, false), (2, true)] {
+                let (url, _, answered) = list_server(0, 2, None).await;
+                let deadline = Instant::now() + Duration::from_millis(500);
+                let k = KubeClient::new(&url, &creds(), deadline)
+                    .unwrap()
+                    .with_pipeline(pipeline);
+                let r = lists_of(&k, &paths).await;
+                if pipelined {
+                    assert_eq!(r, Ok(2));
+                } else {
+                    assert_eq!(r, Err(KubeError::Timeout));
+                    assert!(answered.lock().unwrap().is_empty());
+                }
+            }
         }
 
         #[tokio::test]
