@@ -380,7 +380,11 @@ impl KubeClient {
         if conn.pending.front().is_some_and(|u| u == url) {
             conn.pending.pop_front();
         } else {
-            Self::drain(conn).await?;
+            if !conn.pending.is_empty() {
+                // Boxed: rare, and inline it would size every waiting
+                // check's future (24 bytes more).
+                Box::pin(Self::drain(conn)).await?;
+            }
             conn.h1.send(head).await?;
         }
         let a = conn.h1.answer(MAX_BODY).await?;
