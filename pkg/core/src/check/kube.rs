@@ -419,7 +419,8 @@ impl KubeClient {
     /// (the next request opens another). A URL asked out of this order
     /// still gets its answer: the answers ahead of it are read and dropped.
     pub async fn prefetch(&self, urls: &[String]) {
-        if self.pipeline < 2 {
+        // Nothing to send (a healthz-only check): not even the pool's lock.
+        if self.pipeline < 2 || urls.is_empty() {
             return;
         }
         let Some(mut conn) = self.take_idle() else {
