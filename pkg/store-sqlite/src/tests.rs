@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -7,7 +7,37 @@ use clustermon_core::store::contract;
 
 use super::*;
 
-fn temp_db(name: &str) -> PathBuf {
+/// A store file in a scratch directory of its own, removed with the
+/// directory when dropped (kept when the test panicked, for inspection).
+struct TempDb {
+    dir: PathBuf,
+    db: PathBuf,
+}
+
+impl std::ops::Deref for TempDb {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.db
+    }
+}
+
+impl AsRef<Path> for TempDb {
+    fn as_ref(&self) -> &Path {
+        &self.db
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping {} for inspection", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn temp_db(name: &str) -> TempDb {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "clustermon-sqlite-test-{}-{}-{name}",
@@ -16,13 +46,19 @@ fn temp_db(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("store.db")
+    let db = dir.join("store.db");
+    TempDb { dir, db }
 }
 
 #[tokio::test]
 async fn sqlite_store_passes_the_contract() {
+    // Every fresh store's directory lives until the suite is done.
+    let dbs = std::sync::Mutex::new(Vec::new());
     contract::run_all(|| async {
-        Arc::new(SqliteStore::open(temp_db("contract")).unwrap()) as Arc<dyn Store>
+        let db = temp_db("contract");
+        let store = Arc::new(SqliteStore::open(&db).unwrap()) as Arc<dyn Store>;
+        dbs.lock().unwrap().push(db);
+        store
     })
     .await;
 }
@@ -61,7 +97,7 @@ fn opening_a_new_file_from_many_handles_at_once_never_fails() {
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
         let opened: Vec<_> = (0..6)
             .map(|_| {
-                let (path, barrier) = (path.clone(), barrier.clone());
+                let (path, barrier) = (path.to_path_buf(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
                     SqliteStore::open(&path).map(|_| ())
@@ -146,7 +182,7 @@ async fn processes_race_the_master_and_the_feed() {
                     "--test-threads=1",
                     "--quiet",
                 ])
-                .env("CLUSTERMON_RACE_DB", &db)
+                .env("CLUSTERMON_RACE_DB", &*db)
                 .env("CLUSTERMON_RACE_WORKER", w.to_string())
                 .stdout(std::process::Stdio::null())
                 .spawn()
@@ -397,7 +433,7 @@ async fn an_old_file_migrates_once_when_processes_open_it_at_once() {
                     "--test-threads=1",
                     "--quiet",
                 ])
-                .env("CLUSTERMON_MIGRATE_DB", &path)
+                .env("CLUSTERMON_MIGRATE_DB", &*path)
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap()
