@@ -362,6 +362,7 @@ impl Engine {
             cfg.feed_interval,
             cfg.feed_page_size,
             relist,
+            cfg.heartbeat_ttl,
         ));
         let member = MembershipLoop {
             cfg: cfg.clone(),

@@ -330,6 +330,22 @@ pub enum FeedEvent {
     },
 }
 
+/// `call`'s result, or an unavailable store when it does not answer
+/// within `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "{what}: no answer within {}",
+            humantime::format_duration(limit)
+        ))),
+    }
+}
+
 /// The periodic re-list of this monitor's buckets, for stores whose change
 /// feed does not carry deletes (Cosmos DB's latest-version feed).
 #[derive(Clone)]
@@ -348,12 +364,17 @@ pub struct Relist {
 /// taken between two feed reads, so every entry the map holds when the
 /// reflector applies it came from a document committed before the list
 /// started: an entry missing from the list was deleted.
+///
+/// Each read and list is bounded by `read_timeout`: one the store does not
+/// answer in time (a black-holed connection, a frozen server) is a failed
+/// read, retried as any other from the same continuation.
 pub fn watch(
     store: Arc<dyn Store>,
     from: Option<String>,
     interval: Duration,
     page_size: usize,
     relist: Option<Relist>,
+    read_timeout: Duration,
 ) -> impl Stream<Item = FeedEvent> {
     struct WatchState {
         store: Arc<dyn Store>,
@@ -396,7 +417,9 @@ pub fn watch(
                 if at < read_at {
                     tokio::time::sleep_until(at).await;
                     let buckets = (r.buckets)();
-                    let ev = match st.store.list_cluster_ids(&buckets).await {
+                    let listed =
+                        bounded(read_timeout, "re-list", st.store.list_cluster_ids(&buckets)).await;
+                    let ev = match listed {
                         Ok(ids) => {
                             st.relist_at = Some(Instant::now() + r.interval);
                             FeedEvent::Relisted {
@@ -423,7 +446,8 @@ pub fn watch(
             }
             st.read_at = None;
         }
-        let ev = match st.store.read_feed(st.cont.as_deref(), page_size).await {
+        let read = st.store.read_feed(st.cont.as_deref(), page_size);
+        let ev = match bounded(read_timeout, "change feed read", read).await {
             Ok(page) => {
                 st.failures = 0;
                 st.wait = page.caught_up;
@@ -903,6 +927,78 @@ mod tests {
         Reflector::new(Metrics::disabled(), Clock::at(0), 1024)
     }
 
+    /// The engine's bound on a feed read: the heartbeat TTL.
+    const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A feed read the store never answers (made while its connection was
+    /// black-holed) is a failed read at the bound, not a feed stopped for
+    /// good: the next read, once the store answers, goes on from the same
+    /// continuation and loses no change. The same for a re-list.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_the_store_never_answers_fails_at_the_bound_and_the_feed_goes_on() {
+        let store = Arc::new(MemStore::without_delete_feed());
+        store.put_cluster(&cluster("a", 1)).await.unwrap();
+        let (mut r, map, _rx) = reflector();
+        let relist = Relist {
+            interval: Duration::from_secs(3),
+            buckets: Arc::new(|| vec![1]),
+        };
+        let interval = Duration::from_secs(2);
+        let mut feed = Box::pin(watch(
+            store.clone(),
+            None,
+            interval,
+            10,
+            Some(relist),
+            READ_TIMEOUT,
+        ));
+        drain(&mut feed, &mut r).await;
+        assert!(map.get("a").is_some());
+
+        // Written while the store stalls: the feed read and then the
+        // re-list hang, each until its bound.
+        store.put_cluster(&cluster("b", 1)).await.unwrap();
+        store.set_stalled(true);
+        let t0 = Instant::now();
+        let mut failed = Vec::new();
+        while failed.len() < 2 {
+            let next = tokio::time::timeout(Duration::from_secs(60), feed.next());
+            match next
+                .await
+                .expect("the feed waits on a read forever")
+                .unwrap()
+            {
+                FeedEvent::Error(e) => failed.push((e.to_string(), t0.elapsed())),
+                other => panic!("no answer while stalled, got {other:?}"),
+            }
+        }
+        // The feed read due at the feed interval, cut at 12 s; the re-list,
+        // due since 3 s, comes before the next feed read and is cut 10 s later.
+        assert_eq!(
+            failed,
+            vec![
+                (
+                    "store unavailable: change feed read: no answer within 10s".to_string(),
+                    Duration::from_secs(12)
+                ),
+                (
+                    "store unavailable: re-list: no answer within 10s".to_string(),
+                    Duration::from_secs(22)
+                ),
+            ]
+        );
+        assert!(map.get("b").is_none());
+
+        store.set_stalled(false);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while map.get("b").is_none() {
+            assert!(Instant::now() < deadline, "the feed never went on");
+            let ev = feed.next().await.unwrap();
+            r.apply(ev).await.unwrap();
+        }
+        assert!(map.get("a").is_some(), "nothing lost");
+    }
+
     async fn drain(feed: &mut (impl Stream<Item = FeedEvent> + Unpin), r: &mut Reflector) {
         loop {
             let ev = feed.next().await.unwrap();
@@ -928,7 +1024,14 @@ mod tests {
         store.put_cluster(&creating).await.unwrap();
 
         let (mut r, map, mut rx) = reflector();
-        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 2, None));
+        let mut feed = Box::pin(watch(
+            store.clone(),
+            None,
+            Duration::from_secs(2),
+            2,
+            None,
+            READ_TIMEOUT,
+        ));
         drain(&mut feed, &mut r).await;
         assert!(map.replay_done());
         assert_eq!(map.len(), 6);
@@ -1034,7 +1137,14 @@ mod tests {
         sealed.encrypted_credentials = Some("sealed text".into());
         store.put_cluster(&sealed).await.unwrap();
         let (mut r, map, _rx) = reflector();
-        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
+        let mut feed = Box::pin(watch(
+            store.clone(),
+            None,
+            Duration::from_secs(2),
+            10,
+            None,
+            READ_TIMEOUT,
+        ));
         drain(&mut feed, &mut r).await;
         for (id, bucket) in [("zoned", 233), ("sealed", 234)] {
             let e = map.get(id).unwrap();
@@ -1066,13 +1176,27 @@ mod tests {
         store.put_cluster(&cluster("a", 1)).await.unwrap();
         store.put_cluster(&labelled).await.unwrap();
         let (mut r, map, mut rx) = reflector();
-        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
+        let mut feed = Box::pin(watch(
+            store.clone(),
+            None,
+            Duration::from_secs(2),
+            10,
+            None,
+            READ_TIMEOUT,
+        ));
         drain(&mut feed, &mut r).await;
         assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
         let (a, b) = (map.get("a").unwrap(), map.get("b").unwrap());
 
         // The whole feed again, from its beginning: nothing changes.
-        let mut again = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
+        let mut again = Box::pin(watch(
+            store.clone(),
+            None,
+            Duration::from_secs(2),
+            10,
+            None,
+            READ_TIMEOUT,
+        ));
         drain(&mut again, &mut r).await;
         assert!(Arc::ptr_eq(&a, &map.get("a").unwrap()));
         assert!(Arc::ptr_eq(&b, &map.get("b").unwrap()));
@@ -1207,7 +1331,14 @@ mod tests {
             release_memory: None,
             sched: sched.clone(),
         });
-        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
+        let mut feed = Box::pin(watch(
+            store.clone(),
+            None,
+            Duration::from_secs(2),
+            10,
+            None,
+            READ_TIMEOUT,
+        ));
         drain(&mut feed, &mut r).await;
         assert_eq!(map.len(), 0, "no bucket yet: nothing kept");
         let ids = |map: &ClusterMap| {
@@ -1286,7 +1417,14 @@ mod tests {
         store.put_cluster(&cluster("a", 1)).await.unwrap();
         store.put_cluster(&cluster("b", 2)).await.unwrap();
         let (mut r, map, _rx) = reflector();
-        let mut feed = Box::pin(watch(store.clone(), None, Duration::from_secs(2), 10, None));
+        let mut feed = Box::pin(watch(
+            store.clone(),
+            None,
+            Duration::from_secs(2),
+            10,
+            None,
+            READ_TIMEOUT,
+        ));
         drain(&mut feed, &mut r).await;
 
         store.set_available(false);
@@ -1330,6 +1468,7 @@ mod tests {
             Duration::from_secs(2),
             10,
             Some(relist),
+            READ_TIMEOUT,
         ));
         drain(&mut feed, &mut r).await;
         while rx.try_recv().is_ok() {}
@@ -1450,7 +1589,7 @@ mod tests {
         let store = Arc::new(Pushing(MemStore::new(), tx));
         let (mut r, map, _rx) = reflector();
         let interval = Duration::from_secs(60);
-        let mut feed = Box::pin(watch(store.clone(), None, interval, 10, None));
+        let mut feed = Box::pin(watch(store.clone(), None, interval, 10, None, READ_TIMEOUT));
         drain(&mut feed, &mut r).await;
 
         let t0 = Instant::now();

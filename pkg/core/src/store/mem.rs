@@ -24,11 +24,14 @@ struct Inner {
 }
 
 /// A [`Store`] in process memory. `set_available(false)` makes every call
-/// fail with [`StoreError::Unavailable`], to test outages.
+/// fail with [`StoreError::Unavailable`], to test outages; `set_stalled(true)`
+/// makes every call made meanwhile never answer, as over a black-holed
+/// connection (calls made after `set_stalled(false)` answer).
 #[derive(Default)]
 pub struct MemStore {
     inner: Mutex<Inner>,
     down: AtomicBool,
+    stalled: AtomicBool,
     /// Like Cosmos DB's latest-version feed: deletes are not in the feed.
     no_delete_feed: bool,
 }
@@ -51,6 +54,10 @@ impl MemStore {
         self.down.store(!up, Ordering::SeqCst);
     }
 
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
+    }
+
     /// Replaces the master document's body with `body` as is (tests of a
     /// corrupt document); the etag changes as on any write.
     pub fn put_master_raw(&self, body: &str) {
@@ -67,7 +74,10 @@ impl MemStore {
             .insert(id.to_string(), (expires_at_ms, body.to_string()));
     }
 
-    fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Inner>> {
+    async fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, Inner>> {
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("mem store set down".into()));
         }
@@ -114,14 +124,15 @@ impl Store for MemStore {
 
     async fn upsert_monitor(&self, doc: &MonitorDoc) -> StoreResult<()> {
         let body = serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.lock()?
+        self.lock()
+            .await?
             .monitors
             .insert(doc.id.clone(), (doc.expires_at_ms, body));
         Ok(())
     }
 
     async fn list_monitors(&self, now_ms: i64) -> StoreResult<Vec<MonitorDoc>> {
-        let mut g = self.lock()?;
+        let mut g = self.lock().await?;
         g.monitors.retain(|_, (exp, _)| *exp > now_ms);
         let mut out = Vec::new();
         let mut invalid = 0;
@@ -136,11 +147,11 @@ impl Store for MemStore {
     }
 
     async fn delete_monitor(&self, id: &str) -> StoreResult<bool> {
-        Ok(self.lock()?.monitors.remove(id).is_some())
+        Ok(self.lock().await?.monitors.remove(id).is_some())
     }
 
     async fn read_master(&self) -> StoreResult<Option<Versioned<MasterDoc>>> {
-        let g = self.lock()?;
+        let g = self.lock().await?;
         let Some((body, e)) = g.master.as_ref() else {
             return Ok(None);
         };
@@ -152,7 +163,7 @@ impl Store for MemStore {
     }
 
     async fn write_master(&self, doc: &MasterDoc, expected: Option<&Etag>) -> StoreResult<Etag> {
-        let mut g = self.lock()?;
+        let mut g = self.lock().await?;
         match (expected, &g.master) {
             (None, Some(_)) => return Err(StoreError::Conflict),
             (Some(_), None) => return Err(StoreError::PreconditionFailed),
@@ -173,7 +184,7 @@ impl Store for MemStore {
     async fn put_cluster(&self, doc: &ClusterDoc) -> StoreResult<()> {
         doc.validate().map_err(StoreError::Invalid)?;
         let body = serde_json::to_string(doc).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.lock()?.append(Change::Upsert(RawCluster {
+        self.lock().await?.append(Change::Upsert(RawCluster {
             id: doc.id.clone(),
             body,
         }));
@@ -181,7 +192,7 @@ impl Store for MemStore {
     }
 
     async fn delete_cluster(&self, id: &str) -> StoreResult<bool> {
-        let mut g = self.lock()?;
+        let mut g = self.lock().await?;
         if !g.clusters.contains_key(id) {
             return Ok(false);
         }
@@ -196,15 +207,21 @@ impl Store for MemStore {
     }
 
     async fn get_cluster(&self, id: &str) -> StoreResult<Option<RawCluster>> {
-        Ok(self.lock()?.clusters.get(id).map(|(body, _)| RawCluster {
-            id: id.to_string(),
-            body: body.clone(),
-        }))
+        Ok(self
+            .lock()
+            .await?
+            .clusters
+            .get(id)
+            .map(|(body, _)| RawCluster {
+                id: id.to_string(),
+                body: body.clone(),
+            }))
     }
 
     async fn list_clusters(&self) -> StoreResult<Vec<RawCluster>> {
         Ok(self
-            .lock()?
+            .lock()
+            .await?
             .clusters
             .iter()
             .map(|(id, (body, _))| RawCluster {
@@ -215,7 +232,7 @@ impl Store for MemStore {
     }
 
     async fn count_clusters(&self) -> StoreResult<u64> {
-        Ok(self.lock()?.clusters.len() as u64)
+        Ok(self.lock().await?.clusters.len() as u64)
     }
 
     async fn read_feed(&self, continuation: Option<&str>, max: usize) -> StoreResult<FeedPage> {
@@ -225,7 +242,7 @@ impl Store for MemStore {
                 .parse()
                 .map_err(|_| StoreError::ContinuationExpired(format!("bad token {c:?}")))?,
         };
-        let g = self.lock()?;
+        let g = self.lock().await?;
         let changes: Vec<(u64, Change)> = g
             .log
             .range(from + 1..)
