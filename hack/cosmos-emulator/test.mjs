@@ -52,7 +52,7 @@ after(async () => {
 // A bogus signature: the emulator accepts any Authorization header.
 const AUTH = "type%3Dmaster%26ver%3D1.0%26sig%3Dbm90LWEtcmVhbC1zaWduYXR1cmU%3D";
 
-async function call(method, path, { body, headers = {}, pk } = {}) {
+async function call(method, path, { body, headers = {}, pk, signal } = {}) {
   const h = {
     authorization: AUTH,
     "x-ms-date": new Date().toUTCString(),
@@ -65,6 +65,7 @@ async function call(method, path, { body, headers = {}, pk } = {}) {
     method,
     headers: h,
     body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+    signal,
   });
   const text = await res.text();
   let json = null;
@@ -108,9 +109,10 @@ const query = (c, q, parameters = []) =>
     },
   });
 // What azure_data_cosmos 1.0 sends for a LatestVersion change feed page.
-const changes = (c, { etag, max, pk, headers = {} } = {}) =>
+const changes = (c, { etag, max, pk, headers = {}, signal } = {}) =>
   call("GET", `${c.path}/docs`, {
     pk,
+    signal,
     headers: {
       "a-im": "Incremental Feed",
       "x-ms-cosmos-changefeed-wire-format-version": "2021-09-15",
@@ -326,7 +328,9 @@ test("binary-encoded bodies are refused with a 400 that says why", async () => {
 test("6. fault injection", async (t) => {
   const c = await newCollection();
   await create(c, { id: "x", pk: "p" });
-  t.after(() => call("POST", "/_emulator/faults", { body: { throttle_share: 0, unavailable: false, kinds: null } }));
+  t.after(() =>
+    call("POST", "/_emulator/faults", { body: { throttle_share: 0, unavailable: false, stall: false, kinds: null } })
+  );
 
   const set = await call("POST", "/_emulator/faults", {
     body: { throttle_share: 1, retry_after_ms: 50, unavailable: false },
@@ -368,8 +372,24 @@ test("6. fault injection", async (t) => {
   await call("POST", "/_emulator/faults", { body: { unavailable: false } });
   assert.equal((await read(c, "x", "p")).status, 200);
 
+  // stall: held, never answered (the client's bound ends the call), even
+  // after the fault ends; other kinds answer
+  await call("POST", "/_emulator/faults", { body: { stall: true, kinds: ["changefeed"] } });
+  const before = (await call("GET", "/_emulator/stats")).body.stalled;
+  const held = changes(c, { signal: AbortSignal.timeout(2000) });
+  const until = Date.now() + 1500;
+  while ((await call("GET", "/_emulator/stats")).body.stalled === before) {
+    assert.ok(Date.now() < until, "the read reached the emulator");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await call("POST", "/_emulator/faults", { body: { stall: false, kinds: null } });
+  await assert.rejects(held, { name: "TimeoutError" }, "a stalled read is never answered");
+  assert.equal((await read(c, "x", "p")).status, 200);
+  assert.equal((await changes(c)).status, 200, "a read after the stall answers");
+
   const bad = await call("POST", "/_emulator/faults", { body: { throttle_share: 2 } });
   assert.equal(bad.status, 400);
+  assert.equal((await call("POST", "/_emulator/faults", { body: { stall: 1 } })).status, 400);
 });
 
 test("7. request charges and stats", async () => {

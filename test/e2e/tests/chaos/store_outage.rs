@@ -174,6 +174,10 @@ pub(super) fn outage_never_stops_the_checks(
     }
     let skipped_all = s.statsd.counter_sum("monitor.checks.skipped", &[]) - skipped0;
     eprintln!("{what}: monitor.checks.skipped up to 30 s after the outage: {skipped_all}");
+    v.check(
+        skipped_all == 0,
+        format!("{what}: monitor.checks.skipped counted {skipped_all} up to 30 s after the outage (bound 0)"),
+    );
 
     // (e) nothing moved.
     let after = buckets(&s.store);
@@ -226,5 +230,93 @@ fn a_stopped_cosmos_endpoint_never_stops_the_checks() {
     };
     outage_never_stops_the_checks(&s, &mut fault, OUTAGE, "cosmos unavailable");
     eprintln!("cosmos emulator requests: {}", emu.stats());
+    drop(s.dir);
+}
+
+/// The Cosmos endpoint holds every change-feed read without ever answering
+/// it (a black-holed connection; the emulator's `stall` fault), while every
+/// other call answers. docs/monitoring.md: a feed read is bounded by the
+/// heartbeat TTL and one that is not answered is retried from the same
+/// continuation. So (a) the checks go on: no gap, nothing skipped; (b) a
+/// cluster put during the stall is not seen while it lasts, and is checked
+/// once the endpoint answers again, within the held read's bound plus the
+/// feed's back-off after one failure: it is not lost.
+#[test]
+fn a_cosmos_change_feed_that_never_answers_is_cut_at_its_bound() {
+    const FEED: Duration = Duration::from_secs(2);
+    const TTL: Duration = Duration::from_secs(10);
+    let mut s = setup_on(
+        "chaos-cosmos-feed-stall",
+        Backend::Cosmos,
+        &["--plain-http"],
+        &[],
+    );
+    warm_up(&mut s);
+    let emu = s.cosmos.as_ref().expect("cosmos");
+    let stalled = || emu.stats()["stalled"].as_u64().unwrap_or(0);
+    let skipped0 = s.statsd.counter_sum("monitor.checks.skipped", &[]);
+    let held0 = stalled();
+    emu.set_faults(serde_json::json!({"stall": true, "kinds": ["changefeed"]}));
+    let t_stall = Instant::now();
+    // Every monitor's next feed read is held (reads come every FEED).
+    wait_until("a feed read of each monitor held", FEED + SLACK, || {
+        (stalled() >= held0 + 3).then_some(())
+    });
+    let target = s.fleet.clusters()[7]["url"].as_str().unwrap().to_string();
+    put_cluster(&s.store, "e2e-stalled-new", &target);
+    // A fault of fixed length: sleeping for it is the point. Shorter than
+    // the bound, so the held reads are cut after the endpoint answers again.
+    std::thread::sleep(
+        (t_stall + Duration::from_secs(6)).saturating_duration_since(Instant::now()),
+    );
+    let seen_while_stalled = s.statsd.check_times().contains_key("e2e-stalled-new");
+    emu.set_faults(serde_json::json!({"stall": false, "kinds": null}));
+    let t_up = Instant::now();
+    eprintln!(
+        "cosmos feed stall: {} reads held in {:?}",
+        stalled() - held0,
+        t_up - t_stall
+    );
+    assert!(
+        !seen_while_stalled,
+        "the new cluster was checked while every feed read was held: the fault did not take"
+    );
+
+    // (b) A held read began within FEED of the stall and is cut TTL later;
+    // after one failure the next read comes within 2 FEED + a quarter FEED
+    // of jitter; a new cluster is checked at once.
+    let bound = t_stall + FEED + TTL + FEED * 9 / 4 + SLACK;
+    let first = wait_until(
+        "the cluster put during the stall is checked",
+        bound.saturating_duration_since(Instant::now()),
+        || {
+            s.statsd
+                .check_times()
+                .get("e2e-stalled-new")
+                .and_then(|v| v.first().copied())
+        },
+    );
+    eprintln!(
+        "cosmos feed stall: the cluster put during the stall checked {:?} after the endpoint answered again ({:?} after the stall began; bound {:?})",
+        first.saturating_duration_since(t_up),
+        first - t_stall,
+        bound - t_stall
+    );
+
+    // (a) The checks went on through the stall.
+    let to = t_up + INTERVAL;
+    let limit = (to + INTERVAL + SLACK).saturating_duration_since(Instant::now());
+    wait_checked(&s, &s.ids, to, 1, limit, "checks after the stall");
+    let (gap, id) = worst_gap(&s.statsd.check_times(), &s.ids, t_stall, to);
+    let bound_gap = INTERVAL + Duration::from_secs(1);
+    assert!(
+        gap <= bound_gap,
+        "worst gap through the feed stall {gap:?} ({id}), bound {bound_gap:?}"
+    );
+    let skipped = s.statsd.counter_sum("monitor.checks.skipped", &[]) - skipped0;
+    assert_eq!(skipped, 0, "checks skipped through the feed stall");
+    for (id, p) in &s.mons.procs {
+        assert!(!p.log_text().contains("panicked"), "{id} panicked");
+    }
     drop(s.dir);
 }
