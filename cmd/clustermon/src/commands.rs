@@ -245,11 +245,14 @@ pub async fn run(
         admin_stop.clone(),
     ));
     engine.run(shutdown).await;
+    // The admin API's open requests end and the writer drains its queue, at
+    // once, in one window: a stuck client or socket cannot hold us longer.
     admin_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     writer_stop.cancel();
-    // The writer drains its queue; bounded so a stuck socket cannot hold us.
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tokio::join!(admin_task, writer_task);
+    })
+    .await;
     Ok(())
 }
 

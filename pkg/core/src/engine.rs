@@ -436,7 +436,10 @@ impl Engine {
     /// Runs until `shutdown` completes, then leaves gracefully: hands its
     /// buckets over with a timed handoff (checking until then), stops
     /// starting checks, waits for in-flight ones, deletes its heartbeat.
-    /// Everything after `shutdown` fits in `shutdown_grace` plus a store call.
+    /// Everything after `shutdown` fits in `shutdown_grace` + max(2 heartbeat
+    /// intervals, the alert sender's flush window): after the grace, the
+    /// pass in progress and the heartbeat's deletion run while the alerts
+    /// get their last attempt.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Engine {
             cfg,

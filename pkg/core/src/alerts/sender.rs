@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{names, Metrics};
@@ -140,8 +141,9 @@ async fn post(client: &reqwest::Client, cfg: &SendConfig, body: &str) -> Result<
 }
 
 /// Posts what the outbox holds until `stop`, then gives what is left one
-/// attempt within `flush_timeout` (a request in flight at `stop` gets as
-/// much again): a worker ends within 2 × `flush_timeout` of `stop`.
+/// attempt: a request in flight at `stop` and the flush of what is queued
+/// share one window of `flush_timeout` from the moment `stop` is seen, so a
+/// worker ends within `flush_timeout` of `stop`.
 pub async fn run_worker(
     outbox: Arc<Outbox>,
     client: reqwest::Client,
@@ -150,6 +152,10 @@ pub async fn run_worker(
     stop: CancellationToken,
 ) {
     let mut logged_failure = false;
+    // The end of the shutdown window, once `stop` has been seen.
+    let mut window: Option<Instant> = None;
+    let until =
+        |w: &mut Option<Instant>| *w.get_or_insert_with(|| Instant::now() + cfg.flush_timeout);
     loop {
         if outbox.is_empty() {
             tokio::select! {
@@ -176,7 +182,7 @@ pub async fn run_worker(
                         // Shutdown: one last attempt, bounded like the flush.
                         outbox.stats.requests.fetch_add(1, Ordering::Relaxed);
                         result =
-                            tokio::time::timeout(cfg.flush_timeout, post(&client, &cfg, &body))
+                            tokio::time::timeout_at(until(&mut window), post(&client, &cfg, &body))
                                 .await
                                 .unwrap_or_else(|_| Err("timeout".into()));
                         break;
@@ -185,10 +191,10 @@ pub async fn run_worker(
                 outbox.stats.requests.fetch_add(1, Ordering::Relaxed);
                 let req = post(&client, &cfg, &body);
                 tokio::pin!(req);
-                // A request in flight at shutdown gets at most `flush_timeout` more.
+                // A request in flight at shutdown gets the shutdown window.
                 result = tokio::select! {
                     r = &mut req => r,
-                    _ = stop.cancelled() => tokio::time::timeout(cfg.flush_timeout, req)
+                    _ = stop.cancelled() => tokio::time::timeout_at(until(&mut window), req)
                         .await
                         .unwrap_or_else(|_| Err("timeout".into())),
                 };
@@ -202,7 +208,7 @@ pub async fn run_worker(
             break;
         }
     }
-    // Shutdown: one attempt for what is queued, bounded.
+    // Shutdown: one attempt for what is queued, in what is left of the window.
     let flush = async {
         loop {
             let batch = outbox.take(cfg.batch);
@@ -214,7 +220,7 @@ pub async fn run_worker(
             account(&outbox, &cfg, &metrics, n, r, &mut logged_failure);
         }
     };
-    if tokio::time::timeout(cfg.flush_timeout, flush)
+    if tokio::time::timeout_at(until(&mut window), flush)
         .await
         .is_err()
     {

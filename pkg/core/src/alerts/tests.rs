@@ -408,6 +408,58 @@ async fn a_down_alertmanager_is_retried_and_never_blocks_checks() {
     );
 }
 
+/// At shutdown a request in flight and the flush of what is queued share
+/// one window of `flush_timeout`: with an Alertmanager that hangs, the task
+/// ends within one window of the stop, not one for the request and one more
+/// for the flush (as it did: 2 × `flush_timeout`).
+#[tokio::test]
+async fn a_request_in_flight_at_shutdown_and_the_flush_share_one_window() {
+    let am = Server::start().await;
+    am.set(HANG);
+    let (tx, mut t) = task(vec![am.url.clone()], 1, Arc::new(|_, _| true));
+    let window = Duration::from_millis(500);
+    t.tune(|c| {
+        c.batch = 1;
+        c.request_timeout = Duration::from_secs(30);
+        c.flush_timeout = window;
+    });
+    let boxes = t.outboxes();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(t.run(stop.clone()));
+    for i in 0..3 {
+        tx.send(input(&format!("c-{i}"), node_not_ready()))
+            .await
+            .unwrap();
+    }
+    // One request in flight, the other alerts queued behind it.
+    wait(
+        "a request in flight and alerts queued",
+        Duration::from_secs(5),
+        || am.requests() == 1 && !boxes[0].is_empty(),
+    )
+    .await;
+    let t0 = Instant::now();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("shutdown is bounded")
+        .unwrap();
+    let took = t0.elapsed();
+    eprintln!("shutdown with a request in flight and alerts queued: {took:?}");
+    assert!(
+        took >= window,
+        "the request in flight got its window: {took:?}"
+    );
+    assert!(
+        took < window + window / 2,
+        "one window of {window:?} for the request in flight and the flush, took {took:?}"
+    );
+    assert!(
+        boxes[0].stats.failed.load(Ordering::Relaxed) >= 2,
+        "what was not sent is counted failed"
+    );
+}
+
 /// A cluster that leaves this monitor is forgotten without "resolved"; if
 /// it comes back healthy, nothing is sent for the old series.
 #[tokio::test]

@@ -12,5 +12,6 @@ mod hostile_documents;
 mod hostile_servers;
 mod metric_lines;
 mod postgres;
+mod shutdown;
 mod sqlite_new_file;
 mod store_outage;
