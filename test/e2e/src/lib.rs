@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod forward;
 mod postgres;
+pub use forward::Forwarder;
 pub use postgres::PostgresServer;
 
 /// `target/debug` (or wherever this test binary was built).
@@ -830,11 +832,18 @@ impl Monitors {
     /// Starts one monitor like `start`, with extra environment (e.g.
     /// `LD_PRELOAD`/`FAKETIME`) and extra arguments after the shared ones.
     pub fn start_with(&mut self, id: &str, env: &[(&str, &str)], extra_args: &[&str]) {
+        let store = self.store.clone();
+        self.start_on(id, &store, env, extra_args);
+    }
+
+    /// Starts one monitor like `start_with`, on store URL `store` instead of
+    /// the shared one (the same store through a `Forwarder`, say).
+    pub fn start_on(&mut self, id: &str, store: &str, env: &[(&str, &str)], extra_args: &[&str]) {
         let mut cmd = Command::new(bin("clustermon"));
         cmd.args([
             "run",
             "--store",
-            &self.store,
+            store,
             "--statsd",
             &self.statsd,
             "--id",

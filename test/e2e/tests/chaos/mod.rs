@@ -5,6 +5,7 @@
 
 mod clock_skew;
 mod corrupt_state;
+mod cut_off;
 mod failover;
 mod fd_limit;
 mod hanging_share;

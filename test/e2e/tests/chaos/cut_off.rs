@@ -1,0 +1,178 @@
+//! One monitor cut off from the store while the others still reach it: m3
+//! talks to PostgreSQL through a forwarder the test owns, which stops
+//! relaying for 30 s (connections stay open, nothing passes: a network
+//! partition) and then closes every connection from before.
+//!
+//! docs/monitoring.md, *Guarantees and their bounds*, "monitor cut off from
+//! the store while others are not": its buckets move after its TTL; no
+//! cluster goes longer than an interval without a check; duplicates only
+//! from its TTL until it reaches the store again, because it keeps checking
+//! its last known buckets (it cannot tell a cut from a store outage, where
+//! checking on is right). Readiness names the store; once the store is
+//! back it rejoins through a handoff.
+
+use super::super::*;
+use std::collections::BTreeMap;
+
+const CUT: Duration = Duration::from_secs(30);
+
+/// The port of a `postgres://…@127.0.0.1:PORT/…` URL.
+fn port_of(url: &str) -> u16 {
+    let rest = url.split("@127.0.0.1:").nth(1).expect("a 127.0.0.1 URL");
+    rest.split('/').next().unwrap().parse().expect("a port")
+}
+
+#[test]
+fn a_monitor_cut_off_from_the_store_hands_over_after_its_ttl_and_rejoins() {
+    let mut s = setup_on("chaos-cut-off", Backend::Postgres, &["--plain-http"], &[]);
+    let port = port_of(&s.store);
+    let fwd = Forwarder::start(([127, 0, 0, 1], port).into());
+    let m3_store = s
+        .store
+        .replace(&format!("127.0.0.1:{port}"), &fwd.addr.to_string());
+
+    // m1 first, so that it holds the lease: the cut one is a member.
+    let t0 = Instant::now();
+    s.mons.start("m1");
+    let store = s.store.clone();
+    wait_until("m1 is master", SLACK * 5, || {
+        master(&store).filter(|m| m == "m1")
+    });
+    s.mons.start("m2");
+    s.mons.start_on("m3", &m3_store, &[], &[]);
+    wait_until(
+        "m1..m3 balanced",
+        Duration::from_secs(15).saturating_sub(t0.elapsed()) + SLACK * 3,
+        || buckets(&store).filter(|o| balanced(o, &["m1", "m2", "m3"])),
+    );
+    let settled = Instant::now();
+    wait_checked(&s, &s.ids, settled, 1, INTERVAL + SLACK, "warm-up");
+    let urls = admin_urls(&store);
+    let m3_url: BTreeMap<String, String> = urls
+        .iter()
+        .filter(|(id, _)| *id == "m3")
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect();
+    assert_eq!(m3_url.len(), 1, "m3's admin URL: {urls:?}");
+    let before = buckets(&store).expect("bucket table");
+    let m3_had = before.iter().filter(|o| o.as_deref() == Some("m3")).count();
+
+    let t_cut = fwd.cut();
+    let mut v = Verdict::default();
+
+    // Readiness: 503 naming the store within two heartbeat intervals.
+    let bound_503 = 2 * HEARTBEAT + SLACK;
+    match poll_ready(&m3_url, 503, t_cut, bound_503) {
+        Ok(got) => {
+            let (took, body) = &got["m3"];
+            eprintln!(
+                "cut off: m3 not ready {took:?} after the cut: {}",
+                body.trim()
+            );
+            v.check(
+                body.contains("store"),
+                format!("m3's 503 names the store: {body:?}"),
+            );
+        }
+        Err(last) => v.check(
+            false,
+            format!("m3 not 503 within {bound_503:?} of the cut: {last:?}"),
+        ),
+    }
+
+    // Its buckets move after its TTL: its last heartbeat was written at
+    // most one interval before the cut, and peers count the TTL from when
+    // they saw it; then within two passes.
+    let moved = wait_until(
+        "m3's buckets re-owned by m1 and m2",
+        HEARTBEAT_TTL + 2 * HEARTBEAT + SLACK,
+        || {
+            buckets(&store)
+                .filter(|o| balanced(o, &["m1", "m2"]))
+                .map(|_| Instant::now())
+        },
+    );
+    let took = moved - t_cut;
+    eprintln!("cut off: m3's {m3_had} buckets re-owned {took:?} after the cut");
+    let not_before = HEARTBEAT_TTL - HEARTBEAT - Duration::from_millis(500);
+    v.check(
+        took >= not_before,
+        format!(
+            "m3's buckets moved {took:?} after the cut, before its TTL (bound >= {not_before:?})"
+        ),
+    );
+
+    // A partition of fixed length: sleeping for it is the point.
+    std::thread::sleep((t_cut + CUT).saturating_duration_since(Instant::now()));
+    let t_mend = fwd.mend();
+
+    // It rejoins through a handoff, ready again.
+    let rejoined = wait_until("m1..m3 balanced again", HEARTBEAT_TTL + SLACK * 3, || {
+        buckets(&store)
+            .filter(|o| balanced(o, &["m1", "m2", "m3"]))
+            .map(|_| Instant::now())
+    });
+    eprintln!(
+        "cut off: m3 balanced in again {:?} after the store was back",
+        rejoined - t_mend
+    );
+    if let Err(last) = poll_ready(&m3_url, 200, t_mend, HEARTBEAT_TTL + SLACK) {
+        v.check(false, format!("m3 ready again after the cut: {last:?}"));
+    }
+
+    // Coverage and duplicates, up to two intervals after the rejoin.
+    let to = rejoined + 2 * INTERVAL;
+    let limit = (to + INTERVAL + SLACK).saturating_duration_since(Instant::now());
+    wait_checked(&s, &s.ids, to, 1, limit, "checks after the rejoin");
+    let times = s.statsd.check_times();
+    let (gap, id) = worst_gap(&times, &s.ids, t_cut, to);
+    let bound_gap = INTERVAL + Duration::from_secs(1);
+    v.check(
+        gap <= bound_gap,
+        format!("worst gap from the cut to 2 intervals after the rejoin {gap:?} ({id}), bound {bound_gap:?}"),
+    );
+    let bound_dup = INTERVAL - Duration::from_secs(1);
+    // Before the peers could take m3's buckets, and from one pass after the
+    // store was back (m3 reads the new table) on: no two checks closer
+    // than an interval.
+    for (from, until, what) in [
+        (t_cut, t_cut + not_before, "before m3's TTL"),
+        (
+            t_mend + HEARTBEAT + SLACK,
+            to,
+            "after m3 reached the store again",
+        ),
+    ] {
+        match closest_pair(&times, from, until) {
+            Some((d, id)) => v.check(
+                d >= bound_dup,
+                format!("closest two checks of one cluster {what}: {d:?} ({id}), bound >= {bound_dup:?}"),
+            ),
+            // A window shorter than an interval may hold no pair at all.
+            None => eprintln!("cut off: no two checks of one cluster {what}"),
+        }
+    }
+    let doubled = times
+        .values()
+        .filter(|ts| {
+            ts.windows(2).any(|w| {
+                w[0] >= t_cut && w[1] <= t_mend + HEARTBEAT + SLACK && w[1] - w[0] < bound_dup
+            })
+        })
+        .count();
+    eprintln!(
+        "cut off: worst gap {gap:?}; {doubled} of {} clusters checked twice within an interval while m3 was cut off",
+        s.ids.len()
+    );
+    let skipped = s.statsd.counter_sum("monitor.checks.skipped", &[]);
+    v.check(skipped == 0, format!("checks skipped: {skipped}"));
+    for (id, p) in &s.mons.procs {
+        v.check(
+            !p.log_text().contains("panicked"),
+            format!("{id} did not panic"),
+        );
+    }
+    v.finish("monitor cut off from the store");
+    drop(fwd);
+    drop(s.dir);
+}
