@@ -104,3 +104,84 @@ fn a_killed_monitor_is_replaced_within_seconds() {
     assert!(pushed >= 1, "pushed assignments counted: {pushed}");
     drop(s.dir);
 }
+
+/// kill -9 of a member whose advertised admin URL accepts connections and
+/// never answers (a listener the test holds and never serves: as a lost
+/// host or a URL its peers cannot use): the probes time out, which proves
+/// nothing, so the heartbeat TTL decides (docs/monitoring.md, guarantees:
+/// "TTL + 2 passes = 14 s when its host is gone or its URL unreachable").
+/// Re-owned no sooner than the TTL less one heartbeat interval (its last
+/// heartbeat was written at most that long before the kill), within TTL +
+/// 2 passes; every cluster checked within an interval + that; no probe
+/// counted as refused.
+#[test]
+fn a_killed_monitor_whose_admin_url_never_answers_is_replaced_at_its_ttl() {
+    let mut s = setup("ttl-failover", &["--plain-http"]);
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mute_url = format!("http://{}", mute.local_addr().unwrap());
+    let store = s.store.clone();
+    let t0 = Instant::now();
+    s.mons.start("m1");
+    wait_until("m1 is master", SLACK * 5, || {
+        master(&store).filter(|m| m == "m1")
+    });
+    s.mons.start("m2");
+    s.mons
+        .start_with("m3", &[], &["--admin-advertise", &mute_url]);
+    wait_until(
+        "m1..m3 balanced",
+        Duration::from_secs(15).saturating_sub(t0.elapsed()) + SLACK * 3,
+        || buckets(&store).filter(|o| balanced(o, &["m1", "m2", "m3"])),
+    );
+    let settled = Instant::now();
+    wait_checked(&s, &s.ids, settled, 1, INTERVAL + SLACK, "warm-up");
+    let refused0 = s
+        .statsd
+        .counter_sum("monitor.peer.probes", &[("outcome", "refused")]);
+
+    let t_kill = Instant::now();
+    s.mons.get("m3").crash();
+    let bound = HEARTBEAT_TTL + 2 * HEARTBEAT;
+    let moved = wait_until("m3's buckets re-owned", bound + SLACK, || {
+        buckets(&store)
+            .filter(|o| balanced(o, &["m1", "m2"]))
+            .map(|_| Instant::now())
+    });
+    let took = moved - t_kill;
+    let not_before = HEARTBEAT_TTL - HEARTBEAT - Duration::from_millis(500);
+    let timeouts = s
+        .statsd
+        .counter_sum("monitor.peer.probes", &[("outcome", "timeout")]);
+    let refused = s
+        .statsd
+        .counter_sum("monitor.peer.probes", &[("outcome", "refused")])
+        - refused0;
+    eprintln!(
+        "kill -9 behind a mute admin URL: re-owned after {took:?} (bounds {not_before:?}..{bound:?} + slack {SLACK:?}); probes: {timeouts} timed out, {refused} refused"
+    );
+    assert!(
+        took >= not_before,
+        "re-owned {took:?} after the kill, before the TTL (bound >= {not_before:?}): a probe that timed out was taken as proof"
+    );
+    assert!(timeouts >= 1, "the probes of m3 timed out: {timeouts}");
+    assert_eq!(refused, 0, "no probe of m3 was refused");
+    wait_checked(
+        &s,
+        &s.ids,
+        Instant::now(),
+        1,
+        INTERVAL + SLACK,
+        "checks after the crash",
+    );
+    let end = Instant::now() - SLACK;
+    assert_coverage(
+        &s,
+        &s.ids,
+        t_kill,
+        end,
+        INTERVAL + bound + SLACK,
+        "TTL failover",
+    );
+    drop(mute);
+    drop(s.dir);
+}
