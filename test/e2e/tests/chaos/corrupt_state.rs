@@ -182,10 +182,13 @@ fn a_corrupt_master_document_is_repaired() {
     });
     eprintln!("corrupt master: m1, m2 balanced after {:?}", t0.elapsed());
     let db = db(&s);
+    let settled = Instant::now();
+    wait_checked(&s, &s.ids, settled, 1, INTERVAL + SLACK, "warm-up");
 
     let before = buckets(&store).expect("bucket table");
     let (valid, _) = master_doc(&db);
     assert!(decodes(&valid), "the engine's own document: {valid}");
+    let t_first = Instant::now();
     let valid = corrupt_and_repair(&s, &mut v, "garbage", "garbage", &before, &valid);
     let wrong = r#"{"buckets": "x"}"#;
     let valid = corrupt_and_repair(&s, &mut v, "of the wrong type", wrong, &before, &valid);
@@ -195,6 +198,50 @@ fn a_corrupt_master_document_is_repaired() {
     future["schemaVersion"] = json!(99);
     let future = future.to_string();
     corrupt_and_repair(&s, &mut v, "of a future schema", &future, &before, &valid);
+
+    // The guarantees table: no gap and no duplicate through the four
+    // corruptions (monitors keep checking with the last valid table);
+    // `monitor.master.invalid` was 1 while it lasted and is 0 again.
+    let to = Instant::now();
+    let limit = (to + INTERVAL + SLACK).saturating_duration_since(Instant::now());
+    wait_checked(&s, &s.ids, to, 1, limit, "checks after the corruptions");
+    let times = s.statsd.check_times();
+    let (gap, id) = worst_gap(&times, &s.ids, t_first, to);
+    let bound_gap = INTERVAL + Duration::from_secs(1);
+    eprintln!("corrupt master: worst gap through the corruptions {gap:?} ({id})");
+    v.check(
+        gap <= bound_gap,
+        format!("corrupt master: worst gap through the four corruptions {gap:?} ({id}), bound {bound_gap:?}"),
+    );
+    let bound_dup = INTERVAL - Duration::from_secs(1);
+    match closest_pair(&times, t_first, to) {
+        Some((d, id)) => v.check(
+            d >= bound_dup,
+            format!("corrupt master: closest two checks of one cluster {d:?} ({id}), bound >= {bound_dup:?}"),
+        ),
+        None => v.check(false, "corrupt master: no cluster checked twice through the corruptions"),
+    }
+    // 1 on a monitor that read the document invalid (the lease holder
+    // repairs it in the pass that reads it; the other may only ever read
+    // the repaired one), 0 again on every monitor.
+    let invalid = metric_values(&s.statsd, "monitor.master.invalid");
+    v.check(
+        invalid.values().any(|vals| vals.contains(&1.0)),
+        format!("corrupt master: monitor.master.invalid went to 1: {invalid:?}"),
+    );
+    let back = wait_for(2 * HEARTBEAT, || {
+        let now = metric_values(&s.statsd, "monitor.master.invalid");
+        ["m1", "m2"]
+            .iter()
+            .all(|m| now.get(*m).and_then(|v| v.last().copied()) == Some(0.0))
+    });
+    v.check(
+        back,
+        format!(
+            "corrupt master: monitor.master.invalid back to 0 on m1 and m2: {:?}",
+            metric_values(&s.statsd, "monitor.master.invalid")
+        ),
+    );
 
     // A third monitor joins the repaired fleet.
     let t_join = Instant::now();
