@@ -12,6 +12,24 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOC: clustermon_core::zone::Global = clustermon_core::zone::Global;
 
+/// clap's error as one line: its first paragraph, lines joined (a missing
+/// argument's name is on the line after "were not provided:"), without the
+/// usage and the hint that follow.
+fn one_line(text: &str) -> String {
+    let first: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let line = first.join(" ");
+    let line = line.trim_start_matches("error: ");
+    if line.is_empty() {
+        "invalid arguments".to_string()
+    } else {
+        line.to_string()
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -24,9 +42,7 @@ fn main() -> ExitCode {
                 e.exit();
             }
             // One line on stderr, exit code 2.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("clustermon: {}", first.trim_start_matches("error: "));
+            eprintln!("clustermon: {}", one_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };

@@ -44,3 +44,44 @@ fn bad_input_exits_2_and_an_unreachable_store_exits_1() {
     assert!(err.contains("cannot open postgres store"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// docs/monitoring.md: a non-loopback admin listener needs a token. Without
+/// `--admin-token-file` the monitor does not start: bad input (2), and the
+/// message names both flags.
+#[test]
+fn a_non_loopback_admin_listener_without_a_token_is_refused() {
+    let dir = std::env::temp_dir().join(format!("cm-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = format!("sqlite:{}", dir.join("store.db").display());
+    let out = clustermon(&[
+        "run",
+        "--store",
+        &store,
+        "--statsd",
+        "none",
+        "--admin-listen",
+        "0.0.0.0:0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--admin-listen 0.0.0.0:0 is not a loopback address")
+            && err.contains("--admin-token-file"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A missing required flag: exit 2 and one line that names the flag (the
+/// name is on clap's second line, which a first-line-only message lost).
+#[test]
+fn a_missing_flag_is_named_on_one_line() {
+    let out = clustermon(&["run", "--store", "sqlite:/nonexistent-dir/x/store.db"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("required arguments were not provided: --statsd <STATSD>"),
+        "{err}"
+    );
+}
