@@ -930,6 +930,23 @@ mod tests {
     /// The engine's bound on a feed read: the heartbeat TTL.
     const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+    /// The feed as the engine follows it (every 2 s, no re-list), in pages
+    /// of `page`.
+    fn follow<S: Store + 'static>(
+        store: &Arc<S>,
+        page: usize,
+    ) -> std::pin::Pin<Box<impl Stream<Item = FeedEvent>>> {
+        let store: Arc<dyn Store> = store.clone();
+        Box::pin(watch(
+            store,
+            None,
+            Duration::from_secs(2),
+            page,
+            None,
+            READ_TIMEOUT,
+        ))
+    }
+
     /// A feed read the store never answers (made while its connection was
     /// black-holed) is a failed read at the bound, not a feed stopped for
     /// good: the next read, once the store answers, goes on from the same
@@ -1024,14 +1041,7 @@ mod tests {
         store.put_cluster(&creating).await.unwrap();
 
         let (mut r, map, mut rx) = reflector();
-        let mut feed = Box::pin(watch(
-            store.clone(),
-            None,
-            Duration::from_secs(2),
-            2,
-            None,
-            READ_TIMEOUT,
-        ));
+        let mut feed = follow(&store, 2);
         drain(&mut feed, &mut r).await;
         assert!(map.replay_done());
         assert_eq!(map.len(), 6);
@@ -1137,14 +1147,7 @@ mod tests {
         sealed.encrypted_credentials = Some("sealed text".into());
         store.put_cluster(&sealed).await.unwrap();
         let (mut r, map, _rx) = reflector();
-        let mut feed = Box::pin(watch(
-            store.clone(),
-            None,
-            Duration::from_secs(2),
-            10,
-            None,
-            READ_TIMEOUT,
-        ));
+        let mut feed = follow(&store, 10);
         drain(&mut feed, &mut r).await;
         for (id, bucket) in [("zoned", 233), ("sealed", 234)] {
             let e = map.get(id).unwrap();
@@ -1176,27 +1179,13 @@ mod tests {
         store.put_cluster(&cluster("a", 1)).await.unwrap();
         store.put_cluster(&labelled).await.unwrap();
         let (mut r, map, mut rx) = reflector();
-        let mut feed = Box::pin(watch(
-            store.clone(),
-            None,
-            Duration::from_secs(2),
-            10,
-            None,
-            READ_TIMEOUT,
-        ));
+        let mut feed = follow(&store, 10);
         drain(&mut feed, &mut r).await;
         assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
         let (a, b) = (map.get("a").unwrap(), map.get("b").unwrap());
 
         // The whole feed again, from its beginning: nothing changes.
-        let mut again = Box::pin(watch(
-            store.clone(),
-            None,
-            Duration::from_secs(2),
-            10,
-            None,
-            READ_TIMEOUT,
-        ));
+        let mut again = follow(&store, 10);
         drain(&mut again, &mut r).await;
         assert!(Arc::ptr_eq(&a, &map.get("a").unwrap()));
         assert!(Arc::ptr_eq(&b, &map.get("b").unwrap()));
@@ -1331,14 +1320,7 @@ mod tests {
             release_memory: None,
             sched: sched.clone(),
         });
-        let mut feed = Box::pin(watch(
-            store.clone(),
-            None,
-            Duration::from_secs(2),
-            10,
-            None,
-            READ_TIMEOUT,
-        ));
+        let mut feed = follow(&store, 10);
         drain(&mut feed, &mut r).await;
         assert_eq!(map.len(), 0, "no bucket yet: nothing kept");
         let ids = |map: &ClusterMap| {
@@ -1417,14 +1399,7 @@ mod tests {
         store.put_cluster(&cluster("a", 1)).await.unwrap();
         store.put_cluster(&cluster("b", 2)).await.unwrap();
         let (mut r, map, _rx) = reflector();
-        let mut feed = Box::pin(watch(
-            store.clone(),
-            None,
-            Duration::from_secs(2),
-            10,
-            None,
-            READ_TIMEOUT,
-        ));
+        let mut feed = follow(&store, 10);
         drain(&mut feed, &mut r).await;
 
         store.set_available(false);

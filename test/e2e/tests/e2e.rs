@@ -333,6 +333,28 @@ fn warm_up(s: &mut Setup) {
     );
 }
 
+/// Starts m1 and waits until it holds the lease, then m2, then m3 as
+/// `start_m3` does (on another store URL, with other flags), and waits
+/// until the three are balanced and every cluster has been checked once:
+/// a settled fleet whose m3 is a member, never the master.
+fn warm_up_with_m3(s: &mut Setup, start_m3: impl FnOnce(&mut Monitors)) {
+    let t0 = Instant::now();
+    let store = s.store.clone();
+    s.mons.start("m1");
+    wait_until("m1 is master", SLACK * 5, || {
+        master(&store).filter(|m| m == "m1")
+    });
+    s.mons.start("m2");
+    start_m3(&mut s.mons);
+    wait_until(
+        "m1..m3 balanced",
+        Duration::from_secs(15).saturating_sub(t0.elapsed()) + SLACK * 3,
+        || buckets(&store).filter(|o| balanced(o, &["m1", "m2", "m3"])),
+    );
+    let settled = Instant::now();
+    wait_checked(s, &s.ids, settled, 1, INTERVAL + SLACK, "warm-up");
+}
+
 /// Three monitors share the 256 buckets evenly and check each cluster once
 /// per interval, three intervals long: no gap, no duplicate.
 #[test]
@@ -1068,6 +1090,38 @@ fn every_fault_shows_as_its_metric_and_no_secret_leaks() {
         outputs.push_str(&out);
         outputs.push_str(&err);
     }
+    // `explain` of every cluster (healthy and failing, bearer and client
+    // certificate): the stored document and the owner's view of it.
+    for id in &ids {
+        let (_, out, err) = clustermon(&["explain", id, "--store", &store]);
+        outputs.push_str(&out);
+        outputs.push_str(&err);
+    }
+    // Every admin API answer: Prometheus text, the status and monitor
+    // APIs, the assignment, each cluster's explanation.
+    let admin = admin_url_from_log(mons.get("m1")).expect("m1's admin URL");
+    let mut answers = String::new();
+    let mut paths: Vec<String> = [
+        "/",
+        "/metrics",
+        "/api/status",
+        "/api/monitor?limit=1000",
+        "/debug/assignment",
+        "/healthz/ready",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    paths.extend(ids.iter().map(|id| format!("/debug/clusters/{id}")));
+    for path in &paths {
+        let (code, body) = http_get(&format!("{admin}{path}")).expect("admin API answers");
+        assert!(code == 200 || code == 503, "GET {path}: {code}");
+        answers.push_str(&body);
+    }
+    assert!(
+        answers.contains("apiserver") && answers.contains(ids[0].as_str()),
+        "the admin answers hold the checks' results"
+    );
     mons.get("m1").signal("TERM");
     let st = mons
         .get("m1")
@@ -1100,6 +1154,7 @@ fn every_fault_shows_as_its_metric_and_no_secret_leaks() {
         ("fleetsim log", &fleet_log),
         ("statsd metrics", &metrics),
         ("command output", &outputs),
+        ("admin API answers", &answers),
     ] {
         for sec in &secrets {
             assert!(

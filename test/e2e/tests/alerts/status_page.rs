@@ -256,5 +256,42 @@ fn the_status_page_shows_every_monitors_failing_clusters_with_their_alert_state(
     verdict.check(n >= 6, format!("status json lists {n} failing clusters"));
     let total = v["failing_total"].as_u64().unwrap_or(0);
     verdict.check(total >= 6, format!("failing_total {total}"));
+
+    // A monitor that accepts and never answers (SIGSTOP): the page still
+    // answers within its 1.5 s bound per monitor (plus 1 s), names m2 as
+    // not gathered, never as healthy, and keeps m1's rows.
+    s.mons.get("m2").signal("STOP");
+    let t = Instant::now();
+    let stopped = view(&m1);
+    let took = t.elapsed();
+    s.mons.get("m2").signal("CONT");
+    eprintln!("status page with m2 stopped: answered in {took:?}");
+    verdict.check(
+        took <= Duration::from_millis(2500),
+        format!("/api/status with a stopped peer answered in {took:?} (bound 1.5 s + 1 s)"),
+    );
+    match stopped {
+        Some(v) => {
+            let m2 = v["monitors"]
+                .as_array()
+                .and_then(|a| a.iter().find(|m| m["monitor"] == "m2"))
+                .cloned();
+            verdict.check(
+                m2.as_ref().is_some_and(|m| m["ok"] == false),
+                format!("the stopped m2 is named, not ok: {m2:?}"),
+            );
+            let m1_rows = v["failing"]
+                .as_array()
+                .map_or(0, |a| a.iter().filter(|c| c["monitor"] == "m1").count());
+            verdict.check(
+                m1_rows > 0,
+                format!("m1's failing rows still shown: {m1_rows}"),
+            );
+        }
+        None => verdict.check(
+            false,
+            "/api/status answered with a stopped peer".to_string(),
+        ),
+    }
     verdict.finish("the fleet-wide status page");
 }

@@ -32,21 +32,8 @@ fn a_monitor_cut_off_from_the_store_hands_over_after_its_ttl_and_rejoins() {
         .replace(&format!("127.0.0.1:{port}"), &fwd.addr.to_string());
 
     // m1 first, so that it holds the lease: the cut one is a member.
-    let t0 = Instant::now();
-    s.mons.start("m1");
+    warm_up_with_m3(&mut s, |mons| mons.start_on("m3", &m3_store, &[], &[]));
     let store = s.store.clone();
-    wait_until("m1 is master", SLACK * 5, || {
-        master(&store).filter(|m| m == "m1")
-    });
-    s.mons.start("m2");
-    s.mons.start_on("m3", &m3_store, &[], &[]);
-    wait_until(
-        "m1..m3 balanced",
-        Duration::from_secs(15).saturating_sub(t0.elapsed()) + SLACK * 3,
-        || buckets(&store).filter(|o| balanced(o, &["m1", "m2", "m3"])),
-    );
-    let settled = Instant::now();
-    wait_checked(&s, &s.ids, settled, 1, INTERVAL + SLACK, "warm-up");
     let urls = admin_urls(&store);
     let m3_url: BTreeMap<String, String> = urls
         .iter()

@@ -120,21 +120,9 @@ fn a_killed_monitor_whose_admin_url_never_answers_is_replaced_at_its_ttl() {
     let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let mute_url = format!("http://{}", mute.local_addr().unwrap());
     let store = s.store.clone();
-    let t0 = Instant::now();
-    s.mons.start("m1");
-    wait_until("m1 is master", SLACK * 5, || {
-        master(&store).filter(|m| m == "m1")
+    warm_up_with_m3(&mut s, |mons| {
+        mons.start_with("m3", &[], &["--admin-advertise", &mute_url])
     });
-    s.mons.start("m2");
-    s.mons
-        .start_with("m3", &[], &["--admin-advertise", &mute_url]);
-    wait_until(
-        "m1..m3 balanced",
-        Duration::from_secs(15).saturating_sub(t0.elapsed()) + SLACK * 3,
-        || buckets(&store).filter(|o| balanced(o, &["m1", "m2", "m3"])),
-    );
-    let settled = Instant::now();
-    wait_checked(&s, &s.ids, settled, 1, INTERVAL + SLACK, "warm-up");
     let refused0 = s
         .statsd
         .counter_sum("monitor.peer.probes", &[("outcome", "refused")]);
