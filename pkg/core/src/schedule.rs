@@ -1156,7 +1156,10 @@ mod scheduler_tests {
         refresh_rx: mpsc::Receiver<RefreshRequest>,
         pass_done_ms: Arc<AtomicI64>,
         check_now: mpsc::Sender<CheckNowRequest>,
+        /// Stops starting checks; in-flight ones are waited for.
         stop: CancellationToken,
+        /// Cancels the checks still running after `stop`.
+        abort: CancellationToken,
         task: tokio::task::JoinHandle<()>,
         _events: mpsc::Sender<ClusterEvent>,
         _assign: watch::Sender<Arc<Assignment>>,
@@ -1253,8 +1256,8 @@ mod scheduler_tests {
             last_checks: Arc::new(DashMap::new()),
             alerts: None,
         });
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(sched.run(stop.clone(), stop.clone()));
+        let (stop, abort) = (CancellationToken::new(), CancellationToken::new());
+        let task = tokio::spawn(sched.run(stop.clone(), abort.clone()));
         Harness {
             log,
             metrics_rx,
@@ -1262,6 +1265,7 @@ mod scheduler_tests {
             pass_done_ms: pass_done,
             check_now: check_now_tx,
             stop,
+            abort,
             task,
             _events: events_tx,
             _assign: assign_tx,
@@ -1570,6 +1574,38 @@ mod scheduler_tests {
         assert_eq!(hanging_permits(1, 50), 1);
         assert_eq!(hanging_permits(8, 100), 8);
         assert_eq!(hanging_permits(8, 200), 8);
+    }
+
+    /// Graceful stop: after `stop_starting` no check starts, though checks
+    /// keep falling due; the ones running are waited for; `abort` cancels
+    /// them and the run ends at once.
+    #[tokio::test(start_paused = true)]
+    async fn after_the_stop_no_check_starts_and_running_ones_last_until_the_abort() {
+        // 40 clusters at a 10 s interval: 4 checks fall due a second, and
+        // with checks of 3 s about 12 run at any time.
+        let ids: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut h = harness(&refs, 100, Duration::from_secs(3), i64::MAX / 2).await;
+        tokio::time::sleep(Duration::from_millis(25_500)).await;
+        h.stop.cancel();
+        let started = h.log.lock().unwrap().len();
+        assert!(started > 0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            h.log.lock().unwrap().len(),
+            started,
+            "no check starts after the stop"
+        );
+        assert!(
+            h.stats.inflight.load(Ordering::Relaxed) > 0 && !h.task.is_finished(),
+            "the checks still running are waited for"
+        );
+        h.abort.cancel();
+        tokio::time::timeout(Duration::from_millis(10), &mut h.task)
+            .await
+            .expect("the abort ends the run at once")
+            .unwrap();
+        assert_eq!(h.stats.inflight.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -333,6 +333,22 @@ fn warm_up(s: &mut Setup) {
     );
 }
 
+/// Each cluster's bucket, from `clustermon cluster list --output json`.
+fn cluster_buckets(store: &str) -> std::collections::BTreeMap<String, usize> {
+    let (code, out, err) = clustermon(&["cluster", "list", "--store", store, "--output", "json"]);
+    assert_eq!(code, 0, "cluster list: {err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("cluster list JSON");
+    listed
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c["id"].as_str()?.to_string(),
+                c["bucket"].as_u64()? as usize,
+            ))
+        })
+        .collect()
+}
+
 /// Starts m1 and waits until it holds the lease, then m2, then m3 as
 /// `start_m3` does (on another store URL, with other flags), and waits
 /// until the three are balanced and every cluster has been checked once:
@@ -440,13 +456,9 @@ fn a_fourth_monitor_joins_moving_at_most_a_quarter_of_the_buckets_with_no_gap_or
     // zone (`monitor.cache.zones`) for each bucket it owns that has
     // clusters, and none for a bucket it gave away.
     let owners = buckets(&s.store).unwrap();
-    let (code, out, err) =
-        clustermon(&["cluster", "list", "--store", &s.store, "--output", "json"]);
-    assert_eq!(code, 0, "cluster list: {err}");
-    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("cluster list JSON");
     let mut with_clusters = [false; 256];
-    for c in &listed {
-        with_clusters[c["bucket"].as_u64().expect("bucket") as usize] = true;
+    for b in cluster_buckets(&s.store).values() {
+        with_clusters[*b] = true;
     }
     let mons = ["m1", "m2", "m3", "m4"];
     let owned = |m: &str| {

@@ -37,6 +37,8 @@ fn a_killed_monitor_is_replaced_within_seconds() {
         .into_iter()
         .filter(|m| *m != victim)
         .collect();
+    let owners = buckets(&store).expect("bucket table");
+    let bucket_of = cluster_buckets(&store);
     let t_kill = Instant::now();
     s.mons.get(&victim).crash();
     wait_until("the member's buckets re-owned", bound + SLACK, || {
@@ -60,6 +62,59 @@ fn a_killed_monitor_is_replaced_within_seconds() {
         end,
         INTERVAL + bound + SLACK,
         "member crash",
+    );
+    // Duplicates (docs/monitoring.md, guarantees: at most the checks the
+    // dead owner made after its last heartbeat as last observed, < 2
+    // heartbeat intervals' worth). The new owners catch up, at once, the
+    // latest check due since that heartbeat: only a cluster of the dead
+    // owner with a due time from 2 heartbeat intervals before the kill to
+    // the take-over may be checked twice within an interval (a duplicate,
+    // or a late catch-up followed by its grid slot); no other cluster.
+    let interval_ms = INTERVAL.as_millis() as i64;
+    let (from_ms, to_ms) = (
+        unix_ms(t_kill) - 2 * HEARTBEAT.as_millis() as i64 - 500,
+        unix_ms(t_kill + took) + 500,
+    );
+    let may_double = |id: &str| {
+        let owned = bucket_of
+            .get(id)
+            .and_then(|b| owners[*b].as_deref())
+            .is_some_and(|o| o == victim);
+        let phase = phase_ms(id, interval_ms);
+        let first_due = from_ms + (phase - from_ms).rem_euclid(interval_ms);
+        owned && first_due <= to_ms
+    };
+    let times = s.statsd.check_times();
+    let close = INTERVAL - Duration::from_secs(1);
+    let doubled: Vec<&String> = s
+        .ids
+        .iter()
+        .filter(|id| {
+            times.get(*id).is_some_and(|ts| {
+                ts.windows(2)
+                    .any(|w| w[0] + INTERVAL >= t_kill && w[1] <= end && w[1] - w[0] < close)
+            })
+        })
+        .collect();
+    let allowed = s.ids.iter().filter(|id| may_double(id)).count();
+    let victims = s
+        .ids
+        .iter()
+        .filter(|id| {
+            bucket_of
+                .get(*id)
+                .and_then(|b| owners[*b].as_deref())
+                .is_some_and(|o| o == victim)
+        })
+        .count();
+    eprintln!(
+        "kill -9 of a member: {} clusters checked twice within {close:?}, of {allowed} that may be (due in the catch-up window), of the dead owner's {victims}",
+        doubled.len()
+    );
+    let wrong: Vec<&&String> = doubled.iter().filter(|id| !may_double(id)).collect();
+    assert!(
+        wrong.is_empty(),
+        "clusters checked twice within {close:?} outside the dead owner's catch-up window: {wrong:?}"
     );
 
     // The master.
