@@ -119,11 +119,16 @@ pub fn client() -> Option<reqwest::Client> {
 /// Reads an answer's body up to `MAX_ANSWER` bytes.
 async fn body(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    while let Some(chunk) = r
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the answer: {}", root_cause(&e)))?
-    {
+    while let Some(chunk) = r.chunk().await.map_err(|e| {
+        if e.is_timeout() {
+            format!(
+                "the answer did not end within {}",
+                humantime::format_duration(GATHER_TIMEOUT)
+            )
+        } else {
+            format!("reading the answer: {}", root_cause(&e))
+        }
+    })? {
         if out.len() + chunk.len() > MAX_ANSWER {
             return Err(format!("answer larger than {MAX_ANSWER} bytes"));
         }

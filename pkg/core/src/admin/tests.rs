@@ -367,3 +367,60 @@ async fn the_status_view_gathers_every_monitors_failing_clusters_with_their_aler
     m2.stop().await;
     m1.stop().await;
 }
+
+/// Hostile peers on the status page's gather: one that sends an answer
+/// larger than the 16 MB bound (a 20 MB body, as fast as it can), one that
+/// sends its head and then a byte a second. Each costs its own row's error,
+/// within the gather's 1.5 s, never more memory than the bound.
+#[tokio::test]
+async fn a_peer_with_an_oversize_or_endless_answer_costs_its_row_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn serve(huge: bool) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let len = if huge { 20 << 20 } else { 1 << 20 };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+                    );
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b' '; 64 << 10];
+                    let mut sent = 0;
+                    while sent < len {
+                        let n = if huge { chunk.len() } else { 1 };
+                        if s.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        sent += n;
+                        if !huge {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                });
+            }
+        });
+        url
+    }
+    let client = fleet::client().unwrap();
+    for (huge, want) in [
+        (true, "answer larger than"),
+        (false, "the answer did not end within 1s 500ms"),
+    ] {
+        let url = serve(huge).await;
+        let t = tokio::time::Instant::now();
+        let e = fleet::fetch_report(&client, &url, 10).await.unwrap_err();
+        let took = t.elapsed();
+        assert!(e.contains(want), "{e}");
+        assert!(!e.contains("127.0.0.1"), "{e}");
+        assert!(
+            took < fleet::GATHER_TIMEOUT + Duration::from_millis(500),
+            "bounded by the gather's timeout: {took:?}"
+        );
+    }
+}
