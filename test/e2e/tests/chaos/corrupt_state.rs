@@ -425,3 +425,54 @@ fn corrupt_heartbeat_documents_are_skipped_and_counted() {
     v.finish("corrupt_heartbeat_documents_are_skipped_and_counted");
     drop(s.dir);
 }
+
+/// Monitors that start on a store whose master document is garbage have
+/// never seen a valid version: docs/monitoring.md, *Corrupt shared state*:
+/// they wait one lease TTL (someone may hold a lease they cannot read)
+/// before they repair it from an empty table. Not rewritten before the
+/// lease TTL from the first monitor's start; rewritten within lease TTL +
+/// one pass (+ slack); then the two share the buckets.
+#[test]
+fn monitors_that_never_saw_a_valid_master_wait_one_lease_ttl_before_the_repair() {
+    let mut s = setup("chaos-garbage-master-at-start", &["--plain-http"]);
+    let db = db(&s);
+    sqlite_exec_with(
+        &db,
+        "INSERT OR REPLACE INTO master (id, doc, etag) VALUES ('master', 'garbage', 1)",
+        &[],
+    )
+    .expect("plant a garbage master document");
+    let t0 = Instant::now();
+    s.mons.start("m1");
+    s.mons.start("m2");
+    let bound = LEASE_TTL + HEARTBEAT + SLACK;
+    let mut rewritten = None;
+    while t0.elapsed() < bound + SLACK {
+        let (doc, _) = master_doc(&db);
+        if doc != "garbage" {
+            rewritten = Some((t0.elapsed(), decodes(&doc)));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("garbage master at start: rewritten {rewritten:?} after the monitors started (bounds {LEASE_TTL:?}..{bound:?})");
+    let (took, valid) = rewritten.expect("the master document is rewritten");
+    assert!(
+        took >= LEASE_TTL,
+        "rewritten {took:?} after the start, before one lease TTL: a lease nobody could read was overridden"
+    );
+    assert!(
+        took <= bound,
+        "rewritten {took:?} after the start (bound {bound:?})"
+    );
+    assert!(valid, "the rewritten document decodes");
+    let store = s.store.clone();
+    wait_until(
+        "m1, m2 balanced after the repair",
+        Duration::from_secs(15),
+        || buckets(&store).filter(|o| balanced(o, &["m1", "m2"])),
+    );
+    let repaired = wait_for(SLACK, || repaired_count(&s) >= 1);
+    assert!(repaired, "monitor.master.repaired counted");
+    drop(s.dir);
+}
