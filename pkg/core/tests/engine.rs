@@ -48,6 +48,7 @@ const INTERVAL: Duration = Duration::from_secs(10);
 struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    handles: clustermon_core::engine::EngineHandles,
 }
 
 fn start(id: &str, store: &Arc<MemStore>, clock: Clock, log: &Log) -> Running {
@@ -77,6 +78,7 @@ fn start_with(
         clock,
     )
     .unwrap();
+    let handles = engine.handles();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(engine.run(async {
         let _ = rx.await;
@@ -84,6 +86,7 @@ fn start_with(
     Running {
         stop: Some(tx),
         task,
+        handles,
     }
 }
 
@@ -393,6 +396,60 @@ async fn seed(store: &Arc<MemStore>, n: usize) {
             .await
             .unwrap();
     }
+}
+
+/// docs/monitoring.md, *A monitor's memory follows its share*: a monitor
+/// is not ready while the documents of buckets it acquired are not read
+/// (beyond a heartbeat interval), a failed read is retried every heartbeat
+/// interval, and it is ready again within one once the reads answer.
+#[tokio::test(start_paused = true)]
+async fn a_monitor_is_not_ready_while_its_shares_documents_cannot_be_read() {
+    let store = Arc::new(MemStore::new());
+    seed(&store, 60).await;
+    let clock = Clock::at(1_700_000_000_000);
+    let log: Log = Default::default();
+    let a = start("a", &store, clock, &log);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+
+    // b joins while the bucket reads fail: it gets buckets by handoff and
+    // cannot read their documents.
+    store.set_bucket_reads_available(false);
+    let b = start("b", &store, clock, &log);
+    let (h, hb) = (b.handles.clone(), EngineConfig::new("b").heartbeat_interval);
+    let unread = |why: &[String]| why.iter().any(|w| w.contains("not read yet"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let why = h.not_ready();
+        if unread(&why) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never named its unread share: {why:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It stays not ready while the reads fail (retried, still failing).
+    tokio::time::sleep(hb * 5).await;
+    let why = h.not_ready();
+    assert!(unread(&why), "still unread after 5 retries: {why:?}");
+
+    store.set_bucket_reads_available(true);
+    let back = tokio::time::Instant::now();
+    loop {
+        let why = h.not_ready();
+        if why.is_empty() {
+            break;
+        }
+        assert!(
+            back.elapsed() <= hb + Duration::from_millis(100),
+            "not ready {:?} after the reads answer again (bound one heartbeat interval): {why:?}",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(b).await;
+    stop(a).await;
 }
 
 #[tokio::test(start_paused = true)]

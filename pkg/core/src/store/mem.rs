@@ -32,6 +32,7 @@ pub struct MemStore {
     inner: Mutex<Inner>,
     down: AtomicBool,
     stalled: AtomicBool,
+    bucket_reads_down: AtomicBool,
     /// Like Cosmos DB's latest-version feed: deletes are not in the feed.
     no_delete_feed: bool,
 }
@@ -56,6 +57,12 @@ impl MemStore {
 
     pub fn set_stalled(&self, stalled: bool) {
         self.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    /// Makes the reads of a bucket's documents (`list_clusters_in`) fail
+    /// while every other call answers (an index or a query that fails).
+    pub fn set_bucket_reads_available(&self, up: bool) {
+        self.bucket_reads_down.store(!up, Ordering::SeqCst);
     }
 
     /// Replaces the master document's body with `body` as is (tests of a
@@ -233,6 +240,20 @@ impl Store for MemStore {
 
     async fn count_clusters(&self) -> StoreResult<u64> {
         Ok(self.lock().await?.clusters.len() as u64)
+    }
+
+    async fn list_clusters_in(&self, buckets: &[u8]) -> StoreResult<Vec<RawCluster>> {
+        if self.bucket_reads_down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "mem store bucket reads set down".into(),
+            ));
+        }
+        Ok(self
+            .list_clusters()
+            .await?
+            .into_iter()
+            .filter(|c| crate::store::bucket_of(&c.body).is_some_and(|b| buckets.contains(&b)))
+            .collect())
     }
 
     async fn read_feed(&self, continuation: Option<&str>, max: usize) -> StoreResult<FeedPage> {
