@@ -694,18 +694,12 @@ impl Reflector {
             if chunk.is_empty() {
                 break;
             }
-            let answer = tokio::time::timeout(
-                st.share.read_timeout,
-                st.share.store.list_clusters_in(&chunk),
-            )
-            .await;
-            let docs: Vec<RawCluster> = match answer {
-                Ok(Ok(docs)) => docs,
-                failed => {
-                    let why = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "no answer in time".to_string(),
-                    };
+            let call = st.share.store.list_clusters_in(&chunk);
+            let docs: Vec<RawCluster> = match bounded(st.share.read_timeout, "bucket read", call)
+                .await
+            {
+                Ok(docs) => docs,
+                Err(why) => {
                     st.retry_at = Some(Instant::now() + st.share.tick);
                     inner
                         .pending_buckets

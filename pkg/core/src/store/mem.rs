@@ -248,12 +248,10 @@ impl Store for MemStore {
                 "mem store bucket reads set down".into(),
             ));
         }
-        Ok(self
-            .list_clusters()
-            .await?
-            .into_iter()
-            .filter(|c| crate::store::bucket_of(&c.body).is_some_and(|b| buckets.contains(&b)))
-            .collect())
+        Ok(crate::store::in_buckets(
+            self.list_clusters().await?,
+            buckets,
+        ))
     }
 
     async fn read_feed(&self, continuation: Option<&str>, max: usize) -> StoreResult<FeedPage> {

@@ -103,6 +103,13 @@ pub struct StoreStats {
     pub invalid_monitor_docs: u64,
 }
 
+/// The documents of `all` whose bucket is one of `buckets`.
+pub fn in_buckets(all: Vec<RawCluster>, buckets: &[u8]) -> Vec<RawCluster> {
+    all.into_iter()
+        .filter(|c| bucket_of(&c.body).is_some_and(|b| buckets.contains(&b)))
+        .collect()
+}
+
 /// The bucket of a stored cluster body, read without decoding the rest; for
 /// backends that keep the body as text.
 pub fn bucket_of(body: &str) -> Option<u8> {
@@ -184,12 +191,7 @@ pub trait Store: Send + Sync + 'static {
     /// reads when it acquires buckets (it keeps no other cluster's
     /// document). Backends answer it with a query by bucket.
     async fn list_clusters_in(&self, buckets: &[u8]) -> StoreResult<Vec<RawCluster>> {
-        Ok(self
-            .list_clusters()
-            .await?
-            .into_iter()
-            .filter(|c| bucket_of(&c.body).is_some_and(|b| buckets.contains(&b)))
-            .collect())
+        Ok(in_buckets(self.list_clusters().await?, buckets))
     }
     /// Changes after `continuation` (from the beginning when `None`), in
     /// commit order, at most `max` of them.
