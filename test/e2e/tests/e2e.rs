@@ -178,6 +178,30 @@ fn assert_coverage(
     );
 }
 
+/// Waits until every cluster of `ids` is checked once more (up to `wait`
+/// from now), then asserts that none went longer than `bound` without a
+/// check from `from` on. Answers the end of the window judged.
+fn covered_after(
+    s: &Setup,
+    ids: &[String],
+    from: Instant,
+    wait: Duration,
+    bound: Duration,
+    what: &str,
+) -> Instant {
+    wait_checked(
+        s,
+        ids,
+        Instant::now(),
+        1,
+        wait,
+        &format!("{what}: checks after it"),
+    );
+    let end = Instant::now() - SLACK;
+    assert_coverage(s, ids, from, end, bound, what);
+    end
+}
+
 fn assert_no_double(s: &Setup, from: Instant, to: Instant, what: &str) {
     let times = s.statsd.check_times();
     if let Some((d, id)) = closest_pair(&times, from, to) {
@@ -279,20 +303,11 @@ fn a_crashed_member_is_replaced_without_a_gap(
     );
     let took = t_kill.elapsed();
     eprintln!("{what}: {victim}'s buckets re-owned after {took:?} (bound {bound_member_crash:?})");
-    wait_checked(
-        s,
-        ids,
-        Instant::now(),
-        1,
-        INTERVAL * 3 / 2 + SLACK,
-        &format!("{what}: checks after the crash"),
-    );
-    let end = Instant::now() - SLACK;
-    assert_coverage(
+    covered_after(
         s,
         ids,
         t_kill,
-        end,
+        INTERVAL * 3 / 2 + SLACK,
         INTERVAL + bound_member_crash + SLACK,
         what,
     );
@@ -519,20 +534,11 @@ fn crash_of_a_member_then_of_the_master() {
         HEARTBEAT_TTL + 2 * HEARTBEAT + SLACK,
         || buckets(&store).filter(|o| balanced(o, &last)),
     );
-    wait_checked(
-        &s,
-        &s.ids,
-        Instant::now(),
-        1,
-        INTERVAL * 3 / 2 + SLACK,
-        "checks after the master crash",
-    );
-    let end = Instant::now() - SLACK;
-    assert_coverage(
+    covered_after(
         &s,
         &s.ids,
         t_kill,
-        end,
+        INTERVAL * 3 / 2 + SLACK,
         INTERVAL + bound_member_crash + SLACK,
         "master crash",
     );
@@ -591,20 +597,11 @@ fn graceful_stop_hands_over() {
     );
     s.mons.get(&leaver).wait_exit(Duration::from_secs(1));
 
-    wait_checked(
-        &s,
-        &s.ids,
-        Instant::now(),
-        1,
-        INTERVAL + SLACK,
-        "checks after the handoff",
-    );
-    let end = Instant::now() - SLACK;
-    assert_coverage(
+    let end = covered_after(
         &s,
         &s.ids,
         t_term,
-        end,
+        INTERVAL + SLACK,
         INTERVAL + 2 * HEARTBEAT + SLACK,
         "graceful stop",
     );
@@ -681,20 +678,11 @@ fn monitors_stopped_together_hand_over_with_no_gap_or_duplicate() {
         "stopped together: {leavers:?} exited, buckets over {stay:?} after {:?}",
         t_term.elapsed()
     );
-    wait_checked(
-        &s,
-        &s.ids,
-        Instant::now(),
-        1,
-        INTERVAL + SLACK,
-        "stopped together: checks after the handoff",
-    );
-    let end = Instant::now() - SLACK;
-    assert_coverage(
+    let end = covered_after(
         &s,
         &s.ids,
         t_term,
-        end,
+        INTERVAL + SLACK,
         INTERVAL + 2 * HEARTBEAT + SLACK,
         "stopped together",
     );

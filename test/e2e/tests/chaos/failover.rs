@@ -46,20 +46,11 @@ fn a_killed_monitor_is_replaced_within_seconds() {
     });
     let took = t_kill.elapsed();
     eprintln!("kill -9 of a member: re-owned after {took:?} (bound {bound:?} + slack {SLACK:?})");
-    wait_checked(
-        &s,
-        &s.ids,
-        Instant::now(),
-        1,
-        INTERVAL + SLACK,
-        "checks after the member's crash",
-    );
-    let end = Instant::now() - SLACK;
-    assert_coverage(
+    let end = covered_after(
         &s,
         &s.ids,
         t_kill,
-        end,
+        INTERVAL + SLACK,
         INTERVAL + bound + SLACK,
         "member crash",
     );
@@ -132,20 +123,11 @@ fn a_killed_monitor_is_replaced_within_seconds() {
     eprintln!(
         "kill -9 of the master: {new_master} master after {took_master:?}, re-owned after {took:?} (bound {bound:?} + slack {SLACK:?})"
     );
-    wait_checked(
-        &s,
-        &s.ids,
-        Instant::now(),
-        1,
-        INTERVAL + SLACK,
-        "checks after the master's crash",
-    );
-    let end = Instant::now() - SLACK;
-    assert_coverage(
+    covered_after(
         &s,
         &s.ids,
         t_kill,
-        end,
+        INTERVAL + SLACK,
         INTERVAL + bound + SLACK,
         "master crash",
     );
@@ -208,20 +190,11 @@ fn a_killed_monitor_whose_admin_url_never_answers_is_replaced_at_its_ttl() {
     );
     assert!(timeouts >= 1, "the probes of m3 timed out: {timeouts}");
     assert_eq!(refused, 0, "no probe of m3 was refused");
-    wait_checked(
-        &s,
-        &s.ids,
-        Instant::now(),
-        1,
-        INTERVAL + SLACK,
-        "checks after the crash",
-    );
-    let end = Instant::now() - SLACK;
-    assert_coverage(
+    covered_after(
         &s,
         &s.ids,
         t_kill,
-        end,
+        INTERVAL + SLACK,
         INTERVAL + bound + SLACK,
         "TTL failover",
     );
