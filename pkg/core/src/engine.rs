@@ -73,6 +73,9 @@ pub struct EngineHandles {
     pub probes: Arc<std::sync::Mutex<BTreeMap<String, ProbeRecord>>>,
     /// Asks the membership loop for a pass now (a pushed assignment).
     sync: mpsc::Sender<RefreshRequest>,
+    /// The newest bucket table a peer pushed (it wrote it to the store
+    /// first): applied only by a pass whose master read fails.
+    pushed: Arc<std::sync::Mutex<Option<MasterDoc>>>,
     pub draining: Arc<AtomicBool>,
     pub stats: Arc<SchedStats>,
     pub last_checks: Arc<DashMap<Arc<str>, StoredCheck>>,
@@ -240,6 +243,23 @@ impl EngineHandles {
         self.sync.try_send(tx).is_ok()
     }
 
+    /// A pushed assignment with the table its writer wrote to the store.
+    /// The store stays the source: the table is kept (the newest
+    /// generation pushed) and applied only by a pass whose read of the
+    /// master document fails, so a monitor cut off from the store alone
+    /// learns that its buckets were taken over and stops checking them,
+    /// where in an outage of the whole store nobody writes a table and
+    /// every monitor goes on with its last one.
+    pub fn sync_with(&self, doc: MasterDoc) -> bool {
+        {
+            let mut slot = self.pushed.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.as_ref().is_none_or(|d| d.generation < doc.generation) {
+                *slot = Some(doc);
+            }
+        }
+        self.sync_now()
+    }
+
     /// Checks a cluster now through the scheduler's pool: it takes a
     /// worker permit, never overlaps a check of the same cluster, emits the
     /// same metrics and records the result as a scheduled check does.
@@ -334,6 +354,7 @@ impl Engine {
             max_clock_offset: cfg.max_clock_offset,
             probes: Arc::default(),
             sync: refresh_tx.clone(),
+            pushed: Arc::default(),
             draining: Arc::new(AtomicBool::new(false)),
             stats,
             last_checks: Arc::new(DashMap::new()),
@@ -874,6 +895,7 @@ impl MembershipLoop {
         // last valid version), or unreadable (keep the last view).
         let (base, expected, corrupt) = match reads.master {
             Ok(Some(v)) => {
+                self.drop_pushed_up_to(v.value.generation);
                 self.observer.observe_master(Some(&v.etag.0), now);
                 self.set_master_invalid(None);
                 self.last_valid_master = Some(v.value.clone());
@@ -892,7 +914,10 @@ impl MembershipLoop {
             }
             Err(_) => {
                 // Keep checking the last known buckets; readiness and the
-                // age metric tell.
+                // age metric tell. Unless a peer pushed a newer table: then
+                // the store answers others (they wrote it), and the buckets
+                // they took from this monitor are theirs.
+                self.apply_pushed(now);
                 self.finish_pass(reads.heartbeat.is_ok(), None);
                 return;
             }
@@ -981,7 +1006,7 @@ impl MembershipLoop {
                         Ok(etag) => {
                             self.observer.observe_master(Some(&etag.0), now);
                             let before = self.handles.assignment.borrow().buckets.clone();
-                            self.push_assignment(&before, &doc.buckets).await;
+                            self.push_assignment(&before, &doc).await;
                             if corrupt {
                                 self.metrics.self_count(names::MASTER_REPAIRED, 1, &[]);
                                 tracing::warn!(
@@ -1109,17 +1134,15 @@ impl MembershipLoop {
     }
 
     /// Pushed assignments: tells the monitors whose buckets changed
-    /// between `before` and `after` to read the table now (`POST
-    /// /admin/sync`). A hint: a lost notice only means the next pass reads
-    /// the change.
-    async fn push_assignment(
-        &self,
-        before: &[crate::model::BucketAssignment],
-        after: &[crate::model::BucketAssignment],
-    ) {
+    /// between `before` and `doc` (just written) to read the table now
+    /// (`POST /admin/sync`, the table in the body). A hint: a lost notice
+    /// only means the next pass reads the change; a monitor whose store
+    /// reads fail applies the pushed table instead (`EngineHandles::sync_with`).
+    async fn push_assignment(&self, before: &[crate::model::BucketAssignment], doc: &MasterDoc) {
         let Some(client) = &self.http else {
             return;
         };
+        let after = &doc.buckets;
         let mut who: std::collections::BTreeSet<&str> = Default::default();
         for (a, b) in before.iter().zip(after) {
             if a.owner != b.owner || a.prev != b.prev || a.earlier != b.earlier {
@@ -1141,8 +1164,13 @@ impl MembershipLoop {
             .admin_token
             .as_ref()
             .map(|t| t.expose().to_string());
+        // (An empty body, should the table not serialise, is a plain hint.)
+        let body = serde_json::to_string(doc).unwrap_or_default();
         let results = futures::future::join_all(targets.iter().map(|(_, url)| {
-            let mut req = client.post(format!("{}/admin/sync", url.trim_end_matches('/')));
+            let mut req = client
+                .post(format!("{}/admin/sync", url.trim_end_matches('/')))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
             if let Some(t) = &token {
                 req = req.bearer_auth(t);
             }
@@ -1162,6 +1190,43 @@ impl MembershipLoop {
                 tracing::debug!(monitor = %id, result, "assignment push not taken; the next pass reads it");
             }
         }
+    }
+
+    /// Forgets pushed tables the store has caught up with.
+    fn drop_pushed_up_to(&self, generation: u64) {
+        let mut slot = self
+            .handles
+            .pushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|d| d.generation <= generation) {
+            *slot = None;
+        }
+    }
+
+    /// A pass whose master read failed: applies the table a peer pushed
+    /// if it is newer than this monitor's view.
+    fn apply_pushed(&mut self, now: i64) {
+        let doc = self
+            .handles
+            .pushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(doc) = doc else {
+            return;
+        };
+        let current = self.handles.assignment.borrow().generation;
+        if doc.generation <= current {
+            return;
+        }
+        tracing::warn!(
+            generation = doc.generation,
+            was = current,
+            "the store does not answer this monitor: applying the bucket table a peer wrote and pushed (its buckets moved)"
+        );
+        self.metrics.self_count(names::SYNC_APPLIED, 1, &[]);
+        self.publish(doc.normalised(), now);
     }
 
     fn finish_pass(&mut self, hb_ok: bool, live: Option<usize>) {
@@ -1317,7 +1382,7 @@ impl MembershipLoop {
             {
                 Ok(_) => {
                     tracing::info!(generation = doc.generation, "released buckets and lease");
-                    self.push_assignment(&base.buckets, &doc.buckets).await;
+                    self.push_assignment(&base.buckets, &doc).await;
                     self.publish(doc, now);
                     return Ok(handoff);
                 }

@@ -175,6 +175,29 @@ fn limit_of(query: Option<&str>) -> usize {
         .clamp(1, fleet::MAX_LIMIT)
 }
 
+/// A pushed bucket table: 256 buckets with their handoffs fit in a few
+/// tens of KB.
+const PUSHED_TABLE_MAX: usize = 1 << 20;
+/// How long a pushed table's body may take to arrive (its sender gives up
+/// after a quarter of a heartbeat interval).
+const PUSHED_TABLE_WITHIN: Duration = Duration::from_secs(2);
+
+/// A request's body, at most `max` bytes, all of it within `within`.
+async fn read_body(body: Incoming, max: usize, within: Duration) -> Result<Bytes, String> {
+    use http_body_util::BodyExt;
+    match tokio::time::timeout(within, http_body_util::Limited::new(body, max).collect()).await {
+        Err(_) => Err(format!(
+            "the body did not arrive within {}",
+            humantime::format_duration(within)
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(format!("the body is larger than {max} bytes"))
+        }
+        Ok(Err(_)) => Err("the body could not be read".into()),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+    }
+}
+
 async fn handle(req: Request<Incoming>, state: &State) -> Resp {
     let (engine, token) = (&state.engine, state.token.as_ref());
     let path = req.uri().path().to_string();
@@ -261,9 +284,32 @@ async fn handle(req: Request<Incoming>, state: &State) -> Resp {
                 json_resp(status, &answer)
             }
         },
-        // A pushed assignment from the lease holder: read the table now.
+        // A pushed assignment from the writer of a new bucket table: read
+        // the table now. The body, when there is one, is that table (see
+        // `EngineHandles::sync_with`); an empty one is a plain hint.
         (Method::POST, ["admin", "sync"]) => {
-            if engine.sync_now() {
+            let pushed =
+                match read_body(req.into_body(), PUSHED_TABLE_MAX, PUSHED_TABLE_WITHIN).await {
+                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                    Ok(b) if b.is_empty() => None,
+                    Ok(b) => match std::str::from_utf8(&b)
+                        .map_err(|_| "not UTF-8".to_string())
+                        .and_then(crate::model::MasterDoc::decode)
+                    {
+                        Ok(doc) => Some(doc),
+                        Err(e) => {
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                format!("the pushed bucket table does not decode: {e}\n"),
+                            )
+                        }
+                    },
+                };
+            let queued = match pushed {
+                Some(doc) => engine.sync_with(doc),
+                None => engine.sync_now(),
+            };
+            if queued {
                 json_resp(
                     StatusCode::ACCEPTED,
                     &json!({"monitor": &*engine.me, "sync": true}),

@@ -424,3 +424,102 @@ async fn a_peer_with_an_oversize_or_endless_answer_costs_its_row_only() {
         );
     }
 }
+
+impl Running {
+    async fn push(&self, body: impl Into<reqwest::Body>, token: Option<&str>) -> (u16, String) {
+        let mut b = self
+            .client
+            .post(format!("{}/admin/sync", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            b = b.bearer_auth(t);
+        }
+        let r = b.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn owned_and_generation(&self) -> (usize, u64) {
+        let (_, body) = self.get("/debug/assignment").await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        (
+            v["owned"].as_array().unwrap().len(),
+            v["generation"].as_u64().unwrap(),
+        )
+    }
+}
+
+/// A pushed bucket table is the store's only when the store does not
+/// answer this monitor: while it answers, the table read from it wins (the
+/// pushed one is never applied); once its reads fail, a pushed table newer
+/// than the monitor's view is applied at its next pass (the buckets taken
+/// from it are no longer checked). Bodies that are not a table, too large
+/// or unauthenticated are refused with a reason that quotes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_table_is_applied_only_when_the_store_does_not_answer() {
+    let r = start(Some(TOKEN)).await;
+    r.wait_status("/healthz/ready", 200).await;
+    let stored = r.store.read_master().await.unwrap().unwrap().value;
+    assert_eq!(r.owned_and_generation().await, (256, stored.generation));
+
+    // The table a peer would write once this monitor's heartbeat expired:
+    // every bucket to m2.
+    let mut taken = stored.clone();
+    taken.generation += 1;
+    for b in &mut taken.buckets {
+        *b = crate::model::BucketAssignment {
+            owner: Some("m2".into()),
+            ..Default::default()
+        };
+    }
+    let body = serde_json::to_string(&taken).unwrap();
+    assert_eq!(r.push(body.clone(), None).await.0, 401);
+    let (code, answer) = r.push(body.clone(), Some(TOKEN)).await;
+    assert_eq!(code, 202, "{answer}");
+
+    // The store answers: its table stays the view for pass after pass.
+    let passes = tokio::time::Instant::now() + Duration::from_millis(400);
+    while tokio::time::Instant::now() < passes {
+        assert_eq!(
+            r.owned_and_generation().await,
+            (256, stored.generation),
+            "applied although the store answers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The store stops answering this monitor: the pushed table applies.
+    r.store.set_available(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = r.owned_and_generation().await;
+        if now == (0, taken.generation) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pushed table was not applied: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An older table pushed afterwards changes nothing.
+    let (code, _) = r
+        .push(serde_json::to_string(&stored).unwrap(), Some(TOKEN))
+        .await;
+    assert_eq!(code, 202);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r.owned_and_generation().await, (0, taken.generation));
+
+    // Bodies that are no table.
+    let (code, answer) = r
+        .push(r#"{"buckets": "sk-live-do-not-echo"}"#, Some(TOKEN))
+        .await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("does not decode"), "{answer}");
+    assert!(!answer.contains("do-not-echo"), "{answer}");
+    let (code, answer) = r.push(vec![b' '; 2 << 20], Some(TOKEN)).await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("larger than"), "{answer}");
+    r.store.set_available(true);
+    r.stop().await;
+}

@@ -81,6 +81,7 @@ pub mod names {
     pub const STORE_HEALTHY: &str = "monitor.store.healthy";
     pub const PEER_PROBES: &str = "monitor.peer.probes";
     pub const SYNC_SENT: &str = "monitor.sync.sent";
+    pub const SYNC_APPLIED: &str = "monitor.sync.applied";
     pub const METRICS_DROPPED: &str = "monitor.metrics.dropped";
     pub const LABELS_DROPPED: &str = "monitor.metrics.labels.dropped";
     pub const ALERTS_SENT: &str = "monitor.alerts.sent";
@@ -125,7 +126,7 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: POD_CONTAINER_STATUSES, kind: Gauge, tags: "resourceId, labels, name, namespace, containername, reason", help: "1 per container waiting for a bad reason (CrashLoopBackOff, ImagePullBackOff, ErrImagePull, Create/RunContainer errors)." },
         MetricDef { name: POD_RESTARTS, kind: Gauge, tags: "resourceId, labels, name, namespace, containername", help: "Restart count of a container that restarted 10 times or more." },
         MetricDef { name: CERT_EXPIRATION, kind: Gauge, tags: "resourceId, labels, subject, expired", help: "Days until the API server's serving certificate (from the TLS handshake) expires; 0 with expired:true once it has." },
-        MetricDef { name: COLLECTOR_DURATION, kind: Timer, tags: "resourceId, labels, collector", help: "Wall time of one collector (apiserver, readyz, certificate, version, nodes, clusteroperators, clusterversion, pods)." },
+        MetricDef { name: COLLECTOR_DURATION, kind: Timer, tags: "resourceId, labels, collector", help: "Wall time of one collector (apiserver, readyz, certificate, version, clusterversion, clusteroperators, pods, nodes: the order they run in). With the collectors in turn their first requests are sent together after healthz (pipelined), so a collector's time runs from when it starts to read its answer, not from when its request left: the first one's includes the round trip, the later ones' mostly their answers' transfer and decoding." },
         MetricDef { name: COLLECTOR_ERROR, kind: Counter, tags: "resourceId, labels, collector, error", help: "A collector failed; error is config, unreachable, timeout, unauthorized, status, decode, too_large or panic (the collector panicked). Collector credentials: the document's credentials could not be used." },
         MetricDef { name: CLUSTER_DURATION, kind: Timer, tags: "resourceId, labels", help: "Wall time of the full check of a cluster (all collectors)." },
         MetricDef { name: CLUSTER_INSECURE, kind: Counter, tags: "resourceId, labels", help: "A check ran with insecureSkipTLSVerify (certificate not verified); the first one per cluster is also logged." },
@@ -166,6 +167,7 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: CLOCK_SKEWED, kind: Gauge, tags: "monitor", help: "1 while this monitor's clock is off by more than --max-clock-offset from more than half of the fleet: it takes no bucket and no lease." },
         MetricDef { name: PEER_PROBES, kind: Counter, tags: "monitor, outcome", help: "Probes of a quiet peer's admin endpoint (GET /healthz/live) by the lease holder, or of the lease holder by the others: outcome alive, refused (the process is gone: its buckets move at once), timeout or error (proves nothing: the heartbeat TTL decides)." },
         MetricDef { name: SYNC_SENT, kind: Counter, tags: "monitor, result", help: "Pushed assignments (POST /admin/sync) sent by the writer of a new bucket table to the monitors whose buckets changed: result ok, refused or failed (a lost notice only means the next pass reads the table)." },
+        MetricDef { name: SYNC_APPLIED, kind: Counter, tags: "monitor", help: "Bucket tables a peer wrote and pushed, applied by this monitor because its own read of the master document failed (the store does not answer it but answers the writer): it stops checking the buckets taken from it." },
         MetricDef { name: STORE_HEALTHY, kind: Gauge, tags: "monitor", help: "1 when every store call of the last pass succeeded, else 0 (the checks go on with the last assignment)." },
         MetricDef { name: MASTER_CONFLICTS, kind: Counter, tags: "monitor", help: "Master writes that lost a compare-and-swap race (HTTP 412 equivalent)." },
         MetricDef { name: METRICS_DROPPED, kind: Counter, tags: "monitor, reason", help: "Metrics lost: reason queue_full (emit queue full), send_failed (socket error), stale (older than one minute when it could be sent)." },
