@@ -610,6 +610,132 @@ fn a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check() {
     drop(s.dir);
 }
 
+/// A pause longer than half an interval, within a longer TTL
+/// (docs/monitoring.md, guarantees, "process paused within its TTL"): what
+/// fell due more than half an interval before SIGCONT is skipped as late,
+/// counted, and leaves a gap of up to two intervals; what fell due later
+/// runs at once; nothing moves and nothing is checked twice.
+#[test]
+fn a_member_paused_past_half_an_interval_skips_what_is_that_late_and_never_doubles() {
+    const PAUSE: Duration = Duration::from_secs(8);
+    let mut s = setup("chaos-pause-late", &["--plain-http"]);
+    let mut v = Verdict::default();
+    // A TTL that outlasts the pause and its stall bound (TTL less one
+    // heartbeat interval), so that only the late rule acts.
+    s.mons.extra.extend([
+        "--heartbeat-ttl".to_string(),
+        "20s".to_string(),
+        "--lease-ttl".to_string(),
+        "20s".to_string(),
+        "--log-level".to_string(),
+        "info,clustermon_core::schedule=debug".to_string(),
+    ]);
+    warm_up(&mut s);
+    let store = s.store.clone();
+    let m0 = master(&store).expect("a master");
+    let paused = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != m0)
+        .unwrap()
+        .to_string();
+    let before = buckets(&store).expect("bucket table");
+    let bucket_of = cluster_buckets(&store);
+    let mine: Vec<&String> = s
+        .ids
+        .iter()
+        .filter(|id| {
+            bucket_of
+                .get(*id)
+                .and_then(|b| before[*b].as_deref())
+                .is_some_and(|o| o == paused)
+        })
+        .collect();
+    let late0 = s
+        .statsd
+        .counter_sum("monitor.checks.skipped", &[("reason", "late")]);
+
+    s.mons.get(&paused).signal("STOP");
+    let t_stop = Instant::now();
+    // The pause is the fault: sleeping through it is the point.
+    std::thread::sleep(PAUSE);
+    s.mons.get(&paused).signal("CONT");
+    let t_cont = Instant::now();
+    eprintln!(
+        "paused past half an interval: {paused} ({} clusters) SIGCONT after {:?}",
+        mine.len(),
+        t_cont - t_stop
+    );
+    let end = t_cont + 2 * INTERVAL;
+    let mut changed = None;
+    while Instant::now() < end {
+        if let Some(o) = buckets(&store).filter(|o| *o != before) {
+            changed.get_or_insert(format!("after {:?}: {:?}", t_stop.elapsed(), loads(&o)));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    v.check(
+        changed.is_none(),
+        format!("paused past half an interval: bucket table unchanged: {changed:?}"),
+    );
+
+    // Which of its clusters fell due more than half an interval before
+    // SIGCONT (skipped), from the grid phases; 500 ms either side is
+    // neither required nor forbidden (the signals' and the scheduler's
+    // timing).
+    let interval_ms = INTERVAL.as_millis() as i64;
+    let half = interval_ms / 2;
+    let (stop_ms, cont_ms) = (unix_ms(t_stop), unix_ms(t_cont));
+    let due_in = |id: &str, from: i64, to: i64| {
+        let phase = phase_ms(id, interval_ms);
+        let first = from + (phase - from).rem_euclid(interval_ms);
+        first < to
+    };
+    let surely = mine
+        .iter()
+        .filter(|id| due_in(id, stop_ms + 500, cont_ms - half - 500))
+        .count() as u64;
+    let maybe = mine
+        .iter()
+        .filter(|id| due_in(id, stop_ms - 500, cont_ms - half + 500))
+        .count() as u64;
+    let late = s
+        .statsd
+        .counter_sum("monitor.checks.skipped", &[("reason", "late")])
+        - late0;
+    eprintln!(
+        "paused past half an interval: {late} skipped as late ({surely}..={maybe} due that late)"
+    );
+    v.check(
+        (surely..=maybe).contains(&late) && late > 0,
+        format!("paused past half an interval: {late} checks skipped as late, expected {surely}..={maybe} (its clusters due more than half an interval before SIGCONT)"),
+    );
+
+    let r = all_checked_after(&s, end);
+    v.check(
+        r.is_ok(),
+        format!("paused past half an interval: every cluster checked after the window: {r:?}"),
+    );
+    let times = s.statsd.check_times();
+    let (gap, id) = worst_gap(&times, &s.ids, t_stop, end);
+    let bound_gap = 2 * INTERVAL + Duration::from_secs(1);
+    eprintln!("paused past half an interval: worst gap {gap:?} ({id}), bound {bound_gap:?}");
+    v.check(
+        gap <= bound_gap,
+        format!("paused past half an interval: worst gap {gap:?} ({id}), bound two intervals + 1 s = {bound_gap:?}"),
+    );
+    let starts = check_starts(&s.mons, unix_ms(t_stop - INTERVAL), unix_ms(end));
+    no_close_starts(
+        &mut v,
+        "paused past half an interval",
+        "from one interval before SIGSTOP to 2 intervals after SIGCONT",
+        &starts,
+        half,
+        (&times, t_stop, t_cont),
+    );
+    v.finish("a_member_paused_past_half_an_interval_skips_what_is_that_late_and_never_doubles");
+    drop(s.dir);
+}
+
 /// Checks that no cluster has two logged check starts closer than
 /// `bound_ms` in `window`; the failure names the closest pair, when each
 /// started and when its lines arrived, relative to the pause
