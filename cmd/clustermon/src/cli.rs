@@ -359,6 +359,17 @@ pub struct SecretsArg {
     /// plaintext credentials are accepted (with a warning).
     #[arg(long, env = "CLUSTERMON_SECRETS_KEY_FILE")]
     pub secrets_key_file: Option<std::path::PathBuf>,
+    /// An older key, during a key rotation: it still opens credentials
+    /// sealed with it and never seals (repeatable; in the environment,
+    /// paths separated by commas). Drop it once monitor.credentials.old_key
+    /// stays 0 for an interval.
+    #[arg(
+        long,
+        env = "CLUSTERMON_SECRETS_OLD_KEY_FILES",
+        value_delimiter = ',',
+        requires = "secrets_key_file"
+    )]
+    pub secrets_old_key_file: Vec<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -99,11 +99,24 @@ async fn store(arg: &crate::cli::StoreArg) -> Result<Arc<dyn Store>, CmdError> {
 }
 
 fn secrets_key(arg: &SecretsArg) -> Result<Option<SecretsKey>, CmdError> {
-    arg.secrets_key_file
+    let Some(current) = arg
+        .secrets_key_file
         .as_deref()
         .map(SecretsKey::from_file)
         .transpose()
-        .map_err(CmdError::Usage)
+        .map_err(CmdError::Usage)?
+    else {
+        return Ok(None);
+    };
+    let older = arg
+        .secrets_old_key_file
+        .iter()
+        .map(|p| {
+            SecretsKey::from_file(p)
+                .map_err(|e| CmdError::Usage(format!("--secrets-old-key-file: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(current.with_older(older)))
 }
 
 pub fn hostname() -> String {
@@ -603,8 +616,9 @@ pub async fn cluster_list(args: ListArgs) -> Result<(), CmdError> {
         .map(|r| match decode_stored(&r) {
             Ok(doc) => {
                 let sealed = doc.encrypted_credentials.as_deref().map(|s| match &key {
-                    Some(k) => match k.open(&doc.id, s) {
-                        Ok(_) => "sealed",
+                    Some(k) => match k.open_which(&doc.id, s) {
+                        Ok((_, 0)) => "sealed",
+                        Ok(_) => "sealed (with an older key: seal it again)",
                         Err(_) => "sealed (does not open with this key)",
                     },
                     None => "sealed",

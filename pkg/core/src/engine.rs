@@ -398,6 +398,7 @@ impl Engine {
             dropped_reported: [0; 3],
             store_reported: Default::default(),
             chains_reported: (0, 0),
+            old_key_reported: crate::secrets::old_key_opens(),
             connected_since_ms: None,
             connected_passes: 0,
             live_last_pass: 0,
@@ -614,6 +615,8 @@ struct MembershipLoop {
     store_reported: crate::store::StoreStats,
     /// `check::tls::chain_counts` as last reported.
     chains_reported: (u64, u64),
+    /// `secrets::old_key_opens` as last reported.
+    old_key_reported: u64,
     /// Start of the current run of passes whose store calls all succeeded
     /// (writes included): a peer whose heartbeat did not change while the
     /// store was failing is not presumed dead for it.
@@ -1500,6 +1503,15 @@ impl MembershipLoop {
             }
         }
         self.chains_reported = (remembered, verified);
+        let old_key = crate::secrets::old_key_opens();
+        if old_key > self.old_key_reported {
+            m.self_count(
+                names::CREDENTIALS_OLD_KEY,
+                old_key - self.old_key_reported,
+                &[],
+            );
+            self.old_key_reported = old_key;
+        }
         let ss = self.store.stats();
         let was = self.store_reported;
         for (reason, n, before) in [

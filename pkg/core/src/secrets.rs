@@ -3,9 +3,15 @@
 //! with the cluster id as associated data, so a sealed blob copied into
 //! another cluster's document does not open. Plaintext is decrypted only for
 //! the duration of a check.
+//!
+//! Key rotation: a key may carry older keys (`--secrets-old-key-file`) that
+//! open what was sealed before the rotation and never seal; opens that
+//! needed one are counted ([`old_key_opens`]), so operators see when every
+//! document has been sealed again with the current key.
 
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -16,8 +22,18 @@ use crate::model::Credentials;
 
 const PREFIX: &str = "v1:";
 
+/// The current key (first: it seals) and any older ones (they only open).
 #[derive(Clone)]
-pub struct SecretsKey(Box<[u8; 32]>);
+pub struct SecretsKey(Box<[[u8; 32]]>);
+
+/// Credentials opened, process-wide, by an older key rather than the
+/// current one.
+static OLD_KEY_OPENS: AtomicU64 = AtomicU64::new(0);
+
+/// How many sealed credentials this process opened with an older key.
+pub fn old_key_opens() -> u64 {
+    OLD_KEY_OPENS.load(Ordering::Relaxed)
+}
 
 impl fmt::Debug for SecretsKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -27,7 +43,17 @@ impl fmt::Debug for SecretsKey {
 
 impl SecretsKey {
     pub fn from_bytes(b: [u8; 32]) -> Self {
-        Self(Box::new(b))
+        Self(Box::new([b]))
+    }
+
+    /// This key, current, with `older` keys that still open what they
+    /// sealed (tried in the order given, after the current one).
+    pub fn with_older(self, older: impl IntoIterator<Item = SecretsKey>) -> Self {
+        let mut keys = self.0.into_vec();
+        for k in older {
+            keys.extend_from_slice(&k.0);
+        }
+        Self(keys.into_boxed_slice())
     }
 
     /// Reads a key file: exactly 32 bytes, or the base64 of 32 bytes
@@ -52,16 +78,15 @@ impl SecretsKey {
         Ok(Self::from_bytes(b))
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&self.0[..]))
+    fn cipher(key: &[u8; 32]) -> Aes256Gcm {
+        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key[..]))
     }
 
     /// Seals `creds` for cluster `id`.
     pub fn seal(&self, id: &str, creds: &Credentials) -> Result<String, String> {
         let plain = serde_json::to_vec(creds).map_err(|e| e.to_string())?;
         let nonce: [u8; 12] = rand::random();
-        let ct = self
-            .cipher()
+        let ct = Self::cipher(&self.0[0])
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
@@ -78,6 +103,12 @@ impl SecretsKey {
 
     /// Opens a sealed blob of cluster `id`. The error says why, never what.
     pub fn open(&self, id: &str, sealed: &str) -> Result<Credentials, String> {
+        self.open_which(id, sealed).map(|(c, _)| c)
+    }
+
+    /// Opens a sealed blob of cluster `id`, and says which key opened it
+    /// (0: the current one).
+    pub fn open_which(&self, id: &str, sealed: &str) -> Result<(Credentials, usize), String> {
         let b64 = sealed
             .strip_prefix(PREFIX)
             .ok_or("unknown sealed-credentials version")?;
@@ -88,20 +119,32 @@ impl SecretsKey {
             return Err("sealed credentials are truncated".into());
         }
         let (nonce, ct) = raw.split_at(12);
-        let plain = self
-            .cipher()
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: id.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                "cannot decrypt credentials: wrong key, or sealed for another cluster".to_string()
-            })?;
-        serde_json::from_slice(&plain)
-            .map_err(|_| "decrypted credentials are not valid".to_string())
+        let opened = self.0.iter().enumerate().find_map(|(i, key)| {
+            Self::cipher(key)
+                .decrypt(
+                    Nonce::from_slice(nonce),
+                    Payload {
+                        msg: ct,
+                        aad: id.as_bytes(),
+                    },
+                )
+                .ok()
+                .map(|plain| (plain, i))
+        });
+        let Some((plain, which)) = opened else {
+            return Err(if self.0.len() > 1 {
+                "cannot decrypt credentials: no key opens them (current or older), or sealed for another cluster"
+            } else {
+                "cannot decrypt credentials: wrong key, or sealed for another cluster"
+            }
+            .to_string());
+        };
+        let creds = serde_json::from_slice(&plain)
+            .map_err(|_| "decrypted credentials are not valid".to_string())?;
+        if which > 0 {
+            OLD_KEY_OPENS.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((creds, which))
     }
 }
 
@@ -137,6 +180,32 @@ mod tests {
         );
         assert!(k.open("c1", "v1:AAAA").is_err());
         assert!(k.open("c1", "v2:xx").is_err());
+    }
+
+    /// A rotation: the new key seals; the old one still opens what it
+    /// sealed, counted; a key that is neither opens nothing, and says so.
+    #[test]
+    fn older_keys_open_what_they_sealed_and_never_seal() {
+        let old = SecretsKey::from_bytes([1; 32]);
+        let new = SecretsKey::from_bytes([2; 32]);
+        let ring = new.clone().with_older([old.clone()]);
+        let by_old = old.seal("c1", &creds()).unwrap();
+        let by_ring = ring.seal("c1", &creds()).unwrap();
+        let before = old_key_opens();
+        assert_eq!(ring.open_which("c1", &by_old).unwrap(), (creds(), 1));
+        assert!(old_key_opens() > before, "counted");
+        let after = old_key_opens();
+        assert_eq!(ring.open_which("c1", &by_ring).unwrap(), (creds(), 0));
+        assert_eq!(old_key_opens(), after, "the current key is not counted");
+        // The ring seals with the current key only.
+        assert!(old.open("c1", &by_ring).is_err());
+        assert_eq!(new.open("c1", &by_ring).unwrap(), creds());
+        let e = SecretsKey::from_bytes([3; 32])
+            .with_older([SecretsKey::from_bytes([4; 32])])
+            .open("c1", &by_old)
+            .unwrap_err();
+        assert!(e.contains("no key opens them"), "{e}");
+        assert!(ring.open("c2", &by_old).is_err(), "bound to the cluster");
     }
 
     #[test]

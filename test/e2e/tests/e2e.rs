@@ -795,6 +795,12 @@ fn every_fault_shows_as_its_metric_and_no_secret_leaks() {
         .collect();
     let key_b64 = b64(&key);
     std::fs::write(&key_file, &key_b64).unwrap();
+    // The monitor runs mid key rotation: a new current key, the fleet's
+    // key as the older one (every credential opens with it, counted).
+    let new_key: Vec<u8> = key.iter().map(|b| b ^ 0x5a).collect();
+    let new_key_b64 = b64(&new_key);
+    let new_key_file = dir.path().join("secrets-new.key");
+    std::fs::write(&new_key_file, &new_key_b64).unwrap();
     let secrets_file = dir.path().join("secrets.jsonl");
     let statsd = Statsd::start();
     let kf = key_file.to_str().unwrap();
@@ -862,6 +868,8 @@ fn every_fault_shows_as_its_metric_and_no_secret_leaks() {
             "--check-timeout",
             "3s",
             "--secrets-key-file",
+            new_key_file.to_str().unwrap(),
+            "--secrets-old-key-file",
             kf,
         ],
     );
@@ -890,6 +898,14 @@ fn every_fault_shows_as_its_metric_and_no_secret_leaks() {
     );
 
     let s = seen(&statsd.lines());
+    // Mid rotation: every sealed credential opened with the older key
+    // (healthy clusters answer 200 below), and the count says so.
+    let old_key = statsd.counter_sum("monitor.credentials.old_key", &[]);
+    assert!(
+        old_key >= ids.len() as u64,
+        "monitor.credentials.old_key counts the opens by the older key: {old_key} for {} clusters checked twice",
+        ids.len()
+    );
     for id in &ids {
         let fault = fault_of(id);
         let got = s.fault.get(id).cloned().unwrap_or_default();
@@ -1133,7 +1149,7 @@ fn every_fault_shows_as_its_metric_and_no_secret_leaks() {
     let metrics = statsd.raw();
     assert!(!mon_log.is_empty() && !metrics.is_empty());
 
-    let mut secrets = vec![hand_token.clone(), key_b64.clone()];
+    let mut secrets = vec![hand_token.clone(), key_b64.clone(), new_key_b64.clone()];
     for line in std::fs::read_to_string(&secrets_file).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         if let Some(t) = v["token"].as_str() {

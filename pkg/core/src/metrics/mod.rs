@@ -82,6 +82,7 @@ pub mod names {
     pub const PEER_PROBES: &str = "monitor.peer.probes";
     pub const SYNC_SENT: &str = "monitor.sync.sent";
     pub const SYNC_APPLIED: &str = "monitor.sync.applied";
+    pub const CREDENTIALS_OLD_KEY: &str = "monitor.credentials.old_key";
     pub const METRICS_DROPPED: &str = "monitor.metrics.dropped";
     pub const LABELS_DROPPED: &str = "monitor.metrics.labels.dropped";
     pub const ALERTS_SENT: &str = "monitor.alerts.sent";
@@ -167,6 +168,7 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: CLOCK_SKEWED, kind: Gauge, tags: "monitor", help: "1 while this monitor's clock is off by more than --max-clock-offset from more than half of the fleet: it takes no bucket and no lease." },
         MetricDef { name: PEER_PROBES, kind: Counter, tags: "monitor, outcome", help: "Probes of a quiet peer's admin endpoint (GET /healthz/live) by the lease holder, or of the lease holder by the others: outcome alive, refused (the process is gone: its buckets move at once), timeout or error (proves nothing: the heartbeat TTL decides)." },
         MetricDef { name: SYNC_SENT, kind: Counter, tags: "monitor, result", help: "Pushed assignments (POST /admin/sync) sent by the writer of a new bucket table to the monitors whose buckets changed: result ok, refused or failed (a lost notice only means the next pass reads the table)." },
+        MetricDef { name: CREDENTIALS_OLD_KEY, kind: Counter, tags: "monitor", help: "Sealed credentials that opened only with a --secrets-old-key-file key (a key rotation): documents not yet sealed again with the current key. Once it stays 0 for an interval, the old key can go." },
         MetricDef { name: SYNC_APPLIED, kind: Counter, tags: "monitor", help: "Bucket tables a peer wrote and pushed, applied by this monitor because its own read of the master document failed (the store does not answer it but answers the writer): it stops checking the buckets taken from it." },
         MetricDef { name: STORE_HEALTHY, kind: Gauge, tags: "monitor", help: "1 when every store call of the last pass succeeded, else 0 (the checks go on with the last assignment)." },
         MetricDef { name: MASTER_CONFLICTS, kind: Counter, tags: "monitor", help: "Master writes that lost a compare-and-swap race (HTTP 412 equivalent)." },
