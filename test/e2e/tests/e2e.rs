@@ -283,11 +283,7 @@ fn a_crashed_member_is_replaced_without_a_gap(
     what: &str,
 ) -> (String, Vec<&'static str>, Duration) {
     let master0 = master(&s.store).expect("a master");
-    let victim = ["m1", "m2", "m3"]
-        .into_iter()
-        .find(|m| *m != master0)
-        .unwrap()
-        .to_string();
+    let victim = a_member(&s.store);
     let survivors: Vec<&'static str> = ["m1", "m2", "m3"]
         .into_iter()
         .filter(|m| *m != victim)
@@ -346,6 +342,29 @@ fn warm_up(s: &mut Setup) {
         INTERVAL + SLACK,
         "warm-up",
     );
+}
+
+/// One of m1..m3 that does not hold the lease.
+fn a_member(store: &str) -> String {
+    let m0 = master(store).expect("a master");
+    ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != m0)
+        .unwrap()
+        .to_string()
+}
+
+/// Whether cluster `id` is in a bucket that `owners` gives to `monitor`.
+fn owned_by(
+    bucket_of: &std::collections::BTreeMap<String, usize>,
+    owners: &[Option<String>],
+    id: &str,
+    monitor: &str,
+) -> bool {
+    bucket_of
+        .get(id)
+        .and_then(|b| owners[*b].as_deref())
+        .is_some_and(|o| o == monitor)
 }
 
 /// Each cluster's bucket, from `clustermon cluster list --output json`.

@@ -498,12 +498,7 @@ fn a_member_paused_within_its_ttl_moves_nothing_and_does_not_double_check() {
     ]);
     warm_up(&mut s);
     let store = s.store.clone();
-    let m0 = master(&store).expect("a master");
-    let paused = ["m1", "m2", "m3"]
-        .into_iter()
-        .find(|m| *m != m0)
-        .unwrap()
-        .to_string();
+    let paused = a_member(&store);
     let before = buckets(&store).expect("bucket table");
     let late0 = s
         .statsd
@@ -632,23 +627,13 @@ fn a_member_paused_past_half_an_interval_skips_what_is_that_late_and_never_doubl
     ]);
     warm_up(&mut s);
     let store = s.store.clone();
-    let m0 = master(&store).expect("a master");
-    let paused = ["m1", "m2", "m3"]
-        .into_iter()
-        .find(|m| *m != m0)
-        .unwrap()
-        .to_string();
+    let paused = a_member(&store);
     let before = buckets(&store).expect("bucket table");
     let bucket_of = cluster_buckets(&store);
     let mine: Vec<&String> = s
         .ids
         .iter()
-        .filter(|id| {
-            bucket_of
-                .get(*id)
-                .and_then(|b| before[*b].as_deref())
-                .is_some_and(|o| o == paused)
-        })
+        .filter(|id| owned_by(&bucket_of, &before, id, &paused))
         .collect();
     let late0 = s
         .statsd

@@ -28,11 +28,7 @@ fn a_killed_monitor_is_replaced_within_seconds() {
 
     // A member.
     let master0 = master(&store).expect("a master");
-    let victim = ["m1", "m2", "m3"]
-        .into_iter()
-        .find(|m| *m != master0)
-        .unwrap()
-        .to_string();
+    let victim = a_member(&store);
     let rest: Vec<&str> = ["m1", "m2", "m3"]
         .into_iter()
         .filter(|m| *m != victim)
@@ -67,10 +63,7 @@ fn a_killed_monitor_is_replaced_within_seconds() {
         unix_ms(t_kill + took) + 500,
     );
     let may_double = |id: &str| {
-        let owned = bucket_of
-            .get(id)
-            .and_then(|b| owners[*b].as_deref())
-            .is_some_and(|o| o == victim);
+        let owned = owned_by(&bucket_of, &owners, id, &victim);
         let phase = phase_ms(id, interval_ms);
         let first_due = from_ms + (phase - from_ms).rem_euclid(interval_ms);
         owned && first_due <= to_ms
@@ -91,12 +84,7 @@ fn a_killed_monitor_is_replaced_within_seconds() {
     let victims = s
         .ids
         .iter()
-        .filter(|id| {
-            bucket_of
-                .get(*id)
-                .and_then(|b| owners[*b].as_deref())
-                .is_some_and(|o| o == victim)
-        })
+        .filter(|id| owned_by(&bucket_of, &owners, id, &victim))
         .count();
     eprintln!(
         "kill -9 of a member: {} clusters checked twice within {close:?}, of {allowed} that may be (due in the catch-up window), of the dead owner's {victims}",
