@@ -106,7 +106,8 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct AdminTokenArg {
-    /// Bearer token for the monitors' admin APIs (their --admin-token-file).
+    /// Bearer token for the monitors' admin APIs (their --admin-token-file;
+    /// of several lines, the first is sent).
     #[arg(long, env = "CLUSTERMON_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<std::path::PathBuf>,
 }
@@ -250,7 +251,9 @@ pub struct RunArgs {
         env = "CLUSTERMON_ADMIN_LISTEN"
     )]
     pub admin_listen: std::net::SocketAddr,
-    /// File with the bearer token that the admin API's POST endpoints require.
+    /// File with the bearer token that the admin API's POST endpoints
+    /// require: one token per line, each accepted, the first sent to peers
+    /// (several only while a token is rotated).
     #[arg(long, env = "CLUSTERMON_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<std::path::PathBuf>,
     /// Admin URL other monitors and tools use to reach this one (default:

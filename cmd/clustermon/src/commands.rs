@@ -189,8 +189,9 @@ pub async fn run(
             let token = clustermon_core::admin::Token::new(&text)
                 .map_err(|e| CmdError::Usage(format!("--admin-token-file {}: {e}", f.display())))?;
             // The same token authenticates this monitor's pushed
-            // assignments to its peers (every monitor has the same file).
-            cfg.admin_token = Some(clustermon_core::model::Secret::new(text.trim()));
+            // assignments to its peers (every monitor has the same file;
+            // the first line is sent, every line accepted).
+            cfg.admin_token = Some(clustermon_core::model::Secret::new(token.sent()));
             Some(token)
         }
         None if !args.admin_listen.ip().is_loopback() => {
@@ -753,10 +754,17 @@ fn admin_client(timeout: Duration) -> Result<reqwest::Client, CmdError> {
         .map_err(failed)
 }
 
+/// The token the CLI sends: the file's first token (a monitor's file may
+/// list several during a rotation).
 fn admin_token(arg: &crate::cli::AdminTokenArg) -> Result<Option<String>, CmdError> {
     arg.admin_token_file
         .as_deref()
-        .map(|f| read_file(f, "--admin-token-file").map(|t| t.trim().to_string()))
+        .map(|f| {
+            let text = read_file(f, "--admin-token-file")?;
+            clustermon_core::admin::Token::new(&text)
+                .map(|t| t.sent().to_string())
+                .map_err(|e| CmdError::Usage(format!("--admin-token-file {}: {e}", f.display())))
+        })
         .transpose()
 }
 

@@ -1504,7 +1504,13 @@ fn on_cosmos_a_crashed_member_is_replaced_without_a_gap() {
 fn setup_with_admin_token(name: &str) -> (Setup, String) {
     let mut s = setup(name, &["--plain-http"]);
     let token_file = s.dir.path().join("admin-token");
-    std::fs::write(&token_file, "e2e-admin-token-0123456789\n").unwrap();
+    // Mid rotation (docs/runbook.md, step 1): the current token first (it
+    // is sent), the next one accepted too.
+    std::fs::write(
+        &token_file,
+        "e2e-admin-token-0123456789\ne2e-admin-token-next-0123456789\n",
+    )
+    .unwrap();
     let tok = token_file.to_str().unwrap().to_string();
     s.mons
         .extra
@@ -1601,6 +1607,36 @@ fn the_admin_api_refuses_a_call_without_the_token_and_runs_one_with_it() {
     ]);
     assert_eq!(code, 0, "check now: {out}{err}");
     assert!(out.contains(": ok"), "{out}");
+    // The monitors' file lists two tokens: the second alone is accepted
+    // too; a third is not.
+    for (token, want) in [
+        ("e2e-admin-token-next-0123456789", 0),
+        ("e2e-admin-token-other-0123456", 1),
+    ] {
+        let f = s.dir.path().join("cli-token");
+        std::fs::write(&f, format!("{token}\n")).unwrap();
+        let (code, out, err) = clustermon(&[
+            "check",
+            &s.ids[1],
+            "--store",
+            &s.store,
+            "--admin-token-file",
+            f.to_str().unwrap(),
+        ]);
+        assert_eq!(code, want, "check now with {token}: {out}{err}");
+    }
+    // The monitors' pushed assignments, sent with the file's first token,
+    // were taken.
+    let ok = s
+        .statsd
+        .counter_sum("monitor.sync.sent", &[("result", "ok")]);
+    let refused = s
+        .statsd
+        .counter_sum("monitor.sync.sent", &[("result", "refused")]);
+    assert!(
+        ok >= 1 && refused == 0,
+        "pushes: {ok} ok, {refused} refused"
+    );
     drop(s.dir);
 }
 

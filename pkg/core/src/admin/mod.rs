@@ -37,25 +37,57 @@ const MAX_CONNS: usize = 64;
 
 type Resp = Response<Full<Bytes>>;
 
-/// The bearer token that mutating endpoints require.
+/// The bearer tokens that mutating endpoints accept, from the token file's
+/// lines: the first is the one this process sends (pushed assignments, the
+/// CLI's calls); every line is accepted, so that a token is rotated by
+/// rolling out "old, new", then "new, old", then "new" (docs/runbook.md).
 #[derive(Clone)]
-pub struct Token(Arc<str>);
+pub struct Token(Arc<[Box<str>]>);
 
-/// A token too short to be one.
+/// A token file without a token, or with a line too short to be one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the admin token must be at least 16 characters")]
-pub struct TokenTooShort;
+pub enum TokenTooShort {
+    #[error("the admin token must be at least 16 characters")]
+    Short,
+    #[error("line {0}: an admin token must be at least 16 characters")]
+    ShortLine(usize),
+}
 
 impl Token {
-    pub fn new(t: &str) -> Result<Self, TokenTooShort> {
-        let t = t.trim();
-        if t.len() < 16 {
-            return Err(TokenTooShort);
+    /// Parses a token file: one token per non-empty line (surrounding
+    /// white space ignored). Errors name the line, never its content.
+    pub fn new(text: &str) -> Result<Self, TokenTooShort> {
+        let lines: Vec<(usize, &str)> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty())
+            .collect();
+        if lines.is_empty() {
+            return Err(TokenTooShort::Short);
         }
-        Ok(Self(t.into()))
+        let many = lines.len() > 1;
+        let mut tokens = Vec::with_capacity(lines.len());
+        for (n, l) in lines {
+            if l.len() < 16 {
+                return Err(if many {
+                    TokenTooShort::ShortLine(n)
+                } else {
+                    TokenTooShort::Short
+                });
+            }
+            tokens.push(Box::from(l));
+        }
+        Ok(Self(tokens.into()))
     }
 
-    /// Constant-time comparison with an `Authorization` header value.
+    /// The token this process sends: the file's first.
+    pub fn sent(&self) -> &str {
+        &self.0[0]
+    }
+
+    /// Constant-time comparison of an `Authorization` header value with
+    /// each accepted token (all of them compared, whichever matches).
     fn accepts(&self, header: Option<&str>) -> bool {
         let Some(given) = header.and_then(|engine| engine.strip_prefix("Bearer ")) else {
             return false;
@@ -63,7 +95,13 @@ impl Token {
         // `subtle` compares in constant time for equal lengths (a length
         // difference is answered at once: the token's length is no secret).
         use subtle::ConstantTimeEq;
-        given.trim().as_bytes().ct_eq(self.0.as_bytes()).into()
+        let given = given.trim().as_bytes();
+        self.0
+            .iter()
+            .fold(subtle::Choice::from(0), |ok, t| {
+                ok | given.ct_eq(t.as_bytes())
+            })
+            .into()
     }
 }
 

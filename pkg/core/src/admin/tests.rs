@@ -292,6 +292,27 @@ fn tokens_are_compared_whole_and_never_printed() {
     assert!(!format!("{t:?}").contains("token-"));
 }
 
+/// A token file of several lines, mid rotation: each line is accepted, the
+/// first is sent; a short line is named by its number, not its content.
+#[test]
+fn a_token_file_of_several_lines_accepts_each_and_sends_the_first() {
+    let old = "old-token-0123456789";
+    let new = "new-token-0123456789";
+    let t = Token::new(&format!("{old}\n\n  {new}  \n")).unwrap();
+    assert_eq!(t.sent(), old);
+    assert!(t.accepts(Some(&format!("Bearer {old}"))));
+    assert!(t.accepts(Some(&format!("Bearer {new}"))));
+    assert!(!t.accepts(Some("Bearer other-token-0123456789")));
+    assert!(!t.accepts(Some(&format!("Bearer {old}{new}"))));
+    let e = Token::new(&format!("{old}\nshort-secret")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "line 2: an admin token must be at least 16 characters"
+    );
+    assert!(Token::new("\n \n").is_err());
+    assert!(!format!("{t:?}").contains("token-"));
+}
+
 /// Every failing check fails the API server; alerts fire after one check.
 fn failing_fast(cfg: &mut EngineConfig) {
     cfg.alerts = Some(crate::alerts::AlertConfig::tracking(1));
