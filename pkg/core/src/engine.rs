@@ -898,13 +898,14 @@ impl MembershipLoop {
         // last valid version), or unreadable (keep the last view).
         let (base, expected, corrupt) = match reads.master {
             Ok(Some(v)) => {
-                self.drop_pushed_up_to(v.value.generation);
+                self.drop_pushed();
                 self.observer.observe_master(Some(&v.etag.0), now);
                 self.set_master_invalid(None);
                 self.last_valid_master = Some(v.value.clone());
                 (Some(v.value), Some(v.etag), false)
             }
             Ok(None) => {
+                self.drop_pushed();
                 self.observer.observe_master(None, now);
                 self.set_master_invalid(None);
                 (None, None, false)
@@ -1195,16 +1196,16 @@ impl MembershipLoop {
         }
     }
 
-    /// Forgets pushed tables the store has caught up with.
-    fn drop_pushed_up_to(&self, generation: u64) {
-        let mut slot = self
+    /// Forgets the pushed table: the store answered this monitor, and its
+    /// table is the view (a push it has not caught up with yet is read at
+    /// a later pass; one that is never written, whatever its generation,
+    /// is never kept for a later outage).
+    fn drop_pushed(&self) {
+        *self
             .handles
             .pushed
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|d| d.generation <= generation) {
-            *slot = None;
-        }
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// A pass whose master read failed: applies the table a peer pushed

@@ -472,10 +472,11 @@ impl Running {
 
 /// A pushed bucket table is the store's only when the store does not
 /// answer this monitor: while it answers, the table read from it wins (the
-/// pushed one is never applied); once its reads fail, a pushed table newer
-/// than the monitor's view is applied at its next pass (the buckets taken
-/// from it are no longer checked). Bodies that are not a table, too large
-/// or unauthenticated are refused with a reason that quotes nothing.
+/// pushed one is never applied, and forgotten: it is not kept for a later
+/// outage); once its reads fail, a pushed table newer than the monitor's
+/// view is applied at the pass the push starts (the buckets taken from it
+/// are no longer checked). Bodies that are not a table, too large or
+/// unauthenticated are refused with a reason that quotes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushed_table_is_applied_only_when_the_store_does_not_answer() {
     let r = start(Some(TOKEN)).await;
@@ -509,8 +510,21 @@ async fn a_pushed_table_is_applied_only_when_the_store_does_not_answer() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // The store stops answering this monitor: the pushed table applies.
+    // The store stops answering this monitor: the table pushed while it
+    // answered was forgotten...
     r.store.set_available(false);
+    let passes = tokio::time::Instant::now() + Duration::from_millis(400);
+    while tokio::time::Instant::now() < passes {
+        assert_eq!(
+            r.owned_and_generation().await,
+            (256, stored.generation),
+            "a table pushed while the store answered was kept for the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and one pushed now applies.
+    let (code, answer) = r.push(body.clone(), Some(TOKEN)).await;
+    assert_eq!(code, 202, "{answer}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let now = r.owned_and_generation().await;
