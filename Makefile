@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt unit e2e demo clean deps emulator-test bench check-deps
+.PHONY: all build test lint fmt unit e2e demo clean deps emulator-test rules-test bench check-deps
 
 all: build
 
@@ -55,8 +55,15 @@ emulator-test: deps
 e2e: build deps
 	$(CARGO) test -p clustermon-e2e -- --nocapture --test-threads 4
 
+# The alerting rules on clustermon itself (deploy/prometheus): valid, and
+# each alert fires on its fault and stays silent on a healthy fleet.
+rules-test: deps
+	python3 hack/tools/gen-rules-test.py --check
+	promtool check rules deploy/prometheus/clustermon-rules.yaml
+	cd deploy/prometheus && promtool test rules clustermon-rules.test.yaml
+
 # The e2e tests mostly wait on timers: run them side by side.
-test: lint build emulator-test
+test: lint build emulator-test rules-test
 	$(CARGO) test --workspace -- --test-threads 4
 
 # Three monitors and a simulated fleet on one SQLite file, with a live view

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs beyond the Rust toolchain, only when missing:
-# Debian packages (node/npm, patch, chromium, faketime, python3) and the local
+# Debian packages (node/npm, patch, chromium, faketime, python3, postgresql,
+# prometheus-alertmanager, prometheus for promtool) and the local
 # Cosmos DB endpoint's npm package with the project's patch. Safe to run
 # again; quiet when all is there.
 set -euo pipefail
@@ -21,6 +22,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # The alerts e2e tests post to a real Alertmanager.
 [[ -x /usr/bin/prometheus-alertmanager ]] || need+=(prometheus-alertmanager)
+# deploy/prometheus's alerting rules are checked and unit-tested by promtool.
+command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
   echo "install-test-deps: installing ${need[*]} from Debian" >&2
   sudo_=""

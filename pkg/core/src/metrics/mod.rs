@@ -476,6 +476,50 @@ mod tests {
         }
     }
 
+    /// deploy/prometheus/clustermon-rules.yaml names only metrics that
+    /// `/metrics` exports (the self metrics, counters with `_total`) and
+    /// every label it groups by is one they carry: a renamed metric fails
+    /// here rather than leaving an alert that can never fire.
+    #[test]
+    fn the_alerting_rules_name_only_exported_metrics() {
+        let rules = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/prometheus/clustermon-rules.yaml"
+        ))
+        .expect("the rules file exists");
+        let exported: std::collections::BTreeMap<String, &MetricDef> = CATALOG
+            .iter()
+            .filter(|d| d.tags.split(", ").any(|t| t == "monitor"))
+            .map(|d| {
+                let suffix = if d.kind == Kind::Counter { "_total" } else { "" };
+                (format!("{}{suffix}", prom_name(d.name)), d)
+            })
+            .collect();
+        let words = rules
+            .lines()
+            .filter(|l| l.trim_start().starts_with("expr:"))
+            .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+            .filter(|w| w.starts_with("clustermon_"))
+            .collect::<std::collections::BTreeSet<_>>();
+        assert!(words.len() >= 10, "metrics named by the rules: {words:?}");
+        for w in &words {
+            let def = exported
+                .get(*w)
+                .unwrap_or_else(|| panic!("the rules name {w}, which /metrics does not export"));
+            // `reason` and `result` groupings must be tags of that metric.
+            for l in rules.lines().filter(|l| l.contains(*w)) {
+                for tag in ["reason", "result", "outcome", "how", "op"] {
+                    if l.contains(&format!("by (instance, {tag})")) {
+                        assert!(
+                            def.tags.split(", ").any(|t| t == tag),
+                            "{w} has no tag {tag}: {l}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn dogstatsd_format_and_drops_when_full() {
         let (m, mut rx) = Metrics::capture("m1", 2);
