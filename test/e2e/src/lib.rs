@@ -21,6 +21,7 @@ use serde_json::Value;
 
 pub mod forward;
 mod postgres;
+pub mod prometheus;
 pub use forward::Forwarder;
 pub use postgres::PostgresServer;
 

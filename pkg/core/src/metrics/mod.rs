@@ -260,6 +260,39 @@ impl SelfValues {
     }
 }
 
+/// The self counters `/metrics` shows at 0 from the start, each with its
+/// extra tags: a counter that only appeared at its first increment would
+/// show no increase to Prometheus (`rate`, `increase` need a sample before
+/// it), so an alert on a single burst of it would never fire. Every self
+/// counter with no tag but `monitor`, plus these label sets.
+const ZERO_AT_START: &[(&str, &[(&str, &str)])] = &[
+    (names::CHECKS_SKIPPED, &[("reason", "pool_full")]),
+    (names::CHECKS_SKIPPED, &[("reason", "hanging_share")]),
+    (names::CHECKS_SKIPPED, &[("reason", "still_running")]),
+    (names::CHECKS_SKIPPED, &[("reason", "late")]),
+    (names::METRICS_DROPPED, &[("reason", "queue_full")]),
+    (names::METRICS_DROPPED, &[("reason", "send_failed")]),
+    (names::METRICS_DROPPED, &[("reason", "stale")]),
+    (names::ALERTS_DROPPED, &[("reason", "queue_full")]),
+    (names::ALERTS_DROPPED, &[("reason", "input_full")]),
+];
+
+impl SelfValues {
+    fn zero_at_start(monitor: &str) -> Self {
+        let v = Self::default();
+        let plain = CATALOG
+            .iter()
+            .filter(|d| d.kind == Kind::Counter && d.tags == "monitor")
+            .map(|d| (d.name, &[][..]));
+        for (name, extra) in plain.chain(ZERO_AT_START.iter().copied()) {
+            let mut tags = vec![("monitor", monitor)];
+            tags.extend_from_slice(extra);
+            v.update(name, &tags, 0.0, true);
+        }
+        v
+    }
+}
+
 /// `monitor.buckets.owned` -> `clustermon_monitor_buckets_owned`.
 fn prom_name(name: &str) -> String {
     let mut n = String::from("clustermon_");
@@ -294,7 +327,7 @@ impl Metrics {
                 client: Arc::new(client),
                 monitor: monitor.into(),
                 stats: stats.clone(),
-                self_values: Arc::default(),
+                self_values: Arc::new(SelfValues::zero_at_start(monitor)),
             },
             Writer::new(rx, out, stats, clock),
         )
@@ -491,7 +524,11 @@ mod tests {
             .iter()
             .filter(|d| d.tags.split(", ").any(|t| t == "monitor"))
             .map(|d| {
-                let suffix = if d.kind == Kind::Counter { "_total" } else { "" };
+                let suffix = if d.kind == Kind::Counter {
+                    "_total"
+                } else {
+                    ""
+                };
                 (format!("{}{suffix}", prom_name(d.name)), d)
             })
             .collect();
@@ -502,6 +539,23 @@ mod tests {
             .filter(|w| w.starts_with("clustermon_"))
             .collect::<std::collections::BTreeSet<_>>();
         assert!(words.len() >= 10, "metrics named by the rules: {words:?}");
+        // Counters are at 0 from the start, with the label sets the rules
+        // group by, so that a first burst is an increase.
+        let (m, _rx) = Metrics::capture("m1", 8);
+        let text = m.prometheus();
+        for w in words.iter().filter(|w| w.ends_with("_total")) {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{w}{{")) && l.ends_with(" 0")),
+                "{w} is not at 0 from the start:\n{text}"
+            );
+        }
+        for reason in ["pool_full", "hanging_share", "still_running", "late"] {
+            assert!(
+                text.contains(&format!("clustermon_monitor_checks_skipped_total{{monitor=\"m1\",reason=\"{reason}\"}} 0")),
+                "{text}"
+            );
+        }
         for w in &words {
             let def = exported
                 .get(*w)

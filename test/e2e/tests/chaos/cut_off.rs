@@ -42,6 +42,22 @@ fn a_monitor_cut_off_from_the_store_hands_over_after_its_ttl_and_rejoins() {
         .map(|(a, b)| (a.clone(), b.clone()))
         .collect();
     assert_eq!(m3_url.len(), 1, "m3's admin URL: {urls:?}");
+    // A real Prometheus scrapes the three monitors with the shipped rules
+    // (deploy/prometheus/clustermon-rules.yaml): the cut shows as an alert
+    // on clustermon itself.
+    let instance = |u: &str| {
+        u.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let targets: Vec<String> = urls.values().map(|u| instance(u)).collect();
+    let prom = clustermon_e2e::prometheus::Prometheus::start(s.dir.path(), &targets);
+    wait_until(
+        "prometheus scrapes the 3 monitors",
+        Duration::from_secs(15),
+        || (prom.targets_up() == 3).then_some(()),
+    );
+    let m3_instance = instance(&urls["m3"]);
     let before = buckets(&store).expect("bucket table");
     let m3_had = before.iter().filter(|o| o.as_deref() == Some("m3")).count();
 
@@ -107,6 +123,35 @@ fn a_monitor_cut_off_from_the_store_hands_over_after_its_ttl_and_rejoins() {
     eprintln!(
         "cut off: m3 applied the pushed table {:?} after its buckets moved",
         applied - moved
+    );
+    // Prometheus: ClustermonCutOffFromStore fires for m3 (a scrape and an
+    // evaluation after the apply), for nobody else; m3's store alert is
+    // pending (its `for` is 2 minutes, longer than the cut).
+    let fired = wait_for(Duration::from_secs(10), || {
+        prom.alerts().iter().any(|(a, i, st)| {
+            a == "ClustermonCutOffFromStore" && *i == m3_instance && st == "firing"
+        })
+    });
+    let alerts = prom.alerts();
+    eprintln!(
+        "cut off: Prometheus alerts {:?} after the apply: {alerts:?}",
+        applied.elapsed()
+    );
+    v.check(
+        fired,
+        format!("Prometheus fires ClustermonCutOffFromStore for m3 ({m3_instance}) within 10 s of the apply: {alerts:?}"),
+    );
+    v.check(
+        !alerts
+            .iter()
+            .any(|(a, i, _)| a == "ClustermonCutOffFromStore" && *i != m3_instance),
+        format!("ClustermonCutOffFromStore only for m3: {alerts:?}"),
+    );
+    v.check(
+        alerts
+            .iter()
+            .any(|(a, i, _)| a == "ClustermonStoreUnreachable" && *i == m3_instance),
+        format!("ClustermonStoreUnreachable pending or firing for m3: {alerts:?}"),
     );
 
     // A partition of fixed length: sleeping for it is the point.
@@ -181,6 +226,7 @@ fn a_monitor_cut_off_from_the_store_hands_over_after_its_ttl_and_rejoins() {
         );
     }
     v.finish("monitor cut off from the store");
+    drop(prom);
     drop(fwd);
     drop(s.dir);
 }
