@@ -245,8 +245,9 @@ impl EngineHandles {
 
     /// A pushed assignment with the table its writer wrote to the store.
     /// The store stays the source: the table is kept (the newest
-    /// generation pushed) and applied only by a pass whose read of the
-    /// master document fails, so a monitor cut off from the store alone
+    /// generation pushed), forgotten by a pass whose read of the master
+    /// document succeeds, and applied only by one whose read fails (and
+    /// only if newer than the view), so a monitor cut off from the store alone
     /// learns that its buckets were taken over and stops checking them,
     /// where in an outage of the whole store nobody writes a table and
     /// every monitor goes on with its last one.

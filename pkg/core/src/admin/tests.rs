@@ -555,6 +555,34 @@ async fn a_pushed_table_is_applied_only_when_the_store_does_not_answer() {
     let (code, answer) = r.push(vec![b' '; 2 << 20], Some(TOKEN)).await;
     assert_eq!(code, 400, "{answer}");
     assert!(answer.contains("larger than"), "{answer}");
+    // A body that never ends: refused at its bound, not held.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = r.base.trim_start_matches("http://");
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        c.write_all(
+            format!(
+                "POST /admin/sync HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n{{\"buck"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut answer))
+            .await
+            .expect("answered within 5 s")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        let took = t0.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("did not arrive within 2s"), "{answer}");
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+    }
     r.store.set_available(true);
     r.stop().await;
 }
