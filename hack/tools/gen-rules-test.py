@@ -66,9 +66,10 @@ case("one monitor's store calls fail",
      set_(f'clustermon_monitor_store_healthy{{{B}}}', const(0)),
      "ClustermonStoreUnreachable", {"severity":"warning","instance":"b:9464"},
      "b:9464's store calls fail: it checks on with its last assignment.", RB+"store-unreachable")
-case("no monitor reaches the store",
+case("no monitor reaches the store (nobody holds the lease then: no NoMaster alert)",
      chain(set_('clustermon_monitor_store_healthy{instance="a:9464",job="clustermon",monitor="m1"}', const(0)),
-           set_(f'clustermon_monitor_store_healthy{{{B}}}', const(0))),
+           set_(f'clustermon_monitor_store_healthy{{{B}}}', const(0)),
+           set_('clustermon_monitor_master{instance="a:9464",job="clustermon",monitor="m1"}', const(0))),
      "ClustermonStoreUnreachableEverywhere", {"severity":"critical"},
      "No monitor reaches the store: checks go on with the last assignment; new clusters and moves wait.", RB+"store-unreachable",
      also=["ClustermonStoreUnreachable"])
