@@ -97,6 +97,19 @@ fn skewed_monitor_takes_no_share(name: &str, offset: &str, skewed_first: bool) {
     }
     let t3 = t_skew.unwrap();
     let url3 = up_for(&s, "m3", Duration::from_secs(15));
+    // A real Prometheus with the shipped rules: the skew shows as
+    // ClustermonClockSkewed for m3, and for nobody else.
+    let instance = |u: &str| {
+        u.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let instances: Vec<String> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|m| instance(&up_for(&s, m, Duration::from_secs(15))))
+        .collect();
+    let prom = clustermon_e2e::prometheus::Prometheus::start(s.dir.path(), &instances);
+    let m3_instance = instance(&url3);
 
     // Watch the table every ~500 ms.
     // Started first, the skewed monitor checked on its own (shifted) grid
@@ -143,6 +156,17 @@ fn skewed_monitor_takes_no_share(name: &str, offset: &str, skewed_first: bool) {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    let alerts = prom.alerts();
+    let skew_alerts: Vec<&(String, String, String)> = alerts
+        .iter()
+        .filter(|(a, _, _)| a == "ClustermonClockSkewed")
+        .collect();
+    eprintln!("{what}: Prometheus alerts at the end of the window: {alerts:?}");
+    v.check(
+        skew_alerts.len() == 1 && skew_alerts[0].1 == m3_instance,
+        format!("{what}: Prometheus raises ClustermonClockSkewed for m3 ({m3_instance}) only: {alerts:?}"),
+    );
+    drop(prom);
     eprintln!(
         "{what}: {samples} table samples over {WATCH:?}; largest load {} ({}, {:?} after the good two were balanced)",
         max_load.0, max_load.1, max_load.2

@@ -35,6 +35,22 @@ fn a_killed_monitor_is_replaced_within_seconds() {
         .collect();
     let owners = buckets(&store).expect("bucket table");
     let bucket_of = cluster_buckets(&store);
+    // A real Prometheus with the shipped rules: the kill shows as
+    // ClustermonMonitorDown for the victim (pending: `for` 2 m).
+    let urls = admin_urls(&store);
+    let instance = |u: &str| {
+        u.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let instances: Vec<String> = urls.values().map(|u| instance(u)).collect();
+    let prom = clustermon_e2e::prometheus::Prometheus::start(s.dir.path(), &instances);
+    wait_until(
+        "prometheus scrapes the 3 monitors",
+        Duration::from_secs(15),
+        || (prom.targets_up() == 3).then_some(()),
+    );
+    let victim_instance = instance(&urls[&victim]);
     let t_kill = Instant::now();
     s.mons.get(&victim).crash();
     wait_until("the member's buckets re-owned", bound + SLACK, || {
@@ -42,6 +58,21 @@ fn a_killed_monitor_is_replaced_within_seconds() {
     });
     let took = t_kill.elapsed();
     eprintln!("kill -9 of a member: re-owned after {took:?} (bound {bound:?} + slack {SLACK:?})");
+    let down = wait_for(Duration::from_secs(10), || {
+        prom.alerts()
+            .iter()
+            .any(|(a, i, _)| a == "ClustermonMonitorDown" && *i == victim_instance)
+    });
+    let alerts = prom.alerts();
+    eprintln!(
+        "kill -9 of a member: Prometheus alerts {:?} after the kill: {alerts:?}",
+        t_kill.elapsed()
+    );
+    assert!(
+        down && alerts.iter().all(|(a, i, _)| a != "ClustermonMonitorDown" || *i == victim_instance),
+        "Prometheus raises ClustermonMonitorDown for the killed member ({victim_instance}) only: {alerts:?}"
+    );
+    drop(prom);
     let end = covered_after(
         &s,
         &s.ids,
