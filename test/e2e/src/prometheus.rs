@@ -19,7 +19,27 @@ pub struct Prometheus {
     pub url: String,
 }
 
+/// `host:port` of an admin URL: the `instance` label Prometheus gives it.
+pub fn instance(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
 impl Prometheus {
+    /// Scrapes the monitors at `admin_urls` and returns once the last
+    /// scrape found every one of them up (15 s at most).
+    pub fn scraping<'a>(dir: &Path, admin_urls: impl IntoIterator<Item = &'a String>) -> Self {
+        let targets: Vec<String> = admin_urls.into_iter().map(|u| instance(u)).collect();
+        let prom = Self::start(dir, &targets);
+        wait_until(
+            "prometheus scrapes every monitor",
+            Duration::from_secs(15),
+            || (prom.targets_up() == targets.len()).then_some(()),
+        );
+        prom
+    }
+
     /// Scrapes `targets` (host:port of each monitor's admin API) as job
     /// `clustermon`, every second; rules evaluated every second.
     pub fn start(dir: &Path, targets: &[String]) -> Self {
@@ -99,8 +119,10 @@ impl Prometheus {
     }
 }
 
-/// GET over HTTP/1.0 (no chunked answer); the body of a 200, else None.
-fn get(url: &str) -> Option<String> {
+/// GET over HTTP/1.0, so that a Go server (Prometheus, Alertmanager)
+/// answers without chunked encoding, which the harness's HTTP/1.1
+/// `http_get` does not decode; the body of a 200, else None.
+pub fn get(url: &str) -> Option<String> {
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut s = std::net::TcpStream::connect(host).ok()?;

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use clustermon_e2e::prometheus::{instance, Prometheus};
 use clustermon_e2e::*;
 
 #[path = "chaos/mod.rs"]

@@ -171,21 +171,9 @@ impl Alertmanager {
     }
 }
 
-/// GET as HTTP/1.0: Alertmanager (Go) then answers without chunked
-/// encoding, which the harness's HTTP/1.1 `http` does not decode.
+/// GET as HTTP/1.0 (see `prometheus::get`), parsed as JSON.
 fn get_json(url: &str) -> Option<Value> {
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut s = std::net::TcpStream::connect(host).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    serde_json::from_str(body).ok()
+    clustermon_e2e::prometheus::get(url).and_then(|b| serde_json::from_str(&b).ok())
 }
 
 /// RFC 3339 (UTC) of now + `ahead_s`, for the silences API.

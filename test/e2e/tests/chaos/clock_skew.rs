@@ -99,16 +99,11 @@ fn skewed_monitor_takes_no_share(name: &str, offset: &str, skewed_first: bool) {
     let url3 = up_for(&s, "m3", Duration::from_secs(15));
     // A real Prometheus with the shipped rules: the skew shows as
     // ClustermonClockSkewed for m3, and for nobody else.
-    let instance = |u: &str| {
-        u.trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string()
-    };
-    let instances: Vec<String> = ["m1", "m2", "m3"]
+    let urls: Vec<String> = ["m1", "m2", "m3"]
         .iter()
-        .map(|m| instance(&up_for(&s, m, Duration::from_secs(15))))
+        .map(|m| up_for(&s, m, Duration::from_secs(15)))
         .collect();
-    let prom = clustermon_e2e::prometheus::Prometheus::start(s.dir.path(), &instances);
+    let prom = Prometheus::scraping(s.dir.path(), &urls);
     let m3_instance = instance(&url3);
 
     // Watch the table every ~500 ms.

@@ -45,18 +45,7 @@ fn a_monitor_cut_off_from_the_store_hands_over_after_its_ttl_and_rejoins() {
     // A real Prometheus scrapes the three monitors with the shipped rules
     // (deploy/prometheus/clustermon-rules.yaml): the cut shows as an alert
     // on clustermon itself.
-    let instance = |u: &str| {
-        u.trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string()
-    };
-    let targets: Vec<String> = urls.values().map(|u| instance(u)).collect();
-    let prom = clustermon_e2e::prometheus::Prometheus::start(s.dir.path(), &targets);
-    wait_until(
-        "prometheus scrapes the 3 monitors",
-        Duration::from_secs(15),
-        || (prom.targets_up() == 3).then_some(()),
-    );
+    let prom = Prometheus::scraping(s.dir.path(), urls.values());
     let m3_instance = instance(&urls["m3"]);
     let before = buckets(&store).expect("bucket table");
     let m3_had = before.iter().filter(|o| o.as_deref() == Some("m3")).count();

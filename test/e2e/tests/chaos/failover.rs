@@ -38,18 +38,7 @@ fn a_killed_monitor_is_replaced_within_seconds() {
     // A real Prometheus with the shipped rules: the kill shows as
     // ClustermonMonitorDown for the victim (pending: `for` 2 m).
     let urls = admin_urls(&store);
-    let instance = |u: &str| {
-        u.trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string()
-    };
-    let instances: Vec<String> = urls.values().map(|u| instance(u)).collect();
-    let prom = clustermon_e2e::prometheus::Prometheus::start(s.dir.path(), &instances);
-    wait_until(
-        "prometheus scrapes the 3 monitors",
-        Duration::from_secs(15),
-        || (prom.targets_up() == 3).then_some(()),
-    );
+    let prom = Prometheus::scraping(s.dir.path(), urls.values());
     let victim_instance = instance(&urls[&victim]);
     let t_kill = Instant::now();
     s.mons.get(&victim).crash();

@@ -99,20 +99,8 @@ pub(super) fn outage_never_stops_the_checks(
     // A real Prometheus with the shipped rules (deploy/prometheus): the
     // outage shows as the store alerts, on every monitor, and as nothing
     // else (nothing moves, so no bucket or master alert).
-    let instances: Vec<String> = urls
-        .values()
-        .map(|u| {
-            u.trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_string()
-        })
-        .collect();
-    let prom = clustermon_e2e::prometheus::Prometheus::start(s.dir.path(), &instances);
-    wait_until(
-        "prometheus scrapes the 3 monitors",
-        Duration::from_secs(15),
-        || (prom.targets_up() == 3).then_some(()),
-    );
+    let instances: Vec<String> = urls.values().map(|u| instance(u)).collect();
+    let prom = Prometheus::scraping(s.dir.path(), urls.values());
     let false_alarms = [
         "ClustermonBucketsUnassigned",
         "ClustermonNoMaster",
