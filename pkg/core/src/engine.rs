@@ -1164,6 +1164,11 @@ impl MembershipLoop {
             .into_iter()
             .filter_map(|id| self.observer.admin_url(id).map(|u| (id, u)))
             .collect();
+        // A lease renewal changes no bucket: nothing to tell, nothing to
+        // serialise.
+        if targets.is_empty() {
+            return;
+        }
         let token = self
             .cfg
             .admin_token

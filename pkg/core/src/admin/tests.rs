@@ -460,6 +460,16 @@ impl Running {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
+    /// Asserts that the view stays `want` (buckets owned, generation) for
+    /// 400 ms of passes (a pass every 50 ms).
+    async fn view_holds(&self, want: (usize, u64), why: &str) {
+        let passes = tokio::time::Instant::now() + Duration::from_millis(400);
+        while tokio::time::Instant::now() < passes {
+            assert_eq!(self.owned_and_generation().await, want, "{why}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn owned_and_generation(&self) -> (usize, u64) {
         let (_, body) = self.get("/debug/assignment").await;
         let v: Value = serde_json::from_str(&body).unwrap();
@@ -500,28 +510,20 @@ async fn a_pushed_table_is_applied_only_when_the_store_does_not_answer() {
     assert_eq!(code, 202, "{answer}");
 
     // The store answers: its table stays the view for pass after pass.
-    let passes = tokio::time::Instant::now() + Duration::from_millis(400);
-    while tokio::time::Instant::now() < passes {
-        assert_eq!(
-            r.owned_and_generation().await,
-            (256, stored.generation),
-            "applied although the store answers"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    r.view_holds(
+        (256, stored.generation),
+        "applied although the store answers",
+    )
+    .await;
 
     // The store stops answering this monitor: the table pushed while it
     // answered was forgotten...
     r.store.set_available(false);
-    let passes = tokio::time::Instant::now() + Duration::from_millis(400);
-    while tokio::time::Instant::now() < passes {
-        assert_eq!(
-            r.owned_and_generation().await,
-            (256, stored.generation),
-            "a table pushed while the store answered was kept for the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    r.view_holds(
+        (256, stored.generation),
+        "a table pushed while the store answered was kept for the outage",
+    )
+    .await;
     // ...and one pushed now applies.
     let (code, answer) = r.push(body.clone(), Some(TOKEN)).await;
     assert_eq!(code, 202, "{answer}");
