@@ -256,6 +256,13 @@ pub struct RunArgs {
     /// (several only while a token is rotated).
     #[arg(long, env = "CLUSTERMON_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<std::path::PathBuf>,
+    /// How often the secret files (--admin-token-file, --secrets-key-file,
+    /// --secrets-old-key-file, --alertmanager-token-file) are read again: a
+    /// changed file takes effect without a restart; one that does not parse
+    /// is refused and the previous value kept. SIGHUP reads them at once;
+    /// 0s: only on SIGHUP.
+    #[arg(long, default_value = human(defaults::SECRETS_RELOAD_INTERVAL), value_parser = duration, env = "CLUSTERMON_SECRETS_RELOAD_INTERVAL")]
+    pub secrets_reload_interval: Duration,
     /// Admin URL other monitors and tools use to reach this one (default:
     /// http://LISTEN, or http://HOSTNAME:PORT when listening on all addresses).
     #[arg(long, env = "CLUSTERMON_ADMIN_ADVERTISE")]

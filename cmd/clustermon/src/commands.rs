@@ -139,6 +139,9 @@ pub async fn run(
         .id
         .clone()
         .unwrap_or_else(|| format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff));
+    // SIGHUP re-reads the secret files; installed first, so that one sent
+    // during start-up does not end the process (its default action).
+    let hangups = hangups()?;
     let mut cfg = EngineConfig::new(id.clone());
     cfg.hostname = host;
     cfg.heartbeat_interval = args.heartbeat_interval;
@@ -180,6 +183,15 @@ pub async fn run(
         ));
     }
     cfg.validate().map_err(usage)?;
+    // The secret files, each group re-read without a restart
+    // (`clustermon_core::reload`).
+    let mut reload = Vec::new();
+    if let (Some(f), Some(t)) = (
+        &args.alertmanager_token_file,
+        cfg.alerts.as_ref().and_then(|a| a.token.clone()),
+    ) {
+        reload.push(clustermon_core::reload::alertmanager_token(f.clone(), t));
+    }
 
     // The admin API: refuse a reachable listener without a token, bind
     // before anything else starts so a taken port fails fast.
@@ -191,7 +203,9 @@ pub async fn run(
             // The same token authenticates this monitor's pushed
             // assignments to its peers (every monitor has the same file;
             // the first line is sent, every line accepted).
-            cfg.admin_token = Some(clustermon_core::model::Secret::new(token.sent()));
+            let token = clustermon_core::reload::Live::new(token);
+            cfg.admin_token = Some(token.clone());
+            reload.push(clustermon_core::reload::admin_token(f.clone(), token.clone()));
             Some(token)
         }
         None if !args.admin_listen.ip().is_loopback() => {
@@ -237,6 +251,14 @@ pub async fn run(
     }
     .with_connect_timeout(args.connect_timeout.min(args.check_timeout))
     .with_pipeline(usize::from(args.pipelined_requests));
+    if let Some(current) = &args.secrets.secrets_key_file {
+        reload.push(clustermon_core::reload::secrets_keys(
+            current.clone(),
+            args.secrets.secrets_old_key_file.clone(),
+            checker.key(),
+        ));
+    }
+    let reloader = clustermon_core::reload::Reloader::new(reload, metrics.clone());
     let cfg_admin_url = cfg.admin_url.clone();
     let engine =
         Engine::new(cfg, store.clone(), Arc::new(checker), metrics, clock).map_err(usage)?;
@@ -250,6 +272,9 @@ pub async fn run(
 
     let writer_stop = CancellationToken::new();
     let writer_task = tokio::spawn(writer.run(writer_stop.clone()));
+    let reload_stop = CancellationToken::new();
+    let reload_task =
+        tokio::spawn(reloader.run(args.secrets_reload_interval, hangups, reload_stop.clone()));
     let admin_stop = CancellationToken::new();
     tracing::info!(admin = %bound, url = %cfg_admin_url, "admin API listening");
     let admin_task = tokio::spawn(clustermon_core::admin::serve(
@@ -263,11 +288,23 @@ pub async fn run(
     // once, in one window: a stuck client or socket cannot hold us longer.
     admin_stop.cancel();
     writer_stop.cancel();
+    reload_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = tokio::join!(admin_task, writer_task);
+        let _ = tokio::join!(admin_task, writer_task, reload_task);
     })
     .await;
     Ok(())
+}
+
+/// SIGHUP, as a stream: each one asks for the secret files to be read now.
+fn hangups() -> Result<futures::stream::BoxStream<'static, ()>, CmdError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let sig = signal(SignalKind::hangup())
+        .map_err(|e| CmdError::Failed(format!("cannot install the SIGHUP handler: {e}")))?;
+    Ok(Box::pin(futures::stream::unfold(
+        sig,
+        |mut sig| async move { sig.recv().await.map(|()| ((), sig)) },
+    )))
 }
 
 async fn read_fleet(store: &dyn Store) -> Result<(FleetStatus, Vec<Option<String>>), CmdError> {

@@ -28,6 +28,8 @@ pub mod defaults {
     pub const MAX_CLOCK_OFFSET: Duration = Duration::from_secs(1);
     /// Consecutive failing checks before an alert fires (`--alert-after`).
     pub const ALERT_AFTER: u32 = 3;
+    /// How often the secret files are read again (`crate::reload`).
+    pub const SECRETS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 }
 
 /// Why an [`EngineConfig`] cannot work; the message names the flag.
@@ -80,8 +82,9 @@ pub struct EngineConfig {
     /// Alerts to Alertmanager (`crate::alerts`); `None`: off.
     pub alerts: Option<crate::alerts::AlertConfig>,
     /// The admin token of the fleet (the same `--admin-token-file` on every
-    /// monitor), sent with pushed assignments to peers' `POST /admin/sync`.
-    pub admin_token: Option<crate::model::Secret>,
+    /// monitor), sent with pushed assignments to peers' `POST /admin/sync`
+    /// (its first token; replaced when the file changes).
+    pub admin_token: Option<crate::reload::Live<crate::admin::Token>>,
     /// `--handoff-notice`: how long a moving bucket stays with its previous
     /// owner; `None`: [`EngineConfig::handoff`]'s two heartbeat intervals.
     pub handoff_notice: Option<Duration>,

@@ -1173,7 +1173,7 @@ impl MembershipLoop {
             .cfg
             .admin_token
             .as_ref()
-            .map(|t| t.expose().to_string());
+            .map(|t| t.get().sent().to_string());
         // (An empty body, should the table not serialise, is a plain hint.)
         let body = serde_json::to_string(doc).unwrap_or_default();
         let results = futures::future::join_all(targets.iter().map(|(_, url)| {

@@ -7,6 +7,7 @@
 //! - [`schedule`]: phases, the scheduler and its bounded check pool.
 //! - [`check`]: the check seam, the healthz checker, TLS and the Kubernetes client.
 //! - [`secrets`]: credentials sealed at rest (AES-256-GCM).
+//! - [`reload`]: secret files re-read without a restart.
 //! - [`engine`]: membership loop and wiring, graceful shutdown.
 //! - [`metrics`]: every metric, and the non-blocking statsd emitter.
 //! - [`zone`]: the global allocator that keeps each bucket's entries together.
@@ -24,6 +25,7 @@ pub mod http;
 pub mod liveness;
 pub mod metrics;
 pub mod model;
+pub mod reload;
 pub mod schedule;
 pub mod secrets;
 pub mod status;

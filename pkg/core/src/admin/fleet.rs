@@ -186,7 +186,7 @@ pub async fn silenced(
             am.base_url
         ));
         if let Some(t) = &am.token {
-            req = req.bearer_auth(t.expose());
+            req = req.bearer_auth(t.get().expose());
         }
         let bytes = match get_bounded(req).await {
             Ok(b) => b,

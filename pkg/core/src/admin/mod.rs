@@ -86,6 +86,11 @@ impl Token {
         &self.0[0]
     }
 
+    /// How many tokens are accepted.
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+
     /// Constant-time comparison of an `Authorization` header value with
     /// each accepted token (all of them compared, whichever matches).
     fn accepts(&self, header: Option<&str>) -> bool {
@@ -116,7 +121,7 @@ impl std::fmt::Debug for Token {
 pub async fn serve(
     listener: TcpListener,
     engine: EngineHandles,
-    token: Option<Token>,
+    token: Option<crate::reload::Live<Token>>,
     stop: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNS));
@@ -196,7 +201,8 @@ fn text(status: StatusCode, body: impl Into<String>) -> Resp {
 /// What every connection shares.
 struct State {
     engine: EngineHandles,
-    token: Option<Token>,
+    /// Replaced when the token file changes (`crate::reload`).
+    token: Option<crate::reload::Live<Token>>,
     /// Asks peers and Alertmanager for the fleet-wide view (none: reqwest
     /// could not start; the view then has this monitor's clusters only).
     client: Option<reqwest::Client>,
@@ -247,7 +253,7 @@ async fn handle(req: Request<Incoming>, state: &State) -> Resp {
                 .headers()
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            if !t.accepts(auth) {
+            if !t.get().accepts(auth) {
                 let mut r = text(
                     StatusCode::UNAUTHORIZED,
                     "a valid bearer token is required\n",

@@ -123,7 +123,7 @@ async fn start_on(
     .unwrap();
     let h = engine.handles();
     let stop = CancellationToken::new();
-    let token = token.map(|t| Token::new(t).unwrap());
+    let token = token.map(|t| crate::reload::Live::new(Token::new(t).unwrap()));
     let admin = tokio::spawn(serve(listener, h, token, stop.clone()));
     let s = stop.clone();
     let engine = tokio::spawn(engine.run(async move { s.cancelled().await }));

@@ -35,6 +35,7 @@ use crate::config::EngineConfig;
 use crate::feed::{ClusterEntry, ClusterMap};
 use crate::metrics::{names, Metrics};
 use crate::model::Secret;
+use crate::reload::Live;
 use crate::schedule::Assignment;
 pub use board::AlertBoard;
 use sender::{Outbox, SendConfig};
@@ -48,7 +49,8 @@ pub struct AlertConfig {
     pub urls: Vec<String>,
     /// Consecutive failing checks before an alert fires.
     pub after: u32,
-    pub token: Option<Secret>,
+    /// Replaced when the token file changes (`crate::reload`).
+    pub token: Option<Live<Secret>>,
     pub static_labels: Vec<(String, String)>,
     /// Alerts queued per Alertmanager; more are dropped, counted.
     pub queue: usize,
@@ -77,7 +79,7 @@ impl AlertConfig {
         let token = match token.as_deref().map(str::trim) {
             None => None,
             Some("") => return Err("--alertmanager-token-file: the file is empty".into()),
-            Some(t) => Some(Secret::new(t)),
+            Some(t) => Some(Live::new(Secret::new(t))),
         };
         Ok(Self {
             urls,

@@ -17,13 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{names, Metrics};
 use crate::model::Secret;
+use crate::reload::Live;
 
 /// How a worker posts.
 #[derive(Clone, Debug)]
 pub struct SendConfig {
     /// The Alertmanager's base URL (`http://host:9093`).
     pub base_url: String,
-    pub token: Option<Secret>,
+    pub token: Option<Live<Secret>>,
     pub request_timeout: Duration,
     /// Attempts per batch (the first one included).
     pub attempts: u32,
@@ -36,7 +37,7 @@ pub struct SendConfig {
 }
 
 impl SendConfig {
-    pub fn new(base_url: &str, token: Option<Secret>) -> Self {
+    pub fn new(base_url: &str, token: Option<Live<Secret>>) -> Self {
         Self {
             base_url: base_url.trim_end_matches('/').to_string(),
             token,
@@ -128,7 +129,7 @@ async fn post(client: &reqwest::Client, cfg: &SendConfig, body: &str) -> Result<
         .timeout(cfg.request_timeout)
         .body(body.to_string());
     if let Some(t) = &cfg.token {
-        req = req.bearer_auth(t.expose());
+        req = req.bearer_auth(t.get().expose());
     }
     match req.send().await {
         Ok(r) if r.status().is_success() => Ok(()),

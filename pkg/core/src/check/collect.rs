@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::feed::{ClusterEntry, CredentialSource};
 use crate::metrics::{names, Metrics};
 use crate::model::Credentials;
+use crate::reload::Live;
 use crate::secrets::SecretsKey;
 
 /// Emits per-cluster metrics: the cluster's tags plus extra ones.
@@ -96,7 +97,8 @@ pub trait Collector: Send + Sync + 'static {
 
 /// The full check. `collectors` run after a healthy `/healthz`.
 pub struct KubeChecker {
-    key: Option<SecretsKey>,
+    /// Replaced when a key file changes (`crate::reload`).
+    key: Live<Option<SecretsKey>>,
     collectors: Vec<Arc<dyn Collector>>,
     concurrency: usize,
     connect_timeout: std::time::Duration,
@@ -112,7 +114,7 @@ pub struct KubeChecker {
 impl KubeChecker {
     pub fn new(key: Option<SecretsKey>, collectors: Vec<Arc<dyn Collector>>, clock: Clock) -> Self {
         Self {
-            key,
+            key: Live::new(key),
             collectors,
             concurrency: 1,
             connect_timeout: crate::config::defaults::CONNECT_TIMEOUT,
@@ -168,11 +170,16 @@ impl KubeChecker {
         Self::new(key, Vec::new(), clock)
     }
 
+    /// The credentials key ring, for a reload to replace.
+    pub fn key(&self) -> Live<Option<SecretsKey>> {
+        self.key.clone()
+    }
+
     fn credentials(&self, e: &ClusterEntry) -> Result<Credentials, String> {
         match &e.credentials {
             CredentialSource::None => Ok(Credentials::default()),
             CredentialSource::Plain(c) => Ok(c.unpack()),
-            CredentialSource::Sealed(s) => match &self.key {
+            CredentialSource::Sealed(s) => match &*self.key.get() {
                 Some(k) => k.open(&e.id, s),
                 None => Err("credentials are encrypted but no --secrets-key-file was given".into()),
             },

@@ -83,6 +83,8 @@ pub mod names {
     pub const SYNC_SENT: &str = "monitor.sync.sent";
     pub const SYNC_APPLIED: &str = "monitor.sync.applied";
     pub const CREDENTIALS_OLD_KEY: &str = "monitor.credentials.old_key";
+    pub const SECRETS_RELOADED: &str = "monitor.secrets.reloaded";
+    pub const SECRETS_REFUSED: &str = "monitor.secrets.refused";
     pub const METRICS_DROPPED: &str = "monitor.metrics.dropped";
     pub const LABELS_DROPPED: &str = "monitor.metrics.labels.dropped";
     pub const ALERTS_SENT: &str = "monitor.alerts.sent";
@@ -169,6 +171,8 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: PEER_PROBES, kind: Counter, tags: "monitor, outcome", help: "Probes of a quiet peer's admin endpoint (GET /healthz/live) by the lease holder, or of the lease holder by the others: outcome alive, refused (the process is gone: its buckets move at once), timeout or error (proves nothing: the heartbeat TTL decides)." },
         MetricDef { name: SYNC_SENT, kind: Counter, tags: "monitor, result", help: "Pushed assignments (POST /admin/sync) sent by the writer of a new bucket table to the monitors whose buckets changed: result ok, refused or failed (a lost notice only means the next pass reads the table)." },
         MetricDef { name: CREDENTIALS_OLD_KEY, kind: Counter, tags: "monitor", help: "Sealed credentials that opened only with a --secrets-old-key-file key (a key rotation): documents not yet sealed again with the current key. Once it stays 0 for an interval, the old key can go." },
+        MetricDef { name: SECRETS_RELOADED, kind: Counter, tags: "monitor, file", help: "Secret files re-read with a new content that took effect without a restart (file: admin-token-file, secrets-key-file, secrets-old-key-file, alertmanager-token-file; the keys are one ring, counted under each flag given). Read every --secrets-reload-interval and on SIGHUP." },
+        MetricDef { name: SECRETS_REFUSED, kind: Gauge, tags: "monitor, file", help: "Secret files whose content on disk was refused (unreadable, or not a token or key): the previous value stays in effect until the file changes again. 0 for each flag given when all are in effect." },
         MetricDef { name: SYNC_APPLIED, kind: Counter, tags: "monitor", help: "Bucket tables a peer wrote and pushed, applied by this monitor because its own read of the master document failed (the store does not answer it but answers the writer): it stops checking the buckets taken from it." },
         MetricDef { name: STORE_HEALTHY, kind: Gauge, tags: "monitor", help: "1 when every store call of the last pass succeeded, else 0 (the checks go on with the last assignment)." },
         MetricDef { name: MASTER_CONFLICTS, kind: Counter, tags: "monitor", help: "Master writes that lost a compare-and-swap race (HTTP 412 equivalent)." },
@@ -562,7 +566,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("the rules name {w}, which /metrics does not export"));
             // `reason` and `result` groupings must be tags of that metric.
             for l in rules.lines().filter(|l| l.contains(*w)) {
-                for tag in ["reason", "result", "outcome", "how", "op"] {
+                for tag in ["reason", "result", "outcome", "how", "op", "file"] {
                     if l.contains(&format!("by (instance, {tag})")) {
                         assert!(
                             def.tags.split(", ").any(|t| t == tag),
@@ -571,6 +575,40 @@ mod tests {
                     }
                 }
             }
+        }
+        // Each alert's runbook link names a section of docs/runbook.md (its
+        // heading's anchor as GitHub makes it).
+        let runbook = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/runbook.md"
+        ))
+        .expect("the runbook exists");
+        let anchors: std::collections::BTreeSet<String> = runbook
+            .lines()
+            .filter_map(|l| {
+                l.trim_start_matches('#')
+                    .strip_prefix(' ')
+                    .filter(|_| l.starts_with('#'))
+            })
+            .map(|h| {
+                h.to_lowercase()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+                    .map(|c| if c == ' ' { '-' } else { c })
+                    .collect()
+            })
+            .collect();
+        let links: Vec<&str> = rules
+            .lines()
+            .filter_map(|l| l.split("docs/runbook.md#").nth(1))
+            .map(|a| a.trim_end_matches('"'))
+            .collect();
+        assert!(links.len() >= 10, "runbook links: {links:?}");
+        for a in links {
+            assert!(
+                anchors.contains(a),
+                "the rules link docs/runbook.md#{a}, which has no such section"
+            );
         }
     }
 
