@@ -1641,6 +1641,194 @@ fn the_admin_api_refuses_a_call_without_the_token_and_runs_one_with_it() {
     drop(s.dir);
 }
 
+/// Written as a mounted Secret changes: a new file renamed over the old.
+fn replace_file(path: &std::path::Path, content: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Secret files change under a running monitor and take effect without a
+/// restart (`--secrets-reload-interval 1s`): a credentials key its fleet
+/// was sealed with (every check failed before, every cluster answers 200
+/// after), a new admin token (the old one refused from then on); a token
+/// file that does not parse is refused and shown in `/metrics` while the
+/// last good token stays; SIGHUP reads the files at once and does not end
+/// the process; no log line quotes a key or a token.
+#[test]
+fn secret_files_take_effect_without_a_restart_and_a_bad_one_is_refused() {
+    use base64::Engine as _;
+    let b64 = |k: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(k);
+    let (k_old, k_new) = ([0x5au8; 32], [0xa5u8; 32]);
+    let keys = TempDir::new("secret-reload-keys");
+    let fleet_key = keys.path().join("fleet.key");
+    std::fs::write(&fleet_key, b64(&k_new)).unwrap();
+    // A TLS fleet: every document's credentials (its CA bundle with them)
+    // sealed with the new key.
+    let mut s = setup(
+        "secret-reload",
+        &["--secrets-key-file", fleet_key.to_str().unwrap()],
+    );
+    let mon_key = s.dir.path().join("monitor.key");
+    std::fs::write(&mon_key, b64(&k_old)).unwrap();
+    let token_file = s.dir.path().join("admin-token");
+    let (tok_a, tok_b) = (
+        "e2e-reload-token-a-0123456789",
+        "e2e-reload-token-b-0123456789",
+    );
+    std::fs::write(&token_file, format!("{tok_a}\n")).unwrap();
+    s.mons.extra.extend(
+        [
+            "--secrets-key-file",
+            mon_key.to_str().unwrap(),
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+            "--secrets-reload-interval",
+            "1s",
+        ]
+        .map(String::from),
+    );
+    s.mons.start("m1");
+
+    // The monitor's key opens nothing: every cluster's check fails on its
+    // credentials.
+    let failing = |from: Instant| {
+        s.statsd
+            .lines()
+            .iter()
+            .filter(|l| l.at >= from && l.name == "monitor.cluster.collector.error")
+            .filter(|l| l.tag("collector") == Some("credentials"))
+            .filter_map(|l| l.resource().map(str::to_string))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let t0 = Instant::now();
+    wait_until(
+        "every check fails on credentials with the old key",
+        2 * INTERVAL + SLACK,
+        || (failing(t0).len() == s.ids.len()).then_some(()),
+    );
+
+    // The new key in the monitor's file: every cluster answers 200 within
+    // a reload and an interval, the process the same.
+    let t_key = Instant::now();
+    replace_file(&mon_key, b64(&k_new).as_bytes());
+    let answered = |from: Instant| {
+        s.statsd
+            .lines()
+            .iter()
+            .filter(|l| l.at >= from && l.name == "apiserver.healthz.code" && l.value == "200")
+            .filter_map(|l| l.resource().map(str::to_string))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    wait_until(
+        "every cluster answers 200 after the key file changed",
+        Duration::from_secs(1) + INTERVAL + SLACK,
+        || (answered(t_key).len() == s.ids.len()).then_some(()),
+    );
+    eprintln!(
+        "secret reload: every cluster answered 200 {:?} after the key file changed",
+        t_key.elapsed()
+    );
+    // Checks that started before the reload may still end on credentials;
+    // none starts after it.
+    let reloaded_at = Instant::now();
+    wait_checked(
+        &s,
+        &s.ids,
+        reloaded_at,
+        1,
+        INTERVAL + SLACK,
+        "checks after the key reload",
+    );
+    assert!(
+        failing(reloaded_at + SLACK).is_empty(),
+        "no credentials failure once the new key is in effect"
+    );
+
+    // The admin token: A accepted, then B alone once the file says so.
+    let cli_token = |name: &str, t: &str| {
+        let f = s.dir.path().join(name);
+        std::fs::write(&f, format!("{t}\n")).unwrap();
+        f.to_str().unwrap().to_string()
+    };
+    let (cli_a, cli_b) = (cli_token("cli-a", tok_a), cli_token("cli-b", tok_b));
+    let check_with = |f: &str| {
+        let (code, out, err) = clustermon(&[
+            "check",
+            &s.ids[1],
+            "--store",
+            &s.store,
+            "--admin-token-file",
+            f,
+        ]);
+        (code, format!("{out}{err}"))
+    };
+    let (code, out) = check_with(&cli_a);
+    assert_eq!(code, 0, "check now with the token in effect: {out}");
+    replace_file(&token_file, format!("{tok_b}\n").as_bytes());
+    wait_until(
+        "the new admin token accepted and the old refused",
+        Duration::from_secs(5),
+        || {
+            let (b, _) = check_with(&cli_b);
+            let (a, out_a) = check_with(&cli_a);
+            (b == 0 && a == 1 && out_a.contains("401")).then_some(())
+        },
+    );
+
+    // A token file that does not parse: refused, shown, B still in effect.
+    let bad = "e2e-short-9z";
+    replace_file(&token_file, format!("{bad}\n").as_bytes());
+    let url = admin_url_from_log(s.mons.get("m1")).expect("m1's admin URL");
+    let refused = || {
+        let (_, body) = http_get(&format!("{url}/metrics")).ok()?;
+        body.lines()
+            .find(|l| {
+                l.starts_with("clustermon_monitor_secrets_refused{")
+                    && l.contains("file=\"admin-token-file\"")
+            })
+            .map(|l| l.ends_with(" 1"))
+    };
+    wait_until(
+        "/metrics shows the refused token file",
+        Duration::from_secs(5),
+        || refused().filter(|r| *r).map(|_| ()),
+    );
+    let (code, out) = check_with(&cli_b);
+    assert_eq!(code, 0, "the last good token stays in effect: {out}");
+
+    // SIGHUP: read at once, and the process goes on.
+    s.mons.get("m1").signal("HUP");
+    wait_until("SIGHUP logged as a reload", Duration::from_secs(5), || {
+        s.mons
+            .get("m1")
+            .log_text()
+            .contains("reloading secret files (signal)")
+            .then_some(())
+    });
+    let m1 = s.mons.get("m1");
+    assert!(
+        m1.child.try_wait().unwrap().is_none(),
+        "m1 still runs after SIGHUP"
+    );
+    let log = m1.log_text();
+    assert_eq!(
+        log.matches("monitor starting").count(),
+        1,
+        "one start, no restart"
+    );
+    assert!(log.contains("secret file reloaded"), "reloads are logged");
+    assert!(log.contains("secret file refused"), "the refusal is logged");
+    for secret in [tok_a, tok_b, bad, &b64(&k_old), &b64(&k_new)] {
+        assert!(
+            !log.contains(secret),
+            "the log quotes a secret file's content"
+        );
+    }
+    drop(keys);
+    drop(s.dir);
+}
+
 /// `drain --wait` while checks run: the drained monitor's buckets move to
 /// the others, evenly, with a timed handoff: no cluster has a gap or is
 /// checked twice; the drained monitor stays up and live.
