@@ -24,6 +24,7 @@ def healthy():
         s[f'clustermon_monitor_buckets_pending{{{L}}}']=const(0)
         s[f'clustermon_monitor_master_invalid{{{L}}}']=const(0)
         s[f'clustermon_monitor_clock_skewed{{{L}}}']=const(0)
+        s[f'clustermon_monitor_secrets_refused{{{L},file="admin-token-file"}}']=const(0)
         s[f'clustermon_monitor_checks_started_total{{{L}}}']=ramp(100)
         s[f'clustermon_monitor_sync_sent_total{{{L},result="ok"}}']=const(3)
     return s
@@ -31,7 +32,7 @@ B='instance="b:9464",job="clustermon",monitor="m2"'
 ALL=["ClustermonBucketsUnassigned","ClustermonNoMaster","ClustermonNoMonitorUp","ClustermonMonitorDown",
  "ClustermonStoreUnreachable","ClustermonStoreUnreachableEverywhere","ClustermonCutOffFromStore",
  "ClustermonChecksSkipped","ClustermonChecksLate","ClustermonChangeFeedStale","ClustermonBucketsNotRead",
- "ClustermonMasterDocumentInvalid","ClustermonClockSkewed","ClustermonMetricsDropped","ClustermonAlertsNotDelivered"]
+ "ClustermonMasterDocumentInvalid","ClustermonClockSkewed","ClustermonSecretFileRefused","ClustermonMetricsDropped","ClustermonAlertsNotDelivered"]
 RB="docs/runbook.md#"
 cases=[]
 def case(name, change, alert, labels, summary, runbook, at="8m", also=None):
@@ -101,6 +102,10 @@ case("a monitor's clock is off",
      set_(f'clustermon_monitor_clock_skewed{{{B}}}', const(1)),
      "ClustermonClockSkewed", {"severity":"warning","instance":"b:9464"},
      "b:9464's clock is off from the fleet's: it takes no bucket.", RB+"clock-skew")
+case("a monitor refused its changed admin token file",
+     set_(f'clustermon_monitor_secrets_refused{{{B},file="admin-token-file"}}', "0x8 1x32"),
+     "ClustermonSecretFileRefused", {"severity":"warning","instance":"b:9464","file":"admin-token-file"},
+     "b:9464 refused the new content of its --admin-token-file: the previous one stays in effect.", RB+"a-secret-file-is-refused")
 case("a monitor's statsd queue overflows",
      set_(f'clustermon_monitor_metrics_dropped_total{{{B},reason="queue_full"}}', ramp(10)),
      "ClustermonMetricsDropped", {"severity":"warning","instance":"b:9464","reason":"queue_full"},
