@@ -164,7 +164,7 @@ pub async fn run(
     cfg.handoff_notice = args.handoff_notice;
     if !args.alertmanager_url.is_empty() {
         let token = match &args.alertmanager_token_file {
-            Some(f) => Some(read_file(f, "--alertmanager-token-file")?),
+            Some(f) => Some(read_token_file(f, "--alertmanager-token-file")?),
             None => None,
         };
         cfg.alerts = Some(
@@ -197,7 +197,7 @@ pub async fn run(
     // before anything else starts so a taken port fails fast.
     let token = match &args.admin_token_file {
         Some(f) => {
-            let text = read_file(f, "--admin-token-file")?;
+            let text = read_token_file(f, "--admin-token-file")?;
             let token = clustermon_core::admin::Token::new(&text)
                 .map_err(|e| CmdError::Usage(format!("--admin-token-file {}: {e}", f.display())))?;
             // The same token authenticates this monitor's pushed
@@ -552,6 +552,14 @@ pub async fn buckets(args: ReadArgs) -> Result<(), CmdError> {
     Ok(())
 }
 
+/// A token file: bounded, a regular file (`clustermon_core::reload`).
+fn read_token_file(p: &std::path::Path, what: &str) -> Result<String, CmdError> {
+    let bytes = clustermon_core::reload::read_secret_file(p)
+        .map_err(|e| CmdError::Usage(format!("cannot read {what} {}: {e}", p.display())))?;
+    String::from_utf8(bytes)
+        .map_err(|_| CmdError::Usage(format!("{what} {}: not UTF-8 text", p.display())))
+}
+
 fn read_file(p: &std::path::Path, what: &str) -> Result<String, CmdError> {
     std::fs::read_to_string(p)
         .map_err(|e| CmdError::Usage(format!("cannot read {what} {}: {e}", p.display())))
@@ -797,7 +805,7 @@ fn admin_token(arg: &crate::cli::AdminTokenArg) -> Result<Option<String>, CmdErr
     arg.admin_token_file
         .as_deref()
         .map(|f| {
-            let text = read_file(f, "--admin-token-file")?;
+            let text = read_token_file(f, "--admin-token-file")?;
             clustermon_core::admin::Token::new(&text)
                 .map(|t| t.sent().to_string())
                 .map_err(|e| CmdError::Usage(format!("--admin-token-file {}: {e}", f.display())))

@@ -72,6 +72,32 @@ fn a_non_loopback_admin_listener_without_a_token_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A token or key file that is a device, or too large to be one, is bad
+/// input at start (exit 2, the file named, its content never read whole).
+#[test]
+fn a_secret_file_that_is_a_device_or_too_large_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("cm-secret-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = format!("sqlite:{}", dir.join("store.db").display());
+    let big = dir.join("big.token");
+    std::fs::write(&big, vec![b'x'; 64 * 1024 + 1]).unwrap();
+    let big = big.to_str().unwrap();
+    for (flag, file, want) in [
+        ("--admin-token-file", "/dev/zero", "not a regular file"),
+        ("--secrets-key-file", "/dev/zero", "not a regular file"),
+        ("--admin-token-file", big, "larger than 65536 bytes"),
+    ] {
+        let out = clustermon(&["run", "--store", &store, "--statsd", "none", flag, file]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {file}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(file) && err.contains(want),
+            "{flag} {file}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A missing required flag: exit 2 and one line that names the flag (the
 /// name is on clap's second line, which a first-line-only message lost).
 #[test]

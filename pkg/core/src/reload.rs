@@ -66,6 +66,28 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {
     }
 }
 
+/// The most a secret file may hold: tokens and keys are a few lines.
+pub const SECRET_FILE_MAX: u64 = 64 * 1024;
+
+/// Reads a token or key file: a regular file (a FIFO would block the read
+/// forever, a device never end) of at most [`SECRET_FILE_MAX`] bytes. The
+/// error says why, never what the file holds.
+pub fn read_secret_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.kind().to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut out = Vec::with_capacity(meta.len().min(SECRET_FILE_MAX) as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(SECRET_FILE_MAX + 1).read_to_end(&mut out))
+        .map_err(|e| e.kind().to_string())?;
+    if out.len() as u64 > SECRET_FILE_MAX {
+        return Err(format!("larger than {SECRET_FILE_MAX} bytes"));
+    }
+    Ok(out)
+}
+
 /// Which secret a file holds: the `file` tag of the reload metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretKind {
@@ -146,7 +168,7 @@ impl Group {
         let read: Vec<Result<Vec<u8>, String>> = self
             .files
             .iter()
-            .map(|(_, p)| std::fs::read(p).map_err(|e| e.kind().to_string()))
+            .map(|(_, p)| read_secret_file(p))
             .collect();
         let now: Vec<Result<u64, String>> = read
             .iter()

@@ -59,7 +59,7 @@ impl SecretsKey {
     /// Reads a key file: exactly 32 bytes, or the base64 of 32 bytes
     /// (surrounding white space ignored). Errors never include the content.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let raw = std::fs::read(path)
+        let raw = crate::reload::read_secret_file(path)
             .map_err(|e| format!("cannot read secrets key file {}: {e}", path.display()))?;
         Self::parse(&raw).map_err(|e| format!("secrets key file {}: {e}", path.display()))
     }

@@ -332,3 +332,51 @@ async fn the_timer_reloads_a_change_within_an_interval() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// A file that is not a regular one (a FIFO would block the read forever,
+/// `/dev/zero` never end) or larger than the bound is refused, at start
+/// (the CLI's read) as at a reload, and the last good value stays.
+#[test]
+fn a_fifo_a_device_or_an_oversize_file_is_refused_without_reading_it_all() {
+    let dir = Dir::new("hostile");
+    let fifo = dir.0.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let big = dir.write("big", &vec![b'a'; SECRET_FILE_MAX as usize + 1]);
+    let fits = dir.write("fits", &vec![b'a'; SECRET_FILE_MAX as usize]);
+    for (p, want) in [
+        (fifo.as_path(), "not a regular file"),
+        (std::path::Path::new("/dev/zero"), "not a regular file"),
+        (big.as_path(), "larger than 65536 bytes"),
+    ] {
+        let e = read_secret_file(p).expect_err("refused");
+        assert_eq!(e, want, "{}", p.display());
+    }
+    assert_eq!(
+        read_secret_file(&fits).unwrap().len(),
+        SECRET_FILE_MAX as usize
+    );
+    assert!(SecretsKey::from_file(std::path::Path::new("/dev/zero"))
+        .is_err_and(|e| e.contains("not a regular file")));
+
+    // At a reload: the token file replaced by a FIFO, then by a big file.
+    let (mut r, live, path) = token_reloader(&dir);
+    r.look();
+    std::fs::remove_file(&path).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert!(
+        matches!(r.look().as_slice(), [Outcome::Refused(w)] if w.contains("not a regular file")),
+        "a FIFO is refused, not read"
+    );
+    std::fs::remove_file(&path).unwrap();
+    dir.write("token", &vec![b'b'; SECRET_FILE_MAX as usize + 10]);
+    assert!(matches!(r.look().as_slice(), [Outcome::Refused(w)] if w.contains("larger than")));
+    assert_eq!(sent(&live), A);
+}
