@@ -233,7 +233,10 @@ fn flags_are_validated() {
 }
 
 fn task(urls: Vec<String>, after: u32, owned: Owned) -> (mpsc::Sender<AlertInput>, AlertTask) {
-    let mut cfg = config(urls, after);
+    task_with(config(urls, after), owned)
+}
+
+fn task_with(mut cfg: AlertConfig, owned: Owned) -> (mpsc::Sender<AlertInput>, AlertTask) {
     cfg.queue = 5;
     cfg.input_queue = 8;
     let (tx, mut t) = AlertTask::with_owned(
@@ -326,6 +329,45 @@ async fn fires_after_n_checks_resends_and_resolves_once() {
             .contains("authorization: bearer s3cret-am-token"));
         assert!(!body.contains(CANARY) && !head.contains(CANARY));
     }
+}
+
+/// A new `--alertmanager-token-file` (a reload replaces the token) is sent
+/// from the next request on, by the running task.
+#[tokio::test]
+async fn a_reloaded_token_is_sent_from_the_next_request() {
+    let am = Server::start().await;
+    let cfg = config(vec![am.url.clone()], 1);
+    let token = cfg.token.clone().expect("a token");
+    let (tx, t) = task_with(cfg, Arc::new(|_, _| true));
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(t.run(stop.clone()));
+    tx.send(input("c-1", node_not_ready())).await.unwrap();
+    wait("the first alert", Duration::from_secs(5), || {
+        am.requests() >= 1
+    })
+    .await;
+    token.set(Secret::new("s3cret-am-token-next"));
+    tx.send(input("c-1", node_not_ready())).await.unwrap();
+    wait("the second alert", Duration::from_secs(5), || {
+        am.requests() >= 2
+    })
+    .await;
+    stop.cancel();
+    run.await.unwrap();
+    let heads: Vec<String> = am
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(h, _)| h.to_ascii_lowercase())
+        .collect();
+    let bearer = |h: &str| {
+        h.lines()
+            .find_map(|l| l.trim().strip_prefix("authorization: bearer "))
+            .map(str::to_string)
+    };
+    assert_eq!(bearer(&heads[0]).as_deref(), Some("s3cret-am-token"));
+    assert_eq!(bearer(&heads[1]).as_deref(), Some("s3cret-am-token-next"));
 }
 
 /// An Alertmanager that fails is retried (3 attempts), then counted failed;
