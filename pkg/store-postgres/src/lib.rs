@@ -211,6 +211,10 @@ pub struct PostgresStore {
     /// and must not hold up a heartbeat pipelined behind them.
     writes: Slot,
     listener: Mutex<Option<(watch::Receiver<u64>, tokio::task::AbortHandle)>>,
+    /// The connections' driver tasks: each ends when its connection's last
+    /// client goes (finished ones are reaped at the next open); those left
+    /// when the store is dropped are aborted with it.
+    drivers: Mutex<tokio::task::JoinSet<()>>,
     invalid_monitor_docs: AtomicU64,
     /// Invalid heartbeat documents already logged (once per id).
     invalid_logged: Mutex<HashSet<String>>,
@@ -462,6 +466,7 @@ impl PostgresStore {
             main: Slot::new(),
             writes: Slot::new(),
             listener: Mutex::new(None),
+            drivers: Mutex::new(tokio::task::JoinSet::new()),
             invalid_monitor_docs: AtomicU64::new(0),
             invalid_logged: Mutex::new(HashSet::new()),
         };
@@ -592,11 +597,15 @@ impl PostgresStore {
             return Ok(c);
         }
         let (client, connection) = open_raw(&self.cfg, &self.tls, "clustermon").await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres connection closed");
-            }
-        });
+        {
+            let mut drivers = self.drivers.lock().unwrap_or_else(|p| p.into_inner());
+            while drivers.try_join_next().is_some() {}
+            drivers.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "postgres connection closed");
+                }
+            });
+        }
         check_schema(&client, &self.cfg.url).await?;
         let stmts = futures::future::try_join_all(SQL.iter().map(|q| client.prepare(q)))
             .await
