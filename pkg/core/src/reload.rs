@@ -322,18 +322,27 @@ impl Reloader {
     }
 }
 
+/// A token file's text (the first file of its group).
+fn utf8(b: &[u8]) -> Result<&str, (usize, String)> {
+    std::str::from_utf8(b).map_err(|_| (0, "the file is not UTF-8 text".to_string()))
+}
+
+/// "1 token", "2 tokens".
+fn counted(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// `--admin-token-file`: its tokens, one per line (the first sent, all
 /// accepted; [`crate::admin::Token`]).
 pub fn admin_token(path: PathBuf, live: Live<crate::admin::Token>) -> Group {
     Group::new(
         vec![(SecretKind::AdminToken, path)],
         Box::new(move |files| {
-            let text = std::str::from_utf8(&files[0])
-                .map_err(|_| (0, "the file is not UTF-8 text".to_string()))?;
+            let text = utf8(&files[0])?;
             let token = crate::admin::Token::new(text).map_err(|e| (0, e.to_string()))?;
             let n = token.count();
             live.set(token);
-            Ok(format!("{n} token{}", if n == 1 { "" } else { "s" }))
+            Ok(counted(n, "token"))
         }),
     )
 }
@@ -358,10 +367,7 @@ pub fn secrets_keys(
             let older = keys.collect::<Result<Vec<_>, _>>()?;
             let n = older.len();
             live.set(Some(current.with_older(older)));
-            Ok(format!(
-                "the current key and {n} older key{}",
-                if n == 1 { "" } else { "s" }
-            ))
+            Ok(format!("the current key and {}", counted(n, "older key")))
         }),
     )
 }
@@ -372,8 +378,7 @@ pub fn alertmanager_token(path: PathBuf, live: Live<crate::model::Secret>) -> Gr
     Group::new(
         vec![(SecretKind::AlertmanagerToken, path)],
         Box::new(move |files| {
-            let text = std::str::from_utf8(&files[0])
-                .map_err(|_| (0, "the file is not UTF-8 text".to_string()))?;
+            let text = utf8(&files[0])?;
             match text.trim() {
                 "" => Err((0, "the file is empty".to_string())),
                 t => {

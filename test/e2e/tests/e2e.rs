@@ -1519,6 +1519,18 @@ fn setup_with_admin_token(name: &str) -> (Setup, String) {
     (s, tok)
 }
 
+/// `clustermon check ID` (run now on its owner) with the CLI's token file.
+fn check_now(store: &str, id: &str, token_file: &str) -> (i32, String, String) {
+    clustermon(&[
+        "check",
+        id,
+        "--store",
+        store,
+        "--admin-token-file",
+        token_file,
+    ])
+}
+
 /// `explain` says why a cluster is or is not checked: unassigned before any
 /// monitor runs; once checked, its live owner, last check and next due time
 /// (JSON and text); a Creating cluster is not checked; an unknown id does
@@ -1598,14 +1610,7 @@ fn the_admin_api_refuses_a_call_without_the_token_and_runs_one_with_it() {
     let (code, _, err) = clustermon(&["drain", "m2", "--store", &s.store]);
     assert_eq!(code, 1, "drain without the token must fail");
     assert!(err.contains("401"), "{err}");
-    let (code, out, err) = clustermon(&[
-        "check",
-        &s.ids[1],
-        "--store",
-        &s.store,
-        "--admin-token-file",
-        &tok,
-    ]);
+    let (code, out, err) = check_now(&s.store, &s.ids[1], &tok);
     assert_eq!(code, 0, "check now: {out}{err}");
     assert!(out.contains(": ok"), "{out}");
     // The monitors' file lists two tokens: the second alone is accepted
@@ -1616,14 +1621,7 @@ fn the_admin_api_refuses_a_call_without_the_token_and_runs_one_with_it() {
     ] {
         let f = s.dir.path().join("cli-token");
         std::fs::write(&f, format!("{token}\n")).unwrap();
-        let (code, out, err) = clustermon(&[
-            "check",
-            &s.ids[1],
-            "--store",
-            &s.store,
-            "--admin-token-file",
-            f.to_str().unwrap(),
-        ]);
+        let (code, out, err) = check_now(&s.store, &s.ids[1], f.to_str().unwrap());
         assert_eq!(code, want, "check now with {token}: {out}{err}");
     }
     // The monitors' pushed assignments, sent with the file's first token,
@@ -1753,14 +1751,7 @@ fn secret_files_take_effect_without_a_restart_and_a_bad_one_is_refused() {
     };
     let (cli_a, cli_b) = (cli_token("cli-a", tok_a), cli_token("cli-b", tok_b));
     let check_with = |f: &str| {
-        let (code, out, err) = clustermon(&[
-            "check",
-            &s.ids[1],
-            "--store",
-            &s.store,
-            "--admin-token-file",
-            f,
-        ]);
+        let (code, out, err) = check_now(&s.store, &s.ids[1], f);
         (code, format!("{out}{err}"))
     };
     let (code, out) = check_with(&cli_a);
