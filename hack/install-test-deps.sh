@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs beyond the Rust toolchain, only when missing:
 # Debian packages (node/npm, patch, chromium, faketime, python3, postgresql,
-# prometheus-alertmanager, prometheus for promtool) and the local
+# prometheus-alertmanager, prometheus for promtool, openssl) and the local
 # Cosmos DB endpoint's npm package with the project's patch. Safe to run
 # again; quiet when all is there.
 set -euo pipefail
@@ -24,6 +24,8 @@ command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/
 [[ -x /usr/bin/prometheus-alertmanager ]] || need+=(prometheus-alertmanager)
 # deploy/prometheus's alerting rules are checked and unit-tested by promtool.
 command -v promtool >/dev/null || need+=(prometheus)
+# The admin-API-over-HTTPS e2e test makes its CA and certificate with openssl.
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   echo "install-test-deps: installing ${need[*]} from Debian" >&2
   sudo_=""

@@ -104,6 +104,18 @@ pub enum Command {
     Check(CheckArgs),
 }
 
+/// `--admin-ca-file`: the monitors' admin APIs serve HTTPS with a
+/// certificate from this CA.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AdminCaArg {
+    /// PEM bundle of the CA that issued the monitors' admin certificates
+    /// (their --admin-tls-cert-file), trusted on top of the system's roots
+    /// for https:// admin URLs; `run`: the only roots its peers' admin
+    /// APIs are trusted with (probes, pushed assignments).
+    #[arg(long, env = "CLUSTERMON_ADMIN_CA_FILE", value_name = "FILE")]
+    pub admin_ca_file: Option<std::path::PathBuf>,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct AdminTokenArg {
     /// Bearer token for the monitors' admin APIs (their --admin-token-file;
@@ -124,6 +136,8 @@ pub struct DrainArgs {
     pub monitor_id: String,
     #[command(flatten)]
     pub store: StoreArg,
+    #[command(flatten)]
+    pub admin_ca: AdminCaArg,
     #[command(flatten)]
     pub token: AdminTokenArg,
     /// Return only when the monitor owns no bucket and hands none over.
@@ -165,6 +179,8 @@ pub struct StoreArg {
 pub struct ReadArgs {
     #[command(flatten)]
     pub store: StoreArg,
+    #[command(flatten)]
+    pub admin_ca: AdminCaArg,
     #[arg(long, value_enum, default_value = "table", env = "CLUSTERMON_OUTPUT")]
     pub output: Output,
 }
@@ -263,6 +279,27 @@ pub struct RunArgs {
     /// 0s: only on SIGHUP.
     #[arg(long, default_value = human(defaults::SECRETS_RELOAD_INTERVAL), value_parser = duration, env = "CLUSTERMON_SECRETS_RELOAD_INTERVAL")]
     pub secrets_reload_interval: Duration,
+    /// PEM certificate chain the admin API serves HTTPS with (with
+    /// --admin-tls-key-file): tokens then never cross the network in clear.
+    /// Re-read like the secret files: a renewed certificate is served from
+    /// the next connection on.
+    #[arg(
+        long,
+        env = "CLUSTERMON_ADMIN_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "admin_tls_key_file"
+    )]
+    pub admin_tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --admin-tls-cert-file.
+    #[arg(
+        long,
+        env = "CLUSTERMON_ADMIN_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "admin_tls_cert_file"
+    )]
+    pub admin_tls_key_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub admin_ca: AdminCaArg,
     /// Admin URL other monitors and tools use to reach this one (default:
     /// http://LISTEN, or http://HOSTNAME:PORT when listening on all addresses).
     #[arg(long, env = "CLUSTERMON_ADMIN_ADVERTISE")]

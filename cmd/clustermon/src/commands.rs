@@ -216,14 +216,42 @@ pub async fn run(
         }
         None => None,
     };
+    // HTTPS on the admin API: the pair read bounded, checked now (exit 2),
+    // re-read like the secret files.
+    let tls = match (&args.admin_tls_cert_file, &args.admin_tls_key_file) {
+        (Some(c), Some(k)) => {
+            let read = |p: &std::path::Path, flag: &str| {
+                clustermon_core::reload::read_secret_file(p).map_err(|e| {
+                    CmdError::Usage(format!("cannot read {flag} {}: {e}", p.display()))
+                })
+            };
+            let cfg = clustermon_core::admin::tls::server_config(
+                &read(c, "--admin-tls-cert-file")?,
+                &read(k, "--admin-tls-key-file")?,
+            )
+            .map_err(|e| CmdError::Usage(format!("--admin-tls-cert-file {}: {e}", c.display())))?;
+            let live = clustermon_core::reload::Live::new(cfg);
+            reload.push(clustermon_core::reload::admin_tls(
+                c.clone(),
+                k.clone(),
+                live.clone(),
+            ));
+            Some(live)
+        }
+        _ => None,
+    };
+    cfg.admin_peer_ca = admin_ca(&args.admin_ca)?;
     let listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .map_err(|e| CmdError::Usage(format!("--admin-listen {}: {e}", args.admin_listen)))?;
     let bound = listener.local_addr().map_err(failed)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     cfg.admin_url = match &args.admin_advertise {
         Some(u) => u.trim_end_matches('/').to_string(),
-        None if bound.ip().is_unspecified() => format!("http://{}:{}", cfg.hostname, bound.port()),
-        None => format!("http://{bound}"),
+        None if bound.ip().is_unspecified() => {
+            format!("{scheme}://{}:{}", cfg.hostname, bound.port())
+        }
+        None => format!("{scheme}://{bound}"),
     };
 
     let key = secrets_key(&args.secrets)?;
@@ -260,6 +288,7 @@ pub async fn run(
     }
     let reloader = clustermon_core::reload::Reloader::new(reload, metrics.clone());
     let cfg_admin_url = cfg.admin_url.clone();
+    let cfg_peer_ca = cfg.admin_peer_ca.clone();
     let engine =
         Engine::new(cfg, store.clone(), Arc::new(checker), metrics, clock).map_err(usage)?;
     tracing::info!(
@@ -280,7 +309,11 @@ pub async fn run(
     let admin_task = tokio::spawn(clustermon_core::admin::serve(
         listener,
         engine.handles(),
-        token,
+        clustermon_core::admin::ServeOptions {
+            token,
+            tls,
+            peer_ca: cfg_peer_ca,
+        },
         admin_stop.clone(),
     ));
     engine.run(shutdown).await;
@@ -344,6 +377,7 @@ struct StatusOut<'a> {
 async fn gather_failing(
     live: &[clustermon_core::model::MonitorDoc],
     limit: usize,
+    ca: &[reqwest::Certificate],
 ) -> Result<(String, FleetFailing), String> {
     let mut order: Vec<&clustermon_core::model::MonitorDoc> =
         live.iter().filter(|m| !m.admin_url.is_empty()).collect();
@@ -354,7 +388,7 @@ async fn gather_failing(
         failing: FleetFailing,
     }
     let mut last = "no live monitor advertises an admin URL".to_string();
-    let client = admin_client(Duration::from_secs(5)).map_err(|e| e.message().to_string())?;
+    let client = admin_client(Duration::from_secs(5), ca).map_err(|e| e.message().to_string())?;
     for m in order {
         let url = format!(
             "{}/api/status?limit={limit}",
@@ -387,7 +421,7 @@ pub async fn status(args: ReadArgs) -> Result<(), CmdError> {
         .await
         .map_err(failed)?;
     let limit = if args.output == Output::Json { 200 } else { 50 };
-    let gathered = gather_failing(&live, limit).await;
+    let gathered = gather_failing(&live, limit, &admin_ca(&args.admin_ca)?).await;
     if args.output == Output::Json {
         let (by, failing, error) = match &gathered {
             Ok((by, f)) => (Some(by.as_str()), Some(f), None),
@@ -791,8 +825,12 @@ pub async fn store_init(args: crate::cli::StoreArg) -> Result<(), CmdError> {
 
 /// A client for monitors' admin APIs; `timeout` bounds a whole request
 /// (check-now waits for the check; reads are short).
-fn admin_client(timeout: Duration) -> Result<reqwest::Client, CmdError> {
+fn admin_client(
+    timeout: Duration,
+    ca: &[reqwest::Certificate],
+) -> Result<reqwest::Client, CmdError> {
     clustermon_core::http::client_builder()
+        .tls_certs_merge(ca.iter().cloned())
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(5).min(timeout))
         .build()
@@ -813,14 +851,27 @@ fn admin_token(arg: &crate::cli::AdminTokenArg) -> Result<Option<String>, CmdErr
         .transpose()
 }
 
+/// The CA bundle of `--admin-ca-file` (none: the system's roots only).
+pub fn admin_ca(arg: &crate::cli::AdminCaArg) -> Result<Vec<reqwest::Certificate>, CmdError> {
+    let Some(f) = &arg.admin_ca_file else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(f).map_err(|e| {
+        CmdError::Usage(format!("cannot read --admin-ca-file {}: {e}", f.display()))
+    })?;
+    clustermon_core::admin::tls::ca_certs(&pem)
+        .map_err(|e| CmdError::Usage(format!("--admin-ca-file {}: {e}", f.display())))
+}
+
 /// Sends a request to a monitor's admin API; the status and the body's
 /// JSON (a string when the body is not JSON).
 async fn admin_call(
     method: reqwest::Method,
     url: &str,
     token: Option<&str>,
+    ca: &[reqwest::Certificate],
 ) -> Result<(u16, serde_json::Value), String> {
-    let client = admin_client(Duration::from_secs(65)).map_err(|e| e.message().to_string())?;
+    let client = admin_client(Duration::from_secs(65), ca).map_err(|e| e.message().to_string())?;
     let mut req = client.request(method, url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -912,6 +963,7 @@ pub async fn explain(args: crate::cli::ExplainArgs) -> Result<(), CmdError> {
                 reqwest::Method::GET,
                 &format!("{url}/debug/clusters/{id}"),
                 None,
+                &admin_ca(&args.read.admin_ca)?,
             )
             .await
             {
@@ -994,6 +1046,7 @@ pub async fn drain(args: crate::cli::DrainArgs) -> Result<(), CmdError> {
         reqwest::Method::POST,
         &format!("{url}/admin/drain"),
         token.as_deref(),
+        &admin_ca(&args.admin_ca)?,
     )
     .await
     .map_err(CmdError::Failed)?;
@@ -1065,6 +1118,7 @@ pub async fn check(args: crate::cli::CheckArgs) -> Result<(), CmdError> {
         reqwest::Method::POST,
         &format!("{url}/admin/check/{id}"),
         token.as_deref(),
+        &admin_ca(&args.read.admin_ca)?,
     )
     .await
     .map_err(CmdError::Failed)?;

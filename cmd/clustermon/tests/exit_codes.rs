@@ -95,6 +95,31 @@ fn a_secret_file_that_is_a_device_or_too_large_is_refused_at_start() {
             "{flag} {file}: {err}"
         );
     }
+    // The admin API's certificate: its key is required with it, and a file
+    // that is no certificate is named.
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let junk = junk.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["run", "--store", &store, "--statsd", "none"];
+        a.extend_from_slice(extra);
+        clustermon(&a)
+    };
+    let out = run(&["--admin-tls-cert-file", junk]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--admin-tls-key-file"),
+        "{out:?}"
+    );
+    let out = run(&["--admin-tls-cert-file", junk, "--admin-tls-key-file", junk]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds no certificate") && !err.contains("not a certificate"),
+        "{err}"
+    );
+    let out = run(&["--admin-ca-file", junk]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

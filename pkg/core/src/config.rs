@@ -85,6 +85,10 @@ pub struct EngineConfig {
     /// monitor), sent with pushed assignments to peers' `POST /admin/sync`
     /// (its first token; replaced when the file changes).
     pub admin_token: Option<crate::reload::Live<crate::admin::Token>>,
+    /// `--admin-ca-file`: the only roots peers' admin APIs are trusted with
+    /// when they serve HTTPS (probes, pushed assignments); empty: the
+    /// system's.
+    pub admin_peer_ca: Vec<reqwest::Certificate>,
     /// `--handoff-notice`: how long a moving bucket stays with its previous
     /// owner; `None`: [`EngineConfig::handoff`]'s two heartbeat intervals.
     pub handoff_notice: Option<Duration>,
@@ -112,6 +116,7 @@ impl EngineConfig {
             max_clock_offset: defaults::MAX_CLOCK_OFFSET,
             alerts: None,
             admin_token: None,
+            admin_peer_ca: Vec::new(),
             handoff_notice: None,
         }
     }

@@ -408,7 +408,7 @@ impl Engine {
             master_invalid_logged: false,
             corrupt_since_ms: None,
             clock_state: None,
-            http: peer_client(cfg.heartbeat_interval),
+            http: peer_client(cfg.heartbeat_interval, &cfg.admin_peer_ca),
         };
         let scheduler = Scheduler::new(SchedulerDeps {
             me,
@@ -645,9 +645,16 @@ fn peer_timeout(heartbeat_interval: Duration) -> Duration {
     (heartbeat_interval / 4).max(Duration::from_millis(50))
 }
 
-fn peer_client(heartbeat_interval: Duration) -> Option<reqwest::Client> {
+fn peer_client(
+    heartbeat_interval: Duration,
+    ca: &[reqwest::Certificate],
+) -> Option<reqwest::Client> {
     let t = peer_timeout(heartbeat_interval);
-    match crate::http::client_builder()
+    let mut b = crate::http::client_builder();
+    if !ca.is_empty() {
+        b = b.tls_certs_only(ca.iter().cloned());
+    }
+    match b
         .connect_timeout(t)
         .timeout(t)
         .no_proxy()
@@ -1575,7 +1582,7 @@ mod probe_tests {
     /// its kernel still accepts) is a timeout, which proves nothing.
     #[tokio::test]
     async fn probes_tell_a_gone_process_from_a_paused_one() {
-        let client = peer_client(Duration::from_millis(800)).unwrap();
+        let client = peer_client(Duration::from_millis(800), &[]).unwrap();
         // Gone: a port nobody listens on.
         let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gone = format!("http://{}", free.local_addr().unwrap());

@@ -95,14 +95,18 @@ pub enum SecretKind {
     SecretsKey,
     SecretsOldKey,
     AlertmanagerToken,
+    AdminTlsCert,
+    AdminTlsKey,
 }
 
 impl SecretKind {
-    pub const ALL: [SecretKind; 4] = [
+    pub const ALL: [SecretKind; 6] = [
         SecretKind::AdminToken,
         SecretKind::SecretsKey,
         SecretKind::SecretsOldKey,
         SecretKind::AlertmanagerToken,
+        SecretKind::AdminTlsCert,
+        SecretKind::AdminTlsKey,
     ];
 
     /// The flag that names the file, without its dashes: the metrics'
@@ -113,6 +117,8 @@ impl SecretKind {
             SecretKind::SecretsKey => "secrets-key-file",
             SecretKind::SecretsOldKey => "secrets-old-key-file",
             SecretKind::AlertmanagerToken => "alertmanager-token-file",
+            SecretKind::AdminTlsCert => "admin-tls-cert-file",
+            SecretKind::AdminTlsKey => "admin-tls-key-file",
         }
     }
 }
@@ -368,6 +374,26 @@ pub fn secrets_keys(
             let n = older.len();
             live.set(Some(current.with_older(older)));
             Ok(format!("the current key and {}", counted(n, "older key")))
+        }),
+    )
+}
+
+/// `--admin-tls-cert-file` and `--admin-tls-key-file`: read together (a
+/// renewal replaces both), served from the next connection on.
+pub fn admin_tls(cert: PathBuf, key: PathBuf, live: crate::admin::tls::ServerTls) -> Group {
+    Group::new(
+        vec![
+            (SecretKind::AdminTlsCert, cert),
+            (SecretKind::AdminTlsKey, key),
+        ],
+        Box::new(move |files| {
+            // A key that does not match is the pair's fault: named by the key.
+            let cfg = crate::admin::tls::server_config(&files[0], &files[1]).map_err(|e| {
+                let which = usize::from(!e.contains("certificate file"));
+                (which, e)
+            })?;
+            live.set(cfg);
+            Ok("the certificate and its key".to_string())
         }),
     )
 }

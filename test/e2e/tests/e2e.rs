@@ -1820,6 +1820,162 @@ fn secret_files_take_effect_without_a_restart_and_a_bad_one_is_refused() {
     drop(s.dir);
 }
 
+/// A CA and a certificate for 127.0.0.1 it issued, made with openssl in
+/// `dir`: (CA file, certificate file, key file).
+fn admin_certificate(dir: &std::path::Path) -> (String, String, String) {
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let (ca, ca_key, cert, key, csr, ext) = (
+        p("admin-ca.pem"),
+        p("admin-ca.key"),
+        p("admin.pem"),
+        p("admin.key"),
+        p("admin.csr"),
+        p("admin.ext"),
+    );
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=e2e-admin-ca",
+    ]);
+    run(&a);
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=clustermon-admin",
+    ]);
+    run(&a);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    (ca, cert, key)
+}
+
+/// The admin API over HTTPS (`--admin-tls-cert-file`, `--admin-ca-file`):
+/// every monitor advertises an https:// URL; `check`, `status` (the
+/// fleet-wide view a monitor gathers from its peers) and `drain --wait`
+/// work with the CA; pushed assignments between monitors go over HTTPS
+/// (every one taken); a client without the CA, and plain HTTP, get nothing.
+#[test]
+fn the_admin_api_over_https_serves_the_runbook_commands_and_the_peers() {
+    let (mut s, tok) = setup_with_admin_token("admin-https");
+    let (ca, cert, key) = admin_certificate(s.dir.path());
+    s.mons.extra.extend(
+        [
+            "--admin-tls-cert-file",
+            &cert,
+            "--admin-tls-key-file",
+            &key,
+            "--admin-ca-file",
+            &ca,
+        ]
+        .map(String::from),
+    );
+    warm_up(&mut s);
+    let urls = admin_urls(&s.store);
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    assert!(
+        urls.values().all(|u| u.starts_with("https://127.0.0.1:")),
+        "{urls:?}"
+    );
+    let plain = urls["m1"].replacen("https://", "http://", 1);
+    assert!(
+        !matches!(http_get(&format!("{plain}/healthz/live")), Ok((200, _))),
+        "plain HTTP gets no answer"
+    );
+
+    let with_ca = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--admin-ca-file", &ca]);
+        clustermon(&a)
+    };
+    let (code, out, err) = with_ca(&[
+        "check",
+        &s.ids[1],
+        "--store",
+        &s.store,
+        "--admin-token-file",
+        &tok,
+    ]);
+    assert_eq!(code, 0, "check over HTTPS: {out}{err}");
+    assert!(out.contains(": ok"), "{out}");
+    let (code, out, err) = check_now(&s.store, &s.ids[1], &tok);
+    assert_eq!(
+        code, 1,
+        "without the CA the monitor's certificate is not trusted: {out}{err}"
+    );
+
+    let status = wait_until("status gathers the failing view over HTTPS", SLACK, || {
+        let (code, out, _) = with_ca(&["status", "--store", &s.store, "--output", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (code == 0 && v["gathered_by"].is_string()).then_some(v)
+    });
+    assert!(status["failing"].is_object(), "{status}");
+
+    let (code, out, err) = with_ca(&[
+        "drain",
+        "m2",
+        "--store",
+        &s.store,
+        "--wait",
+        "--admin-token-file",
+        &tok,
+    ]);
+    assert_eq!(code, 0, "drain --wait over HTTPS: {out}{err}");
+    let owners = buckets(&s.store).unwrap();
+    assert!(
+        balanced(&owners, &["m1", "m3"]),
+        "m2's buckets went to m1 and m3"
+    );
+    let sent = |r: &str| s.statsd.counter_sum("monitor.sync.sent", &[("result", r)]);
+    let (ok, refused, failed) = (sent("ok"), sent("refused"), sent("failed"));
+    assert!(
+        ok >= 1 && refused == 0 && failed == 0,
+        "pushed assignments over HTTPS: {ok} ok, {refused} refused, {failed} failed"
+    );
+    drop(s.dir);
+}
+
 /// `drain --wait` while checks run: the drained monitor's buckets move to
 /// the others, evenly, with a timed handoff: no cluster has a gap or is
 /// checked twice; the drained monitor stays up and live.

@@ -106,8 +106,9 @@ pub fn probes(engine: &EngineHandles) -> Vec<ProbeAnswer> {
 }
 
 /// The HTTP client for gathering: no proxy, no redirects, bounded time.
-pub fn client() -> Option<reqwest::Client> {
+pub fn client(peer_ca: &[reqwest::Certificate]) -> Option<reqwest::Client> {
     crate::http::client_builder()
+        .tls_certs_merge(peer_ca.iter().cloned())
         .connect_timeout(GATHER_TIMEOUT)
         .timeout(GATHER_TIMEOUT)
         .no_proxy()

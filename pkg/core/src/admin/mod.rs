@@ -1,5 +1,6 @@
 //! The admin API of one monitor: health, Prometheus metrics, debug views,
-//! check-now and drain, and the status page. Plain HTTP/1.1 on hyper.
+//! check-now and drain, and the status page. HTTP/1.1 on hyper, plain or
+//! over TLS (`tls.rs`).
 //!
 //! GETs answer from the engine's handles (and, for the status page, two
 //! store reads bounded by a heartbeat interval); POSTs need the bearer token
@@ -28,6 +29,7 @@ use crate::status::{bucket_owners, fleet_status};
 
 pub mod api;
 pub mod fleet;
+pub mod tls;
 
 use api::{CheckAnswer, DrainAnswer, ErrorAnswer};
 
@@ -116,21 +118,37 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// How the admin API is served.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// The bearer tokens POSTs need (none: POSTs are open; loopback only).
+    pub token: Option<crate::reload::Live<Token>>,
+    /// HTTPS instead of plain HTTP.
+    pub tls: Option<tls::ServerTls>,
+    /// The CA bundle the peers' admin APIs are trusted with (the fleet view
+    /// gathered over HTTPS), on top of the system's roots.
+    pub peer_ca: Vec<reqwest::Certificate>,
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
+
 /// Serves the admin API on `listener` until `stop` is cancelled; then
 /// stops accepting and ends open connections.
 pub async fn serve(
     listener: TcpListener,
     engine: EngineHandles,
-    token: Option<crate::reload::Live<Token>>,
+    opts: ServeOptions,
     stop: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNS));
     let mut conns = JoinSet::new();
     let state = Arc::new(State {
         engine,
-        token,
-        client: fleet::client(),
+        token: opts.token,
+        client: fleet::client(&opts.peer_ca),
     });
+    let tls = opts.tls;
     loop {
         while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
@@ -150,24 +168,51 @@ pub async fn serve(
         };
         let state = state.clone();
         let stop = stop.clone();
+        // The configuration of the moment: a renewed certificate is
+        // served from the next connection on.
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.get()));
         conns.spawn(async move {
             let _permit = permit;
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &state).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive(true)
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), svc);
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                r = conn => if let Err(e) = r { tracing::debug!(error = %e, "admin connection ended") },
-            }
+            let Some(acceptor) = acceptor else {
+                return serve_conn(TokioIo::new(tcp), state, stop).await;
+            };
+            let shake = tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = shake => match r {
+                    Ok(Ok(tls)) => tls,
+                    // A plain-HTTP client, a wrong CA, a scanner: the
+                    // connection ends; nothing to answer.
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "admin TLS handshake failed"),
+                    Err(_) => return tracing::debug!("admin TLS handshake timed out"),
+                },
+            };
+            serve_conn(TokioIo::new(tls), state, stop).await
         });
     }
     conns.shutdown().await;
+}
+
+/// One connection's requests, until it ends or `stop`.
+async fn serve_conn<I>(io: I, state: Arc<State>, stop: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(req, &state).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(io, svc);
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        r = conn => if let Err(e) = r { tracing::debug!(error = %e, "admin connection ended") },
+    }
 }
 
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {

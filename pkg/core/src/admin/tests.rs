@@ -102,8 +102,20 @@ async fn start_on(
     token: Option<&str>,
     tweak: impl FnOnce(&mut EngineConfig),
 ) -> Running {
+    start_served(store, id, token, None, tweak).await
+}
+
+/// As `start_on`, serving HTTPS with `tls` when given.
+async fn start_served(
+    store: Arc<MemStore>,
+    id: &str,
+    token: Option<&str>,
+    tls: Option<tls::ServerTls>,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", listener.local_addr().unwrap());
     let mut cfg = EngineConfig::new(id);
     cfg.admin_url = base.clone();
     cfg.heartbeat_interval = Duration::from_millis(50);
@@ -124,7 +136,12 @@ async fn start_on(
     let h = engine.handles();
     let stop = CancellationToken::new();
     let token = token.map(|t| crate::reload::Live::new(Token::new(t).unwrap()));
-    let admin = tokio::spawn(serve(listener, h, token, stop.clone()));
+    let opts = ServeOptions {
+        token,
+        tls,
+        ..Default::default()
+    };
+    let admin = tokio::spawn(serve(listener, h, opts, stop.clone()));
     let s = stop.clone();
     let engine = tokio::spawn(engine.run(async move { s.cancelled().await }));
     Running {
@@ -380,7 +397,7 @@ async fn the_status_view_gathers_every_monitors_failing_clusters_with_their_aler
     assert!(r.failing.iter().all(|c| c.monitor == "m2"));
 
     // A peer that is gone costs one row, named, without its URL.
-    let client = fleet::client().unwrap();
+    let client = fleet::client(&[]).unwrap();
     let e = fleet::fetch_report(&client, "http://127.0.0.1:1", 10)
         .await
         .unwrap_err();
@@ -428,7 +445,7 @@ async fn a_peer_with_an_oversize_or_endless_answer_costs_its_row_only() {
         });
         url
     }
-    let client = fleet::client().unwrap();
+    let client = fleet::client(&[]).unwrap();
     for (huge, want) in [
         (true, "answer larger than"),
         (false, "the answer did not end within 1s 500ms"),
@@ -587,4 +604,79 @@ async fn a_pushed_table_is_applied_only_when_the_store_does_not_answer() {
     }
     r.store.set_available(true);
     r.stop().await;
+}
+
+/// A CA and a serving certificate for 127.0.0.1 it issued: (CA PEM,
+/// certificate PEM, key PEM).
+fn issued_for_loopback() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let cert = p.signed_by(&key, &issuer).unwrap().pem();
+    (ca_pem, cert, key.serialize_pem())
+}
+
+/// Over HTTPS (`--admin-tls-cert-file`): a client that trusts the CA gets
+/// its answers, one that does not and a plain-HTTP request get none; a
+/// renewed certificate (here from another CA) is served from the next
+/// connection on, without a restart; a bad certificate or key is refused
+/// with a reason that quotes neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_serves_https_and_a_renewed_certificate_from_the_next_connection() {
+    let (ca1, cert1, key1) = issued_for_loopback();
+    let (ca2, cert2, key2) = issued_for_loopback();
+    let live =
+        crate::reload::Live::new(tls::server_config(cert1.as_bytes(), key1.as_bytes()).unwrap());
+    let store = Arc::new(MemStore::new());
+    let r = start_served(store, "m1", Some(TOKEN), Some(live.clone()), |_| {}).await;
+    assert!(r.base.starts_with("https://"), "{}", r.base);
+    let trusting = |ca: &str| {
+        crate::http::client_builder()
+            .tls_certs_only(tls::ca_certs(ca.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let get = |c: reqwest::Client, url: String| async move {
+        c.get(url).send().await.map(|r| r.status().as_u16())
+    };
+    let live_url = format!("{}/healthz/live", r.base);
+    assert_eq!(get(trusting(&ca1), live_url.clone()).await.ok(), Some(200));
+    assert!(
+        get(trusting(&ca2), live_url.clone()).await.is_err(),
+        "a client that does not trust the CA gets nothing"
+    );
+    let plain = live_url.replacen("https://", "http://", 1);
+    assert!(
+        get(trusting(&ca1), plain).await.is_err(),
+        "plain HTTP gets no answer"
+    );
+
+    live.set(tls::server_config(cert2.as_bytes(), key2.as_bytes()).unwrap());
+    assert_eq!(
+        get(trusting(&ca2), live_url.clone()).await.ok(),
+        Some(200),
+        "the renewed certificate is served to the next connection"
+    );
+    assert!(get(trusting(&ca1), live_url).await.is_err());
+
+    // Bad files: the reason, never the content.
+    for (c, k, want) in [
+        ("junk", key1.as_str(), "holds no certificate"),
+        (cert1.as_str(), "junk", "no PEM private key"),
+        (cert1.as_str(), key2.as_str(), "not usable together"),
+    ] {
+        let e = tls::server_config(c.as_bytes(), k.as_bytes()).unwrap_err();
+        assert!(e.contains(want), "{e}");
+        assert!(!e.contains("PRIVATE KEY") && !e.contains("junk"), "{e}");
+    }
+    assert!(tls::ca_certs(b"junk").is_err());
+    r.stop.cancel();
 }

@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
@@ -379,4 +380,68 @@ fn a_fifo_a_device_or_an_oversize_file_is_refused_without_reading_it_all() {
     dir.write("token", &vec![b'b'; SECRET_FILE_MAX as usize + 10]);
     assert!(matches!(r.look().as_slice(), [Outcome::Refused(w)] if w.contains("larger than")));
     assert_eq!(sent(&live), A);
+}
+
+/// A certificate and its key, self-signed for 127.0.0.1: (certificate
+/// PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let p = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// The admin API's certificate and key are one pair: a renewal (both
+/// files) takes effect; a key that does not match is refused under
+/// --admin-tls-key-file, a certificate that is not PEM under
+/// --admin-tls-cert-file, and the last good pair stays.
+#[test]
+fn a_renewed_admin_certificate_takes_effect_and_a_mismatched_pair_is_refused() {
+    let dir = Dir::new("admin-tls");
+    let (c1, k1) = self_signed();
+    let (c2, k2) = self_signed();
+    let cert = dir.write("tls.crt", c1.as_bytes());
+    let key = dir.write("tls.key", k1.as_bytes());
+    let first = crate::admin::tls::server_config(c1.as_bytes(), k1.as_bytes()).unwrap();
+    let live = Live::new(first);
+    let served = |l: &Live<rustls::ServerConfig>| Arc::as_ptr(&l.get());
+    let m = metrics();
+    let mut r = Reloader::new(vec![admin_tls(cert, key, live.clone())], m.clone());
+    assert_eq!(r.look(), [Outcome::Unchanged]);
+    let before = served(&live);
+
+    dir.write("tls.crt", c2.as_bytes());
+    dir.write("tls.key", k2.as_bytes());
+    assert!(matches!(r.look().as_slice(), [Outcome::Applied(_)]));
+    let renewed = served(&live);
+    assert_ne!(before, renewed, "the renewed pair is in effect");
+    assert_eq!(
+        exported(&m, names::SECRETS_RELOADED, "admin-tls-cert-file"),
+        Some(1.0)
+    );
+
+    dir.write("tls.key", k1.as_bytes());
+    let o = r.look();
+    assert!(
+        matches!(o.as_slice(), [Outcome::Refused(w)] if w.contains("--admin-tls-key-file") && !w.contains("PRIVATE")),
+        "{o:?}"
+    );
+    assert_eq!(served(&live), renewed, "the last good pair stays");
+    assert_eq!(
+        exported(&m, names::SECRETS_REFUSED, "admin-tls-key-file"),
+        Some(1.0)
+    );
+    dir.write("tls.crt", b"not a certificate");
+    let o = r.look();
+    assert!(
+        matches!(o.as_slice(), [Outcome::Refused(w)] if w.contains("--admin-tls-cert-file")),
+        "{o:?}"
+    );
+    assert_eq!(
+        exported(&m, names::SECRETS_REFUSED, "admin-tls-key-file"),
+        Some(0.0)
+    );
+    assert_eq!(
+        exported(&m, names::SECRETS_REFUSED, "admin-tls-cert-file"),
+        Some(1.0)
+    );
 }
