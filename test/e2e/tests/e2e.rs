@@ -1950,7 +1950,15 @@ fn the_admin_api_over_https_serves_the_runbook_commands_and_the_peers() {
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         (code == 0 && v["gathered_by"].is_string()).then_some(v)
     });
-    assert!(status["failing"].is_object(), "{status}");
+    // The answering monitor asked its two peers over HTTPS: three reports.
+    let reports = status["failing"]["monitors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        reports.len() == 3 && reports.iter().all(|m| m["ok"] == true),
+        "every monitor's report came: {status}"
+    );
 
     let (code, out, err) = with_ca(&[
         "drain",
