@@ -1,13 +1,14 @@
 //! Secret files re-read while the monitor runs: the admin token, the
-//! credentials keys and the Alertmanager token take effect without a
-//! restart, so a rotation is a file change (a Kubernetes Secret's mounted
-//! volume is updated in place) rather than a rollout.
+//! credentials keys, the Alertmanager token and the admin API's TLS
+//! certificate and key take effect without a restart, so a rotation or a
+//! renewal is a file change (a Kubernetes Secret's mounted volume is
+//! updated in place) rather than a rollout.
 //!
 //! - [`Live`]: a value readers share and a reload replaces. Each reader
 //!   takes the current value for one use (a check, a request); a reload
 //!   never changes a value under a reader.
 //! - [`Reloader`]: the files, each group parsed whole (the credentials
-//!   keys are one ring), re-read on every tick and on demand (SIGHUP).
+//!   keys are one ring, the certificate and its key one pair), re-read on every tick and on demand (SIGHUP).
 //!   A change that parses replaces the value and is counted
 //!   (`monitor.secrets.reloaded`); one that does not is refused, logged
 //!   once with the parser's error (which never quotes the content) and
@@ -243,10 +244,6 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(groups: Vec<Group>, metrics: Metrics) -> Self {
         Self { groups, metrics }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
     }
 
     /// One look at every group, each outcome logged (never the content)
