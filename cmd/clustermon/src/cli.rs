@@ -111,7 +111,8 @@ pub struct AdminCaArg {
     /// PEM bundle of the CA that issued the monitors' admin certificates
     /// (their --admin-tls-cert-file), trusted on top of the system's roots
     /// for https:// admin URLs; `run`: the only roots its peers' admin
-    /// APIs are trusted with (probes, pushed assignments).
+    /// APIs are trusted with (probes, pushed assignments), re-read while
+    /// running.
     #[arg(long, env = "CLUSTERMON_ADMIN_CA_FILE", value_name = "FILE")]
     pub admin_ca_file: Option<std::path::PathBuf>,
 }
@@ -273,7 +274,9 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERMON_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<std::path::PathBuf>,
     /// How often the secret files (--admin-token-file, --secrets-key-file,
-    /// --secrets-old-key-file, --alertmanager-token-file) are read again: a
+    /// --secrets-old-key-file, --alertmanager-token-file, the admin API's
+    /// --admin-tls-cert-file, --admin-tls-key-file and --admin-ca-file)
+    /// are read again: a
     /// changed file takes effect without a restart; one that does not parse
     /// is refused and the previous value kept. SIGHUP reads them at once;
     /// 0s: only on SIGHUP.

@@ -286,11 +286,27 @@ pub async fn run(
             checker.key(),
         ));
     }
-    let reloader = clustermon_core::reload::Reloader::new(reload, metrics.clone());
     let cfg_admin_url = cfg.admin_url.clone();
-    let cfg_peer_ca = cfg.admin_peer_ca.clone();
+    let fleet_client = clustermon_core::reload::Live::new(clustermon_core::admin::fleet::client(
+        &cfg.admin_peer_ca,
+    ));
+    let heartbeat_interval = cfg.heartbeat_interval;
+    let reload_metrics = metrics.clone();
     let engine =
         Engine::new(cfg, store.clone(), Arc::new(checker), metrics, clock).map_err(usage)?;
+    // A new CA bundle rebuilds the clients that trust it: the peers' (probes
+    // and pushes) and the fleet view's.
+    if let Some(f) = &args.admin_ca.admin_ca_file {
+        let (peer, fleet) = (engine.handles().peer_http.clone(), fleet_client.clone());
+        reload.push(clustermon_core::reload::admin_ca(f.clone(), move |certs| {
+            peer.set(clustermon_core::engine::peer_client(
+                heartbeat_interval,
+                &certs,
+            ));
+            fleet.set(clustermon_core::admin::fleet::client(&certs));
+        }));
+    }
+    let reloader = clustermon_core::reload::Reloader::new(reload, reload_metrics);
     tracing::info!(
         monitor = %id,
         store = store.kind(),
@@ -312,7 +328,7 @@ pub async fn run(
         clustermon_core::admin::ServeOptions {
             token,
             tls,
-            peer_ca: cfg_peer_ca,
+            fleet_client,
         },
         admin_stop.clone(),
     ));
@@ -856,9 +872,10 @@ pub fn admin_ca(arg: &crate::cli::AdminCaArg) -> Result<Vec<reqwest::Certificate
     let Some(f) = &arg.admin_ca_file else {
         return Ok(Vec::new());
     };
-    let pem = std::fs::read(f).map_err(|e| {
-        CmdError::Usage(format!("cannot read --admin-ca-file {}: {e}", f.display()))
-    })?;
+    let pem = clustermon_core::reload::read_bounded(f, clustermon_core::reload::CA_FILE_MAX)
+        .map_err(|e| {
+            CmdError::Usage(format!("cannot read --admin-ca-file {}: {e}", f.display()))
+        })?;
     clustermon_core::admin::tls::ca_certs(&pem)
         .map_err(|e| CmdError::Usage(format!("--admin-ca-file {}: {e}", f.display())))
 }

@@ -71,6 +71,9 @@ pub struct EngineHandles {
     pub max_clock_offset: Duration,
     /// The last probe of each peer's admin endpoint.
     pub probes: Arc<std::sync::Mutex<BTreeMap<String, ProbeRecord>>>,
+    /// The client of peer probes and pushed assignments, rebuilt when
+    /// `--admin-ca-file` changes ([`peer_client`]).
+    pub peer_http: crate::reload::Live<Option<reqwest::Client>>,
     /// Asks the membership loop for a pass now (a pushed assignment).
     sync: mpsc::Sender<RefreshRequest>,
     /// The newest bucket table a peer pushed (it wrote it to the store
@@ -354,6 +357,10 @@ impl Engine {
             health: Arc::default(),
             max_clock_offset: cfg.max_clock_offset,
             probes: Arc::default(),
+            peer_http: crate::reload::Live::new(peer_client(
+                cfg.heartbeat_interval,
+                &cfg.admin_peer_ca,
+            )),
             sync: refresh_tx.clone(),
             pushed: Arc::default(),
             draining: Arc::new(AtomicBool::new(false)),
@@ -408,7 +415,6 @@ impl Engine {
             master_invalid_logged: false,
             corrupt_since_ms: None,
             clock_state: None,
-            http: peer_client(cfg.heartbeat_interval, &cfg.admin_peer_ca),
         };
         let scheduler = Scheduler::new(SchedulerDeps {
             me,
@@ -635,8 +641,6 @@ struct MembershipLoop {
     /// Since when (clock ms) the master document has been corrupt.
     corrupt_since_ms: Option<i64>,
     clock_state: Option<ClockState>,
-    /// Probes and pushed assignments to peers' admin APIs.
-    http: Option<reqwest::Client>,
 }
 
 /// How long a peer probe or a sync notice may take: a quarter of a
@@ -645,7 +649,9 @@ fn peer_timeout(heartbeat_interval: Duration) -> Duration {
     (heartbeat_interval / 4).max(Duration::from_millis(50))
 }
 
-fn peer_client(
+/// The client of peer probes and pushed assignments: bounded by a quarter
+/// of a heartbeat interval; `ca`, when given, the only roots trusted.
+pub fn peer_client(
     heartbeat_interval: Duration,
     ca: &[reqwest::Certificate],
 ) -> Option<reqwest::Client> {
@@ -1068,7 +1074,9 @@ impl MembershipLoop {
     /// answers (a silence nobody could write is no evidence). Answers
     /// whether a probe was refused.
     async fn probe_peers(&mut self, owner: Option<&str>, now: i64, quiet_ms: i64) -> bool {
-        let (Some(client), Some(connected_since)) = (self.http.clone(), self.connected_since_ms)
+        let http = self.handles.peer_http.get();
+        let (Some(client), Some(connected_since)) =
+            (http.as_ref().clone(), self.connected_since_ms)
         else {
             return false;
         };
@@ -1151,7 +1159,8 @@ impl MembershipLoop {
     /// only means the next pass reads the change; a monitor whose store
     /// reads fail applies the pushed table instead (`EngineHandles::sync_with`).
     async fn push_assignment(&self, before: &[crate::model::BucketAssignment], doc: &MasterDoc) {
-        let Some(client) = &self.http else {
+        let http = self.handles.peer_http.get();
+        let Some(client) = http.as_ref() else {
             return;
         };
         let after = &doc.buckets;

@@ -1,6 +1,7 @@
 //! Secret files re-read while the monitor runs: the admin token, the
-//! credentials keys, the Alertmanager token and the admin API's TLS
-//! certificate and key take effect without a restart, so a rotation or a
+//! credentials keys, the Alertmanager token, the admin API's TLS
+//! certificate and key and the CA its peers are trusted with take effect
+//! without a restart, so a rotation or a
 //! renewal is a file change (a Kubernetes Secret's mounted volume is
 //! updated in place) rather than a rollout.
 //!
@@ -74,17 +75,25 @@ pub const SECRET_FILE_MAX: u64 = 64 * 1024;
 /// forever, a device never end) of at most [`SECRET_FILE_MAX`] bytes. The
 /// error says why, never what the file holds.
 pub fn read_secret_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    read_bounded(path, SECRET_FILE_MAX)
+}
+
+/// The most a CA bundle may hold (a system bundle is ~250 KB).
+pub const CA_FILE_MAX: u64 = 4 << 20;
+
+/// A regular file of at most `max` bytes.
+pub fn read_bounded(path: &std::path::Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let meta = std::fs::metadata(path).map_err(|e| e.kind().to_string())?;
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
-    let mut out = Vec::with_capacity(meta.len().min(SECRET_FILE_MAX) as usize);
+    let mut out = Vec::with_capacity(meta.len().min(max) as usize);
     std::fs::File::open(path)
-        .and_then(|f| f.take(SECRET_FILE_MAX + 1).read_to_end(&mut out))
+        .and_then(|f| f.take(max + 1).read_to_end(&mut out))
         .map_err(|e| e.kind().to_string())?;
-    if out.len() as u64 > SECRET_FILE_MAX {
-        return Err(format!("larger than {SECRET_FILE_MAX} bytes"));
+    if out.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
     }
     Ok(out)
 }
@@ -98,16 +107,18 @@ pub enum SecretKind {
     AlertmanagerToken,
     AdminTlsCert,
     AdminTlsKey,
+    AdminCa,
 }
 
 impl SecretKind {
-    pub const ALL: [SecretKind; 6] = [
+    pub const ALL: [SecretKind; 7] = [
         SecretKind::AdminToken,
         SecretKind::SecretsKey,
         SecretKind::SecretsOldKey,
         SecretKind::AlertmanagerToken,
         SecretKind::AdminTlsCert,
         SecretKind::AdminTlsKey,
+        SecretKind::AdminCa,
     ];
 
     /// The flag that names the file, without its dashes: the metrics'
@@ -120,6 +131,7 @@ impl SecretKind {
             SecretKind::AlertmanagerToken => "alertmanager-token-file",
             SecretKind::AdminTlsCert => "admin-tls-cert-file",
             SecretKind::AdminTlsKey => "admin-tls-key-file",
+            SecretKind::AdminCa => "admin-ca-file",
         }
     }
 }
@@ -132,6 +144,8 @@ pub type Apply = Box<dyn Fn(&[Vec<u8>]) -> Result<String, (usize, String)> + Sen
 /// Files read and applied together.
 pub struct Group {
     files: Vec<(SecretKind, PathBuf)>,
+    /// The most each file may hold.
+    max: u64,
     apply: Apply,
     /// What was last read, per file: a hash of the content, or the read
     /// error. `None`: not read since start.
@@ -146,6 +160,7 @@ impl Group {
     pub fn new(files: Vec<(SecretKind, PathBuf)>, apply: Apply) -> Self {
         Self {
             files,
+            max: SECRET_FILE_MAX,
             apply,
             seen: None,
             refused: None,
@@ -175,7 +190,7 @@ impl Group {
         let read: Vec<Result<Vec<u8>, String>> = self
             .files
             .iter()
-            .map(|(_, p)| read_secret_file(p))
+            .map(|(_, p)| read_bounded(p, self.max))
             .collect();
         let now: Vec<Result<u64, String>> = read
             .iter()
@@ -393,6 +408,25 @@ pub fn admin_tls(cert: PathBuf, key: PathBuf, live: crate::admin::tls::ServerTls
             Ok("the certificate and its key".to_string())
         }),
     )
+}
+
+/// `--admin-ca-file`: the CA bundle peers' admin APIs are trusted with;
+/// `apply` rebuilds the clients that use it.
+pub fn admin_ca(
+    path: PathBuf,
+    apply: impl Fn(Vec<reqwest::Certificate>) + Send + Sync + 'static,
+) -> Group {
+    let mut g = Group::new(
+        vec![(SecretKind::AdminCa, path)],
+        Box::new(move |files| {
+            let certs = crate::admin::tls::ca_certs(&files[0]).map_err(|e| (0, e))?;
+            let n = certs.len();
+            apply(certs);
+            Ok(counted(n, "CA certificate"))
+        }),
+    );
+    g.max = CA_FILE_MAX;
+    g
 }
 
 /// `--alertmanager-token-file`: one token (surrounding white space

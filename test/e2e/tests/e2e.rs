@@ -1822,8 +1822,13 @@ fn secret_files_take_effect_without_a_restart_and_a_bad_one_is_refused() {
 
 /// A CA and a certificate for 127.0.0.1 it issued, made with openssl in
 /// `dir`: (CA file, certificate file, key file).
-fn admin_certificate(dir: &std::path::Path) -> (String, String, String) {
-    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+fn admin_certificate(dir: &std::path::Path, name: &str) -> (String, String, String) {
+    let p = |n: &str| {
+        dir.join(format!("{name}-{n}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
     let ec = [
         "-newkey",
         "ec",
@@ -1892,25 +1897,38 @@ fn admin_certificate(dir: &std::path::Path) -> (String, String, String) {
 }
 
 /// The admin API over HTTPS (`--admin-tls-cert-file`, `--admin-ca-file`):
-/// every monitor advertises an https:// URL; `check`, `status` (the
-/// fleet-wide view a monitor gathers from its peers) and `drain --wait`
-/// work with the CA; pushed assignments between monitors go over HTTPS
-/// (every one taken); a client without the CA, and plain HTTP, get nothing.
+/// every monitor advertises an https:// URL; `check` and `status` (the
+/// fleet-wide view a monitor gathers from its peers) work with the CA; a
+/// client without it, and plain HTTP, get nothing. Then a CA rotation
+/// without a restart (`--secrets-reload-interval 1s`): the monitors' CA
+/// file becomes both CAs, their certificate one from the new CA; the CLI
+/// trusting the new CA alone is answered, the old alone is not, and
+/// `drain --wait` hands over with every push between the monitors taken.
 #[test]
 fn the_admin_api_over_https_serves_the_runbook_commands_and_the_peers() {
     let (mut s, tok) = setup_with_admin_token("admin-https");
-    let (ca, cert, key) = admin_certificate(s.dir.path());
-    s.mons.extra.extend(
-        [
-            "--admin-tls-cert-file",
-            &cert,
-            "--admin-tls-key-file",
-            &key,
-            "--admin-ca-file",
-            &ca,
-        ]
-        .map(String::from),
+    let dir = s.dir.path().to_path_buf();
+    let (ca1, cert1, key1) = admin_certificate(&dir, "first");
+    let (ca2, cert2, key2) = admin_certificate(&dir, "second");
+    let (mon_ca, mon_cert, mon_key) = (
+        dir.join("mon-ca.pem"),
+        dir.join("mon.pem"),
+        dir.join("mon.key"),
     );
+    for (from, to) in [(&ca1, &mon_ca), (&cert1, &mon_cert), (&key1, &mon_key)] {
+        std::fs::copy(from, to).unwrap();
+    }
+    let arg = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    s.mons.extra.extend([
+        "--admin-tls-cert-file".to_string(),
+        arg(&mon_cert),
+        "--admin-tls-key-file".to_string(),
+        arg(&mon_key),
+        "--admin-ca-file".to_string(),
+        arg(&mon_ca),
+        "--secrets-reload-interval".to_string(),
+        "1s".to_string(),
+    ]);
     warm_up(&mut s);
     let urls = admin_urls(&s.store);
     assert_eq!(urls.len(), 3, "{urls:?}");
@@ -1924,19 +1942,25 @@ fn the_admin_api_over_https_serves_the_runbook_commands_and_the_peers() {
         "plain HTTP gets no answer"
     );
 
-    let with_ca = |args: &[&str]| {
+    let with_ca = |ca: &str, args: &[&str]| {
         let mut a = args.to_vec();
-        a.extend(["--admin-ca-file", &ca]);
+        a.extend(["--admin-ca-file", ca]);
         clustermon(&a)
     };
-    let (code, out, err) = with_ca(&[
-        "check",
-        &s.ids[1],
-        "--store",
-        &s.store,
-        "--admin-token-file",
-        &tok,
-    ]);
+    let check = |ca: &str| {
+        with_ca(
+            ca,
+            &[
+                "check",
+                &s.ids[1],
+                "--store",
+                &s.store,
+                "--admin-token-file",
+                &tok,
+            ],
+        )
+    };
+    let (code, out, err) = check(&ca1);
     assert_eq!(code, 0, "check over HTTPS: {out}{err}");
     assert!(out.contains(": ok"), "{out}");
     let (code, out, err) = check_now(&s.store, &s.ids[1], &tok);
@@ -1946,7 +1970,7 @@ fn the_admin_api_over_https_serves_the_runbook_commands_and_the_peers() {
     );
 
     let status = wait_until("status gathers the failing view over HTTPS", SLACK, || {
-        let (code, out, _) = with_ca(&["status", "--store", &s.store, "--output", "json"]);
+        let (code, out, _) = with_ca(&ca1, &["status", "--store", &s.store, "--output", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         (code == 0 && v["gathered_by"].is_string()).then_some(v)
     });
@@ -1960,15 +1984,45 @@ fn the_admin_api_over_https_serves_the_runbook_commands_and_the_peers() {
         "every monitor's report came: {status}"
     );
 
-    let (code, out, err) = with_ca(&[
-        "drain",
-        "m2",
-        "--store",
-        &s.store,
-        "--wait",
-        "--admin-token-file",
-        &tok,
-    ]);
+    // The CA rotation: both CAs trusted first, then the new certificate.
+    let reloaded = |file: &str| {
+        s.statsd
+            .counter_sum("monitor.secrets.reloaded", &[("file", file)])
+    };
+    let pem = |p: &str| std::fs::read_to_string(p).unwrap();
+    replace_file(&mon_ca, format!("{}{}", pem(&ca1), pem(&ca2)).as_bytes());
+    wait_until(
+        "every monitor trusts both CAs",
+        Duration::from_secs(5),
+        || (reloaded("admin-ca-file") >= 3).then_some(()),
+    );
+    replace_file(&mon_cert, pem(&cert2).as_bytes());
+    replace_file(&mon_key, pem(&key2).as_bytes());
+    wait_until(
+        "every monitor serves the new certificate",
+        Duration::from_secs(5),
+        || (reloaded("admin-tls-cert-file") >= 3).then_some(()),
+    );
+    let (code, out, err) = check(&ca2);
+    assert_eq!(code, 0, "check trusting the new CA: {out}{err}");
+    let (code, out, err) = check(&ca1);
+    assert_eq!(
+        code, 1,
+        "the old CA alone is not trusted any more: {out}{err}"
+    );
+
+    let (code, out, err) = with_ca(
+        &ca2,
+        &[
+            "drain",
+            "m2",
+            "--store",
+            &s.store,
+            "--wait",
+            "--admin-token-file",
+            &tok,
+        ],
+    );
     assert_eq!(code, 0, "drain --wait over HTTPS: {out}{err}");
     let owners = buckets(&s.store).unwrap();
     assert!(
@@ -1979,7 +2033,7 @@ fn the_admin_api_over_https_serves_the_runbook_commands_and_the_peers() {
     let (ok, refused, failed) = (sent("ok"), sent("refused"), sent("failed"));
     assert!(
         ok >= 1 && refused == 0 && failed == 0,
-        "pushed assignments over HTTPS: {ok} ok, {refused} refused, {failed} failed"
+        "pushed assignments over HTTPS, across the rotation: {ok} ok, {refused} refused, {failed} failed"
     );
     drop(s.dir);
 }

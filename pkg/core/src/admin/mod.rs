@@ -119,15 +119,26 @@ impl std::fmt::Debug for Token {
 }
 
 /// How the admin API is served.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// The bearer tokens POSTs need (none: POSTs are open; loopback only).
     pub token: Option<crate::reload::Live<Token>>,
     /// HTTPS instead of plain HTTP.
     pub tls: Option<tls::ServerTls>,
-    /// The CA bundle the peers' admin APIs are trusted with (the fleet view
-    /// gathered over HTTPS), on top of the system's roots.
-    pub peer_ca: Vec<reqwest::Certificate>,
+    /// Asks peers and Alertmanager for the fleet-wide view
+    /// ([`fleet::client`], with `--admin-ca-file`'s roots; rebuilt when
+    /// that file changes).
+    pub fleet_client: crate::reload::Live<Option<reqwest::Client>>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            token: None,
+            tls: None,
+            fleet_client: crate::reload::Live::new(fleet::client(&[])),
+        }
+    }
 }
 
 /// How long a client may take over its TLS handshake.
@@ -146,7 +157,7 @@ pub async fn serve(
     let state = Arc::new(State {
         engine,
         token: opts.token,
-        client: fleet::client(&opts.peer_ca),
+        client: opts.fleet_client,
     });
     let tls = opts.tls;
     loop {
@@ -250,7 +261,7 @@ struct State {
     token: Option<crate::reload::Live<Token>>,
     /// Asks peers and Alertmanager for the fleet-wide view (none: reqwest
     /// could not start; the view then has this monitor's clusters only).
-    client: Option<reqwest::Client>,
+    client: crate::reload::Live<Option<reqwest::Client>>,
 }
 
 /// `?limit=N` of a query, bounded; the default otherwise.
@@ -540,7 +551,8 @@ async fn api_status(state: &State, limit: usize) -> Result<Value, String> {
     let held: u64 = live.iter().map(|m| m.stats.cache_size).sum();
     let fleet = fleet_status(master.as_ref(), &live, held, now);
     let owners = bucket_owners(master.as_ref(), &live);
-    let failing = fleet::gather(engine, state.client.as_ref(), &live, limit).await;
+    let client = state.client.get();
+    let failing = fleet::gather(engine, client.as_ref().as_ref(), &live, limit).await;
     let not_ready = engine.not_ready();
     Ok(json!({
         "self": {"id": &*engine.me, "version": engine.version, "ready": not_ready.is_empty(), "not_ready": not_ready},

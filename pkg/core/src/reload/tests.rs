@@ -445,3 +445,38 @@ fn a_renewed_admin_certificate_takes_effect_and_a_mismatched_pair_is_refused() {
         Some(1.0)
     );
 }
+
+/// `--admin-ca-file`: a new bundle rebuilds the clients that trust it
+/// (`apply` runs with its certificates); a file that is no bundle is
+/// refused and `apply` does not run. The bound is a CA bundle's, not a
+/// token's.
+#[test]
+fn a_new_admin_ca_bundle_is_applied_and_a_junk_one_refused() {
+    let dir = Dir::new("admin-ca");
+    let (ca1, _) = self_signed();
+    let (ca2, _) = self_signed();
+    let path = dir.write("ca.pem", ca1.as_bytes());
+    let applied = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let seen = applied.clone();
+    let mut r = Reloader::new(
+        vec![admin_ca(path, move |certs| {
+            seen.lock().unwrap().push(certs.len())
+        })],
+        metrics(),
+    );
+    assert_eq!(r.look(), [Outcome::Unchanged]);
+    dir.write("ca.pem", format!("{ca1}{ca2}").as_bytes());
+    assert_eq!(r.look(), [Outcome::Applied("2 CA certificates".into())]);
+    dir.write("ca.pem", b"junk");
+    assert!(matches!(r.look().as_slice(), [Outcome::Refused(w)] if w.contains("--admin-ca-file")));
+    // Larger than a token file may be, within a bundle's bound.
+    let big = format!("{}\n{ca2}", "# a comment line\n".repeat(8_000));
+    assert!(big.len() as u64 > SECRET_FILE_MAX);
+    dir.write("ca.pem", big.as_bytes());
+    assert_eq!(r.look(), [Outcome::Applied("1 CA certificate".into())]);
+    assert_eq!(
+        *applied.lock().unwrap(),
+        [1, 2, 1],
+        "the first look, then two changes"
+    );
+}
