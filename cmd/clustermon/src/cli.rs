@@ -409,10 +409,11 @@ pub struct SecretsArg {
     /// plaintext credentials are accepted (with a warning).
     #[arg(long, env = "CLUSTERMON_SECRETS_KEY_FILE")]
     pub secrets_key_file: Option<std::path::PathBuf>,
-    /// An older key, during a key rotation: it still opens credentials
-    /// sealed with it and never seals (repeatable; in the environment,
-    /// paths separated by commas). Drop it once monitor.credentials.old_key
-    /// stays 0 for an interval.
+    /// An older key: it still opens credentials sealed with it and never
+    /// seals (repeatable; in the environment, paths separated by commas).
+    /// The previous key during a rotation, until monitor.credentials.old_key
+    /// stays 0 for an interval; the current key otherwise, so that a
+    /// rotation is a change of the files, not of the flags.
     #[arg(
         long,
         env = "CLUSTERMON_SECRETS_OLD_KEY_FILES",

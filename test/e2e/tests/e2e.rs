@@ -1519,6 +1519,19 @@ fn setup_with_admin_token(name: &str) -> (Setup, String) {
     (s, tok)
 }
 
+/// `clustermon drain ID --wait` with the CLI's token file, as arguments.
+fn drain_wait<'a>(id: &'a str, store: &'a str, token_file: &'a str) -> [&'a str; 7] {
+    [
+        "drain",
+        id,
+        "--store",
+        store,
+        "--wait",
+        "--admin-token-file",
+        token_file,
+    ]
+}
+
 /// `clustermon check ID` (run now on its owner) with the CLI's token file.
 fn check_now(store: &str, id: &str, token_file: &str) -> (i32, String, String) {
     clustermon(&[
@@ -2011,18 +2024,7 @@ fn the_admin_api_over_https_serves_the_runbook_commands_and_the_peers() {
         "the old CA alone is not trusted any more: {out}{err}"
     );
 
-    let (code, out, err) = with_ca(
-        &ca2,
-        &[
-            "drain",
-            "m2",
-            "--store",
-            &s.store,
-            "--wait",
-            "--admin-token-file",
-            &tok,
-        ],
-    );
+    let (code, out, err) = with_ca(&ca2, &drain_wait("m2", &s.store, &tok));
     assert_eq!(code, 0, "drain --wait over HTTPS: {out}{err}");
     let owners = buckets(&s.store).unwrap();
     assert!(
@@ -2075,17 +2077,7 @@ fn drain_hands_over(name: &str, extra: &[&str]) {
     // runs: those of m2's buckets are created while their bucket is handed
     // over, which m2 and the new owner see at different times.
     let ((code, out, err), created) = std::thread::scope(|sc| {
-        let drain = sc.spawn(|| {
-            clustermon(&[
-                "drain",
-                "m2",
-                "--store",
-                &s.store,
-                "--wait",
-                "--admin-token-file",
-                &tok,
-            ])
-        });
+        let drain = sc.spawn(|| clustermon(&drain_wait("m2", &s.store, &tok)));
         let mut created = Vec::new();
         while !drain.is_finished() {
             let id = format!("{name}-new-{}", created.len());

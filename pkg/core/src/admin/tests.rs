@@ -609,18 +609,8 @@ async fn a_pushed_table_is_applied_only_when_the_store_does_not_answer() {
 /// A CA and a serving certificate for 127.0.0.1 it issued: (CA PEM,
 /// certificate PEM, key PEM).
 fn issued_for_loopback() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
-    let cert = p.signed_by(&key, &issuer).unwrap().pem();
-    (ca_pem, cert, key.serialize_pem())
+    let (ca, cert, key) = crate::check::kube::tls_server::issued_for_loopback();
+    (ca, cert.pem(), key.serialize_pem())
 }
 
 /// Over HTTPS (`--admin-tls-cert-file`): a client that trusts the CA gets

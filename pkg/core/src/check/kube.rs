@@ -832,7 +832,9 @@ pub(crate) mod tls_server {
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 
-    pub async fn start() -> TlsServer {
+    /// A new CA and a certificate for 127.0.0.1 it issued: (the CA's PEM,
+    /// the certificate, its key).
+    pub fn issued_for_loopback() -> (String, rcgen::Certificate, rcgen::KeyPair) {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -843,8 +845,13 @@ pub(crate) mod tls_server {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.subject_alt_names
             .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
-        let cert = p.signed_by(&key, &issuer).unwrap().der().clone();
-        let acceptor = acceptor(cert, &key);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (ca_pem, cert, key)
+    }
+
+    pub async fn start() -> TlsServer {
+        let (ca_pem, cert, key) = issued_for_loopback();
+        let acceptor = acceptor(cert.der().clone(), &key);
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}", l.local_addr().unwrap());
         let task = tokio::spawn(async move {
