@@ -225,11 +225,18 @@ pub async fn run(
                     CmdError::Usage(format!("cannot read {flag} {}: {e}", p.display()))
                 })
             };
+            use clustermon_core::admin::tls::PairError;
             let cfg = clustermon_core::admin::tls::server_config(
                 &read(c, "--admin-tls-cert-file")?,
                 &read(k, "--admin-tls-key-file")?,
             )
-            .map_err(|e| CmdError::Usage(format!("--admin-tls-cert-file {}: {e}", c.display())))?;
+            .map_err(|e| {
+                let (flag, p) = match &e {
+                    PairError::Cert(_) => ("--admin-tls-cert-file", c),
+                    PairError::Key(_) => ("--admin-tls-key-file", k),
+                };
+                CmdError::Usage(format!("{flag} {}: {e}", p.display()))
+            })?;
             let live = clustermon_core::reload::Live::new(cfg);
             reload.push(clustermon_core::reload::admin_tls(
                 c.clone(),

@@ -399,11 +399,12 @@ pub fn admin_tls(cert: PathBuf, key: PathBuf, live: crate::admin::tls::ServerTls
             (SecretKind::AdminTlsKey, key),
         ],
         Box::new(move |files| {
-            // A key that does not match is the pair's fault: named by the key.
-            let cfg = crate::admin::tls::server_config(&files[0], &files[1]).map_err(|e| {
-                let which = usize::from(!e.contains("certificate file"));
-                (which, e)
-            })?;
+            use crate::admin::tls::PairError;
+            let cfg =
+                crate::admin::tls::server_config(&files[0], &files[1]).map_err(|e| match e {
+                    PairError::Cert(e) => (0, e),
+                    PairError::Key(e) => (1, e),
+                })?;
             live.set(cfg);
             Ok("the certificate and its key".to_string())
         }),

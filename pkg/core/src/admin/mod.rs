@@ -42,7 +42,8 @@ type Resp = Response<Full<Bytes>>;
 /// The bearer tokens that mutating endpoints accept, from the token file's
 /// lines: the first is the one this process sends (pushed assignments, the
 /// CLI's calls); every line is accepted, so that a token is rotated by
-/// rolling out "old, new", then "new, old", then "new" (docs/runbook.md).
+/// writing "old, new", then "new, old", then "new" into the file, each
+/// once every monitor has read the one before (docs/runbook.md).
 #[derive(Clone)]
 pub struct Token(Arc<[Box<str>]>);
 

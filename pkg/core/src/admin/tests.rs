@@ -663,7 +663,7 @@ async fn the_admin_api_serves_https_and_a_renewed_certificate_from_the_next_conn
         (cert1.as_str(), "junk", "no PEM private key"),
         (cert1.as_str(), key2.as_str(), "not usable together"),
     ] {
-        let e = tls::server_config(c.as_bytes(), k.as_bytes()).unwrap_err();
+        let e = tls::server_config(c.as_bytes(), k.as_bytes()).unwrap_err().to_string();
         assert!(e.contains(want), "{e}");
         assert!(!e.contains("PRIVATE KEY") && !e.contains("junk"), "{e}");
     }

@@ -14,26 +14,43 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// The listener's TLS configuration, replaced when its files change.
 pub type ServerTls = crate::reload::Live<rustls::ServerConfig>;
 
+/// Why a certificate and key do not make a configuration, by the file at
+/// fault (a key that does not match its certificate is the key's). The
+/// text says what is wrong, never the content.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PairError {
+    #[error("{0}")]
+    Cert(String),
+    #[error("{0}")]
+    Key(String),
+}
+
 /// A server configuration from a PEM certificate chain (the leaf first)
-/// and its PEM private key. Errors say what is wrong, never the content.
-pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, String> {
+/// and its PEM private key.
+pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, PairError> {
     let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| "the certificate file is not PEM".to_string())?;
+        .map_err(|_| PairError::Cert("the certificate file is not PEM".into()))?;
     if certs.is_empty() {
-        return Err("the certificate file holds no certificate".into());
+        return Err(PairError::Cert(
+            "the certificate file holds no certificate".into(),
+        ));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|_| "the key file holds no PEM private key".to_string())?;
+        .map_err(|_| PairError::Key("the key file holds no PEM private key".into()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| PairError::Cert(e.to_string()))?
         .with_no_client_auth()
         // rustls' errors name the problem (a key that does not match the
         // certificate, an unsupported algorithm), never key material.
         .with_single_cert(certs, key)
-        .map_err(|e| format!("the certificate and key are not usable together: {e}"))?;
+        .map_err(|e| {
+            PairError::Key(format!(
+                "the certificate and key are not usable together: {e}"
+            ))
+        })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
