@@ -336,6 +336,7 @@ pub async fn run(
             token,
             tls,
             fleet_client,
+            handshake_within: clustermon_core::admin::HANDSHAKE_WITHIN,
         },
         admin_stop.clone(),
     ));

@@ -130,6 +130,8 @@ pub struct ServeOptions {
     /// ([`fleet::client`], with `--admin-ca-file`'s roots; rebuilt when
     /// that file changes).
     pub fleet_client: crate::reload::Live<Option<reqwest::Client>>,
+    /// How long a client may take over its TLS handshake.
+    pub handshake_within: Duration,
 }
 
 impl Default for ServeOptions {
@@ -138,12 +140,13 @@ impl Default for ServeOptions {
             token: None,
             tls: None,
             fleet_client: crate::reload::Live::new(fleet::client(&[])),
+            handshake_within: HANDSHAKE_WITHIN,
         }
     }
 }
 
-/// How long a client may take over its TLS handshake.
-const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
+/// How long a client may take over its TLS handshake, by default.
+pub const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Serves the admin API on `listener` until `stop` is cancelled; then
 /// stops accepting and ends open connections.
@@ -160,7 +163,7 @@ pub async fn serve(
         token: opts.token,
         client: opts.fleet_client,
     });
-    let tls = opts.tls;
+    let (tls, handshake_within) = (opts.tls, opts.handshake_within);
     loop {
         while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
@@ -190,7 +193,7 @@ pub async fn serve(
             let Some(acceptor) = acceptor else {
                 return serve_conn(TokioIo::new(tcp), state, stop).await;
             };
-            let shake = tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(tcp));
+            let shake = tokio::time::timeout(handshake_within, acceptor.accept(tcp));
             let tls = tokio::select! {
                 _ = stop.cancelled() => return,
                 r = shake => match r {

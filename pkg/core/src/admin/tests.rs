@@ -105,6 +105,9 @@ async fn start_on(
     start_served(store, id, token, None, tweak).await
 }
 
+/// The TLS handshake bound of the admin APIs these tests start.
+const HANDSHAKE_IN_TESTS: Duration = Duration::from_millis(500);
+
 /// As `start_on`, serving HTTPS with `tls` when given.
 async fn start_served(
     store: Arc<MemStore>,
@@ -139,6 +142,7 @@ async fn start_served(
     let opts = ServeOptions {
         token,
         tls,
+        handshake_within: HANDSHAKE_IN_TESTS,
         ..Default::default()
     };
     let admin = tokio::spawn(serve(listener, h, opts, stop.clone()));
@@ -663,10 +667,54 @@ async fn the_admin_api_serves_https_and_a_renewed_certificate_from_the_next_conn
         (cert1.as_str(), "junk", "no PEM private key"),
         (cert1.as_str(), key2.as_str(), "not usable together"),
     ] {
-        let e = tls::server_config(c.as_bytes(), k.as_bytes()).unwrap_err().to_string();
+        let e = tls::server_config(c.as_bytes(), k.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{e}");
         assert!(!e.contains("PRIVATE KEY") && !e.contains("junk"), "{e}");
     }
     assert!(tls::ca_certs(b"junk").is_err());
+    r.stop.cancel();
+}
+
+/// A client that connects and never speaks TLS (a scanner, a stuck peer)
+/// is dropped at the handshake bound, and holds up no one meanwhile: a
+/// client that does speak is answered while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_in_its_tls_handshake_is_dropped_at_the_bound_and_blocks_no_one() {
+    use tokio::io::AsyncReadExt;
+    let (ca, cert, key) = issued_for_loopback();
+    let live =
+        crate::reload::Live::new(tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap());
+    let r = start_served(Arc::new(MemStore::new()), "m1", None, Some(live), |_| {}).await;
+    let addr = r.base.trim_start_matches("https://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    let client = crate::http::client_builder()
+        .tls_certs_only(tls::ca_certs(ca.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let answered = client
+        .get(format!("{}/healthz/live", r.base))
+        .send()
+        .await
+        .map(|a| a.status().as_u16());
+    assert_eq!(
+        answered.ok(),
+        Some(200),
+        "answered while a silent client waits"
+    );
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut b))
+        .await
+        .expect("the silent connection ends within 5 s")
+        .unwrap_or(0);
+    let took = t0.elapsed();
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(
+        took >= HANDSHAKE_IN_TESTS && took < HANDSHAKE_IN_TESTS + Duration::from_secs(2),
+        "dropped at the bound ({HANDSHAKE_IN_TESTS:?}): after {took:?}"
+    );
     r.stop.cancel();
 }

@@ -444,6 +444,14 @@ fn a_renewed_admin_certificate_takes_effect_and_a_mismatched_pair_is_refused() {
         exported(&m, names::SECRETS_REFUSED, "admin-tls-cert-file"),
         Some(1.0)
     );
+    // The rest of the pair arrives (a renewal read half-written): the next
+    // read applies it and nothing stays refused.
+    dir.write("tls.crt", c1.as_bytes());
+    assert!(matches!(r.look().as_slice(), [Outcome::Applied(_)]));
+    assert_ne!(served(&live), renewed);
+    for f in ["admin-tls-cert-file", "admin-tls-key-file"] {
+        assert_eq!(exported(&m, names::SECRETS_REFUSED, f), Some(0.0), "{f}");
+    }
 }
 
 /// `--admin-ca-file`: a new bundle rebuilds the clients that trust it
