@@ -688,8 +688,10 @@ async fn a_client_silent_in_its_tls_handshake_is_dropped_at_the_bound_and_blocks
         crate::reload::Live::new(tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap());
     let r = start_served(Arc::new(MemStore::new()), "m1", None, Some(live), |_| {}).await;
     let addr = r.base.trim_start_matches("https://").to_string();
-    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The clock starts before the connect: the server's bound starts at its
+    // accept, which may run before this task resumes from `connect`.
     let t0 = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let client = crate::http::client_builder()
         .tls_certs_only(tls::ca_certs(ca.as_bytes()).unwrap())
         .timeout(Duration::from_secs(5))
