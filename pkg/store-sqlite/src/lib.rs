@@ -145,6 +145,8 @@ impl SqliteStore {
                 Ok(c) => break c,
                 Err(e) if is_busy(&e) && retries < OPEN_RETRIES => {
                     retries += 1;
+                    // The open runs in `spawn_blocking` (`clustermon::open_store_url`).
+                    #[allow(clippy::disallowed_methods)]
                     std::thread::sleep(OPEN_RETRY_PAUSE);
                 }
                 Err(e) => return Err(ctx(e)),
