@@ -277,12 +277,15 @@ pub async fn run(
         target: args.statsd.clone(),
         format,
     };
+    // One clock, its clones sharing the anchor (a resync moves them all).
     let clock = Clock::system();
-    let (metrics, writer) = Metrics::new(&id, output, 8192, clock);
+    let (metrics, writer) = Metrics::new(&id, output, 8192, clock.clone());
     let checker = match args.collectors {
-        Collectors::Full => KubeChecker::standard(key, args.monitored_namespaces.clone(), clock)
-            .with_concurrency(usize::from(args.collector_concurrency)),
-        Collectors::Healthz => KubeChecker::healthz_only(key, clock),
+        Collectors::Full => {
+            KubeChecker::standard(key, args.monitored_namespaces.clone(), clock.clone())
+                .with_concurrency(usize::from(args.collector_concurrency))
+        }
+        Collectors::Healthz => KubeChecker::healthz_only(key, clock.clone()),
     }
     .with_connect_timeout(args.connect_timeout.min(args.check_timeout))
     .with_pipeline(usize::from(args.pipelined_requests));

@@ -311,7 +311,7 @@ impl Engine {
     ) -> Result<Self, crate::config::ConfigError> {
         cfg.validate()?;
         let (assignment_tx, assignment) = watch::channel(Arc::new(Assignment::empty()));
-        let (reflector, map, events) = Reflector::new(metrics.clone(), clock, 4096);
+        let (reflector, map, events) = Reflector::new(metrics.clone(), clock.clone(), 4096);
         let stats = Arc::new(SchedStats::default());
         let reflector = reflector.with_share(feed::Share {
             me: cfg.id.as_str().into(),
@@ -334,7 +334,7 @@ impl Engine {
         let (alerts_tx, alerts) = crate::alerts::AlertTask::new(
             alert_cfg,
             &cfg,
-            clock,
+            clock.clone(),
             metrics.clone(),
             map.clone(),
             assignment.clone(),
@@ -347,7 +347,7 @@ impl Engine {
             interval: cfg.interval,
             heartbeat_interval: cfg.heartbeat_interval,
             check_timeout: cfg.check_timeout,
-            clock,
+            clock: clock.clone(),
             store: store.clone(),
             map,
             assignment,
@@ -374,6 +374,7 @@ impl Engine {
         let relist = (!store.feed_reports_deletes() && !cfg.relist_interval.is_zero()).then(|| {
             let view = handles.assignment.clone();
             let me = me.clone();
+            let clock = clock.clone();
             feed::Relist {
                 interval: cfg.relist_interval,
                 buckets: Arc::new(move || {
@@ -397,7 +398,7 @@ impl Engine {
             cfg: cfg.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
-            clock,
+            clock: clock.clone(),
             me: me.clone(),
             started_at: clock.now_utc(),
             assignment_tx,
@@ -781,6 +782,56 @@ impl MembershipLoop {
         }
     }
 
+    /// A monitor the fleet finds skewed checks nothing; meanwhile its clock
+    /// follows the host's, so fixing the host's time (NTP, by hand) brings
+    /// it back without a restart. Otherwise the clock runs on monotonic
+    /// time from its start: a host clock stepped under a monitor that
+    /// checks is not followed. A step starts the view of peers afresh, as
+    /// at start-up: times observed on the old scale would make a live
+    /// master's lease look expired (a step forward) or a dead peer alive.
+    fn resync_while_skewed(&mut self) {
+        let skewed = self
+            .clock_state
+            .is_some_and(|c| c.verdict == ClockVerdict::Skewed);
+        if !skewed {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let involved = self
+            .assignment_tx
+            .borrow()
+            .buckets
+            .iter()
+            .any(|b| b.involves(&self.me, now));
+        if involved {
+            return;
+        }
+        let Some(step) = self.clock.resync(ms(self.cfg.max_clock_offset) / 2) else {
+            return;
+        };
+        tracing::warn!(
+            step_ms = step,
+            "this host's clock was stepped while the fleet found this monitor's clock \
+             skewed: following it, and observing the peers afresh"
+        );
+        self.metrics.self_count(names::CLOCK_RESYNCED, 1, &[]);
+        self.observer = Observer::default();
+        self.connected_since_ms = None;
+        self.connected_passes = 0;
+        self.clock_state = None;
+        // Not ready until measured again.
+        self.handles
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clock = Some(ClockState {
+            verdict: ClockVerdict::Pending,
+            offset_ms: 0,
+            peers_measured: 0,
+            peers_beyond: 0,
+        });
+    }
+
     /// A store call bounded by one heartbeat interval, failures counted.
     async fn store_call<T>(
         &self,
@@ -890,6 +941,7 @@ impl MembershipLoop {
     }
 
     async fn pass(&mut self) {
+        self.resync_while_skewed();
         let started = self.clock.now_ms();
         // The loop is alive: a pass that then waits on a slow store is no
         // stall. After a gap longer than the stall bound (this process was

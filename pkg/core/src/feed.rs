@@ -1301,7 +1301,7 @@ mod tests {
             Arc::new(a)
         };
         let (tx, rx_view) = watch::channel(Arc::new(Assignment::empty()));
-        let (r, map, mut rx) = Reflector::new(Metrics::disabled(), clock, 1024);
+        let (r, map, mut rx) = Reflector::new(Metrics::disabled(), clock.clone(), 1024);
         // An idle scheduler: nothing due.
         let sched = Arc::new(crate::schedule::SchedStats::default());
         sched.pending_from_ms.store(i64::MAX, Ordering::Release);

@@ -3,12 +3,13 @@
 //! graceful leaves and a store outage.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use clustermon_core::check::{CheckCtx, CheckReport, Checker};
-use clustermon_core::clock::Clock;
+use clustermon_core::clock::{ms, Clock};
 use clustermon_core::config::EngineConfig;
 use clustermon_core::engine::Engine;
 use clustermon_core::metrics::Metrics;
@@ -67,7 +68,7 @@ fn start_with(
     set(&mut cfg);
     let checker = Recorder {
         me: id.into(),
-        clock,
+        clock: clock.clone(),
         log: log.clone(),
     };
     let engine = Engine::new(
@@ -150,8 +151,8 @@ async fn join_and_graceful_leave_keep_an_exact_cadence() {
     let clock = Clock::at(1_700_000_000_000);
     let log: Log = Default::default();
     let t0 = clock.now_ms();
-    let m1 = start("m1", &store, clock, &log);
-    let m2 = start("m2", &store, clock, &log);
+    let m1 = start("m1", &store, clock.clone(), &log);
+    let m2 = start("m2", &store, clock.clone(), &log);
     tokio::time::sleep(Duration::from_secs(40)).await;
 
     // Steady: one owner per bucket, loads within one.
@@ -165,7 +166,7 @@ async fn join_and_graceful_leave_keep_an_exact_cadence() {
     assert_eq!(owned("m1") + owned("m2"), 256);
     assert!(owned("m1").abs_diff(owned("m2")) <= 1);
 
-    let m3 = start("m3", &store, clock, &log);
+    let m3 = start("m3", &store, clock.clone(), &log);
     tokio::time::sleep(Duration::from_secs(40)).await;
     let doc = store.read_master().await.unwrap().unwrap().value;
     assert!(
@@ -220,8 +221,8 @@ async fn store_outage_keeps_checking_the_last_known_buckets() {
     let clock = Clock::at(1_700_000_000_000);
     let log: Log = Default::default();
     let t0 = clock.now_ms();
-    let a = start("a", &store, clock, &log);
-    let b = start("b", &store, clock, &log);
+    let a = start("a", &store, clock.clone(), &log);
+    let b = start("b", &store, clock.clone(), &log);
     tokio::time::sleep(Duration::from_secs(30)).await;
     store.set_available(false);
     tokio::time::sleep(Duration::from_secs(45)).await; // longer than every TTL
@@ -235,13 +236,90 @@ async fn store_outage_keeps_checking_the_last_known_buckets() {
     stop(b).await;
 }
 
+/// docs/monitoring.md, *Store outages and stalls*: a store that never
+/// answers (a black-holed connection: no error, no answer) costs each pass
+/// at most one heartbeat interval per call. The membership loop keeps
+/// finishing passes (so the scheduler never takes it for a stalled
+/// process), readiness names the store within two intervals, the owners
+/// keep checking their buckets on the exact cadence through 45 s (longer
+/// than every TTL) and after.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_never_answers_costs_a_pass_one_heartbeat_interval_and_no_check() {
+    let store = Arc::new(MemStore::new());
+    seed(&store, 60).await;
+    let clock = Clock::at(1_700_000_000_000);
+    let log: Log = Default::default();
+    let t0 = clock.now_ms();
+    let a = start("a", &store, clock.clone(), &log);
+    let b = start("b", &store, clock.clone(), &log);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        a.handles.not_ready().is_empty(),
+        "{:?}",
+        a.handles.not_ready()
+    );
+
+    store.set_stalled(true);
+    let stalled = clock.now_ms();
+    let hb = ms(EngineConfig::new("x").heartbeat_interval);
+    let mut not_ready_after = None;
+    // The longest time between two finished passes, per monitor.
+    let mut last_done = [stalled; 2];
+    let mut widest = [0i64; 2];
+    while clock.now_ms() - stalled < 45_000 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = clock.now_ms();
+        for (i, m) in [&a, &b].into_iter().enumerate() {
+            let done = m.handles.pass_done_ms.load(Ordering::Acquire);
+            if done > last_done[i] {
+                last_done[i] = done;
+            }
+            widest[i] = widest[i].max(now - last_done[i]);
+        }
+        if not_ready_after.is_none()
+            && a.handles
+                .not_ready()
+                .iter()
+                .any(|w| w.contains("store unreachable"))
+        {
+            not_ready_after = Some(now - stalled);
+        }
+    }
+    eprintln!("stalled store: widest time between two passes {widest:?} ms; a not ready after {not_ready_after:?} ms");
+    // A pass is its three reads at once (each cut at one interval) and at
+    // most a master write (cut at one more), then the wait for the next
+    // tick: passes end at most three intervals apart.
+    for (i, w) in widest.iter().enumerate() {
+        assert!(
+            *w <= 3 * hb + 200,
+            "monitor {i}: {w} ms between two passes (bound {})",
+            3 * hb
+        );
+    }
+    // Not ready once the last good pass is two intervals old.
+    let nr = not_ready_after.expect("readiness names the store");
+    assert!(nr <= 2 * hb + 200, "not ready {nr} ms into the stall");
+
+    store.set_stalled(false);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        a.handles.not_ready().is_empty(),
+        "{:?}",
+        a.handles.not_ready()
+    );
+    let end = clock.now_ms();
+    assert_exact_cadence(&log, 60, t0 + 15_000, end - 1_000, "stalled store");
+    stop(a).await;
+    stop(b).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn new_and_deleted_clusters_follow_the_feed() {
     let store = Arc::new(MemStore::new());
     store.put_cluster(&cluster("old", 1)).await.unwrap();
     let clock = Clock::at(1_700_000_000_000);
     let log: Log = Default::default();
-    let m = start("m", &store, clock, &log);
+    let m = start("m", &store, clock.clone(), &log);
     tokio::time::sleep(Duration::from_secs(15)).await;
 
     let created = clock.now_ms();
@@ -286,13 +364,13 @@ async fn a_crashed_owner_costs_at_most_the_failover_time() {
     // b starts once a and c have written the first table (so one of them
     // is the master), and a second off their passes: its heartbeats fall
     // between theirs, so its buckets move as late as the bounds allow.
-    let a = start("a", &store, clock, &log);
-    let c = start("c", &store, clock, &log);
+    let a = start("a", &store, clock.clone(), &log);
+    let c = start("c", &store, clock.clone(), &log);
     tokio::time::sleep(Duration::from_secs(1)).await;
     while store.read_master().await.unwrap().is_none() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let b = start("b", &store, clock, &log);
+    let b = start("b", &store, clock.clone(), &log);
     // Crash b just after one of its heartbeats: the longest wait for its TTL.
     tokio::time::sleep(Duration::from_millis(30_100)).await;
     let master = store.read_master().await.unwrap().unwrap().value;
@@ -346,11 +424,11 @@ async fn the_monitor_buckets_were_moving_to_dies_before_their_handoff_time() {
     let clock = Clock::at(1_700_000_000_000);
     let log: Log = Default::default();
     let notice = |c: &mut EngineConfig| c.handoff_notice = Some(Duration::from_secs(20));
-    let a = start_with("a", &store, clock, &log, notice);
-    let b = start_with("b", &store, clock, &log, notice);
+    let a = start_with("a", &store, clock.clone(), &log, notice);
+    let b = start_with("b", &store, clock.clone(), &log, notice);
     tokio::time::sleep(Duration::from_secs(40)).await;
     let t0 = clock.now_ms();
-    let c = start_with("c", &store, clock, &log, notice);
+    let c = start_with("c", &store, clock.clone(), &log, notice);
     let handoff_at = loop {
         let doc = store.read_master().await.unwrap().unwrap().value;
         if let Some(x) = doc
@@ -385,6 +463,94 @@ async fn the_monitor_buckets_were_moving_to_dies_before_their_handoff_time() {
     stop(b).await;
 }
 
+/// docs/monitoring.md, *Clock skew*: a monitor whose host's clock was
+/// wrong at its start is found skewed and takes nothing; once the host's
+/// time is fixed (a step, as NTP makes it) it follows, observes its peers
+/// afresh and rejoins by a timed handoff, without a restart, while every
+/// cluster keeps its exact cadence. A monitor's clock does not follow a
+/// step of its host while the fleet finds it right.
+#[tokio::test(start_paused = true)]
+async fn a_skewed_monitor_rejoins_once_its_hosts_clock_is_fixed() {
+    for skew in [15_000i64, -15_000] {
+        let store = Arc::new(MemStore::new());
+        seed(&store, 60).await;
+        let base = 1_700_000_000_000;
+        let good = Clock::at(base);
+        let bad = Clock::at(base + skew);
+        let log: Log = Default::default();
+        let m1 = start("m1", &store, good.clone(), &log);
+        let m2 = start("m2", &store, good.clone(), &log);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        // m3 passes twice per master renewal: every other pass sees the
+        // master unchanged, so a view kept from before the step would find
+        // the lease expired.
+        let m3 = start_with("m3", &store, bad.clone(), &log, |c| {
+            c.heartbeat_interval = Duration::from_secs(1)
+        });
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let what = format!("skew {skew} ms");
+        let doc = store.read_master().await.unwrap().unwrap().value;
+        let o = owners(&doc);
+        assert!(
+            !o.iter().any(|o| o.as_deref() == Some("m3")),
+            "{what}: skewed, m3 owns nothing"
+        );
+        assert!(m3
+            .handles
+            .not_ready()
+            .iter()
+            .any(|w| w.contains("clock offset")));
+
+        // The host's time is fixed under the running monitor.
+        let lease0 = doc.lease_owner.clone();
+        let t_fix = good.now_ms();
+        bad.step_host(-skew);
+        let mut joined = None;
+        for _ in 0..80 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let doc = store.read_master().await.unwrap().unwrap().value;
+            // Its old observations would make the live master's lease
+            // look expired after a step forward: it never takes the lease.
+            assert_eq!(doc.lease_owner, lease0, "{what}: the lease stays");
+            let o = owners(&doc);
+            let n = |m: &str| o.iter().filter(|o| o.as_deref() == Some(m)).count();
+            if (85..=86).contains(&n("m3")) && n("m1") + n("m2") + n("m3") == 256 {
+                joined = Some(good.now_ms() - t_fix);
+                break;
+            }
+        }
+        let joined = joined.unwrap_or_else(|| panic!("{what}: m3 never got its third"));
+        eprintln!("{what}: m3 owns its third {joined} ms after its host's clock was fixed");
+        // One pass to follow the host, two to measure its peers, the
+        // master's next pass and the handoff notice of two heartbeat
+        // intervals: 12 s; 20 s allows for the phase of each.
+        assert!(
+            joined <= 20_000,
+            "{what}: joined {joined} ms after the fix (bound 20 s)"
+        );
+        assert_eq!(bad.now_ms(), good.now_ms(), "{what}: m3 follows its host");
+        assert!(m3.handles.not_ready().iter().all(|w| !w.contains("clock")));
+        tokio::time::sleep(INTERVAL * 2).await;
+        let m3_checks = by_cluster(&log, t_fix)
+            .values()
+            .flatten()
+            .filter(|(_, m)| m == "m3")
+            .count();
+        assert!(m3_checks > 0, "{what}: m3 checks its share");
+        // From before the fix to now, every cluster on its exact cadence.
+        assert_exact_cadence(&log, 60, t_fix - 5_000, good.now_ms() - 1_000, &what);
+
+        // A host stepped under a monitor the fleet finds right is not
+        // followed.
+        good.step_host(30_000);
+        tokio::time::sleep(INTERVAL).await;
+        assert_eq!(good.host_ms() - good.now_ms(), 30_000, "{what}");
+        for r in [m1, m2, m3] {
+            stop(r).await;
+        }
+    }
+}
+
 fn owners(doc: &clustermon_core::model::MasterDoc) -> Vec<Option<String>> {
     doc.buckets.iter().map(|b| b.owner.clone()).collect()
 }
@@ -408,7 +574,7 @@ async fn a_monitor_is_not_ready_while_its_shares_documents_cannot_be_read() {
     seed(&store, 60).await;
     let clock = Clock::at(1_700_000_000_000);
     let log: Log = Default::default();
-    let a = start("a", &store, clock, &log);
+    let a = start("a", &store, clock.clone(), &log);
     tokio::time::sleep(Duration::from_secs(15)).await;
 
     // b joins while the bucket reads fail: it gets buckets by handoff and
@@ -458,8 +624,8 @@ async fn a_corrupt_master_document_is_repaired_with_its_owners() {
     seed(&store, 60).await;
     let clock = Clock::at(1_700_000_000_000);
     let log: Log = Default::default();
-    let m1 = start("m1", &store, clock, &log);
-    let m2 = start("m2", &store, clock, &log);
+    let m1 = start("m1", &store, clock.clone(), &log);
+    let m2 = start("m2", &store, clock.clone(), &log);
     tokio::time::sleep(Duration::from_secs(15)).await;
     let before = owners(&store.read_master().await.unwrap().unwrap().value);
     assert!(before.iter().all(Option::is_some));
@@ -539,8 +705,8 @@ async fn corrupt_heartbeat_documents_are_skipped() {
     let far = clock.now_ms() + 3_600_000;
     store.put_monitor_raw("bad1", far, "garbage");
     store.put_monitor_raw("bad2", far, r#"{"id": 5, "expiresAtMs": "soon"}"#);
-    let m1 = start("m1", &store, clock, &log);
-    let m2 = start("m2", &store, clock, &log);
+    let m1 = start("m1", &store, clock.clone(), &log);
+    let m2 = start("m2", &store, clock.clone(), &log);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let t0 = clock.now_ms();
     tokio::time::sleep(Duration::from_secs(40)).await;
@@ -574,11 +740,11 @@ async fn a_skewed_monitor_takes_no_share() {
         let log: Log = Default::default();
         let mut running = Vec::new();
         if skewed_first {
-            running.push(start("skewed", &store, bad, &log));
+            running.push(start("skewed", &store, bad.clone(), &log));
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        running.push(start("m1", &store, good, &log));
-        running.push(start("m2", &store, good, &log));
+        running.push(start("m1", &store, good.clone(), &log));
+        running.push(start("m2", &store, good.clone(), &log));
         if !skewed_first {
             tokio::time::sleep(Duration::from_secs(15)).await;
             running.push(start("skewed", &store, bad, &log));

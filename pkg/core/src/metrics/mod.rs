@@ -78,6 +78,7 @@ pub mod names {
     pub const HEARTBEATS_INVALID: &str = "monitor.heartbeats.invalid";
     pub const CLOCK_OFFSET: &str = "monitor.clock.offset_ms";
     pub const CLOCK_SKEWED: &str = "monitor.clock.skewed";
+    pub const CLOCK_RESYNCED: &str = "monitor.clock.resynced";
     pub const STORE_HEALTHY: &str = "monitor.store.healthy";
     pub const PEER_PROBES: &str = "monitor.peer.probes";
     pub const SYNC_SENT: &str = "monitor.sync.sent";
@@ -168,6 +169,7 @@ pub const CATALOG: &[MetricDef] = {
         MetricDef { name: HEARTBEATS_INVALID, kind: Counter, tags: "monitor", help: "Heartbeat documents skipped because they do not decode (each logged once per id); they never stop a pass." },
         MetricDef { name: CLOCK_OFFSET, kind: Gauge, tags: "monitor, direction", help: "Estimated distance in ms of this monitor's clock from the fleet's median clock (direction ahead or behind), measured from the peers' heartbeat writes as observed." },
         MetricDef { name: CLOCK_SKEWED, kind: Gauge, tags: "monitor", help: "1 while this monitor's clock is off by more than --max-clock-offset from more than half of the fleet: it takes no bucket and no lease." },
+        MetricDef { name: CLOCK_RESYNCED, kind: Counter, tags: "monitor", help: "Times this monitor stepped its clock to the host's, re-read while the fleet found it skewed and it checked nothing (the host's time was fixed): it then observes its peers afresh and rejoins once its offset is within bounds." },
         MetricDef { name: PEER_PROBES, kind: Counter, tags: "monitor, outcome", help: "Probes of a quiet peer's admin endpoint (GET /healthz/live) by the lease holder, or of the lease holder by the others: outcome alive, refused (the process is gone: its buckets move at once), timeout or error (proves nothing: the heartbeat TTL decides)." },
         MetricDef { name: SYNC_SENT, kind: Counter, tags: "monitor, result", help: "Pushed assignments (POST /admin/sync) sent by the writer of a new bucket table to the monitors whose buckets changed: result ok, refused or failed (a lost notice only means the next pass reads the table)." },
         MetricDef { name: CREDENTIALS_OLD_KEY, kind: Counter, tags: "monitor", help: "Sealed credentials that opened only with a --secrets-old-key-file key (a key rotation): documents not yet sealed again with the current key. Once it stays 0 for an interval, the old key can go." },
@@ -321,7 +323,7 @@ impl Metrics {
         let sink = QueueSink {
             tx,
             stats: stats.clone(),
-            clock,
+            clock: clock.clone(),
         };
         let client = StatsdClient::builder("", sink)
             .with_error_handler(|_| {})

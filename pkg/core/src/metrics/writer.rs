@@ -374,7 +374,7 @@ mod tests {
                 namespace: "BBM".into(),
             }),
         };
-        let (m, w) = Metrics::new("m1", out, 100, clock);
+        let (m, w) = Metrics::new("m1", out, 100, clock.clone());
         let stop = CancellationToken::new();
         let writer = tokio::spawn(w.run(stop.clone()));
 

@@ -357,6 +357,126 @@ fn a_monitor_half_a_second_ahead_is_not_flagged() {
     drop(s.dir);
 }
 
+/// docs/monitoring.md, *Clock skew*: a monitor started on a host whose
+/// clock is 15 s ahead is found skewed and takes nothing; when the host's
+/// time is fixed under the running process (libfaketime's offset, read
+/// from a file at every call, set back to 0) the monitor follows it and
+/// rejoins: a third of the buckets within 20 s, no restart, every cluster
+/// on its cadence (no gap beyond an interval + 2 s, no pair closer than an
+/// interval − 1 s) from before the fix to an interval after the join.
+#[test]
+fn a_skewed_monitor_rejoins_when_its_hosts_time_is_fixed() {
+    let lib = faketime_lib();
+    assert!(
+        Path::new(&lib).exists(),
+        "{lib} missing: run hack/install-test-deps.sh"
+    );
+    let mut s = setup("chaos-clock-fixed", &["--plain-http"]);
+    let store = s.store.clone();
+    let mut v = Verdict::default();
+    let t0 = Instant::now();
+    s.mons.start("m1");
+    s.mons.start("m2");
+    wait_until(
+        "m1, m2 balanced",
+        Duration::from_secs(15).saturating_sub(t0.elapsed()) + SLACK,
+        || buckets(&store).filter(|o| balanced(o, &["m1", "m2"])),
+    );
+    let spec = s.dir.path().join("faketime.rc");
+    replace_file(&spec, b"+15s\n");
+    let spec_path = spec.display().to_string();
+    let env = [
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME_TIMESTAMP_FILE", spec_path.as_str()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("FAKETIME_NO_CACHE", "1"),
+    ];
+    s.mons.start_with("m3", &env, &[]);
+    let url3 = up_for(&s, "m3", Duration::from_secs(15));
+    let ready3 = || {
+        http_get(&format!("{url3}/healthz/ready"))
+            .ok()
+            .map(|(c, b)| (c, b.trim().to_string()))
+    };
+    let skewed = wait_until(
+        "m3 not ready, naming its clock",
+        Duration::from_secs(20),
+        || ready3().filter(|(c, b)| *c == 503 && b.contains("clock offset") && b.contains("ahead")),
+    );
+    eprintln!("m3 at +15s: {skewed:?}");
+    let owned3 = buckets(&store).map(|o| loads(&o).get("m3").copied().unwrap_or(0));
+    v.check(
+        owned3 == Some(0),
+        format!("skewed, m3 owns no bucket: {owned3:?}"),
+    );
+
+    // The host's time is fixed under the running process.
+    let t_fix = Instant::now();
+    replace_file(&spec, b"+0s\n");
+    let joined = wait_for(Duration::from_secs(30), || {
+        buckets(&store).is_some_and(|o| balanced(&o, &["m1", "m2", "m3"]))
+    });
+    let took = t_fix.elapsed();
+    eprintln!("m3 balanced in {took:?} after its host's time was fixed");
+    v.check(
+        joined && took <= Duration::from_secs(20),
+        format!(
+            "m3 gets its third within 20 s of the fix: {took:?}, loads {:?}",
+            buckets(&store).map(|o| loads(&o))
+        ),
+    );
+    let ready = poll_ready(
+        &BTreeMap::from([("m3".to_string(), url3.clone())]),
+        200,
+        Instant::now(),
+        SLACK,
+    );
+    v.check(ready.is_ok(), format!("m3 ready again: {ready:?}"));
+    let log3 = s.mons.procs["m3"].log_text();
+    v.check(
+        log3.contains("this host's clock was stepped"),
+        "m3 logs the step it followed".to_string(),
+    );
+    let resynced = metric_values(&s.statsd, "monitor.clock.resynced");
+    v.check(
+        resynced.get("m3").is_some_and(|x| !x.is_empty()),
+        format!("m3 counts monitor.clock.resynced: {resynced:?}"),
+    );
+
+    // Every cluster on its cadence from before the fix to an interval
+    // after the join.
+    let end = Instant::now() + INTERVAL;
+    let all = wait_for(end - Instant::now() + INTERVAL + SLACK, || {
+        let t = s.statsd.check_times();
+        s.ids
+            .iter()
+            .all(|id| t.get(id).and_then(|v| v.last()).is_some_and(|x| *x >= end))
+    });
+    v.check(all, "every cluster checked after the window".to_string());
+    let times = s.statsd.check_times();
+    let (gap, id) = worst_gap(&times, &s.ids, t_fix, end);
+    let bound = INTERVAL + Duration::from_secs(2);
+    v.check(
+        gap <= bound,
+        format!("worst gap from the fix {gap:?} ({id}), bound {bound:?}"),
+    );
+    let bound_dup = INTERVAL - Duration::from_secs(1);
+    if let Some((d, id)) = closest_pair(&times, t_fix, end) {
+        v.check(
+            d >= bound_dup,
+            format!("closest two checks of one cluster {d:?} ({id}), bound >= {bound_dup:?}"),
+        );
+    }
+    for (id, p) in &s.mons.procs {
+        v.check(
+            !p.log_text().contains("panicked"),
+            format!("{id} did not panic"),
+        );
+    }
+    v.finish("chaos-clock-fixed");
+    drop(s.dir);
+}
+
 /// Waits until every cluster has a check at or after `t` (up to an interval
 /// + slack after it); Err names those that have none.
 fn all_checked_after(s: &Setup, t: Instant) -> Result<(), String> {
