@@ -606,5 +606,25 @@ mod tests {
             }
             prop_assert_eq!(o.clock(now, 0, T).verdict, ClockVerdict::Ok);
         }
+
+        /// docs/monitoring.md, *Clock skew*: an offset beyond
+        /// `--max-clock-offset` + one heartbeat interval (3 s here) is
+        /// always found, whatever the phases, ahead or behind, within the
+        /// TTL or beyond it; and the two right clocks are never flagged.
+        #[test]
+        fn an_offset_beyond_the_bound_is_always_found(
+            size in 3_001i64..=20_000, ahead in any::<bool>(),
+            p1 in 0i64..2000, p2 in 0i64..2000, p0 in 0i64..2000,
+        ) {
+            let skew = if ahead { size } else { -size };
+            let phases = [p0 / 10 * 10, p1 / 10 * 10, p2 / 10 * 10];
+            let (o, now) = run([skew, 0, 0], phases, 30, 0);
+            let c = o.clock(now, 0, T);
+            prop_assert_eq!(c.verdict, ClockVerdict::Skewed, "skew {}: {:?}", skew, c);
+            for me in [1, 2] {
+                let (o, now) = run([skew, 0, 0], phases, 30, me);
+                prop_assert_eq!(o.clock(now, 0, T).verdict, ClockVerdict::Ok, "m{}", me);
+            }
+        }
     }
 }

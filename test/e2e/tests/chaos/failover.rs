@@ -7,6 +7,7 @@
 //! shows that SIGSTOP still waits for the TTL.
 
 use super::super::*;
+use std::collections::BTreeMap;
 
 /// kill -9 of a member, then of the master: re-owned within 3 s (a pass to
 /// notice the late heartbeat, a probe, a write, a push) plus the harness's
@@ -70,54 +71,20 @@ fn a_killed_monitor_is_replaced_within_seconds() {
         INTERVAL + bound + SLACK,
         "member crash",
     );
-    // Duplicates (docs/monitoring.md, guarantees: at most the checks the
-    // dead owner made after its last heartbeat as last observed, < 2
-    // heartbeat intervals' worth). The new owners catch up, at once, the
-    // latest check due since that heartbeat: only a cluster of the dead
-    // owner with a due time from 2 heartbeat intervals before the kill to
-    // the take-over may be checked twice within an interval (a duplicate,
-    // or a late catch-up followed by its grid slot); no other cluster.
-    let interval_ms = INTERVAL.as_millis() as i64;
-    let (from_ms, to_ms) = (
-        unix_ms(t_kill) - 2 * HEARTBEAT.as_millis() as i64 - 500,
-        unix_ms(t_kill + took) + 500,
-    );
-    let may_double = |id: &str| {
-        let owned = owned_by(&bucket_of, &owners, id, &victim);
-        let phase = phase_ms(id, interval_ms);
-        let first_due = from_ms + (phase - from_ms).rem_euclid(interval_ms);
-        owned && first_due <= to_ms
-    };
-    let times = s.statsd.check_times();
-    let close = INTERVAL - Duration::from_secs(1);
-    let doubled: Vec<&String> = s
-        .ids
-        .iter()
-        .filter(|id| {
-            times.get(*id).is_some_and(|ts| {
-                ts.windows(2)
-                    .any(|w| w[0] + INTERVAL >= t_kill && w[1] <= end && w[1] - w[0] < close)
-            })
-        })
-        .collect();
-    let allowed = s.ids.iter().filter(|id| may_double(id)).count();
-    let victims = s
-        .ids
-        .iter()
-        .filter(|id| owned_by(&bucket_of, &owners, id, &victim))
-        .count();
-    eprintln!(
-        "kill -9 of a member: {} clusters checked twice within {close:?}, of {allowed} that may be (due in the catch-up window), of the dead owner's {victims}",
-        doubled.len()
-    );
-    let wrong: Vec<&&String> = doubled.iter().filter(|id| !may_double(id)).collect();
-    assert!(
-        wrong.is_empty(),
-        "clusters checked twice within {close:?} outside the dead owner's catch-up window: {wrong:?}"
+    only_the_dead_owners_clusters_double(
+        &s,
+        &bucket_of,
+        &owners,
+        &victim,
+        t_kill,
+        took,
+        end,
+        "kill -9 of a member",
     );
 
     // The master.
     let last: Vec<&str> = rest.iter().copied().filter(|m| *m != master0).collect();
+    let owners = buckets(&store).expect("bucket table");
     let t_kill = Instant::now();
     s.mons.get(&master0).crash();
     let new_master = wait_until("a new master", bound + SLACK, || {
@@ -131,13 +98,23 @@ fn a_killed_monitor_is_replaced_within_seconds() {
     eprintln!(
         "kill -9 of the master: {new_master} master after {took_master:?}, re-owned after {took:?} (bound {bound:?} + slack {SLACK:?})"
     );
-    covered_after(
+    let end = covered_after(
         &s,
         &s.ids,
         t_kill,
         INTERVAL + SLACK,
         INTERVAL + bound + SLACK,
         "master crash",
+    );
+    only_the_dead_owners_clusters_double(
+        &s,
+        &bucket_of,
+        &owners,
+        &master0,
+        t_kill,
+        took,
+        end,
+        "kill -9 of the master",
     );
     let probes = s
         .statsd
@@ -172,6 +149,8 @@ fn a_killed_monitor_whose_admin_url_never_answers_is_replaced_at_its_ttl() {
         .statsd
         .counter_sum("monitor.peer.probes", &[("outcome", "refused")]);
 
+    let owners = buckets(&store).expect("bucket table");
+    let bucket_of = cluster_buckets(&store);
     let t_kill = Instant::now();
     s.mons.get("m3").crash();
     let bound = HEARTBEAT_TTL + 2 * HEARTBEAT;
@@ -198,7 +177,7 @@ fn a_killed_monitor_whose_admin_url_never_answers_is_replaced_at_its_ttl() {
     );
     assert!(timeouts >= 1, "the probes of m3 timed out: {timeouts}");
     assert_eq!(refused, 0, "no probe of m3 was refused");
-    covered_after(
+    let end = covered_after(
         &s,
         &s.ids,
         t_kill,
@@ -206,6 +185,94 @@ fn a_killed_monitor_whose_admin_url_never_answers_is_replaced_at_its_ttl() {
         INTERVAL + bound + SLACK,
         "TTL failover",
     );
+    only_the_dead_owners_clusters_double(
+        &s,
+        &bucket_of,
+        &owners,
+        "m3",
+        t_kill,
+        took,
+        end,
+        "kill -9 behind a mute URL",
+    );
     drop(mute);
     drop(s.dir);
+}
+
+/// Duplicates after a crash (docs/monitoring.md, guarantees: at most the
+/// checks the dead owner made after its last heartbeat as last observed,
+/// < 2 heartbeat intervals' worth). The new owners catch up, at once, the
+/// latest check due since that heartbeat: only a cluster of the dead owner
+/// with a due time from 2 heartbeat intervals before the kill to the
+/// take-over (`took` after it) may be checked twice within an interval (a
+/// duplicate, or a late catch-up followed by its grid slot), the second
+/// check after the kill; no other cluster.
+#[allow(clippy::too_many_arguments)]
+fn only_the_dead_owners_clusters_double(
+    s: &Setup,
+    bucket_of: &BTreeMap<String, usize>,
+    owners: &[Option<String>],
+    victim: &str,
+    t_kill: Instant,
+    took: Duration,
+    end: Instant,
+    what: &str,
+) {
+    let interval_ms = INTERVAL.as_millis() as i64;
+    let (from_ms, to_ms) = (
+        unix_ms(t_kill) - 2 * HEARTBEAT.as_millis() as i64 - 500,
+        unix_ms(t_kill + took) + 500,
+    );
+    let may_double = |id: &str| {
+        let owned = owned_by(bucket_of, owners, id, victim);
+        let phase = phase_ms(id, interval_ms);
+        let first_due = from_ms + (phase - from_ms).rem_euclid(interval_ms);
+        owned && first_due <= to_ms
+    };
+    let times = s.statsd.check_times();
+    let close = INTERVAL - Duration::from_secs(1);
+    let pairs = |id: &String| -> Vec<Duration> {
+        times.get(id).map_or(Vec::new(), |ts| {
+            ts.windows(2)
+                .filter(|w| w[1] >= t_kill && w[1] <= end)
+                .map(|w| w[1] - w[0])
+                .collect()
+        })
+    };
+    let doubled: Vec<&String> = s
+        .ids
+        .iter()
+        .filter(|id| pairs(id).iter().any(|d| *d < close))
+        .collect();
+    let allowed = s.ids.iter().filter(|id| may_double(id)).count();
+    let victims = s
+        .ids
+        .iter()
+        .filter(|id| owned_by(bucket_of, owners, id, victim))
+        .count();
+    eprintln!(
+        "{what}: {} clusters checked twice within {close:?}, of {allowed} that may be (due in the catch-up window), of the dead owner's {victims}",
+        doubled.len()
+    );
+    let wrong: Vec<String> = doubled
+        .iter()
+        .filter(|id| !may_double(id))
+        .map(|id| {
+            let at: Vec<String> = times[*id]
+                .iter()
+                .filter(|t| **t + INTERVAL >= t_kill && **t <= end)
+                .map(|t| {
+                    let after = t.saturating_duration_since(t_kill).as_secs_f64();
+                    let before = t_kill.saturating_duration_since(*t).as_secs_f64();
+                    format!("{:+.2}", after - before)
+                })
+                .collect();
+            let owner = bucket_of.get(*id).and_then(|b| owners[*b].clone());
+            format!("{id} (owner {owner:?}, checks at {at:?} s from the kill)")
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{what}: clusters checked twice within {close:?} outside the dead owner's catch-up window: {wrong:?}"
+    );
 }

@@ -505,3 +505,73 @@ fn sigterm_with_hanging_checks_and_a_mute_alertmanager_exits_within_the_bound() 
     v.finish("SIGTERM with a mute Alertmanager");
     drop(s.dir);
 }
+
+/// docs/monitoring.md, *Graceful stop*: the worst case of the bound, with
+/// everything the stop waits on hanging at once: ~30 checks in flight that
+/// never end, the SQLite store locked by another process (the handoff
+/// cannot be written, nor the heartbeat deleted), an Alertmanager that
+/// accepts and never answers with a post in flight, and an admin API
+/// client that sent half a request and waits. m1 exits 0 within
+/// `--shutdown-grace` + max(2 heartbeat intervals, 2 s) + 2 s (3 + 4 + 2 =
+/// 9 s) + 1 s of slack, and says it could not hand its buckets over.
+/// (Metrics go out as UDP datagrams, which never wait on the receiver.)
+#[test]
+fn sigterm_with_everything_hanging_exits_within_the_bound() {
+    use std::io::Write;
+    let am = MuteAlertmanager::start();
+    let heartbeat = Duration::from_secs(2);
+    let mut s = setup(
+        "stop-everything-hangs",
+        20,
+        &["--fault", "down=10"],
+        &["--alert-after", "1", "--alertmanager-url", &am.url],
+    );
+    start_and_load(&mut s, &["m1"]);
+    wait_until(
+        "the mute Alertmanager took a post",
+        Duration::from_secs(60),
+        || (am.accepted() >= 1).then_some(()),
+    );
+    let url = admin_url_from_log(s.mons.get("m1")).expect("m1's admin URL");
+    let mut half = std::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .expect("connect to the admin API");
+    half.write_all(b"GET /healthz/live HTTP/1.1\r\nHost: m1\r\n")
+        .expect("half a request");
+    let lock = SqliteLock::hold(s.dir.path(), &s.db, 60);
+    let bound = GRACE + (2 * heartbeat).max(Duration::from_secs(2)) + Duration::from_secs(2);
+    let (t_sig, status, took) = signal_and_wait(s.mons.get("m1"), bound + Duration::from_secs(20));
+    let sig_ms = unix_ms(t_sig);
+    let log = s.mons.get("m1").log_text();
+    eprintln!(
+        "stop with everything hanging: release failed {}, checks cancelled {}, heartbeat delete {}, stopped {}; exit {status:?} {took:?} after the signal (bound {bound:?} + 1 s)",
+        after(&log, "could not release buckets", sig_ms),
+        after(&log, CANCELLING, sig_ms),
+        after(&log, "heartbeat", sig_ms),
+        after(&log, "monitor stopped", sig_ms),
+    );
+    let mut v = Verdict::default();
+    v.check(
+        status.is_some_and(|st| st.code() == Some(0)),
+        format!("m1 exits 0 after SIGTERM: {status:?} after {took:?}"),
+    );
+    v.check(
+        took <= bound + Duration::from_secs(1),
+        format!("m1 exits within {bound:?} + 1 s: {took:?}"),
+    );
+    v.check(
+        log.contains("could not release buckets")
+            || log.contains("releasing buckets did not finish"),
+        "m1 says it could not hand its buckets over".to_string(),
+    );
+    v.check(
+        cancelled_checks(&log).is_some_and(|n| n >= 1),
+        format!(
+            "m1 cancelled its hanging checks: {:?}",
+            cancelled_checks(&log)
+        ),
+    );
+    v.finish("SIGTERM with everything hanging");
+    drop(half);
+    drop(lock);
+    drop(s.dir);
+}

@@ -310,6 +310,110 @@ fn a_locked_sqlite_store_never_stops_the_checks() {
     drop(s.dir);
 }
 
+/// docs/monitoring.md, *Graceful shutdown*: SIGTERM while the store is
+/// down (a rolling upgrade or an eviction during a store incident). The
+/// monitor cannot hand its buckets over: it says so, stops checking and
+/// exits 0 within `--shutdown-grace` + max(2 heartbeat intervals, 2 s) +
+/// 2 s. The other two keep their own clusters on cadence through the
+/// outage, and once the store answers they take the leaver's buckets
+/// (its admin port refuses their probe) within TTL + 2 passes, every
+/// cluster is checked within an interval of that, and no cluster is
+/// checked twice from the leaver's exit on.
+#[test]
+fn sigterm_while_the_store_is_down_exits_in_bounds_and_peers_take_over_on_its_return() {
+    const LOCKED: Duration = Duration::from_secs(20);
+    let mut s = setup("chaos-sigterm-store-down", &["--plain-http"]);
+    warm_up(&mut s);
+    let leaver = a_member(&s.store);
+    let stay: Vec<&str> = ["m1", "m2", "m3"]
+        .into_iter()
+        .filter(|m| *m != leaver)
+        .collect();
+    let bucket_of = cluster_buckets(&s.store);
+    let before = buckets(&s.store).expect("bucket table");
+    let (theirs, ours): (Vec<String>, Vec<String>) = s
+        .ids
+        .iter()
+        .cloned()
+        .partition(|id| owned_by(&bucket_of, &before, id, &leaver));
+    let mut lock = SqliteLock::hold(
+        s.dir.path(),
+        &s.dir.path().join("store.db"),
+        LOCKED.as_secs(),
+    );
+    let t_term = Instant::now();
+    s.mons.get(&leaver).signal("TERM");
+    let bound_exit = Duration::from_secs(10) + 2 * HEARTBEAT + Duration::from_secs(2);
+    let status = wait_until(
+        &format!("{leaver} exits after SIGTERM with the store locked"),
+        bound_exit + SLACK,
+        || s.mons.get(&leaver).child.try_wait().ok().flatten(),
+    );
+    let t_exit = Instant::now();
+    let log = s.mons.get(&leaver).log_text();
+    eprintln!(
+        "store down: {leaver} exited {status} {:?} after SIGTERM (bound {bound_exit:?})",
+        t_exit - t_term
+    );
+    assert!(status.success(), "exit 0: {status}\n{log}");
+    assert!(
+        log.contains("could not release buckets")
+            || log.contains("releasing buckets did not finish"),
+        "the leaver says it could not hand over: {log}"
+    );
+    let t_up = lock.wait_released(LOCKED + Duration::from_secs(10));
+    eprintln!("store down: released {:?} after the exit", t_up - t_exit);
+    let store = s.store.clone();
+    let bound_own = HEARTBEAT_TTL + 2 * HEARTBEAT;
+    wait_until(
+        &format!("{stay:?} own every bucket after the store's return"),
+        bound_own + SLACK,
+        || buckets(&store).filter(|o| balanced(o, &stay)),
+    );
+    eprintln!("store down: {leaver}'s buckets re-owned {:?} after the store's return (bound {bound_own:?})", t_up.elapsed());
+    let bound_all = bound_own + INTERVAL;
+    wait_checked(
+        &s,
+        &theirs,
+        t_up,
+        1,
+        (t_up + bound_all + SLACK).saturating_duration_since(Instant::now()),
+        "the leaver's clusters after the return",
+    );
+    eprintln!(
+        "store down: the leaver's {} clusters all checked {:?} after the return (bound {bound_all:?})",
+        theirs.len(),
+        t_up.elapsed()
+    );
+    // The others' clusters kept their cadence through it all, no double.
+    let end = covered_after(
+        &s,
+        &ours,
+        t_term,
+        INTERVAL + SLACK,
+        INTERVAL + SLACK,
+        "the others' clusters through the outage",
+    );
+    assert_no_double_of(&s, &ours, t_term, end, "the others' clusters");
+    // The leaver's: caught up once taken over, then the grid slot at
+    // least half an interval later; never two monitors at once.
+    let times: BTreeMap<String, Vec<Instant>> = s
+        .statsd
+        .check_times()
+        .into_iter()
+        .filter(|(id, _)| theirs.contains(id))
+        .collect();
+    if let Some((d, id)) = closest_pair(&times, t_exit, end) {
+        eprintln!("store down: the leaver's clusters: closest two checks {d:?} ({id})");
+        assert!(
+            d >= INTERVAL / 2 - Duration::from_millis(500),
+            "{id} checked twice {d:?} apart"
+        );
+    }
+    drop(lock);
+    drop(s.dir);
+}
+
 #[test]
 fn a_stopped_cosmos_endpoint_never_stops_the_checks() {
     let mut s = setup_on("chaos-cosmos-down", Backend::Cosmos, &["--plain-http"], &[]);
