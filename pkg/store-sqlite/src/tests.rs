@@ -592,3 +592,31 @@ fn bucket_queries_use_the_index() {
         );
     }
 }
+
+/// docs/monitoring.md: opening a SQLite file waits up to 10 s for another
+/// process's lock rather than failing at once. Another connection holds the
+/// write lock for 2 s while the store opens: the open waits for it and
+/// succeeds after the release, well within its 10 s.
+#[test]
+fn opening_waits_for_another_holders_write_lock() {
+    let path = temp_db("open-locked");
+    drop(SqliteStore::open(&path).unwrap());
+    let locker = Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let hold = Duration::from_secs(2);
+    let release = std::thread::spawn(move || {
+        // The lock is held for a fixed time: sleeping is the fault.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(hold);
+        locker.execute_batch("COMMIT").unwrap();
+    });
+    let t0 = tokio::time::Instant::now();
+    let opened = SqliteStore::open(&path);
+    let waited = t0.elapsed();
+    release.join().unwrap();
+    assert!(opened.is_ok(), "{:?}", opened.err());
+    assert!(
+        waited >= hold - Duration::from_millis(100) && waited < OPEN_BUSY_TIMEOUT,
+        "the open waited {waited:?} for a lock held {hold:?} (bound {OPEN_BUSY_TIMEOUT:?})"
+    );
+}
