@@ -83,10 +83,12 @@ pub struct Membership<'a> {
     pub live: BTreeSet<&'a str>,
     /// Live monitors that may receive buckets (not draining).
     pub eligible: BTreeSet<&'a str>,
-    /// The last heartbeat time seen of each monitor, dead ones included
-    /// (as far as this monitor remembers): when a dead owner's buckets move,
-    /// checks due after its last heartbeat may have been missed.
-    pub last_heartbeat_ms: BTreeMap<String, i64>,
+    /// Since when each monitor's checks may have been missed, dead ones
+    /// included (as far as this monitor remembers): its last heartbeat, or
+    /// later where a recent probe answer showed its scheduler had handled
+    /// every due time before a later one (`liveness::checks_missed_since`).
+    /// When a dead owner's buckets move, the new owner catches up from there.
+    pub missed_since_ms: BTreeMap<String, i64>,
 }
 
 impl<'a> Membership<'a> {
@@ -109,9 +111,9 @@ impl<'a> Membership<'a> {
 /// A bucket whose owner is live but moves (rebalance, drain, release) gets a
 /// handoff at `now_ms + handoff_ms`: the old owner keeps checking what is
 /// due before it, the new owner what is due after. A bucket whose owner is
-/// dead moves at once, with no `prev` and `handoff_at_ms` set to the dead
-/// owner's last heartbeat (or `now_ms - dead_lookback_ms` when unknown):
-/// checks due since then may have been missed, and the new owner runs the
+/// dead moves at once, with no `prev` and `handoff_at_ms` set to when the
+/// dead owner's checks may have been missed from (`Membership::missed_since_ms`,
+/// or `now_ms - dead_lookback_ms` when unknown), and the new owner runs the
 /// latest missed one at once (catch-up). Returns the table and whether any
 /// owner changed.
 pub fn reassign(
@@ -183,8 +185,8 @@ pub fn reassign(
                     handoff_at_ms: (now_ms + handoff_ms).max(pending_until),
                     earlier,
                 },
-                // A dead owner: checks due since its last heartbeat may
-                // have been missed, and the new owner catches up from then.
+                // A dead owner: checks due since `missed_since_ms` may have
+                // been missed, and the new owner catches up from then.
                 // One whose handoff had not begun checked nothing of this
                 // bucket: the pending links keep their part, the new owner
                 // takes the rest and catches up from the last link.
@@ -192,7 +194,7 @@ pub fn reassign(
                     owner: new,
                     prev: None,
                     handoff_at_ms: members
-                        .last_heartbeat_ms
+                        .missed_since_ms
                         .get(dead)
                         .copied()
                         .unwrap_or(now_ms - t.dead_lookback_ms)
@@ -714,7 +716,7 @@ mod tests {
         // With a's last heartbeat known, the mark is that heartbeat.
         let mut known = only_b.clone();
         known
-            .last_heartbeat_ms
+            .missed_since_ms
             .insert("a".into(), expired.now_ms - 11_000);
         let MasterAction::Write(taken2) = mp("b", Some(&doc), &known, expired) else {
             panic!()
@@ -836,7 +838,7 @@ mod tests {
         // b dies instead while it lingers: c takes over, catching up from b's
         // last heartbeat (b checked until then), not from t1.
         let mut dead_b = members(&["c"], &["a"]);
-        dead_b.last_heartbeat_ms.insert("b".into(), t1 + 500);
+        dead_b.missed_since_ms.insert("b".into(), t1 + 500);
         let (next, _) = reassign(&table, &dead_b, at(t1 + 3_000));
         let x = &next[0];
         assert_eq!((x.owner.as_deref(), x.prev.as_deref()), (Some("c"), None));

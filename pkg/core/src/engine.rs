@@ -21,7 +21,7 @@ use crate::check::Checker;
 use crate::clock::{ms, Clock};
 use crate::config::EngineConfig;
 use crate::feed::{self, ClusterMap, Reflector};
-use crate::liveness::{ClockState, ClockVerdict, ObserveTiming, Observer};
+use crate::liveness::{ClockState, ClockVerdict, HandledThrough, ObserveTiming, Observer};
 use crate::metrics::{names, Metrics};
 use crate::model::{MasterDoc, MonitorDoc, MonitorStats};
 use crate::schedule::{
@@ -412,6 +412,7 @@ impl Engine {
             connected_passes: 0,
             live_last_pass: 0,
             observer: Observer::default(),
+            handled: BTreeMap::new(),
             last_valid_master: None,
             master_invalid_logged: false,
             corrupt_since_ms: None,
@@ -642,6 +643,9 @@ struct MembershipLoop {
     /// Since when (clock ms) the master document has been corrupt.
     corrupt_since_ms: Option<i64>,
     clock_state: Option<ClockState>,
+    /// What each peer's last probe answer said of its checks (kept only
+    /// for an answer that said it).
+    handled: BTreeMap<String, HandledThrough>,
 }
 
 /// How long a peer probe or a sync notice may take: a quarter of a
@@ -691,17 +695,26 @@ fn refused(e: &reqwest::Error) -> bool {
     false
 }
 
-async fn probe(client: &reqwest::Client, url: &str) -> ProbeOutcome {
+/// A probe, and what an answer said of the peer's checks: the due time
+/// before which it had handled all (`admin::api::HANDLED_THROUGH_HEADER`).
+async fn probe_handled(client: &reqwest::Client, url: &str) -> (ProbeOutcome, Option<i64>) {
     match client
         .get(format!("{}/healthz/live", url.trim_end_matches('/')))
         .send()
         .await
     {
-        Ok(r) if r.status().is_success() => ProbeOutcome::Alive,
-        Ok(_) => ProbeOutcome::Error,
-        Err(e) if refused(&e) => ProbeOutcome::Refused,
-        Err(e) if e.is_timeout() => ProbeOutcome::Timeout,
-        Err(_) => ProbeOutcome::Error,
+        Ok(r) if r.status().is_success() => {
+            let handled = r
+                .headers()
+                .get(crate::admin::api::HANDLED_THROUGH_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i64>().ok());
+            (ProbeOutcome::Alive, handled)
+        }
+        Ok(_) => (ProbeOutcome::Error, None),
+        Err(e) if refused(&e) => (ProbeOutcome::Refused, None),
+        Err(e) if e.is_timeout() => (ProbeOutcome::Timeout, None),
+        Err(_) => (ProbeOutcome::Error, None),
     }
 }
 
@@ -816,6 +829,7 @@ impl MembershipLoop {
         );
         self.metrics.self_count(names::CLOCK_RESYNCED, 1, &[]);
         self.observer = Observer::default();
+        self.handled.clear();
         self.connected_since_ms = None;
         self.connected_passes = 0;
         self.clock_state = None;
@@ -1154,8 +1168,8 @@ impl MembershipLoop {
         let results = futures::future::join_all(targets.into_iter().map(|(id, url)| {
             let client = &client;
             async move {
-                let outcome = probe(client, &url).await;
-                (id, url, outcome)
+                let (outcome, handled) = probe_handled(client, &url).await;
+                (id, url, outcome, handled)
             }
         }))
         .await;
@@ -1178,10 +1192,24 @@ impl MembershipLoop {
 
     /// Counts and records probe outcomes; a refused one marks the peer gone.
     /// Answers whether one was refused.
-    fn record_probes(&mut self, results: Vec<(String, String, ProbeOutcome)>) -> bool {
+    fn record_probes(&mut self, results: Vec<(String, String, ProbeOutcome, Option<i64>)>) -> bool {
         let at_ms = self.clock.now_ms();
         let mut any_refused = false;
-        for (id, url, outcome) in results {
+        for (id, url, outcome, handled) in results {
+            match (outcome, handled) {
+                (ProbeOutcome::Alive, Some(due_ms)) => {
+                    self.handled.insert(
+                        id.clone(),
+                        HandledThrough {
+                            probed_ms: at_ms,
+                            due_ms,
+                        },
+                    );
+                }
+                _ => {
+                    self.handled.remove(&id);
+                }
+            }
             self.metrics
                 .self_count(names::PEER_PROBES, 1, &[("outcome", outcome.as_str())]);
             if outcome == ProbeOutcome::Refused {
@@ -1364,7 +1392,13 @@ impl MembershipLoop {
     ) -> Membership<'a> {
         let t = self.observe_timing();
         let members = Membership {
-            last_heartbeat_ms: self.observer.written_after(),
+            // A probe answer counts for two heartbeat intervals: the
+            // holder probes a quiet peer at every pass.
+            missed_since_ms: self.observer.missed_since(
+                &self.handled,
+                now,
+                2 * ms(self.cfg.heartbeat_interval),
+            ),
             live: self
                 .observer
                 .live(now, connected_since, t)
@@ -1648,11 +1682,14 @@ mod probe_tests {
         let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gone = format!("http://{}", free.local_addr().unwrap());
         drop(free);
-        assert_eq!(probe(&client, &gone).await, ProbeOutcome::Refused);
+        assert_eq!(probe_handled(&client, &gone).await.0, ProbeOutcome::Refused);
         // Paused: accepted by the kernel's backlog, never answered.
         let paused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let paused_url = format!("http://{}", paused.local_addr().unwrap());
-        assert_eq!(probe(&client, &paused_url).await, ProbeOutcome::Timeout);
+        assert_eq!(
+            probe_handled(&client, &paused_url).await.0,
+            ProbeOutcome::Timeout
+        );
         // Alive.
         let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let live_url = format!("http://{}", live.local_addr().unwrap());
@@ -1664,7 +1701,10 @@ mod probe_tests {
                 .await
                 .unwrap();
         });
-        assert_eq!(probe(&client, &live_url).await, ProbeOutcome::Alive);
+        assert_eq!(
+            probe_handled(&client, &live_url).await.0,
+            ProbeOutcome::Alive
+        );
         server.await.unwrap();
         drop(paused);
     }

@@ -298,6 +298,17 @@ impl Observer {
             .collect()
     }
 
+    /// Since when each peer's checks may have been missed: see
+    /// [`checks_missed_since`].
+    pub fn missed_since(
+        &self,
+        handled: &BTreeMap<String, HandledThrough>,
+        now_ms: i64,
+        max_age_ms: i64,
+    ) -> BTreeMap<String, i64> {
+        checks_missed_since(self.written_after(), handled, now_ms, max_age_ms)
+    }
+
     /// Who holds the lease, judged by observation: the named owner while the
     /// master document keeps changing (every renewal writes it) within the
     /// lease TTL, and while its heartbeat document exists. A document seen
@@ -371,6 +382,40 @@ impl Observer {
     }
 }
 
+/// What a peer's probe answer said of its checks: at `probed_ms` (this
+/// monitor's clock), its scheduler had handled every due time before
+/// `due_ms` (a time of the shared grid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandledThrough {
+    pub probed_ms: i64,
+    pub due_ms: i64,
+}
+
+/// Since when each peer's checks may have been missed, for the catch-up of
+/// a dead owner's buckets: after its last heartbeat write (`written_after`),
+/// or, where a probe answered within `max_age_ms` of `now_ms`, from the due
+/// time before which its scheduler had handled everything, whichever is
+/// later. A monitor cut off from the store keeps checking while its
+/// heartbeat ages: its heartbeat says nothing of that, its probe answer
+/// does. A monitor whose engine is stuck answers with an old due time, and
+/// one that does not answer gives none: the catch-up then starts earlier,
+/// never later than a check that may have been missed.
+pub fn checks_missed_since(
+    mut written_after: BTreeMap<String, i64>,
+    handled: &BTreeMap<String, HandledThrough>,
+    now_ms: i64,
+    max_age_ms: i64,
+) -> BTreeMap<String, i64> {
+    for (id, h) in handled {
+        if now_ms - h.probed_ms > max_age_ms {
+            continue;
+        }
+        let since = written_after.entry(id.clone()).or_insert(h.due_ms);
+        *since = (*since).max(h.due_ms);
+    }
+    written_after
+}
+
 fn push_sample(p: &mut Peer, lo: i64, hi: i64) {
     p.offsets.push_back((lo, hi));
     while p.offsets.len() > OFFSET_SAMPLES {
@@ -438,6 +483,27 @@ mod tests {
             real += 10;
         }
         (o, real + offsets[observer])
+    }
+
+    #[test]
+    fn a_recent_probe_answer_moves_the_catch_up_mark_later_never_earlier() {
+        let written = BTreeMap::from([("a".to_string(), 1_000), ("b".to_string(), 5_000)]);
+        let h = |probed_ms, due_ms| HandledThrough { probed_ms, due_ms };
+        let handled = BTreeMap::from([
+            // Cut off, still checking: everything before 9_000 handled.
+            ("a".to_string(), h(9_500, 9_000)),
+            // A stuck engine: its answer is older than its heartbeat.
+            ("b".to_string(), h(9_500, 3_000)),
+            // An answer too old to go by.
+            ("c".to_string(), h(2_000, 1_500)),
+            // Known only by its probe.
+            ("d".to_string(), h(9_000, 8_000)),
+        ]);
+        let m = checks_missed_since(written, &handled, 10_000, 4_000);
+        assert_eq!(m["a"], 9_000);
+        assert_eq!(m["b"], 5_000);
+        assert!(!m.contains_key("c"));
+        assert_eq!(m["d"], 8_000);
     }
 
     #[test]

@@ -146,6 +146,14 @@ pub struct ResolvedAlert {
     pub alert: AlertAnswer,
 }
 
+/// The header of a `GET /healthz/live` answer that gives the due time
+/// (Unix ms of the shared grid) before which this monitor's scheduler has
+/// handled every check: a lease holder that must move this monitor's
+/// buckets without its heartbeat (it cannot reach the store) catches up
+/// from there, not from the last heartbeat (`liveness::checks_missed_since`).
+/// Absent when nothing is pending.
+pub const HANDLED_THROUGH_HEADER: &str = "clustermon-handled-through";
+
 /// The last probe of a peer's admin endpoint (`GET /healthz/live`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeAnswer {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -328,7 +328,14 @@ async fn handle(req: Request<Incoming>, state: &State) -> Resp {
     }
     match (method, segs.as_slice()) {
         (Method::GET, [""]) => respond(StatusCode::OK, "text/html; charset=utf-8", PAGE),
-        (Method::GET, ["healthz", "live"]) => text(StatusCode::OK, "ok\n"),
+        (Method::GET, ["healthz", "live"]) => {
+            let mut r = text(StatusCode::OK, "ok\n");
+            let handled = engine.stats.pending_from().filter(|d| *d != i64::MAX);
+            if let Some(v) = handled.and_then(|d| HeaderValue::from_str(&d.to_string()).ok()) {
+                r.headers_mut().insert(api::HANDLED_THROUGH_HEADER, v);
+            }
+            r
+        }
         (Method::GET, ["healthz", "ready"]) => {
             let why = engine.not_ready();
             // The last probe of each peer follows (the code is what

@@ -720,3 +720,44 @@ async fn a_client_silent_in_its_tls_handshake_is_dropped_at_the_bound_and_blocks
     );
     r.stop.cancel();
 }
+
+/// `GET /healthz/live` tells a prober the due time before which this
+/// monitor has handled every check (`api::HANDLED_THROUGH_HEADER`): a lease
+/// holder that moves the buckets of a monitor cut off from the store
+/// catches up from there. It follows the scheduler: at most an interval
+/// behind the clock (the oldest entry's due time) and never in the future
+/// by more than an interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_liveness_answer_says_through_when_checks_were_handled() {
+    let r = start(None).await;
+    r.wait_status("/healthz/ready", 200).await;
+    let interval = 2_000;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let a = r
+            .client
+            .get(format!("{}/healthz/live", r.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(a.status().as_u16(), 200);
+        let h: i64 = a
+            .headers()
+            .get(api::HANDLED_THROUGH_HEADER)
+            .expect("the header")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let now = Clock::system().now_ms();
+        assert!(
+            (now - interval..=now + interval).contains(&h),
+            "handled through {h}, now {now}"
+        );
+        seen.push(h);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+    assert!(seen.windows(2).all(|w| w[1] >= w[0]), "{seen:?}");
+    assert!(seen[2] > seen[0], "it moves with the checks: {seen:?}");
+    r.stop().await;
+}

@@ -49,6 +49,13 @@ fn a_monitor_cut_off_from_the_store_hands_over_after_its_ttl_and_rejoins() {
     let m3_instance = instance(&urls["m3"]);
     let before = buckets(&store).expect("bucket table");
     let m3_had = before.iter().filter(|o| o.as_deref() == Some("m3")).count();
+    let bucket_of = cluster_buckets(&store);
+    let m3_clusters: Vec<String> = s
+        .ids
+        .iter()
+        .filter(|id| owned_by(&bucket_of, &before, id, "m3"))
+        .cloned()
+        .collect();
 
     let t_cut = fwd.cut();
     let mut v = Verdict::default();
@@ -202,9 +209,38 @@ fn a_monitor_cut_off_from_the_store_hands_over_after_its_ttl_and_rejoins() {
             })
         })
         .count();
+    // Duplicates: only m3's clusters due between the table's write and
+    // m3's apply of the pushed table (both checked them), and a cluster
+    // whose catch-up was followed by its grid slot. The holder's catch-up
+    // starts from the due time m3's last probe answer said it had handled
+    // everything before, not from m3's last heartbeat (which moved every
+    // cluster due in the half interval before the take-over too: 64–75 of
+    // ~100 before the answer carried it).
+    let doubled_m3 = times
+        .iter()
+        .filter(|(id, ts)| {
+            m3_clusters.contains(id)
+                && ts.windows(2).any(|w| {
+                    w[0] >= t_cut && w[1] <= t_mend + HEARTBEAT + SLACK && w[1] - w[0] < bound_dup
+                })
+        })
+        .count();
     eprintln!(
-        "cut off: worst gap {gap:?}; {doubled} of {} clusters checked twice within an interval while m3 was cut off (m3 had {m3_had} of 256 buckets)",
-        s.ids.len()
+        "cut off: worst gap {gap:?}; {doubled} of {} clusters checked twice within an interval while m3 was cut off, {doubled_m3} of m3's {} (m3 had {m3_had} of 256 buckets)",
+        s.ids.len(),
+        m3_clusters.len()
+    );
+    v.check(
+        doubled == doubled_m3,
+        format!("only m3's clusters checked twice: {doubled} in all, {doubled_m3} of m3's"),
+    );
+    let window = applied - moved + HEARTBEAT;
+    let bound_doubled = (m3_clusters.len() as f64 * window.as_secs_f64() / INTERVAL.as_secs_f64())
+        .ceil() as usize
+        + 3;
+    v.check(
+        doubled_m3 <= bound_doubled,
+        format!("{doubled_m3} of m3's {} clusters checked twice, bound {bound_doubled} (those due within the {window:?} from the take-over to the apply, and a heartbeat interval)", m3_clusters.len()),
     );
     let skipped = s.statsd.counter_sum("monitor.checks.skipped", &[]);
     v.check(skipped == 0, format!("checks skipped: {skipped}"));
