@@ -215,6 +215,18 @@ fn assert_no_double(s: &Setup, from: Instant, to: Instant, what: &str) {
 }
 
 fn assert_no_double_of(s: &Setup, ids: &[String], from: Instant, to: Instant, what: &str) {
+    assert_apart_of(s, ids, from, to, INTERVAL - Duration::from_secs(1), what);
+}
+
+/// No two checks of one cluster of `ids` in `[from, to]` closer than `apart`.
+fn assert_apart_of(
+    s: &Setup,
+    ids: &[String],
+    from: Instant,
+    to: Instant,
+    apart: Duration,
+    what: &str,
+) {
     let times: std::collections::BTreeMap<String, Vec<Instant>> = s
         .statsd
         .check_times()
@@ -224,8 +236,8 @@ fn assert_no_double_of(s: &Setup, ids: &[String], from: Instant, to: Instant, wh
     if let Some((d, id)) = closest_pair(&times, from, to) {
         eprintln!("{what}: closest two checks of one cluster {d:?} ({id})");
         assert!(
-            d >= INTERVAL - Duration::from_secs(1),
-            "{what}: cluster {id} checked twice {d:?} apart"
+            d >= apart,
+            "{what}: cluster {id} checked twice {d:?} apart (bound >= {apart:?})"
         );
     }
 }

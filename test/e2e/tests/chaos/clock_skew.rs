@@ -21,6 +21,27 @@ fn faketime_lib() -> String {
 /// How long the bucket table is watched once the good monitors are balanced.
 const WATCH: Duration = Duration::from_secs(40);
 
+/// libfaketime (asserted present) and a setup whose m1 and m2 are started
+/// and balanced: the fleet a third monitor with a skewed clock joins.
+fn faketime_and_two_balanced(name: &str) -> (String, Setup) {
+    let lib = faketime_lib();
+    assert!(
+        Path::new(&lib).exists(),
+        "{lib} missing: run hack/install-test-deps.sh"
+    );
+    let mut s = setup(name, &["--plain-http"]);
+    let store = s.store.clone();
+    let t0 = Instant::now();
+    s.mons.start("m1");
+    s.mons.start("m2");
+    wait_until(
+        "m1, m2 balanced",
+        Duration::from_secs(15).saturating_sub(t0.elapsed()) + SLACK,
+        || buckets(&store).filter(|o| balanced(o, &["m1", "m2"])),
+    );
+    (lib, s)
+}
+
 fn up_for(s: &Setup, id: &str, limit: Duration) -> String {
     let p = s.mons.procs.get(id).expect("started");
     wait_until(&format!("{id} logs its admin URL"), limit, || {
@@ -284,21 +305,8 @@ fn a_monitor_behind_by_less_than_the_ttl_beyond_the_detection_bound_takes_no_sha
 /// handoff), is ready, and `monitor.clock.skewed` stays 0.
 #[test]
 fn a_monitor_half_a_second_ahead_is_not_flagged() {
-    let lib = faketime_lib();
-    assert!(
-        Path::new(&lib).exists(),
-        "{lib} missing: run hack/install-test-deps.sh"
-    );
-    let mut s = setup("chaos-clock-half-second", &["--plain-http"]);
+    let (lib, mut s) = faketime_and_two_balanced("chaos-clock-half-second");
     let store = s.store.clone();
-    let t0 = Instant::now();
-    s.mons.start("m1");
-    s.mons.start("m2");
-    wait_until(
-        "m1, m2 balanced",
-        Duration::from_secs(15).saturating_sub(t0.elapsed()) + SLACK,
-        || buckets(&store).filter(|o| balanced(o, &["m1", "m2"])),
-    );
     let env = [
         ("LD_PRELOAD", lib.as_str()),
         ("FAKETIME", "+0.5s"),
@@ -366,22 +374,9 @@ fn a_monitor_half_a_second_ahead_is_not_flagged() {
 /// interval − 1 s) from before the fix to an interval after the join.
 #[test]
 fn a_skewed_monitor_rejoins_when_its_hosts_time_is_fixed() {
-    let lib = faketime_lib();
-    assert!(
-        Path::new(&lib).exists(),
-        "{lib} missing: run hack/install-test-deps.sh"
-    );
-    let mut s = setup("chaos-clock-fixed", &["--plain-http"]);
+    let (lib, mut s) = faketime_and_two_balanced("chaos-clock-fixed");
     let store = s.store.clone();
     let mut v = Verdict::default();
-    let t0 = Instant::now();
-    s.mons.start("m1");
-    s.mons.start("m2");
-    wait_until(
-        "m1, m2 balanced",
-        Duration::from_secs(15).saturating_sub(t0.elapsed()) + SLACK,
-        || buckets(&store).filter(|o| balanced(o, &["m1", "m2"])),
-    );
     let spec = s.dir.path().join("faketime.rc");
     replace_file(&spec, b"+15s\n");
     let spec_path = spec.display().to_string();

@@ -397,19 +397,15 @@ fn sigterm_while_the_store_is_down_exits_in_bounds_and_peers_take_over_on_its_re
     assert_no_double_of(&s, &ours, t_term, end, "the others' clusters");
     // The leaver's: caught up once taken over, then the grid slot at
     // least half an interval later; never two monitors at once.
-    let times: BTreeMap<String, Vec<Instant>> = s
-        .statsd
-        .check_times()
-        .into_iter()
-        .filter(|(id, _)| theirs.contains(id))
-        .collect();
-    if let Some((d, id)) = closest_pair(&times, t_exit, end) {
-        eprintln!("store down: the leaver's clusters: closest two checks {d:?} ({id})");
-        assert!(
-            d >= INTERVAL / 2 - Duration::from_millis(500),
-            "{id} checked twice {d:?} apart"
-        );
-    }
+    let apart = INTERVAL / 2 - Duration::from_millis(500);
+    assert_apart_of(
+        &s,
+        &theirs,
+        t_exit,
+        end,
+        apart,
+        "store down: the leaver's clusters",
+    );
     drop(lock);
     drop(s.dir);
 }
