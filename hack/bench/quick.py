@@ -61,6 +61,9 @@ def main():
     ap.add_argument("--profile", choices=["full", "healthz"], default="full")
     ap.add_argument("--bin-dir", default="target/release")
     ap.add_argument("--plain-http", action="store_true")
+    ap.add_argument("--serving-key", choices=["ecdsa-p256", "rsa-2048"], default="ecdsa-p256",
+                    help="fleetsim's API servers' serving key (rsa-2048: kubeadm's default "
+                         "for API servers)")
     ap.add_argument("--floor", action="store_true",
                     help="after the window, run tcp-floor (BIN_DIR/tcp-floor) at the same rate for 10 s: "
                          "a minimal client's and server's CPU per plain-HTTP probe over the loopback")
@@ -85,6 +88,8 @@ def main():
                     "--statsd-listen", f"127.0.0.1:{port}"]
         if a.plain_http:
             sim_args.append("--plain-http")
+        else:
+            sim_args += ["--serving-key", a.serving_key]
         t = time.monotonic()
         sim = subprocess.Popen(sim_args, stdout=subprocess.PIPE, stderr=open(f"{tmp}/fleetsim.log", "w"), text=True)
         procs.append(sim)
@@ -108,6 +113,7 @@ def main():
         checks = s1["checks_total"] - s0["checks_total"]
         out = {
             "profile": a.profile,
+            "transport": "http" if a.plain_http else f"tls, serving key {a.serving_key}",
             "clusters": a.clusters,
             "interval_s": interval_s,
             "offered_per_s": a.clusters / interval_s,

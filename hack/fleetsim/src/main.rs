@@ -74,6 +74,13 @@ struct Args {
     /// Serve the clusters over plain http without credentials.
     #[arg(long)]
     plain_http: bool,
+    /// The API servers' serving key: `ecdsa-p256` (rcgen's, cheap to sign
+    /// with) or `rsa-2048` (kubeadm's default for API servers; made with
+    /// `openssl genpkey`): a TLS 1.3 handshake costs the
+    /// server a signature and the client its verification, so the key type
+    /// sets how their CPU per probe compare.
+    #[arg(long, default_value = "ecdsa-p256", value_parser = ["ecdsa-p256", "rsa-2048"])]
+    serving_key: String,
     /// Write every cluster's document (with credentials) to this store: any
     /// store URL clustermon accepts, with the same credential flags.
     #[arg(long, value_name = "STORE_URL")]
@@ -185,7 +192,7 @@ async fn run(args: Args) -> Result<(), String> {
             ("fleetsim apiserver", 365),
             ("fleetsim apiserver (expiring)", 5),
         ] {
-            let serving = ca.server(cn, days)?;
+            let serving = ca.server(cn, days, args.serving_key == "rsa-2048")?;
             let config = ca.server_config(&serving)?;
             let l = TcpListener::bind((control_addr.ip(), 0))
                 .await

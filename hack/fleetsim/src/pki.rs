@@ -53,8 +53,9 @@ impl Ca {
         })
     }
 
-    /// A serving certificate for 127.0.0.1 and localhost, valid for `days`.
-    pub fn server(&self, cn: &str, days: i64) -> Result<Issued, String> {
+    /// A serving certificate for 127.0.0.1 and localhost, valid for `days`;
+    /// its key RSA-2048 when `rsa`, else ECDSA P-256.
+    pub fn server(&self, cn: &str, days: i64, rsa: bool) -> Result<Issued, String> {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).map_err(err)?;
         params
             .subject_alt_names
@@ -63,7 +64,12 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = days_from_now(-1);
         params.not_after = days_from_now(days);
-        self.issue(params)
+        let key = if rsa {
+            rsa_2048()?
+        } else {
+            KeyPair::generate().map_err(err)?
+        };
+        self.issue_with(params, key)
     }
 
     /// A client certificate for one cluster's monitoring identity.
@@ -77,7 +83,10 @@ impl Ca {
     }
 
     fn issue(&self, params: CertificateParams) -> Result<Issued, String> {
-        let key = KeyPair::generate().map_err(err)?;
+        self.issue_with(params, KeyPair::generate().map_err(err)?)
+    }
+
+    fn issue_with(&self, params: CertificateParams, key: KeyPair) -> Result<Issued, String> {
         let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -109,6 +118,26 @@ impl Ca {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// An RSA-2048 key (ring signs with RSA keys but does not make them):
+/// `openssl genpkey`, PKCS#8 PEM on its stdout.
+fn rsa_2048() -> Result<KeyPair, String> {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .map_err(|e| format!("--serving-key rsa-2048 runs openssl genpkey: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("openssl genpkey failed: {}", out.status));
+    }
+    let pem = String::from_utf8(out.stdout).map_err(|_| "openssl genpkey: not PEM".to_string())?;
+    KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).map_err(err)
 }
 
 fn dn(cn: &str) -> DistinguishedName {
