@@ -145,3 +145,23 @@ fn dn(cn: &str) -> DistinguishedName {
     dn.push(DnType::CommonName, cn);
     dn
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both serving keys make a certificate rustls serves: ECDSA P-256 (the
+    /// default) and RSA-2048 (`openssl genpkey`, as `--serving-key rsa-2048`).
+    #[test]
+    fn serving_certificates_of_both_key_types_load() {
+        let ca = Ca::new().unwrap();
+        for rsa in [false, true] {
+            let serving = ca.server("test", 1, rsa).unwrap();
+            assert!(ca.server_config(&serving).is_ok(), "rsa: {rsa}");
+            let header = serving.key_pem.lines().next().unwrap_or("");
+            assert_eq!(header, "-----BEGIN PRIVATE KEY-----", "rsa: {rsa}");
+            // An RSA-2048 key's PKCS#8 DER is ~1.2 KB, a P-256 one's ~138 B.
+            assert_eq!(serving.key_der.len() > 1_000, rsa, "rsa: {rsa}");
+        }
+    }
+}
