@@ -202,9 +202,17 @@ pub fn reassign(
                         .max(pending_until),
                     earlier,
                 },
+                // A bucket nobody owns while a handoff from it is pending:
+                // its monitor drained when it saw no eligible peer (one
+                // that started with it and has not measured its clock yet
+                // says `clockOk: false`). The links keep their part, as
+                // above: without them the draining monitor stopped at once
+                // instead of at its handoff time (seen in CI).
                 None => BucketAssignment {
                     owner: new,
-                    ..Default::default()
+                    prev: None,
+                    handoff_at_ms: if earlier.is_empty() { 0 } else { pending_until },
+                    earlier,
                 },
             }
         })
@@ -745,6 +753,44 @@ mod tests {
             handoff_at_ms,
             ..Default::default()
         }
+    }
+
+    /// A monitor drains while it sees no eligible peer (its only peer has
+    /// not measured its clock yet): its release hands its buckets to
+    /// nobody, until its handoff time. The lease holder then gives them an
+    /// owner and keeps the draining monitor's part up to that time.
+    #[test]
+    fn a_bucket_released_to_nobody_keeps_its_pending_link_when_given_an_owner() {
+        let t1 = T.now_ms + T.handoff_ms;
+        let doc = MasterDoc {
+            buckets: vec![bucket("a", None, 0)],
+            ..MasterDoc::empty()
+        };
+        let released = release("a", &doc, &members(&[], &[]), T);
+        let x = &released.buckets[0];
+        assert_eq!((x.owner.as_deref(), x.prev.as_deref()), (None, Some("a")));
+        assert_eq!(x.handoff_at_ms, t1);
+        let later = PassTiming {
+            now_ms: T.now_ms + 20,
+            ..T
+        };
+        let (next, changed) = reassign(&released.buckets, &members(&["b"], &["a"]), later);
+        assert!(changed);
+        let x = &next[0];
+        assert_eq!(x.owner.as_deref(), Some("b"));
+        assert_eq!(
+            x.earlier,
+            vec![Handoff {
+                monitor: "a".into(),
+                until_ms: t1,
+            }]
+        );
+        assert_eq!(x.owner_at(t1 - 1), Some("a"));
+        assert_eq!(x.owner_at(t1), Some("b"));
+        assert!(x.involves("a", t1 - 1) && !x.involves("a", t1));
+        // No catch-up before the link's end: b's first due time after t1
+        // is its grid slot.
+        assert_eq!(x.handoff_at_ms, t1);
     }
 
     #[test]
