@@ -846,6 +846,12 @@ impl MembershipLoop {
         });
     }
 
+    /// How long a probe answer's handled-through time counts: two
+    /// heartbeat intervals (the holder probes a quiet peer at every pass).
+    fn handled_max_age_ms(&self) -> i64 {
+        2 * ms(self.cfg.heartbeat_interval)
+    }
+
     /// A store call bounded by one heartbeat interval, failures counted.
     async fn store_call<T>(
         &self,
@@ -1194,6 +1200,9 @@ impl MembershipLoop {
     /// Answers whether one was refused.
     fn record_probes(&mut self, results: Vec<(String, String, ProbeOutcome, Option<i64>)>) -> bool {
         let at_ms = self.clock.now_ms();
+        // Answers too old to count are dropped (peers come and go by name).
+        let max_age = self.handled_max_age_ms();
+        self.handled.retain(|_, h| at_ms - h.probed_ms <= max_age);
         let mut any_refused = false;
         for (id, url, outcome, handled) in results {
             match (outcome, handled) {
@@ -1392,12 +1401,10 @@ impl MembershipLoop {
     ) -> Membership<'a> {
         let t = self.observe_timing();
         let members = Membership {
-            // A probe answer counts for two heartbeat intervals: the
-            // holder probes a quiet peer at every pass.
             missed_since_ms: self.observer.missed_since(
                 &self.handled,
                 now,
-                2 * ms(self.cfg.heartbeat_interval),
+                self.handled_max_age_ms(),
             ),
             live: self
                 .observer

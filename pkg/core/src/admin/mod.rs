@@ -331,8 +331,9 @@ async fn handle(req: Request<Incoming>, state: &State) -> Resp {
         (Method::GET, ["healthz", "live"]) => {
             let mut r = text(StatusCode::OK, "ok\n");
             let handled = engine.stats.pending_from().filter(|d| *d != i64::MAX);
-            if let Some(v) = handled.and_then(|d| HeaderValue::from_str(&d.to_string()).ok()) {
-                r.headers_mut().insert(api::HANDLED_THROUGH_HEADER, v);
+            if let Some(d) = handled {
+                r.headers_mut()
+                    .insert(api::HANDLED_THROUGH_HEADER, HeaderValue::from(d));
             }
             r
         }
