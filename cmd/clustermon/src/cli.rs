@@ -234,6 +234,11 @@ pub struct RunArgs {
     /// take, within --check-timeout.
     #[arg(long, default_value = human(defaults::CONNECT_TIMEOUT), value_parser = duration, env = "CLUSTERMON_CONNECT_TIMEOUT")]
     pub connect_timeout: Duration,
+    /// Checks due within one tick start together at its end (never early,
+    /// less than a tick late): fewer wake-ups per check; 0 starts each at
+    /// its due millisecond. At most a tenth of --interval is used.
+    #[arg(long, default_value = human(defaults::DISPATCH_TICK), value_parser = duration, env = "CLUSTERMON_DISPATCH_TICK")]
+    pub dispatch_tick: Duration,
     /// Percent of --max-concurrent-checks that checks of hanging clusters
     /// (whose last check used its whole timeout) may hold; the rest stays
     /// free for clusters that answer.
@@ -563,6 +568,7 @@ mod tests {
         assert_eq!(r.interval, e.interval);
         assert_eq!(r.max_concurrent_checks, e.max_concurrent_checks);
         assert_eq!(r.check_timeout, e.check_timeout);
+        assert_eq!(r.dispatch_tick, e.dispatch_tick);
         assert_eq!(r.hanging_share, e.hanging_share_pct);
         assert_eq!(r.shutdown_grace, e.shutdown_grace);
         assert_eq!(r.relist_interval, e.relist_interval);

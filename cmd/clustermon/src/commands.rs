@@ -152,6 +152,7 @@ pub async fn run(
     cfg.interval = args.interval;
     cfg.max_concurrent_checks = args.max_concurrent_checks;
     cfg.check_timeout = args.check_timeout;
+    cfg.dispatch_tick = args.dispatch_tick;
     cfg.hanging_share_pct = args.hanging_share;
     cfg.release_memory = Some(release_free_memory);
     if args.connect_timeout.is_zero() {

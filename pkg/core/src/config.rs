@@ -18,6 +18,10 @@ pub mod defaults {
     /// timeout at a 1-minute interval (~2,100) within the hanging share.
     pub const MAX_CONCURRENT_CHECKS: usize = 5000;
     pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Checks due within one tick start together at its end: one wake-up of
+    /// the scheduler for several checks (docs/performance.md, *The dispatch
+    /// tick*).
+    pub const DISPATCH_TICK: Duration = Duration::from_millis(10);
     /// TCP connect and TLS handshake of a check, within its timeout.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Percent of the pool that hanging clusters may hold.
@@ -47,6 +51,8 @@ pub enum ConfigError {
     RelistTooShort,
     #[error("feed page size must be at least 1")]
     EmptyFeedPage,
+    #[error("--dispatch-tick must be at most 1s")]
+    DispatchTickTooLong,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +67,10 @@ pub struct EngineConfig {
     pub interval: Duration,
     pub max_concurrent_checks: usize,
     pub check_timeout: Duration,
+    /// Checks due within one tick of this length start together at its end
+    /// (`schedule::due::start_at`); zero: each at its due millisecond. At
+    /// most a tenth of the interval is used ([`EngineConfig::tick`]).
+    pub dispatch_tick: Duration,
     /// Percent of the pool that checks of hanging clusters (the last check
     /// used its whole timeout) may hold: `schedule::hanging_permits`.
     pub hanging_share_pct: u8,
@@ -107,6 +117,7 @@ impl EngineConfig {
             interval: defaults::INTERVAL,
             max_concurrent_checks: defaults::MAX_CONCURRENT_CHECKS,
             check_timeout: defaults::CHECK_TIMEOUT,
+            dispatch_tick: defaults::DISPATCH_TICK,
             hanging_share_pct: defaults::HANGING_SHARE_PCT,
             release_memory: None,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
@@ -157,6 +168,9 @@ impl EngineConfig {
         if self.feed_page_size == 0 {
             return Err(ConfigError::EmptyFeedPage);
         }
+        if self.dispatch_tick > Duration::from_secs(1) {
+            return Err(ConfigError::DispatchTickTooLong);
+        }
         if self
             .handoff_notice
             .is_some_and(|d| d < Duration::from_millis(10))
@@ -194,6 +208,12 @@ impl EngineConfig {
     pub fn handoff(&self) -> Duration {
         self.handoff_notice.unwrap_or(self.heartbeat_interval * 2)
     }
+
+    /// The dispatch tick in use: `--dispatch-tick`, at most a tenth of the
+    /// interval, so a short interval (tests, demos) keeps its spread.
+    pub fn tick(&self) -> Duration {
+        self.dispatch_tick.min(self.interval / 10)
+    }
 }
 
 #[cfg(test)]
@@ -226,5 +246,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--handoff-notice"));
+        let mut c = EngineConfig::new("m1");
+        assert_eq!(c.tick(), Duration::from_millis(10), "the default tick");
+        c.interval = Duration::from_millis(50);
+        assert_eq!(
+            c.tick(),
+            Duration::from_millis(5),
+            "a tenth of a short interval"
+        );
+        c.dispatch_tick = Duration::ZERO;
+        assert!(c.validate().is_ok());
+        assert_eq!(c.tick(), Duration::ZERO, "off");
+        c.dispatch_tick = Duration::from_millis(1001);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--dispatch-tick"));
     }
 }

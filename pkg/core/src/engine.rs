@@ -422,6 +422,7 @@ impl Engine {
             me,
             interval: cfg.interval,
             check_timeout: cfg.check_timeout,
+            dispatch_tick: cfg.tick(),
             max_concurrent: cfg.max_concurrent_checks,
             hanging_share_pct: cfg.hanging_share_pct,
             stalled_after: cfg.stalled_after(),

@@ -28,7 +28,7 @@ use crate::model::{BucketAssignment, BUCKETS};
 mod due;
 pub use due::{
     decide_due, due_after, first_due, fnv1a, hanging_permits, is_hanging, next_due, phase_ms,
-    DueDecision, DueFacts, Entry,
+    start_at, DueDecision, DueFacts, Entry,
 };
 
 /// This monitor's view of the assignment.
@@ -209,6 +209,9 @@ pub struct SchedulerDeps {
     pub me: Arc<str>,
     pub interval: Duration,
     pub check_timeout: Duration,
+    /// Checks due within one tick start together at its end
+    /// ([`start_at`]); zero: each at its due millisecond.
+    pub dispatch_tick: Duration,
     pub max_concurrent: usize,
     /// Percent of the pool that hanging clusters may hold ([`is_hanging`]).
     pub hanging_share_pct: u8,
@@ -315,7 +318,8 @@ impl Scheduler {
                 .stats
                 .pending_from_ms
                 .store(next_due.unwrap_or(i64::MAX), Ordering::Release);
-            let next_at = next_due.map(|due| self.deps.clock.instant_at(due));
+            let tick = ms(self.deps.dispatch_tick);
+            let next_at = next_due.map(|due| self.deps.clock.instant_at(start_at(due, tick)));
             let handoff_at = self
                 .next_handoff_ms
                 .map(|t| self.deps.clock.instant_at(t.saturating_add(1)));
@@ -920,7 +924,30 @@ mod tests {
         assert_eq!(next_due(-4, 7, 10), -3);
     }
 
+    #[test]
+    fn a_check_starts_at_the_end_of_its_tick() {
+        assert_eq!(start_at(0, 10), 0);
+        assert_eq!(start_at(1, 10), 10);
+        assert_eq!(start_at(10, 10), 10);
+        assert_eq!(start_at(19, 10), 20);
+        assert_eq!(start_at(-3, 10), 0);
+        assert_eq!(start_at(-13, 10), -10);
+        assert_eq!(start_at(17, 0), 17, "off");
+        assert_eq!(start_at(17, 1), 17, "every millisecond");
+        assert_eq!(start_at(i64::MAX - 3, 10), i64::MAX, "saturates");
+    }
+
     proptest! {
+        #[test]
+        fn start_at_props(due in -1_000_000i64..1_000_000, tick in 2i64..1_000, k in 1i64..100) {
+            let s = start_at(due, tick);
+            prop_assert!(s >= due && s - due < tick, "never early, at most a tick late");
+            prop_assert_eq!(s.rem_euclid(tick), 0, "on the tick grid");
+            // Two dues an interval (a multiple of the tick) apart start
+            // exactly that far apart.
+            prop_assert_eq!(start_at(due + k * tick, tick) - s, k * tick);
+        }
+
         #[test]
         fn next_due_props(t in -1_000_000i64..1_000_000, phase in 0i64..60_000, interval in 1i64..60_000) {
             let phase = phase % interval;
@@ -1024,7 +1051,16 @@ mod scheduler_tests {
         took: Duration,
         pass_done_ms: i64,
     ) -> Harness {
-        harness_with(ids, max_concurrent, took, pass_done_ms, &[], 50).await
+        harness_with(
+            ids,
+            max_concurrent,
+            took,
+            pass_done_ms,
+            &[],
+            50,
+            crate::config::defaults::DISPATCH_TICK,
+        )
+        .await
     }
 
     /// `hang`: clusters whose checks never end (cut at the 30 s timeout);
@@ -1036,6 +1072,7 @@ mod scheduler_tests {
         pass_done_ms: i64,
         hang: &[&str],
         share: u8,
+        tick: Duration,
     ) -> Harness {
         let hanging_max = Arc::new(AtomicUsize::new(0));
         let clock = Clock::at(0);
@@ -1075,6 +1112,7 @@ mod scheduler_tests {
             me: "me".into(),
             interval: Duration::from_secs(10),
             check_timeout: Duration::from_secs(30),
+            dispatch_tick: tick,
             max_concurrent,
             hanging_share_pct: share,
             stalled_after: Duration::from_secs(5),
@@ -1180,9 +1218,11 @@ mod scheduler_tests {
         let bucket = usize::from(h.map.get("c0").expect("in the map").bucket);
         let starts =
             |h: &Harness| -> Vec<i64> { h.log.lock().unwrap().iter().map(|(_, t)| *t).collect() };
-        // The first check, at the phase.
+        // The first check, at the end of the phase's dispatch tick.
+        let tick = ms(crate::config::defaults::DISPATCH_TICK);
+        let first = start_at(phase, tick);
         tokio::time::sleep(Duration::from_millis(u64::try_from(phase).unwrap() + 100)).await;
-        assert_eq!(starts(&h), vec![phase]);
+        assert_eq!(starts(&h), vec![first]);
         // The bucket moves to "other", handing over 3 ms after the next due time.
         let due = phase + interval;
         let handoff = due + 3;
@@ -1204,7 +1244,7 @@ mod scheduler_tests {
             u64::try_from(due - 1 - (phase + 100)).unwrap(),
         ))
         .await;
-        assert_eq!(starts(&h), vec![phase], "nothing due until then");
+        assert_eq!(starts(&h), vec![first], "nothing due until then");
         // Another bucket's change arrives, and the scheduler next runs 10 ms
         // on: past the due time and the handoff time at once.
         table[(bucket + 1) % BUCKETS] = BucketAssignment::owned_by("third");
@@ -1213,7 +1253,7 @@ mod scheduler_tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             starts(&h),
-            vec![phase, due + 9],
+            vec![first, due + 9],
             "the check due before the handoff ran, late"
         );
         // The next one is the new owner's.
@@ -1301,6 +1341,7 @@ mod scheduler_tests {
             i64::MAX / 2,
             &["c0"],
             50,
+            crate::config::defaults::DISPATCH_TICK,
         )
         .await;
         // Every cluster's first check has started; c0's hangs.
@@ -1363,6 +1404,7 @@ mod scheduler_tests {
                 i64::MAX / 2,
                 &hang,
                 share,
+                crate::config::defaults::DISPATCH_TICK,
             )
             .await;
             // Warm-up: every hanging cluster's first check times out (≤ 31 s
@@ -1504,6 +1546,68 @@ mod scheduler_tests {
             .collect();
         t.sort();
         t
+    }
+
+    /// With a dispatch tick, the checks due within one tick start together
+    /// at its end: never before their due time, less than a tick after it,
+    /// each cluster's checks exactly an interval apart, and the scheduler
+    /// starts them on at most one wake-up per tick. Without it, the same
+    /// fleet starts on many more distinct milliseconds.
+    #[tokio::test(start_paused = true)]
+    async fn checks_due_within_a_tick_start_together_at_its_end() {
+        let ids: Vec<String> = (0..3000).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let interval = 10_000i64;
+        let mut distinct = Vec::new();
+        for tick in [Duration::from_millis(10), Duration::ZERO] {
+            let h = harness_with(
+                &refs,
+                5000,
+                Duration::from_millis(5),
+                i64::MAX / 2,
+                &[],
+                50,
+                tick,
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(31_000)).await;
+            let log = h.log.lock().unwrap().clone();
+            let tick_ms = ms(tick);
+            for id in &ids {
+                let phase = phase_ms(id, interval);
+                let t = starts_of(&log, id);
+                assert!(t.len() >= 3, "{id}: {t:?}");
+                for (k, start) in t.iter().enumerate() {
+                    let due = phase + interval * k as i64;
+                    assert!(
+                        *start >= due && *start - due < tick_ms.max(1),
+                        "{id}: due {due}, started {start} (tick {tick_ms} ms)"
+                    );
+                    if tick_ms > 1 {
+                        assert_eq!(start % tick_ms, 0, "{id}: on the tick grid");
+                    }
+                }
+                assert!(t.windows(2).all(|w| w[1] - w[0] == interval), "{id}: {t:?}");
+            }
+            let first_pass: HashSet<i64> = log
+                .iter()
+                .map(|(_, t)| *t)
+                .filter(|t| *t < interval)
+                .collect();
+            distinct.push(first_pass.len());
+            h.stop.cancel();
+            h.task.await.unwrap();
+        }
+        assert!(
+            distinct[0] <= 1000,
+            "at most one start instant per 10 ms tick of the interval: {}",
+            distinct[0]
+        );
+        assert!(
+            distinct[1] > 2000,
+            "without the tick, 3,000 clusters start on most of 10,000 ms: {}",
+            distinct[1]
+        );
     }
 
     /// A pause of 7 s, shorter than the stall bound (SIGSTOP then SIGCONT:
