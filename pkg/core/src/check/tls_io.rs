@@ -101,7 +101,11 @@ fn encrypt<D>(w: &mut WriteTraffic<'_, D>, data: &[u8], out: &mut Vec<u8>) -> io
 }
 
 impl TlsIo {
-    /// The TLS handshake over `tcp`, errors in rustls' words.
+    /// The TLS handshake over `tcp`, errors in rustls' words. A flight is
+    /// written when the handshake must wait for the server's answer to it;
+    /// the client's last flight (its Finished) is not: it stays in
+    /// `outgoing` and goes out with the first request, in one write, or
+    /// before the first read.
     pub async fn connect(
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
@@ -118,12 +122,16 @@ impl TlsIo {
                     Step::Go
                 }
                 ConnectionState::TransmitTlsData(t) => {
-                    tcp.write_all(&out).await?;
-                    out.clear();
                     t.done();
                     Step::Go
                 }
-                ConnectionState::BlockedHandshake => Step::Read,
+                ConnectionState::BlockedHandshake => {
+                    if !out.is_empty() {
+                        tcp.write_all(&out).await?;
+                        out.clear();
+                    }
+                    Step::Read
+                }
                 ConnectionState::WriteTraffic(_) => Step::Done,
                 _ => return Err(invalid("unexpected TLS state during the handshake")),
             };
@@ -148,7 +156,7 @@ impl TlsIo {
             conn,
             incoming,
             plain: Vec::new(),
-            outgoing: Vec::new(),
+            outgoing: out,
             eof: false,
         };
         // Records that came with the end of the handshake (session tickets).
@@ -277,7 +285,11 @@ impl AsyncWrite for TlsIo {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
+        // What is waiting (the handshake's last flight, a small earlier
+        // write) goes out with this data; a backlog goes first.
+        if this.outgoing.len() >= READ_CHUNK {
+            ready!(this.poll_send(cx))?;
+        }
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -375,6 +387,57 @@ mod tests {
         let ((), got) = tokio::join!(srv, cli);
         assert_eq!(got.len(), answer.len());
         assert!(got == answer, "the answer came back changed");
+    }
+
+    /// The client's Finished is held back after the handshake and leaves
+    /// with the first request (one write instead of two); a client that
+    /// reads first sends it before it waits, so a server that speaks first
+    /// completes its handshake too.
+    #[tokio::test]
+    async fn the_last_flight_leaves_with_the_first_request_or_before_a_read() {
+        let s = server().await;
+        for read_first in [false, true] {
+            let (acceptor, listener) = (s.acceptor.clone(), &s.listener);
+            let srv = async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                if read_first {
+                    tls.write_all(b"hi").await.unwrap();
+                } else {
+                    let mut req = [0u8; 3];
+                    tls.read_exact(&mut req).await.unwrap();
+                    assert_eq!(&req, b"get");
+                    tls.write_all(b"ok").await.unwrap();
+                }
+                tls.shutdown().await.unwrap();
+            };
+            let cli = async {
+                let mut io = dial(&s, &s.cert).await.unwrap();
+                assert!(
+                    !io.outgoing.is_empty(),
+                    "the Finished waits for the first write"
+                );
+                if !read_first {
+                    io.write_all(b"get").await.unwrap();
+                    io.flush().await.unwrap();
+                }
+                let mut got = Vec::new();
+                io.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let bounded = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                tokio::join!(srv, cli)
+            });
+            let ((), got) = bounded.await.expect("no deadlock on the held flight");
+            assert_eq!(
+                got,
+                if read_first {
+                    b"hi".to_vec()
+                } else {
+                    b"ok".to_vec()
+                }
+            );
+        }
     }
 
     #[tokio::test]
