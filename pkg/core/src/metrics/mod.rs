@@ -242,22 +242,45 @@ pub struct Metrics {
 /// for the admin API's Prometheus page: the same set statsd receives.
 #[derive(Default)]
 struct SelfValues {
-    values: std::sync::Mutex<std::collections::BTreeMap<SeriesKey, f64>>,
+    /// By metric name: each tag set's value, in the tag sets' order.
+    values: std::sync::Mutex<std::collections::BTreeMap<String, Vec<SeriesValue>>>,
 }
 
-/// A metric name and its tags.
-type SeriesKey = (String, Vec<(String, String)>);
+/// A series' tags and its value.
+type SeriesValue = (Vec<(String, String)>, f64);
+
+/// Orders a stored tag set against a borrowed one as `Vec<(String,
+/// String)>` orders: pair by pair, then the shorter first.
+fn cmp_tags(stored: &[(String, String)], tags: &[(&str, &str)]) -> std::cmp::Ordering {
+    stored
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .cmp(tags.iter().copied())
+}
 
 impl SelfValues {
+    /// Sets a gauge or adds to a counter. A series seen before costs a
+    /// lookup and no allocation (the scheduler counts every check start
+    /// here).
     fn update(&self, name: &str, tags: &[(&str, &str)], value: f64, add: bool) {
-        let key = (
-            name.to_string(),
-            tags.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
         let mut g = self.values.lock().unwrap_or_else(|p| p.into_inner());
-        let e = g.entry(key).or_insert(0.0);
+        if !g.contains_key(name) {
+            g.insert(name.to_string(), Vec::new());
+        }
+        let Some(rows) = g.get_mut(name) else {
+            return;
+        };
+        let e = match rows.binary_search_by(|(stored, _)| cmp_tags(stored, tags)) {
+            Ok(i) => &mut rows[i].1,
+            Err(i) => {
+                let owned = tags
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                rows.insert(i, (owned, 0.0));
+                &mut rows[i].1
+            }
+        };
         if add {
             *e += value;
         } else {
@@ -413,13 +436,10 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         for def in CATALOG {
-            let mut rows = values
-                .range((def.name.to_string(), Vec::new())..)
-                .take_while(|((n, _), _)| n == def.name)
-                .peekable();
-            if rows.peek().is_none() {
-                continue;
-            }
+            let rows = match values.get(def.name) {
+                Some(rows) if !rows.is_empty() => rows,
+                _ => continue,
+            };
             let (ty, suffix) = match def.kind {
                 Kind::Counter => ("counter", "_total"),
                 Kind::Gauge | Kind::Timer => ("gauge", ""),
@@ -427,7 +447,7 @@ impl Metrics {
             let name = format!("{}{suffix}", prom_name(def.name));
             let _ = writeln!(out, "# HELP {name} {}", def.help.replace('\n', " "));
             let _ = writeln!(out, "# TYPE {name} {ty}");
-            for ((_, tags), v) in rows {
+            for (tags, v) in rows {
                 let labels: Vec<String> = tags
                     .iter()
                     .map(|(k, v)| {
@@ -493,6 +513,49 @@ mod tests {
             !page.contains("apiserver"),
             "per-cluster metrics stay in statsd"
         );
+    }
+
+    /// Tag sets are kept in the order `Vec<(String, String)>` sorts them,
+    /// whatever order they were first seen in, and each is found again.
+    #[test]
+    fn self_values_keep_each_tag_set_once_and_in_order() {
+        let owned = |t: &[(&str, &str)]| -> Vec<(String, String)> {
+            t.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let sets: [&[(&str, &str)]; 5] = [
+            &[("monitor", "m"), ("reason", "z")],
+            &[("monitor", "m")],
+            &[("monitor", "m"), ("reason", "a")],
+            &[("monitor", "l"), ("reason", "z")],
+            &[("monitor", "m"), ("reason", "a"), ("x", "1")],
+        ];
+        for a in sets {
+            for b in sets {
+                assert_eq!(
+                    cmp_tags(&owned(a), b),
+                    owned(a).cmp(&owned(b)),
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        let v = SelfValues::default();
+        for (i, t) in sets.iter().enumerate() {
+            v.update("n", t, i as f64, true);
+            v.update("n", t, 10.0, true);
+        }
+        let g = v.values.lock().unwrap();
+        let rows = &g["n"];
+        assert_eq!(rows.len(), 5, "each set once");
+        assert!(
+            rows.windows(2).all(|w| w[0].0 < w[1].0),
+            "in order: {rows:?}"
+        );
+        for (i, t) in sets.iter().enumerate() {
+            let (_, value) = rows.iter().find(|(s, _)| *s == owned(t)).unwrap();
+            assert_eq!(*value, i as f64 + 10.0);
+        }
     }
 
     #[test]
