@@ -11,9 +11,14 @@
 //! (CertificateVerify, proof that the server holds the key) is checked on
 //! every connection. The memo lives in the entry of one document version, so
 //! a new CA bundle starts without one.
+//!
+//! A check whose cluster has a memo does not parse the CA bundle either: the
+//! bundle is the one that chain was verified with (same document version),
+//! so it parsed then. Its roots are built only if the handshake presents
+//! another chain (`MemoVerifier::roots_built`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
@@ -158,9 +163,14 @@ pub enum MemoUse {
 /// the memo of the last chain verified.
 #[derive(Debug)]
 pub struct MemoVerifier {
-    inner: Arc<dyn ServerCertVerifier>,
-    /// SHA-256 of the CA bundle's certificates: a memo is only ever taken
-    /// by a verifier of the bundle it was made with.
+    /// webpki's verifier of the CA bundle: built with the configuration
+    /// when nothing is remembered, else on the first chain the memo does
+    /// not hold (from `pem`).
+    inner: OnceLock<Arc<dyn ServerCertVerifier>>,
+    /// The CA bundle's text while its roots are not built.
+    pem: Option<String>,
+    /// SHA-256 of the CA bundle's text: a memo is only ever taken by a
+    /// verifier of the bundle it was made with.
     bundle: [u8; 32],
     known: VerifiedChain,
     used: Mutex<MemoUse>,
@@ -171,6 +181,43 @@ impl MemoVerifier {
     pub fn used(&self) -> MemoUse {
         *self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Whether the CA bundle's roots were built (parsed), for a full
+    /// verification or because nothing was remembered.
+    pub fn roots_built(&self) -> bool {
+        self.inner.get().is_some()
+    }
+
+    fn webpki(&self) -> Result<&Arc<dyn ServerCertVerifier>, rustls::Error> {
+        if let Some(v) = self.inner.get() {
+            return Ok(v);
+        }
+        let pem = self.pem.as_deref().unwrap_or_default();
+        let built = webpki_verifier(pem).map_err(rustls::Error::General)?;
+        Ok(self.inner.get_or_init(|| built))
+    }
+}
+
+/// SHA-256 of a CA bundle's text.
+fn bundle_digest(pem: &[u8]) -> [u8; 32] {
+    let mut h = TLS13_SHA256.common.hash_provider.start();
+    h.update(pem);
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(h.finish().as_ref());
+    digest
+}
+
+/// webpki's verifier with the certificates of a CA bundle as its roots.
+fn webpki_verifier(pem: &str) -> Result<Arc<dyn ServerCertVerifier>, String> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(pem, "caBundle")? {
+        roots.add(c).map_err(|e| format!("caBundle: {e}"))?;
+    }
+    let v =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| format!("caBundle: {e}"))?;
+    Ok(v)
 }
 
 impl ServerCertVerifier for MemoVerifier {
@@ -192,7 +239,7 @@ impl ServerCertVerifier for MemoVerifier {
         }
         CHAINS_VERIFIED.fetch_add(1, Ordering::Relaxed);
         let verified =
-            self.inner
+            self.webpki()?
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
         if let Some((from, until)) = validity_window(end_entity, intermediates) {
             *used = MemoUse::Learned(VerifiedChain {
@@ -210,7 +257,13 @@ impl ServerCertVerifier for MemoVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        // As webpki's verifier does, with the same algorithms: no roots needed.
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -219,15 +272,18 @@ impl ServerCertVerifier for MemoVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-
-    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
-        self.inner.root_hint_subjects()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -255,43 +311,33 @@ pub fn client_config_with_memo(
                 provider().signature_verification_algorithms,
             )))
     } else {
-        let mut roots = RootCertStore::empty();
-        let mut bundle = TLS13_SHA256.common.hash_provider.start();
         match &creds.ca_bundle {
             Some(pem) => {
-                for c in certs(pem, "caBundle")? {
-                    bundle.update(&(c.len() as u64).to_be_bytes());
-                    bundle.update(&c);
-                    roots.add(c).map_err(|e| format!("caBundle: {e}"))?;
-                }
+                // With nothing remembered the bundle is parsed now, so that a
+                // bad one fails the check as a configuration error; a memo
+                // means this very text parsed before (module docs).
+                let (inner, kept) = if known == VerifiedChain::default() {
+                    (OnceLock::from(webpki_verifier(pem)?), None)
+                } else {
+                    (OnceLock::new(), Some(pem.clone()))
+                };
+                let v = Arc::new(MemoVerifier {
+                    inner,
+                    pem: kept,
+                    bundle: bundle_digest(pem.as_bytes()),
+                    known,
+                    used: Mutex::new(MemoUse::Unused),
+                });
+                memo = Some(v.clone());
+                builder.dangerous().with_custom_certificate_verifier(v)
             }
             None if https => {
                 return Err(
                     "https API server without caBundle (and without insecureSkipTLSVerify)".into(),
                 )
             }
-            None => {}
-        }
-        if roots.is_empty() {
             // Plain HTTP: no handshake will ask.
-            builder.with_root_certificates(roots)
-        } else {
-            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .build()
-            .map_err(|e| format!("caBundle: {e}"))?;
-            let mut digest = [0u8; 32];
-            digest.copy_from_slice(bundle.finish().as_ref());
-            let v = Arc::new(MemoVerifier {
-                inner,
-                bundle: digest,
-                known,
-                used: Mutex::new(MemoUse::Unused),
-            });
-            memo = Some(v.clone());
-            builder.dangerous().with_custom_certificate_verifier(v)
+            None => builder.with_root_certificates(RootCertStore::empty()),
         }
     };
     let mut config = match (&creds.client_certificate, &creds.client_key) {
@@ -434,6 +480,7 @@ mod tests {
 
         struct Ca {
             der: CertificateDer<'static>,
+            pem: String,
             issuer: Issuer<'static, KeyPair>,
         }
 
@@ -450,9 +497,10 @@ mod tests {
             let key = KeyPair::generate().unwrap();
             let mut p = params(&[], (2020, 1, 1), (2100, 1, 1));
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            let der = p.self_signed(&key).unwrap().der().clone();
+            let cert = p.self_signed(&key).unwrap();
             Ca {
-                der,
+                der: cert.der().clone(),
+                pem: cert.pem(),
                 issuer: Issuer::new(p, key),
             }
         }
@@ -462,9 +510,10 @@ mod tests {
             let key = KeyPair::generate().unwrap();
             let mut p = params(&[], from, until);
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            let der = p.signed_by(&key, &ca.issuer).unwrap().der().clone();
+            let cert = p.signed_by(&key, &ca.issuer).unwrap();
             Ca {
-                der,
+                der: cert.der().clone(),
+                pem: cert.pem(),
                 issuer: Issuer::new(p, key),
             }
         }
@@ -533,15 +582,11 @@ mod tests {
                 inner: webpki,
                 calls: AtomicUsize::new(0),
             });
-            // As `client_config_with_memo` digests a one-certificate bundle.
-            let mut h = TLS13_SHA256.common.hash_provider.start();
-            h.update(&(ca.der.len() as u64).to_be_bytes());
-            h.update(&ca.der);
-            let mut bundle = [0u8; 32];
-            bundle.copy_from_slice(h.finish().as_ref());
+            // A digest per CA, as `client_config_with_memo` digests its text.
             let v = MemoVerifier {
-                inner: counting.clone(),
-                bundle,
+                inner: OnceLock::from(counting.clone() as Arc<dyn ServerCertVerifier>),
+                pem: None,
+                bundle: bundle_digest(&ca.der),
                 known,
                 used: Mutex::new(MemoUse::Unused),
             };
@@ -635,6 +680,53 @@ mod tests {
                 verify(&other, m, &a, "localhost", at(2030)),
                 (false, MemoUse::Unused, 1)
             );
+        }
+
+        /// A check whose cluster has a memo builds no roots from its CA
+        /// bundle unless the server shows another chain; the memo of one
+        /// bundle's text is not taken by a verifier of another.
+        #[test]
+        fn with_a_memo_the_bundle_is_parsed_only_for_another_chain() {
+            let root = ca();
+            let creds = |ca: &Ca| Credentials {
+                ca_bundle: Some(ca.pem.clone()),
+                ..Default::default()
+            };
+            let memo = |c: &Credentials, known| {
+                client_config_with_memo(c, true, known).unwrap().1.unwrap()
+            };
+            let a = leaf(&root, (2022, 1, 1), (2080, 1, 1));
+            let check = |v: &MemoVerifier, leaf: &CertificateDer<'_>| {
+                v.verify_server_cert(leaf, &[], &name("localhost"), &[], at(2030))
+                    .is_ok()
+            };
+            // Nothing known: built with the configuration, then learned.
+            let v = memo(&creds(&root), VerifiedChain::default());
+            assert!(v.roots_built());
+            assert!(check(&v, &a));
+            let MemoUse::Learned(m) = v.used() else {
+                panic!("{:?}", v.used())
+            };
+            // Known: the remembered chain is taken, no roots built.
+            let v = memo(&creds(&root), m);
+            assert!(!v.roots_built());
+            assert!(check(&v, &a));
+            assert_eq!(v.used(), MemoUse::Hit);
+            assert!(!v.roots_built(), "a hit parses nothing");
+            // Another leaf of the same CA: built now, verified, learned.
+            let b = leaf(&root, (2022, 1, 1), (2080, 1, 1));
+            assert!(check(&v, &b));
+            assert!(v.roots_built());
+            assert!(matches!(v.used(), MemoUse::Learned(n) if n != m));
+            // A leaf of another CA, shown to a verifier with the memo: refused.
+            let other = ca();
+            let v = memo(&creds(&root), m);
+            assert!(!check(&v, &leaf(&other, (2022, 1, 1), (2080, 1, 1))));
+            // The memo handed to a verifier of another bundle's text is not
+            // taken: the remembered chain is verified against that bundle.
+            let v = memo(&creds(&other), m);
+            assert!(!check(&v, &a));
+            assert_ne!(v.used(), MemoUse::Hit);
         }
 
         #[test]
