@@ -570,7 +570,10 @@ impl Scheduler {
             self.slots.remove(&id);
             return;
         };
-        let a = self.view.bucket(entry.bucket).clone();
+        // The view's `Arc`, not a copy of the bucket's row (its owner's
+        // name is a `String`): no allocation per check.
+        let view = self.view.clone();
+        let a = view.bucket(entry.bucket);
         let (phase, catch_up) = {
             let slot = &self.slots[&id];
             (slot.phase, slot.catch_up)
