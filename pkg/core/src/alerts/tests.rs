@@ -536,3 +536,51 @@ async fn a_cluster_handed_over_is_forgotten_without_resolved() {
         "the human line, not the raw summary"
     );
 }
+
+/// docs/monitoring.md (*Alerts*, Sending) states the sender's defaults:
+/// the queues, the batch, the request timeout, the attempts, the backoff
+/// and the shutdown window are the ones the code uses.
+#[test]
+fn monitoring_md_states_the_senders_defaults() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/monitoring.md"
+    ))
+    .expect("docs/monitoring.md");
+    let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    let a = AlertConfig::new(vec!["http://am-0:9093".into()], 3, None, vec![]).unwrap();
+    let s = sender::SendConfig::new("http://am-0:9093", None);
+    let secs = |d: Duration| format!("{} s", d.as_secs_f64());
+    let thousands = |n: usize| {
+        let t = n.to_string();
+        if n >= 1000 {
+            format!("{},{}", &t[..t.len() - 3], &t[t.len() - 3..])
+        } else {
+            t
+        }
+    };
+    for want in [
+        format!(
+            "to the alert task ({} queued at most,",
+            thousands(a.input_queue)
+        ),
+        format!("per Alertmanager ({} at most,", thousands(a.queue)),
+        format!(
+            "posts batches of up to {} with a {} timeout, {} attempts with doubling,",
+            s.batch,
+            secs(s.request_timeout),
+            s.attempts
+        ),
+        format!(
+            "jittered backoff ({} to {})",
+            secs(s.backoff_base),
+            secs(s.backoff_max)
+        ),
+        format!("share one window of {})", secs(s.flush_timeout)),
+    ] {
+        assert!(
+            doc.contains(&want),
+            "docs/monitoring.md should say {want:?}"
+        );
+    }
+}
