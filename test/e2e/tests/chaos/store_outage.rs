@@ -65,12 +65,37 @@ impl Fault for CosmosDown<'_> {
     }
 }
 
+/// The peer probes each monitor has counted so far, read from its own
+/// `/metrics` (no metric line in flight): monitor id → probes, every
+/// outcome summed.
+fn peer_probes(urls: &BTreeMap<String, String>) -> BTreeMap<String, f64> {
+    const NAME: &str = "clustermon_monitor_peer_probes_total{";
+    urls.iter()
+        .map(|(id, url)| {
+            let page = match http_get(&format!("{url}/metrics")) {
+                Ok((200, page)) => page,
+                other => panic!("{id}'s /metrics: {other:?}"),
+            };
+            let n = page
+                .lines()
+                .filter(|l| l.starts_with(NAME))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            (id.clone(), n)
+        })
+        .collect()
+}
+
 /// The store-outage guarantees for one outage of `outage`, on three
 /// balanced monitors that have checked every cluster once: (a) no cluster
 /// goes longer than an interval without a check, (b) no check is skipped,
 /// (c) none is run twice, (d) readiness is 503 naming the failing call
 /// while the store is down and 200 again within a pass of its return,
-/// (e) no bucket moves.
+/// (e) no bucket moves, (f) no monitor probes a peer's admin endpoint
+/// once it has found the store failing (docs/monitoring.md, *Failover*:
+/// "Probes run only while the store answers for the prober"; nobody can
+/// write, so every heartbeat and the master document are quiet, and a
+/// monitor that probed anyway would probe every pass).
 /// Notes when each alert was first and last seen.
 fn note_alerts(
     seen: &mut BTreeMap<String, (Instant, Instant)>,
@@ -141,6 +166,10 @@ pub(super) fn outage_never_stops_the_checks(
         ),
     }
 
+    // (f) from here, every monitor has recorded a failing pass, and a
+    // pass's probes come after its store calls.
+    let probes_down = peer_probes(&urls);
+
     let store_alerts = |alerts: &[(String, String, String)]| {
         let each = instances.iter().all(|i| {
             alerts
@@ -167,8 +196,14 @@ pub(super) fn outage_never_stops_the_checks(
         std::thread::sleep(Duration::from_secs(2));
     }
 
+    let probes_end = peer_probes(&urls);
     let t_up = fault.end();
     eprintln!("{what}: outage ends after {:?}", t_up - t_down);
+    eprintln!("{what}: peer probes counted by each monitor once it was 503 {probes_down:?}, at the outage's end {probes_end:?}");
+    v.check(
+        probes_end == probes_down,
+        format!("{what}: no peer probed while the store failed (monitor.peer.probes once 503: {probes_down:?}, at the outage's end: {probes_end:?})"),
+    );
 
     // (d) ready again within one pass.
     let bound_up = HEARTBEAT + SLACK;
