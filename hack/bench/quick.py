@@ -64,6 +64,10 @@ def main():
     ap.add_argument("--serving-key", choices=["ecdsa-p256", "rsa-2048"], default="ecdsa-p256",
                     help="fleetsim's API servers' serving key (rsa-2048: kubeadm's default "
                          "for API servers)")
+    ap.add_argument("--statsd-receiver", choices=["fleetsim", "apart"], default="fleetsim",
+                    help="who receives the monitor's statsd: the simulated fleet itself (its CPU then "
+                         "includes parsing every line) or a second fleetsim of one cluster, whose CPU "
+                         "is counted by neither side")
     ap.add_argument("--floor", action="store_true",
                     help="after the window, run tcp-floor (BIN_DIR/tcp-floor) at the same rate for 10 s: "
                          "a minimal client's and server's CPU per plain-HTTP probe over the loopback")
@@ -84,8 +88,15 @@ def main():
     port = free_udp_port()
     procs = []
     try:
-        sim_args = [f"{a.bin_dir}/fleetsim", "--clusters", str(a.clusters), "--register", store,
-                    "--statsd-listen", f"127.0.0.1:{port}"]
+        sim_args = [f"{a.bin_dir}/fleetsim", "--clusters", str(a.clusters), "--register", store]
+        if a.statsd_receiver == "fleetsim":
+            sim_args += ["--statsd-listen", f"127.0.0.1:{port}"]
+        else:
+            rx = subprocess.Popen([f"{a.bin_dir}/fleetsim", "--clusters", "1", "--id-prefix", "statsd-rx-",
+                                   "--statsd-listen", f"127.0.0.1:{port}"],
+                                  stdout=subprocess.PIPE, stderr=open(f"{tmp}/statsd-rx.log", "w"), text=True)
+            procs.append(rx)
+            rx_url = rx.stdout.readline().strip().removeprefix("fleetsim listening on ")
         if a.plain_http:
             sim_args.append("--plain-http")
         else:
@@ -94,6 +105,7 @@ def main():
         sim = subprocess.Popen(sim_args, stdout=subprocess.PIPE, stderr=open(f"{tmp}/fleetsim.log", "w"), text=True)
         procs.append(sim)
         url = sim.stdout.readline().strip().removeprefix("fleetsim listening on ")
+        statsd_url = url if a.statsd_receiver == "fleetsim" else rx_url
         register_s = time.monotonic() - t
         mon = subprocess.Popen([f"{a.bin_dir}/clustermon", "run", "--store", store, "--statsd", f"udp:127.0.0.1:{port}",
                                 "--id", "bench", "--admin-listen", "127.0.0.1:0", "--interval", a.interval, "--collectors", a.profile, *a.monitor_arg],
@@ -101,19 +113,21 @@ def main():
         procs.append(mon)
 
         def stats():
-            with urllib.request.urlopen(f"{url}/control/statsd", timeout=5) as r:
+            with urllib.request.urlopen(f"{statsd_url}/control/statsd", timeout=5) as r:
                 return json.load(r)
 
         # Warm up for one interval, then measure.
         interval_s = duration_s(a.interval)
         time.sleep(interval_s + 3)
-        c0, s0, f0, t0 = cpu_s(mon.pid), stats(), cpu_s(sim.pid), time.monotonic()
+        rx_pid = rx.pid if a.statsd_receiver == "apart" else None
+        c0, s0, f0, r0, t0 = cpu_s(mon.pid), stats(), cpu_s(sim.pid), rx_pid and cpu_s(rx_pid), time.monotonic()
         time.sleep(a.seconds)
-        c1, s1, f1, t1 = cpu_s(mon.pid), stats(), cpu_s(sim.pid), time.monotonic()
+        c1, s1, f1, r1, t1 = cpu_s(mon.pid), stats(), cpu_s(sim.pid), rx_pid and cpu_s(rx_pid), time.monotonic()
         checks = s1["checks_total"] - s0["checks_total"]
         out = {
             "profile": a.profile,
             "transport": "http" if a.plain_http else f"tls, serving key {a.serving_key}",
+            "statsd_receiver": a.statsd_receiver,
             "clusters": a.clusters,
             "interval_s": interval_s,
             "offered_per_s": a.clusters / interval_s,
@@ -121,6 +135,7 @@ def main():
             "monitor_cpu_s_per_1000_checks": round((c1 - c0) / max(checks, 1) * 1000, 3),
             "monitor_cpu_percent": round((c1 - c0) / (t1 - t0) * 100, 1),
             "fleetsim_cpu_percent": round((f1 - f0) / (t1 - t0) * 100, 1),
+            "statsd_receiver_cpu_percent": round((r1 - r0) / (t1 - t0) * 100, 1) if rx_pid else None,
             "monitor_rss_mb": round(mem_kb(mon.pid, "VmRSS") / 1024, 1),
             "monitor_rss_peak_mb": round(mem_kb(mon.pid, "VmHWM") / 1024, 1),
             # RSS less the binary's file-backed pages, which differ between
