@@ -19,7 +19,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import cpu_s, mem_kb  # noqa: E402
+from bench import Statsd, cpu_s, mem_kb  # noqa: E402
 
 
 
@@ -64,10 +64,11 @@ def main():
     ap.add_argument("--serving-key", choices=["ecdsa-p256", "rsa-2048"], default="ecdsa-p256",
                     help="fleetsim's API servers' serving key (rsa-2048: kubeadm's default "
                          "for API servers)")
-    ap.add_argument("--statsd-receiver", choices=["fleetsim", "apart"], default="fleetsim",
+    ap.add_argument("--statsd-receiver", choices=["fleetsim", "apart", "python"], default="fleetsim",
                     help="who receives the monitor's statsd: the simulated fleet itself (its CPU then "
-                         "includes parsing every line) or a second fleetsim of one cluster, whose CPU "
-                         "is counted by neither side")
+                         "includes parsing every line), a second fleetsim of one cluster, or bench.py's "
+                         "Python receiver (a thread of this script); the last two are counted by "
+                         "neither side")
     ap.add_argument("--floor", action="store_true",
                     help="after the window, run tcp-floor (BIN_DIR/tcp-floor) at the same rate for 10 s: "
                          "a minimal client's and server's CPU per plain-HTTP probe over the loopback")
@@ -87,10 +88,14 @@ def main():
     store = f"sqlite:{tmp}/store.db"
     port = free_udp_port()
     procs = []
+    py_rx, rx_url = None, None
     try:
         sim_args = [f"{a.bin_dir}/fleetsim", "--clusters", str(a.clusters), "--register", store]
         if a.statsd_receiver == "fleetsim":
             sim_args += ["--statsd-listen", f"127.0.0.1:{port}"]
+        elif a.statsd_receiver == "python":
+            py_rx = Statsd()
+            port = py_rx.port
         else:
             rx = subprocess.Popen([f"{a.bin_dir}/fleetsim", "--clusters", "1", "--id-prefix", "statsd-rx-",
                                    "--statsd-listen", f"127.0.0.1:{port}"],
@@ -105,7 +110,7 @@ def main():
         sim = subprocess.Popen(sim_args, stdout=subprocess.PIPE, stderr=open(f"{tmp}/fleetsim.log", "w"), text=True)
         procs.append(sim)
         url = sim.stdout.readline().strip().removeprefix("fleetsim listening on ")
-        statsd_url = url if a.statsd_receiver == "fleetsim" else rx_url
+        statsd_url = {"fleetsim": url, "apart": rx_url}.get(a.statsd_receiver)
         register_s = time.monotonic() - t
         mon = subprocess.Popen([f"{a.bin_dir}/clustermon", "run", "--store", store, "--statsd", f"udp:127.0.0.1:{port}",
                                 "--id", "bench", "--admin-listen", "127.0.0.1:0", "--interval", a.interval, "--collectors", a.profile, *a.monitor_arg],
@@ -113,13 +118,16 @@ def main():
         procs.append(mon)
 
         def stats():
+            if py_rx is not None:
+                with py_rx.lock:
+                    return {"checks_total": len(py_rx.checks), "unhealthy": []}
             with urllib.request.urlopen(f"{statsd_url}/control/statsd", timeout=5) as r:
                 return json.load(r)
 
         # Warm up for one interval, then measure.
         interval_s = duration_s(a.interval)
         time.sleep(interval_s + 3)
-        rx_pid = rx.pid if a.statsd_receiver == "apart" else None
+        rx_pid = rx.pid if a.statsd_receiver == "apart" else (os.getpid() if py_rx else None)
         c0, s0, f0, r0, t0 = cpu_s(mon.pid), stats(), cpu_s(sim.pid), rx_pid and cpu_s(rx_pid), time.monotonic()
         time.sleep(a.seconds)
         c1, s1, f1, r1, t1 = cpu_s(mon.pid), stats(), cpu_s(sim.pid), rx_pid and cpu_s(rx_pid), time.monotonic()
@@ -152,6 +160,8 @@ def main():
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if py_rx is not None:
+            py_rx.close()
         subprocess.run(["rm", "-rf", tmp])
     if a.floor:
         # Once the monitor and fleetsim are gone: the machine as quiet as
